@@ -1,0 +1,52 @@
+"""The `soundforge` command: builds the argument parser from the command modules and turns
+user-caused errors into one line on stderr and an exit code (tracebacks are for bugs)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from soundforge.errors import SoundForgeError
+
+# Each module defines `register(subparsers)`, which adds its sub-commands and sets `handler`
+# (a callable taking the parsed namespace and returning an exit code) on each.
+COMMAND_MODULES: tuple[str, ...] = (
+    "soundforge.cli.database_cmds",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="soundforge",
+        description="Turn music sources into stored tracks, stems and analyses, queued in "
+        "PostgreSQL.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module_name in COMMAND_MODULES:
+        importlib.import_module(module_name).register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.handler(args))
+    except SoundForgeError as error:
+        print(f"soundforge: error: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print("soundforge: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

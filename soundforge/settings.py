@@ -1,0 +1,126 @@
+"""Settings, read once at the edge (CLI, worker start) and passed down; nothing deeper reads the
+environment.
+
+Sources, highest first: explicit keyword arguments, environment variables (`DATABASE_URL` or
+`SOUNDFORGE_DATABASE_URL`, the rest `SOUNDFORGE_*`), then the env file named by
+`SOUNDFORGE_ENV_FILE` (default `/etc/soundforge/soundforge.env` when it exists).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from soundforge.errors import ConfigError
+
+DEFAULT_ENV_FILE = Path("/etc/soundforge/soundforge.env")
+ENV_PREFIX = "SOUNDFORGE_"
+
+
+class Settings(BaseSettings):
+    """Every knob of SoundForge. Field `foo_bar` is the variable `SOUNDFORGE_FOO_BAR`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        extra="ignore",
+        populate_by_name=True,
+        validate_default=True,
+    )
+
+    database_url: str = Field(
+        default="postgresql://postgres@127.0.0.1:5432/soundforge",
+        validation_alias=AliasChoices("DATABASE_URL", "SOUNDFORGE_DATABASE_URL", "database_url"),
+    )
+    db_pool_min_size: int = Field(default=1, ge=0)
+    db_pool_max_size: int = Field(default=10, ge=1)
+    storage_path: Path = Path("/var/lib/soundforge")
+    storage_orphan_grace_s: float = Field(default=3600.0, ge=0)
+
+    # Queue: attempts per stage (1 = no retry) and backoff base.
+    download_attempts: int = Field(default=3, ge=1, le=50)
+    separate_attempts: int = Field(default=3, ge=1, le=50)
+    analyze_attempts: int = Field(default=3, ge=1, le=50)
+    retry_wait_s: float = Field(default=5.0, ge=0)
+    retry_exponential_base: float = Field(default=2.0, ge=1)
+
+    # Separation (demucs).
+    demucs_model: str = "htdemucs"
+    demucs_repo: Path | None = None
+    torch_threads: int = Field(default=0, ge=0, description="0 = torch's default")
+    device: Literal["cpu", "cuda", "auto"] = "cpu"
+    precision: Literal["fp32", "bf16"] = "fp32"
+    shifts: int = Field(default=1, ge=0, le=20)
+    overlap: float = Field(default=0.25, ge=0.0, lt=1.0)
+    stem_format: Literal["flac", "wav"] = "flac"
+
+    # Sources.
+    spotify_client_id: str | None = None
+    spotify_client_secret: str | None = None
+    spotify_api_url: str = "https://api.spotify.com/v1"
+    spotify_auth_url: str = "https://accounts.spotify.com/api/token"
+    resolver: Literal["yt-dlp", "spotdl"] = "yt-dlp"
+    resolver_search_url: str | None = None
+    max_download_bytes: int = Field(default=500 * 1024 * 1024, ge=1024)
+    connect_timeout_s: float = Field(default=10.0, gt=0)
+    read_timeout_s: float = Field(default=30.0, gt=0)
+    max_redirects: int = Field(default=5, ge=0)
+    duration_tolerance_s: float = Field(default=5.0, ge=0)
+
+    # Supervisor.
+    download_processes: int = Field(default=1, ge=0)
+    download_concurrency: int = Field(default=4, ge=1)
+    processing_processes: int = Field(default=1, ge=0)
+    processing_concurrency: int = Field(default=1, ge=1)
+    analysis_processes: int = Field(default=1, ge=0)
+    analysis_concurrency: int = Field(default=1, ge=1)
+    recycle_after_jobs: int = Field(default=100, ge=0, description="0 = never")
+    download_time_limit_s: float = Field(default=1800.0, gt=0)
+    separate_time_limit_s: float = Field(default=3600.0, gt=0)
+    analyze_time_limit_s: float = Field(default=900.0, gt=0)
+    shutdown_grace_s: float = Field(default=60.0, ge=0)
+    stalled_after_s: float = Field(default=1800.0, gt=0)
+    prune_after_days: int = Field(default=7, ge=1)
+    cleanup_cron: str = "0 3 * * *"
+    log_level: str = "INFO"
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url_is_postgres(cls, value: str) -> str:
+        if not value.startswith(("postgresql://", "postgres://")) and "=" not in value:
+            raise ValueError("must be a postgresql:// URL or a libpq key=value string")
+        return value
+
+
+def _env_file_path() -> Path | None:
+    named = os.environ.get("SOUNDFORGE_ENV_FILE")
+    if named:
+        path = Path(named)
+        if not path.is_file():
+            raise ConfigError(f"SOUNDFORGE_ENV_FILE={named}: no such file")
+        return path
+    return DEFAULT_ENV_FILE if DEFAULT_ENV_FILE.is_file() else None
+
+
+def _variable_name(field_name: str) -> str:
+    if field_name == "database_url":
+        return "DATABASE_URL"
+    return ENV_PREFIX + field_name.upper()
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read the settings from the environment and the env file; keyword overrides win.
+
+    An invalid value raises `ConfigError` naming the variable.
+    """
+    try:
+        return Settings(_env_file=_env_file_path(), **overrides)  # type: ignore[call-arg]
+    except ValidationError as error:
+        problems = []
+        for detail in error.errors():
+            field = str(detail["loc"][0]) if detail["loc"] else "?"
+            problems.append(f"{_variable_name(field)}: {detail['msg']}")
+        raise ConfigError("invalid setting " + "; ".join(problems)) from None

@@ -1,0 +1,278 @@
+"""The file store: every audio file SoundForge keeps lives under one root, at a path derived
+from row ids, written atomically and recorded in the database relative to the root.
+
+Layout: `downloads/<track_id>.<ext>` and `stems/<track_id>/<processing_job_id>/<stem>.<ext>`.
+Writes go to a hidden temporary name in the destination folder, are fsynced and renamed into
+place, so a reader never sees half a file. Every path is confined under the root: `..`,
+absolute paths and symlinks that lead out are refused. This module knows nothing of the
+database: callers pass in the set of referenced paths when they ask for orphans.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import BinaryIO
+
+from soundforge.errors import StorageError
+
+TEMP_PREFIX = ".sf-tmp-"
+DOWNLOADS_DIR = "downloads"
+STEMS_DIR = "stems"
+
+
+@dataclass(frozen=True)
+class CleanupReport:
+    """What `cleanup_orphaned` removed (or would remove, in a dry run)."""
+
+    count: int
+    bytes: int
+    paths: list[str] = field(default_factory=list)
+    dry_run: bool = False
+
+
+@dataclass(frozen=True)
+class StorageStats:
+    """File counts and sizes under the root, per top-level area."""
+
+    files: int
+    bytes: int
+    download_files: int
+    download_bytes: int
+    stem_files: int
+    stem_bytes: int
+    temp_files: int
+
+
+def download_relpath(track_id: uuid.UUID | str, ext: str) -> str:
+    """Where a track's downloaded audio lives, relative to the root."""
+    return f"{DOWNLOADS_DIR}/{uuid.UUID(str(track_id))}.{_clean_ext(ext)}"
+
+
+def stem_relpath(
+    track_id: uuid.UUID | str, processing_job_id: uuid.UUID | str, stem: str, ext: str
+) -> str:
+    """Where one stem of one separation run lives, relative to the root."""
+    if not stem.isidentifier():
+        raise StorageError(f"invalid stem name {stem!r}")
+    return (
+        f"{STEMS_DIR}/{uuid.UUID(str(track_id))}/{uuid.UUID(str(processing_job_id))}/"
+        f"{stem}.{_clean_ext(ext)}"
+    )
+
+
+def _clean_ext(ext: str) -> str:
+    ext = ext.lstrip(".").lower()
+    if not ext.isalnum() or len(ext) > 8:
+        raise StorageError(f"invalid file extension {ext!r}")
+    return ext
+
+
+def is_temp_name(name: str) -> bool:
+    """True for the hidden names atomic writes use before the rename."""
+    return name.startswith(TEMP_PREFIX)
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make a rename or unlink inside `directory` durable."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Storage:
+    """The storage root and the only code that writes or removes files under it."""
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root).absolute()
+
+    def ensure_root(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    # -- paths -------------------------------------------------------------------------------
+
+    def resolve(self, relative: str | Path) -> Path:
+        """The absolute path of a stored relative path, refusing anything that leaves the root."""
+        text = str(relative)
+        if not text or PurePosixPath(text).is_absolute() or Path(text).is_absolute():
+            raise StorageError(f"stored paths must be relative to the storage root: {text!r}")
+        parts = PurePosixPath(text.replace(os.sep, "/")).parts
+        if ".." in parts:
+            raise StorageError(f"path leaves the storage root: {text!r}")
+        candidate = self.root.joinpath(*parts)
+        real_root = self.root.resolve()
+        real = candidate.resolve()
+        if real != real_root and not real.is_relative_to(real_root):
+            raise StorageError(f"path leads out of the storage root (symlink?): {text!r}")
+        return candidate
+
+    def relative(self, path: Path | str) -> str:
+        """The stored (relative, POSIX) form of an absolute path under the root."""
+        absolute = Path(path).absolute()
+        try:
+            relative = absolute.relative_to(self.root)
+        except ValueError:
+            raise StorageError(f"{absolute} is not under the storage root {self.root}") from None
+        text = relative.as_posix()
+        self.resolve(text)
+        return text
+
+    # -- atomic writes -----------------------------------------------------------------------
+
+    def temp_path_for(self, relative: str | Path) -> Path:
+        """A fresh hidden temporary path beside the destination (same filesystem: rename is
+        atomic); the destination's folder is created."""
+        destination = self.resolve(relative)
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        self.resolve(relative)  # the new parent could be a symlink planted meanwhile
+        return destination.with_name(f"{TEMP_PREFIX}{uuid.uuid4().hex}-{destination.name}")
+
+    def commit(self, temp_path: Path, relative: str | Path) -> Path:
+        """fsync a finished temporary file and rename it into place; returns the final path."""
+        destination = self.resolve(relative)
+        if temp_path.parent.resolve() != destination.parent.resolve():
+            raise StorageError("a temporary file must live in its destination's folder")
+        with open(temp_path, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(temp_path, destination)
+        fsync_dir(destination.parent)
+        return destination
+
+    @contextlib.contextmanager
+    def atomic_write(self, relative: str | Path) -> Iterator[BinaryIO]:
+        """Open a temporary file for writing; on a clean exit it replaces `relative`, on an
+        exception it is removed and nothing at `relative` changes."""
+        temp_path = self.temp_path_for(relative)
+        try:
+            with open(temp_path, "xb") as handle:
+                yield handle
+            self.commit(temp_path, relative)
+        finally:
+            temp_path.unlink(missing_ok=True)
+
+    @contextlib.contextmanager
+    def atomic_path(self, relative: str | Path) -> Iterator[Path]:
+        """Like `atomic_write` for writers that want a path (soundfile, yt-dlp, ffmpeg)."""
+        temp_path = self.temp_path_for(relative)
+        try:
+            yield temp_path
+            if not temp_path.exists():
+                raise StorageError(f"nothing was written for {relative}")
+            self.commit(temp_path, relative)
+        finally:
+            temp_path.unlink(missing_ok=True)
+
+    def store_copy(self, source: Path, relative: str | Path) -> Path:
+        """Put a copy of `source` at `relative`: a hard link when on the same filesystem, else
+        a byte copy; the source is never moved or changed."""
+        with self.atomic_path(relative) as temp_path:
+            try:
+                os.link(source, temp_path)
+            except OSError:
+                shutil.copyfile(source, temp_path)
+        return self.resolve(relative)
+
+    def remove(self, relative: str | Path) -> bool:
+        """Remove one stored file; True if it existed. Empty parent folders go too."""
+        path = self.resolve(relative)
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return False
+        self._prune_empty_dirs(path.parent)
+        return True
+
+    def _prune_empty_dirs(self, directory: Path) -> None:
+        while directory != self.root and directory.is_relative_to(self.root):
+            try:
+                directory.rmdir()
+            except OSError:
+                return
+            directory = directory.parent
+
+    # -- inventory ---------------------------------------------------------------------------
+
+    def walk_files(self) -> Iterator[Path]:
+        """Every regular file under the root (symlinks are not followed)."""
+        if not self.root.is_dir():
+            return
+        for dirpath, _dirnames, filenames in os.walk(self.root):
+            for name in filenames:
+                path = Path(dirpath) / name
+                if path.is_file() and not path.is_symlink():
+                    yield path
+
+    def find_orphans(
+        self,
+        referenced: Iterable[str],
+        grace_s: float,
+        now: Callable[[], float] = time.time,
+    ) -> list[Path]:
+        """Files no row references, older than the grace period, temporaries excluded."""
+        keep = {PurePosixPath(path).as_posix() for path in referenced if path}
+        cutoff = now() - grace_s
+        orphans = []
+        for path in self.walk_files():
+            if is_temp_name(path.name):
+                continue
+            if path.relative_to(self.root).as_posix() in keep:
+                continue
+            if path.stat().st_mtime > cutoff:
+                continue
+            orphans.append(path)
+        return sorted(orphans)
+
+    def cleanup_orphaned(
+        self,
+        referenced: Iterable[str],
+        *,
+        dry_run: bool = False,
+        grace_s: float = 3600.0,
+        now: Callable[[], float] = time.time,
+    ) -> CleanupReport:
+        """Remove (or, dry run, list) the files `find_orphans` returns."""
+        count = 0
+        total = 0
+        removed = []
+        for path in self.find_orphans(referenced, grace_s, now):
+            size = path.stat().st_size
+            if not dry_run:
+                path.unlink(missing_ok=True)
+                self._prune_empty_dirs(path.parent)
+            count += 1
+            total += size
+            removed.append(path.relative_to(self.root).as_posix())
+        return CleanupReport(count=count, bytes=total, paths=removed, dry_run=dry_run)
+
+    def stats(self) -> StorageStats:
+        counts = {"files": 0, "bytes": 0, DOWNLOADS_DIR: [0, 0], STEMS_DIR: [0, 0], "temp": 0}
+        for path in self.walk_files():
+            size = path.stat().st_size
+            counts["files"] += 1  # type: ignore[operator]
+            counts["bytes"] += size  # type: ignore[operator]
+            if is_temp_name(path.name):
+                counts["temp"] += 1  # type: ignore[operator]
+            top = path.relative_to(self.root).parts[0]
+            if top in (DOWNLOADS_DIR, STEMS_DIR):
+                area = counts[top]
+                area[0] += 1  # type: ignore[index]
+                area[1] += size  # type: ignore[index]
+        downloads = counts[DOWNLOADS_DIR]
+        stems = counts[STEMS_DIR]
+        return StorageStats(
+            files=counts["files"],  # type: ignore[arg-type]
+            bytes=counts["bytes"],  # type: ignore[arg-type]
+            download_files=downloads[0],  # type: ignore[index]
+            download_bytes=downloads[1],  # type: ignore[index]
+            stem_files=stems[0],  # type: ignore[index]
+            stem_bytes=stems[1],  # type: ignore[index]
+            temp_files=counts["temp"],  # type: ignore[arg-type]
+        )
