@@ -7,6 +7,8 @@ Procrastinate retry it. The CLI turns any `SoundForgeError` into one line and an
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 
 class SoundForgeError(Exception):
     """Base of every error a user can cause; `str(error)` is the one line shown to them."""
@@ -66,3 +68,14 @@ class StaleRowError(SoundForgeError):
 
 class IllegalTransitionError(PermanentError):
     """A job status or progress move the status machine forbids."""
+
+
+class JobAbortedError(SoundForgeError):
+    """An engine stopped because its `should_abort` callback said so (cancel, time limit)."""
+
+
+ProgressCallback = Callable[[float], None]
+"""Engines report progress as a percentage, 0..100, never decreasing."""
+
+AbortCheck = Callable[[], bool]
+"""Engines call this between units of work; True means stop and raise `JobAbortedError`."""

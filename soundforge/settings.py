@@ -63,7 +63,7 @@ class Settings(BaseSettings):
     spotify_api_url: str = "https://api.spotify.com/v1"
     spotify_auth_url: str = "https://accounts.spotify.com/api/token"
     resolver: Literal["yt-dlp", "spotdl"] = "yt-dlp"
-    resolver_search_url: str | None = None
+    resolver_search_template: str = "ytsearch5:{query}"
     max_download_bytes: int = Field(default=500 * 1024 * 1024, ge=1024)
     connect_timeout_s: float = Field(default=10.0, gt=0)
     read_timeout_s: float = Field(default=30.0, gt=0)
