@@ -179,4 +179,4 @@ def decode(
 def _append(output: FloatArray, written: int, samples: FloatArray) -> int:
     count = min(samples.shape[0], output.shape[0] - written)
     output[written : written + count] = samples[:count]
-    return written + count
+    return int(written + count)
