@@ -1,0 +1,59 @@
+"""The finer error types of the sources engine; each subclasses `PermanentError` (bad input:
+fail the job now) or `TransientError` (network trouble: let the queue retry)."""
+
+from __future__ import annotations
+
+from soundforge.errors import AudioError, SourceError, TransientError
+
+
+class UnsupportedSourceError(SourceError):
+    """The text is not a local path, file:// URL, http(s) URL or Spotify track/album/playlist."""
+
+
+class SourceNotFoundError(SourceError):
+    """The source names something that does not exist: a missing file, an HTTP 404, a deleted
+    Spotify track."""
+
+
+class SpotifyCredentialsMissingError(SourceError):
+    """A Spotify link was given but no client id/secret is configured."""
+
+
+class SpotifyAuthError(SourceError):
+    """Spotify refused the configured client credentials (or a fresh token)."""
+
+
+class SpotifyUnavailableError(TransientError):
+    """The Spotify API cannot be reached, answers 5xx, or rate-limits us for too long."""
+
+
+class DownloadError(SourceError):
+    """An http(s) download was refused for good: a 4xx status, too many redirects."""
+
+
+class DownloadTooLargeError(SourceError):
+    """The body is larger than `max_download_bytes`."""
+
+
+class DownloadNetworkError(TransientError):
+    """Timeouts, refused or dropped connections (after the resume attempts), 5xx answers."""
+
+
+class NotAudioError(AudioError):
+    """A file is too small, or its first bytes are no known audio container (an HTML page...)."""
+
+
+class TruncatedAudioError(AudioError):
+    """A file starts like audio but ends before its own header says it should."""
+
+
+class NoMatchError(SourceError):
+    """The resolver found no candidate whose duration is close enough to the Spotify track."""
+
+
+class ResolverUnavailableError(SourceError):
+    """The chosen resolver (spotdl) is not installed."""
+
+
+class ResolverError(TransientError):
+    """The resolver failed in a way that may pass (network, the search service)."""

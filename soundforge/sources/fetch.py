@@ -1,0 +1,191 @@
+"""The sources facade the pipeline calls: `expand_source` turns a parsed source into the track
+rows it stands for; `fetch_audio` brings one track's audio under the storage root, validated,
+at `downloads/<track_id>.<ext>`, with nothing left behind when it fails."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import urllib.parse
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path, PurePosixPath
+
+from soundforge.errors import ProgressCallback, SourceError
+from soundforge.sources import spotdl_resolver, ytdlp_resolver
+from soundforge.sources.config import SourceConfig
+from soundforge.sources.errors import SourceNotFoundError
+from soundforge.sources.http_download import ByteProgress, download_http
+from soundforge.sources.model import (
+    HttpSource,
+    LocalFileSource,
+    Source,
+    SpotifySource,
+    StoredAudio,
+    TrackMetadata,
+)
+from soundforge.sources.parse import parse_source
+from soundforge.sources.spotify import SpotifyClient, spotify_client
+from soundforge.sources.validate import validate_audio_file
+from soundforge.storage import Storage, download_relpath
+
+logger = logging.getLogger(__name__)
+
+DOWNLOAD_SHARE = 95.0  # percent of the progress bar the transfer takes; validation the rest
+
+
+def expand_source(
+    source: Source, config: SourceConfig, *, spotify: SpotifyClient | None = None
+) -> list[TrackMetadata]:
+    """The tracks a source stands for: one for a file, a URL or a Spotify track; one per entry
+    for a Spotify album or playlist. Spotify needs credentials and the network."""
+    if isinstance(source, LocalFileSource):
+        _check_local_file(source.path)
+        return [_plain_metadata(source.path.stem or source.path.name, str(source.path))]
+    if isinstance(source, HttpSource):
+        return [_plain_metadata(_title_from_url(source.url), source.url)]
+    client = spotify or spotify_client(config)
+    tracks = client.expand(source)
+    if not tracks:
+        raise SourceNotFoundError(f"Spotify {source.kind} {source.spotify_id} has no tracks")
+    return tracks
+
+
+def fetch_audio(
+    metadata: TrackMetadata,
+    storage: Storage,
+    track_id: uuid.UUID | str,
+    config: SourceConfig,
+    progress: ProgressCallback | None = None,
+    *,
+    spotify: SpotifyClient | None = None,
+) -> StoredAudio:
+    """Fetch, validate and store one track's audio; the caller records `relative_path` and
+    `file_size` on the track row. On any error nothing is left under the storage root."""
+    source = parse_source(metadata.origin)
+    byte_progress = _percent_progress(progress)
+    log_extra = {"track_id": str(track_id)}
+    with _staging(storage, track_id) as staging:
+        if isinstance(source, LocalFileSource):
+            _check_local_file(source.path)
+            produced, label = _link_or_copy(source.path, staging), str(source.path)
+        elif isinstance(source, HttpSource):
+            download_http(source.url, staging, config, byte_progress)
+            produced, label = staging, source.url
+        else:
+            produced = _resolve_spotify(
+                source, metadata, staging,
+                config=config, byte_progress=byte_progress, spotify=spotify,
+            )  # fmt: skip
+            label = f"{metadata.artist} - {metadata.title} ({source.uri})"
+        validated = validate_audio_file(produced, label)
+        relative = download_relpath(track_id, validated.ext)
+        if produced.parent != staging.parent:  # spotdl wrote into its staging folder
+            moved = storage.temp_path_for(relative)
+            os.replace(produced, moved)
+            produced = moved
+        storage.commit(produced, relative)
+    logger.info("stored %s as %s (%d bytes, %.1f s)", label, relative,
+                validated.file_size, validated.duration_s, extra=log_extra)  # fmt: skip
+    if progress is not None:
+        progress(100.0)
+    return StoredAudio(
+        relative_path=relative,
+        file_size=validated.file_size,
+        ext=validated.ext,
+        duration_s=validated.duration_s,
+    )
+
+
+def _resolve_spotify(
+    source: SpotifySource,
+    metadata: TrackMetadata,
+    staging: Path,
+    *,
+    config: SourceConfig,
+    byte_progress: ByteProgress,
+    spotify: SpotifyClient | None,
+) -> Path:
+    if source.kind != "track":
+        raise SourceError(
+            f"{source.uri}: a Spotify {source.kind} holds many tracks; expand it first"
+        )
+    if metadata.artist is None or metadata.spotify_id != source.spotify_id:
+        metadata = (spotify or spotify_client(config)).track(source.spotify_id)
+    if config.resolver == "spotdl":
+        staging.mkdir()
+        return spotdl_resolver.download(metadata, staging, config)
+    return ytdlp_resolver.download(metadata, staging, config, byte_progress)
+
+
+@contextmanager
+def _staging(storage: Storage, track_id: uuid.UUID | str) -> Iterator[Path]:
+    """A hidden temporary path in `downloads/`; on exit everything named after it (partial
+    downloads, yt-dlp's `.part` files, spotdl's folder) is removed."""
+    staging = storage.temp_path_for(download_relpath(track_id, "part"))
+    try:
+        yield staging
+    finally:
+        for leftover in staging.parent.glob(staging.name + "*"):
+            if leftover.is_dir() and not leftover.is_symlink():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)
+
+
+def _link_or_copy(source: Path, destination: Path) -> Path:
+    """Hard-link when on the same filesystem, else copy; the source is never moved."""
+    try:
+        os.link(source, destination)
+    except OSError:
+        try:
+            shutil.copyfile(source, destination)
+        except OSError as error:
+            raise SourceError(f"{source}: cannot read ({error.strerror})") from None
+    return destination
+
+
+def _check_local_file(path: Path) -> None:
+    if not path.exists():
+        raise SourceNotFoundError(f"{path}: no such file")
+    if not path.is_file():
+        raise SourceError(f"{path}: not a regular file")
+    if not os.access(path, os.R_OK):
+        raise SourceError(f"{path}: not readable (permission denied)")
+
+
+def _plain_metadata(title: str, origin: str) -> TrackMetadata:
+    return TrackMetadata(
+        title=title,
+        artist=None,
+        album=None,
+        album_art_url=None,
+        duration=None,
+        spotify_id=None,
+        spotify_url=None,
+        origin=origin,
+    )
+
+
+def _title_from_url(url: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    name = PurePosixPath(urllib.parse.unquote(parts.path)).name
+    return PurePosixPath(name).stem or name or parts.hostname or url
+
+
+def _percent_progress(progress: ProgressCallback | None) -> ByteProgress:
+    """Bytes (done, total) -> a never-decreasing percentage of `DOWNLOAD_SHARE`."""
+    reported = 0.0
+
+    def on_bytes(done: int, total: int | None) -> None:
+        nonlocal reported
+        if progress is None or not total:
+            return
+        percent = min(DOWNLOAD_SHARE, DOWNLOAD_SHARE * done / total)
+        if percent > reported:
+            reported = percent
+            progress(percent)
+
+    return on_bytes

@@ -1,0 +1,224 @@
+"""Streamed http(s) downloads with httpx: connect/read timeouts, a bounded number of redirects,
+a maximum size, progress in bytes, and resumption with `Range` after a dropped connection or a
+stall. The first bytes are sniffed so an HTML page is refused before it is downloaded whole."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+import httpx
+
+from soundforge.sources.config import SourceConfig
+from soundforge.sources.errors import (
+    DownloadError,
+    DownloadNetworkError,
+    DownloadTooLargeError,
+    NotAudioError,
+    SourceNotFoundError,
+)
+from soundforge.sources.validate import SNIFF_BYTES, describe_non_audio, sniff_extension
+
+logger = logging.getLogger(__name__)
+
+ByteProgress = Callable[[int, int | None], None]
+"""Called with (bytes written so far, total bytes or None when the server does not say)."""
+
+CHUNK_BYTES = 64 * 1024
+USER_AGENT = "SoundForge/0.1 (+https://github.com/soundforge)"
+CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
+RETRYABLE_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
+
+
+class _DroppedError(Exception):
+    """The body stopped before its end; `reason` says how."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def build_client(config: SourceConfig) -> httpx.Client:
+    """An httpx client with the configured timeouts and redirect limit."""
+    timeout = httpx.Timeout(
+        connect=config.connect_timeout_s,
+        read=config.read_timeout_s,
+        write=config.read_timeout_s,
+        pool=config.connect_timeout_s,
+    )
+    return httpx.Client(
+        timeout=timeout,
+        follow_redirects=True,
+        max_redirects=config.max_redirects,
+        headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
+    )
+
+
+def download_http(
+    url: str,
+    destination: Path,
+    config: SourceConfig,
+    progress: ByteProgress | None = None,
+    *,
+    client: httpx.Client | None = None,
+) -> int:
+    """Download `url` to `destination` (created or truncated) and return its size in bytes.
+
+    On failure `destination` may hold a partial body: the caller removes it. Raises
+    `SourceNotFoundError` (404/410), `DownloadError` (other 4xx, too many redirects),
+    `DownloadTooLargeError`, `NotAudioError` (the body starts as no known audio) and
+    `DownloadNetworkError` (transient: timeouts, 5xx, drops beyond the resume attempts).
+    """
+    own_client = client is None
+    http = client or build_client(config)
+    try:
+        with open(destination, "wb") as output:
+            return _download(http, url, output, config, progress)
+    finally:
+        if own_client:
+            http.close()
+
+
+def _download(
+    http: httpx.Client,
+    url: str,
+    output: BinaryIO,
+    config: SourceConfig,
+    progress: ByteProgress | None,
+) -> int:
+    written = 0
+    total: int | None = None
+    validator: str | None = None  # ETag or Last-Modified, sent as If-Range when resuming
+    failures = 0
+    while True:
+        headers = {}
+        if written:
+            headers["Range"] = f"bytes={written}-"
+            if validator:
+                headers["If-Range"] = validator
+        try:
+            with http.stream("GET", url, headers=headers) as response:
+                _check_status(response, url)
+                if written and response.status_code == 206:
+                    _check_resumed_range(response, written, url)
+                elif written:
+                    logger.info("%s: server ignored Range, restarting from byte 0", url)
+                    output.seek(0)
+                    output.truncate()
+                    written = 0
+                if not written:
+                    total = _content_length(response)
+                    validator = _range_validator(response)
+                    if total is not None and total > config.max_download_bytes:
+                        raise _too_large(url, config, total)
+                written = _copy_body(
+                    response, output,
+                    written=written, total=total, url=url, config=config, progress=progress,
+                )  # fmt: skip
+            if total is not None and written < total:
+                raise _DroppedError(f"connection closed after {written} of {total} bytes")
+            return written
+        except (httpx.ReadTimeout, httpx.WriteTimeout, httpx.PoolTimeout) as error:
+            reason = f"timed out after {config.read_timeout_s:g} s without data ({error})"
+        except httpx.ConnectTimeout:
+            raise DownloadNetworkError(
+                f"{url}: connection timed out after {config.connect_timeout_s:g} s"
+            ) from None
+        except httpx.ConnectError as error:
+            raise DownloadNetworkError(f"{url}: cannot connect ({error})") from None
+        except httpx.TooManyRedirects:
+            raise DownloadError(
+                f"{url}: more than {config.max_redirects} redirects (SOUNDFORGE_MAX_REDIRECTS)"
+            ) from None
+        except (httpx.RemoteProtocolError, httpx.ReadError) as error:
+            reason = f"connection dropped after {written} bytes ({error})"
+        except _DroppedError as dropped:
+            reason = dropped.reason
+        except httpx.HTTPError as error:  # e.g. an invalid redirect target
+            raise DownloadError(f"{url}: {error}") from None
+        failures += 1
+        if failures > config.resume_attempts:
+            raise DownloadNetworkError(
+                f"{url}: {reason}; gave up after {config.resume_attempts} resume attempts"
+            )
+        logger.warning("%s: %s; resuming at byte %d (attempt %d)", url, reason, written, failures)
+
+
+def _check_status(response: httpx.Response, url: str) -> None:
+    status = response.status_code
+    if status in (200, 206):
+        return
+    phrase = f"HTTP {status} {response.reason_phrase}".strip()
+    if status in (404, 410):
+        raise SourceNotFoundError(f"{url}: {phrase} (no file at this URL)")
+    if status in RETRYABLE_STATUSES or status >= 500:
+        raise DownloadNetworkError(f"{url}: {phrase} (server trouble, worth a retry)")
+    raise DownloadError(f"{url}: {phrase}")
+
+
+def _range_validator(response: httpx.Response) -> str | None:
+    """A strong validator for If-Range: a strong ETag, else Last-Modified."""
+    etag: str | None = response.headers.get("etag")
+    if etag and not etag.startswith("W/"):
+        return etag
+    last_modified: str | None = response.headers.get("last-modified")
+    return last_modified
+
+
+def _content_length(response: httpx.Response) -> int | None:
+    value = response.headers.get("content-length")
+    return int(value) if value and value.isdigit() else None
+
+
+def _check_resumed_range(response: httpx.Response, written: int, url: str) -> None:
+    match = CONTENT_RANGE.match(response.headers.get("content-range", ""))
+    if match is None or int(match[1]) != written:
+        raise DownloadError(
+            f"{url}: resumed download came back with a wrong range "
+            f"({response.headers.get('content-range')!r}, wanted from byte {written})"
+        )
+
+
+def _too_large(url: str, config: SourceConfig, size: int | None) -> DownloadTooLargeError:
+    told = f"{size} bytes" if size is not None else "the body"
+    return DownloadTooLargeError(
+        f"{url}: {told} exceeds the download limit of {config.max_download_bytes} bytes "
+        "(SOUNDFORGE_MAX_DOWNLOAD_BYTES)"
+    )
+
+
+def _copy_body(
+    response: httpx.Response,
+    output: BinaryIO,
+    *,
+    written: int,
+    total: int | None,
+    url: str,
+    config: SourceConfig,
+    progress: ByteProgress | None,
+) -> int:
+    head = b""
+    sniffing = written == 0
+    for chunk in response.iter_raw(CHUNK_BYTES):
+        if written + len(chunk) > config.max_download_bytes:
+            raise _too_large(url, config, total)
+        if sniffing:
+            head += chunk
+            if len(head) >= SNIFF_BYTES:
+                _check_head(head, url)
+                sniffing = False
+        output.write(chunk)
+        written += len(chunk)
+        if progress is not None:
+            progress(written, total)
+    if sniffing and head:
+        _check_head(head, url)
+    return written
+
+
+def _check_head(head: bytes, url: str) -> None:
+    if sniff_extension(head) is None:
+        raise NotAudioError(f"{url}: {describe_non_audio(head)}")

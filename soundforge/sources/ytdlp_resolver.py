@@ -1,0 +1,205 @@
+"""The yt-dlp resolver: find a Spotify track's audio by searching "artist - title"
+(`resolver_search_template`, default YouTube's first five results), pick the candidate whose
+duration is closest to Spotify's, refuse it when more than `duration_tolerance_s` off, and
+download its best audio stream as-is (no re-encoding, so no ffmpeg for single-file formats).
+"""
+
+from __future__ import annotations
+
+import logging
+import urllib.parse
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yt_dlp
+from yt_dlp.utils import DownloadError as YtDlpDownloadError
+
+from soundforge.errors import FfmpegMissingError
+from soundforge.sources.config import SourceConfig
+from soundforge.sources.errors import (
+    DownloadTooLargeError,
+    NoMatchError,
+    ResolverError,
+    SourceNotFoundError,
+)
+from soundforge.sources.http_download import ByteProgress
+from soundforge.sources.model import TrackMetadata
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One search result: what yt-dlp listed, with its duration when known."""
+
+    title: str
+    duration_s: float | None
+    entry: Mapping[str, Any]
+
+
+class _YtDlpLogger:
+    """Routes yt-dlp's messages into `logging` instead of stdout."""
+
+    def debug(self, message: str) -> None:
+        logger.debug("yt-dlp: %s", message)
+
+    def info(self, message: str) -> None:
+        logger.debug("yt-dlp: %s", message)
+
+    def warning(self, message: str) -> None:
+        logger.info("yt-dlp: %s", message)
+
+    def error(self, message: str) -> None:
+        logger.warning("yt-dlp: %s", message)
+
+
+class _TooLargeError(Exception):
+    """Raised from the progress hook to stop a download over the size limit."""
+
+
+def search_query(metadata: TrackMetadata) -> str:
+    return f"{metadata.artist} - {metadata.title}" if metadata.artist else metadata.title
+
+
+def search_target(config: SourceConfig, query: str) -> str:
+    """The template with `{query}` filled in (URL-quoted when the template is an http URL)."""
+    template = config.resolver_search_template
+    if template.startswith(("http://", "https://")):
+        query = urllib.parse.quote(query, safe="")
+    return template.replace("{query}", query)
+
+
+def pick_candidate(
+    candidates: list[Candidate], duration_s: float | None, tolerance_s: float, query: str
+) -> Candidate:
+    """The candidate closest in duration; the first one when Spotify gave no duration."""
+    if not candidates:
+        raise NoMatchError(f"no search results for {query!r}")
+    if duration_s is None:
+        return candidates[0]
+    timed = [c for c in candidates if c.duration_s is not None]
+    if not timed:
+        raise NoMatchError(f"no search result for {query!r} states its duration")
+    best = min(timed, key=lambda c: abs(float(c.duration_s or 0) - duration_s))
+    off_by = abs(float(best.duration_s or 0) - duration_s)
+    if off_by > tolerance_s:
+        raise NoMatchError(
+            f"no search result for {query!r} lasts {duration_s:g} s within {tolerance_s:g} s "
+            f"(closest: {best.title!r}, {best.duration_s:g} s)"
+        )
+    return best
+
+
+def _base_options(config: SourceConfig) -> dict[str, Any]:
+    return {
+        "quiet": True,
+        "no_warnings": True,
+        "noprogress": True,
+        "logger": _YtDlpLogger(),
+        "cachedir": False,
+        "socket_timeout": config.read_timeout_s,
+        "noplaylist": True,
+        "retries": config.resume_attempts,
+        "continuedl": True,
+    }
+
+
+def search(config: SourceConfig, query: str) -> list[Candidate]:
+    """Run the search without downloading; every listed entry becomes a candidate."""
+    target = search_target(config, query)
+    options = {**_base_options(config), "extract_flat": "in_playlist", "noplaylist": False}
+    with yt_dlp.YoutubeDL(options) as ydl:
+        try:
+            info = ydl.extract_info(target, download=False)
+        except YtDlpDownloadError as error:
+            raise _map_error(error, f"search {query!r}") from None
+    entries = info.get("entries") if info.get("_type") == "playlist" else [info]
+    candidates = []
+    for entry in entries or []:
+        if not entry:
+            continue
+        duration = entry.get("duration")
+        candidates.append(Candidate(
+            title=str(entry.get("title") or entry.get("url") or "?"),
+            duration_s=float(duration) if isinstance(duration, int | float) else None,
+            entry=entry,
+        ))  # fmt: skip
+    logger.debug("search %r: %d candidates", query, len(candidates))
+    return candidates
+
+
+def download(
+    metadata: TrackMetadata,
+    staging_prefix: Path,
+    config: SourceConfig,
+    progress: ByteProgress | None = None,
+) -> Path:
+    """Search, pick and download; returns the downloaded file (named `staging_prefix` plus
+    the stream's extension, in the same folder). Partial files share that prefix."""
+    query = search_query(metadata)
+    candidate = pick_candidate(
+        search(config, query), metadata.duration, config.duration_tolerance_s, query
+    )
+    logger.info("resolved %r to %r (%s s)", query, candidate.title, candidate.duration_s)
+    return download_entry(candidate.entry, staging_prefix, config, progress)
+
+
+def download_entry(
+    entry: Mapping[str, Any],
+    staging_prefix: Path,
+    config: SourceConfig,
+    progress: ByteProgress | None = None,
+) -> Path:
+    """Download one search entry's best audio to `staging_prefix.<ext>`."""
+    options = {
+        **_base_options(config),
+        "format": "bestaudio/best",
+        "outtmpl": f"{staging_prefix}.%(ext)s",
+        "max_filesize": config.max_download_bytes,
+        "progress_hooks": [_progress_hook(config, progress)],
+        "overwrites": True,
+    }
+    with yt_dlp.YoutubeDL(options) as ydl:
+        try:
+            result = ydl.process_ie_result(dict(entry), download=True)
+        except YtDlpDownloadError as error:
+            raise _map_error(error, str(entry.get("title") or entry.get("url"))) from None
+    downloads = result.get("requested_downloads") or []
+    path = Path(downloads[0]["filepath"]) if downloads and downloads[0].get("filepath") else None
+    if path is None or not path.is_file():
+        raise DownloadTooLargeError(
+            f"{result.get('title')!r}: nothing downloaded; larger than the download limit of "
+            f"{config.max_download_bytes} bytes (SOUNDFORGE_MAX_DOWNLOAD_BYTES)?"
+        )
+    return path
+
+
+def _progress_hook(
+    config: SourceConfig, progress: ByteProgress | None
+) -> Callable[[dict[str, Any]], None]:
+    def hook(status: dict[str, Any]) -> None:
+        done = int(status.get("downloaded_bytes") or 0)
+        if done > config.max_download_bytes:
+            raise _TooLargeError(config.max_download_bytes)
+        total = status.get("total_bytes") or status.get("total_bytes_estimate")
+        if progress is not None and status.get("status") in ("downloading", "finished"):
+            progress(done, int(total) if total else None)
+
+    return hook
+
+
+def _map_error(error: YtDlpDownloadError, what: str) -> Exception:
+    cause = error.exc_info[1] if error.exc_info else None
+    message = str(error).removeprefix("ERROR: ")
+    if isinstance(cause, _TooLargeError):
+        return DownloadTooLargeError(
+            f"{what}: exceeds the download limit of {cause.args[0]} bytes "
+            "(SOUNDFORGE_MAX_DOWNLOAD_BYTES)"
+        )
+    if "ffmpeg" in message.lower() and ("not installed" in message or "not found" in message):
+        return FfmpegMissingError(f"{what}: extracting this audio stream")
+    if "HTTP Error 404" in message or "HTTP Error 410" in message or "Unsupported URL" in message:
+        return SourceNotFoundError(f"{what}: {message}")
+    return ResolverError(f"yt-dlp failed for {what}: {message}")
