@@ -1,0 +1,48 @@
+"""What every CLI command shares: settings read once, a database connection with a clear
+failure line, JSON output, and the storage root."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+import psycopg
+
+from soundforge.db import connect
+from soundforge.models import json_value
+from soundforge.settings import Settings, load_settings
+from soundforge.storage import Storage
+
+
+def settings() -> Settings:
+    return load_settings()
+
+
+def database(config: Settings, *, autocommit: bool = False) -> psycopg.Connection[Any]:
+    return connect(config.database_url, autocommit=autocommit)
+
+
+def storage(config: Settings) -> Storage:
+    return Storage(config.storage_path)
+
+
+def print_json(data: Any) -> None:
+    json.dump(data, sys.stdout, indent=2, default=json_value, allow_nan=False)
+    sys.stdout.write("\n")
+
+
+def add_json_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def human_size(size: int | None) -> str:
+    if size is None:
+        return "-"
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{size} B"

@@ -1,0 +1,95 @@
+"""CLI commands over the database and the file store: migrate, tracks, delete, cleanup."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from soundforge import music
+from soundforge.cli.common import add_json_flag, database, human_size, print_json, settings, storage
+from soundforge.migrations import migrate, migration_status
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser("migrate", help="apply pending schema migrations")
+    parser.add_argument("--status", action="store_true", help="list applied and pending files")
+    parser.set_defaults(handler=run_migrate)
+
+    parser = subparsers.add_parser("tracks", help="list or search tracks, newest first")
+    parser.add_argument("--search", metavar="Q", help="case-insensitive match on title/artist")
+    parser.add_argument("--limit", type=int, default=50)
+    parser.add_argument("--offset", type=int, default=0)
+    add_json_flag(parser)
+    parser.set_defaults(handler=run_tracks)
+
+    parser = subparsers.add_parser("delete", help="delete a track, its jobs and its files")
+    parser.add_argument("track_id", metavar="TRACK_ID")
+    parser.set_defaults(handler=run_delete)
+
+    parser = subparsers.add_parser(
+        "cleanup", help="remove stored files that no row references (older than the grace period)"
+    )
+    parser.add_argument("--dry-run", action="store_true", help="list, do not remove")
+    add_json_flag(parser)
+    parser.set_defaults(handler=run_cleanup)
+
+
+def run_migrate(args: argparse.Namespace) -> int:
+    config = settings()
+    if args.status:
+        for state in migration_status(config.database_url):
+            if state.changed:
+                label = "CHANGED since applied"
+            elif state.applied_at is None:
+                label = "pending"
+            else:
+                label = f"applied {state.applied_at:%Y-%m-%d %H:%M:%S}"
+            print(f"{label:32} {state.name}")
+        return 0
+    applied = migrate(config.database_url)
+    print("\n".join(f"applied {name}" for name in applied) or "nothing to migrate")
+    return 0
+
+
+def run_tracks(args: argparse.Namespace) -> int:
+    config = settings()
+    with database(config) as conn:
+        if args.search:
+            tracks = music.search_tracks(conn, args.search, args.limit, args.offset)
+        else:
+            tracks = music.list_tracks(conn, args.limit, args.offset)
+    if args.json:
+        print_json([track.to_dict() for track in tracks])
+        return 0
+    for track in tracks:
+        artist = f"{track.artist} - " if track.artist else ""
+        print(f"{track.id}  {track.inserted_at:%Y-%m-%d %H:%M}  {artist}{track.title}")
+    return 0
+
+
+def run_delete(args: argparse.Namespace) -> int:
+    track_id = music.parse_uuid(args.track_id, "track id")
+    config = settings()
+    with database(config) as conn:
+        deleted, removed = music.delete_track_with_files(conn, storage(config), track_id)
+    if not deleted:
+        raise music.TrackNotFoundError(f"no track with id {track_id}")
+    print(f"deleted track {track_id} and {len(removed)} file(s)")
+    return 0
+
+
+def run_cleanup(args: argparse.Namespace) -> int:
+    config = settings()
+    with database(config) as conn:
+        referenced = music.referenced_paths(conn)
+    report = storage(config).cleanup_orphaned(
+        referenced, dry_run=args.dry_run, grace_s=config.storage_orphan_grace_s
+    )
+    if args.json:
+        print_json(report.__dict__)
+        return 0
+    verb = "would remove" if args.dry_run else "removed"
+    for path in report.paths:
+        print(f"{verb} {path}")
+    print(f"{verb} {report.count} orphaned file(s), {human_size(report.bytes)}")
+    return 0

@@ -1,0 +1,85 @@
+"""PostgreSQL access: connections and pools built from a URL, with failures to connect turned
+into one readable line that names host, port and database (never the password)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+from psycopg.rows import dict_row
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from soundforge.errors import ConfigError, DatabaseUnavailableError
+
+APPLICATION_NAME = "soundforge"
+
+
+def describe_dsn(conninfo: str) -> str:
+    """`host=... port=... dbname=... user=...` for messages; the password is never included."""
+    try:
+        parts = conninfo_to_dict(conninfo)
+    except psycopg.ProgrammingError:
+        return "an unparsable database URL"
+    host = parts.get("host") or "localhost (socket)"
+    port = parts.get("port") or "5432"
+    dbname = parts.get("dbname") or parts.get("user") or "?"
+    user = parts.get("user")
+    described = f"host={host} port={port} dbname={dbname}"
+    return f"{described} user={user}" if user else described
+
+
+def _unavailable(conninfo: str, error: Exception) -> DatabaseUnavailableError:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    reason = " ".join(lines) if lines else type(error).__name__
+    password = conninfo_to_dict(conninfo).get("password")
+    if password:
+        reason = reason.replace(str(password), "***")
+    return DatabaseUnavailableError(
+        f"cannot connect to PostgreSQL at {describe_dsn(conninfo)}: {reason}"
+    )
+
+
+def connect(conninfo: str, *, autocommit: bool = False, **kwargs: Any) -> psycopg.Connection[Any]:
+    """One connection with dict rows; `DatabaseUnavailableError` when it cannot be had."""
+    try:
+        conninfo_to_dict(conninfo)
+    except psycopg.ProgrammingError as error:
+        raise ConfigError(f"DATABASE_URL is not a valid connection string: {error}") from None
+    try:
+        return psycopg.connect(
+            conninfo,
+            autocommit=autocommit,
+            row_factory=dict_row,
+            application_name=APPLICATION_NAME,
+            connect_timeout=kwargs.pop("connect_timeout", 10),
+            **kwargs,
+        )
+    except psycopg.OperationalError as error:
+        raise _unavailable(conninfo, error) from None
+
+
+def create_pool(conninfo: str, min_size: int = 1, max_size: int = 10) -> ConnectionPool[Any]:
+    """An opened pool of dict-row connections; fails fast when the database is unreachable."""
+    connect(conninfo).close()  # a clear error now instead of a pool timeout later
+    pool: ConnectionPool[Any] = ConnectionPool(
+        conninfo,
+        min_size=min_size,
+        max_size=max_size,
+        kwargs={"row_factory": dict_row, "application_name": APPLICATION_NAME},
+        open=False,
+    )
+    try:
+        pool.open(wait=True, timeout=30)
+    except PoolTimeout as error:
+        raise _unavailable(conninfo, error) from None
+    return pool
+
+
+@contextlib.contextmanager
+def transaction(pool: ConnectionPool[Any]) -> Iterator[psycopg.Connection[Any]]:
+    """A pooled connection inside one transaction (committed on success, rolled back on error)."""
+    with pool.connection() as conn, conn.transaction():
+        yield conn

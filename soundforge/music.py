@@ -1,0 +1,226 @@
+"""The Music context: queries over tracks, stems and analysis results (the original system's
+`SoundForge.Music`). Every function takes an open connection; the caller owns the transaction.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from soundforge.errors import InvalidIdError, PermanentError
+from soundforge.models import AnalysisResult, Stem, Track
+from soundforge.queries import query
+from soundforge.storage import Storage
+
+Connection = psycopg.Connection[Any]
+MAX_PAGE = 1000
+
+
+class TrackNotFoundError(PermanentError):
+    """No track has the id a user gave."""
+
+
+@dataclass(frozen=True)
+class TrackFields:
+    """What a new track is made of (everything but the title may be unknown)."""
+
+    title: str
+    spotify_id: str | None = None
+    spotify_url: str | None = None
+    artist: str | None = None
+    album: str | None = None
+    album_art_url: str | None = None
+    duration: int | None = None
+
+    def params(self, track_id: uuid.UUID) -> dict[str, Any]:
+        if not self.title.strip():
+            raise PermanentError("a track needs a non-empty title")
+        return {"id": track_id, **self.__dict__}
+
+
+def parse_uuid(text: str | uuid.UUID, what: str = "id") -> uuid.UUID:
+    """A user-typed id as a UUID, or `InvalidIdError` saying what was wrong."""
+    if isinstance(text, uuid.UUID):
+        return text
+    try:
+        return uuid.UUID(text.strip())
+    except (ValueError, AttributeError):
+        raise InvalidIdError(f"{what} {text!r} is not a valid UUID") from None
+
+
+def _page(limit: int, offset: int) -> dict[str, int]:
+    if limit < 1 or offset < 0:
+        raise PermanentError("limit must be at least 1 and offset at least 0")
+    return {"limit": min(limit, MAX_PAGE), "offset": offset}
+
+
+def create_track(conn: Connection, fields: TrackFields) -> Track:
+    row = conn.execute(query("insert_track"), fields.params(uuid.uuid4())).fetchone()
+    assert row is not None
+    return Track.from_row(row)
+
+
+def get_track(conn: Connection, track_id: uuid.UUID | str) -> Track | None:
+    row = conn.execute(query("get_track"), {"id": parse_uuid(track_id, "track id")}).fetchone()
+    return Track.from_row(row) if row else None
+
+
+def require_track(conn: Connection, track_id: uuid.UUID | str) -> Track:
+    track = get_track(conn, track_id)
+    if track is None:
+        raise TrackNotFoundError(f"no track with id {track_id}")
+    return track
+
+
+def list_tracks(conn: Connection, limit: int = 50, offset: int = 0) -> list[Track]:
+    """Newest first."""
+    rows = conn.execute(query("list_tracks"), _page(limit, offset)).fetchall()
+    return [Track.from_row(row) for row in rows]
+
+
+def _like_pattern(text: str) -> str:
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+def search_tracks(conn: Connection, text: str, limit: int = 50, offset: int = 0) -> list[Track]:
+    """Tracks whose title or artist contains `text`, case-insensitively, newest first."""
+    params = {"pattern": _like_pattern(text), **_page(limit, offset)}
+    return [Track.from_row(row) for row in conn.execute(query("search_tracks"), params)]
+
+
+def find_or_create_track(conn: Connection, fields: TrackFields) -> tuple[Track, bool]:
+    """The track with `fields.spotify_id`, created if missing; True when this call created it.
+
+    Safe under any number of concurrent callers: the unique index decides, and a loser reads
+    the winner's row (it is committed by the time the INSERT returns under READ COMMITTED).
+    """
+    if not fields.spotify_id:
+        return create_track(conn, fields), True
+    while True:
+        row = conn.execute(
+            query("insert_track_unless_spotify_id_exists"), fields.params(uuid.uuid4())
+        ).fetchone()
+        if row is not None:
+            return Track.from_row(row), True
+        row = conn.execute(
+            query("get_track_by_spotify_id"), {"spotify_id": fields.spotify_id}
+        ).fetchone()
+        if row is not None:
+            return Track.from_row(row), False
+        # The winner's row was deleted between our two statements: try again.
+
+
+def update_track_metadata(conn: Connection, track_id: uuid.UUID, **fields: Any) -> Track:
+    names = ("title", "artist", "album", "album_art_url", "duration")
+    params = {name: fields.get(name) for name in names}
+    row = conn.execute(query("update_track_metadata"), {"id": track_id, **params}).fetchone()
+    if row is None:
+        raise TrackNotFoundError(f"no track with id {track_id}")
+    return Track.from_row(row)
+
+
+def list_stems_for_track(conn: Connection, track_id: uuid.UUID | str) -> list[Stem]:
+    rows = conn.execute(
+        query("list_stems_for_track"), {"track_id": parse_uuid(track_id, "track id")}
+    )
+    return [Stem.from_row(row) for row in rows]
+
+
+def list_stems_for_job(conn: Connection, processing_job_id: uuid.UUID) -> list[Stem]:
+    rows = conn.execute(query("list_stems_for_job"), {"processing_job_id": processing_job_id})
+    return [Stem.from_row(row) for row in rows]
+
+
+def create_stem(
+    conn: Connection,
+    *,
+    processing_job_id: uuid.UUID,
+    track_id: uuid.UUID,
+    stem_type: str,
+    file_path: str,
+    file_size: int,
+) -> Stem:
+    row = conn.execute(
+        query("insert_stem"),
+        {
+            "id": uuid.uuid4(),
+            "processing_job_id": processing_job_id,
+            "track_id": track_id,
+            "stem_type": stem_type,
+            "file_path": file_path,
+            "file_size": file_size,
+        },
+    ).fetchone()
+    assert row is not None
+    return Stem.from_row(row)
+
+
+def create_analysis_result(
+    conn: Connection,
+    *,
+    track_id: uuid.UUID,
+    analysis_job_id: uuid.UUID,
+    columns: dict[str, Any],
+    features: dict[str, Any],
+) -> AnalysisResult:
+    """`columns`: tempo, key, energy, spectral_centroid, spectral_rolloff, zero_crossing_rate."""
+    names = ("tempo", "key", "energy", "spectral_centroid", "spectral_rolloff",
+             "zero_crossing_rate")  # fmt: skip
+    params = {name: columns.get(name) for name in names}
+    row = conn.execute(
+        query("insert_analysis_result"),
+        {
+            "id": uuid.uuid4(),
+            "track_id": track_id,
+            "analysis_job_id": analysis_job_id,
+            "features": Jsonb(features),
+            **params,
+        },
+    ).fetchone()
+    assert row is not None
+    return AnalysisResult.from_row(row)
+
+
+def get_analysis_result_for_track(
+    conn: Connection, track_id: uuid.UUID | str
+) -> AnalysisResult | None:
+    """The newest analysis of the track; None when it has none."""
+    row = conn.execute(
+        query("newest_analysis_result_for_track"), {"track_id": parse_uuid(track_id, "track id")}
+    ).fetchone()
+    return AnalysisResult.from_row(row) if row else None
+
+
+def delete_track(conn: Connection, track_id: uuid.UUID | str) -> bool:
+    """Delete a track in one statement; the database cascades to jobs, stems and results."""
+    row = conn.execute(query("delete_track"), {"id": parse_uuid(track_id, "track id")}).fetchone()
+    return row is not None
+
+
+def delete_track_with_files(
+    conn: Connection, storage: Storage, track_id: uuid.UUID | str
+) -> tuple[bool, list[str]]:
+    """Delete a track and then its stored files; returns (deleted, removed paths).
+
+    The rows go first, in the caller's transaction, which this commits before any file is
+    touched: a failed delete leaves every file in place, and a crash after the commit leaves
+    only orphans that `cleanup_orphaned` removes.
+    """
+    params = {"id": parse_uuid(track_id, "track id")}
+    row = conn.execute(query("delete_track_returning_files"), params).fetchone()
+    assert row is not None
+    if not row["deleted"]:
+        return False, []
+    conn.commit()
+    removed = [path for path in row["paths"] if storage.remove(path)]
+    return True, removed
+
+
+def referenced_paths(conn: Connection) -> set[str]:
+    """Every stored path a download job or stem row points at."""
+    return {row["path"] for row in conn.execute(query("referenced_paths"))}

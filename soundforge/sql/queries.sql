@@ -1,0 +1,172 @@
+-- SoundForge's SQL, one statement per `-- name:` header (see soundforge/queries.py).
+-- Timestamps are UTC, stored without time zone, at second precision, as in the original.
+
+-- ---------------------------------------------------------------- migrations
+
+-- name: create_migrations_table
+-- The record of applied schema files (ours and Procrastinate's).
+CREATE TABLE IF NOT EXISTS soundforge_schema_migrations (
+    name text PRIMARY KEY,
+    checksum text NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- name: lock_migrations
+-- Serialise migration runs: a session-level advisory lock, held until unlock_migrations.
+SELECT pg_advisory_lock(%(key)s);
+
+-- name: unlock_migrations
+-- Release the migration lock.
+SELECT pg_advisory_unlock(%(key)s);
+
+-- name: list_applied_migrations
+-- Every recorded schema file.
+SELECT name, checksum, applied_at FROM soundforge_schema_migrations ORDER BY name;
+
+-- name: record_migration
+-- Remember one applied schema file.
+INSERT INTO soundforge_schema_migrations (name, checksum) VALUES (%(name)s, %(checksum)s);
+
+-- name: migrations_table_present
+-- True once any migration has run.
+SELECT to_regclass('soundforge_schema_migrations') IS NOT NULL AS present;
+
+-- name: procrastinate_schema_present
+-- True when Procrastinate's tables exist already (installed before we recorded it).
+SELECT to_regclass('procrastinate_jobs') IS NOT NULL AS present;
+
+-- ---------------------------------------------------------------- tracks
+
+-- name: insert_track
+-- Create a track.
+INSERT INTO tracks (id, spotify_id, spotify_url, title, artist, album, album_art_url, duration,
+                    inserted_at, updated_at)
+VALUES (%(id)s, %(spotify_id)s, %(spotify_url)s, %(title)s, %(artist)s, %(album)s,
+        %(album_art_url)s, %(duration)s, timezone('utc', now()), timezone('utc', now()))
+RETURNING *;
+
+-- name: insert_track_unless_spotify_id_exists
+-- Create a track unless one has this spotify_id; returns nothing when it exists.
+INSERT INTO tracks (id, spotify_id, spotify_url, title, artist, album, album_art_url, duration,
+                    inserted_at, updated_at)
+VALUES (%(id)s, %(spotify_id)s, %(spotify_url)s, %(title)s, %(artist)s, %(album)s,
+        %(album_art_url)s, %(duration)s, timezone('utc', now()), timezone('utc', now()))
+ON CONFLICT (spotify_id) DO NOTHING
+RETURNING *;
+
+-- name: get_track
+-- One track by id.
+SELECT * FROM tracks WHERE id = %(id)s;
+
+-- name: get_track_by_spotify_id
+-- One track by its Spotify id.
+SELECT * FROM tracks WHERE spotify_id = %(spotify_id)s;
+
+-- name: list_tracks
+-- Tracks, newest first (served by tracks_inserted_at_index), a page at a time.
+SELECT * FROM tracks ORDER BY inserted_at DESC, id DESC LIMIT %(limit)s OFFSET %(offset)s;
+
+-- name: search_tracks
+-- Tracks whose title or artist contains the pattern, case-insensitively (trigram indexes).
+SELECT * FROM tracks
+WHERE title ILIKE %(pattern)s OR artist ILIKE %(pattern)s
+ORDER BY inserted_at DESC, id DESC
+LIMIT %(limit)s OFFSET %(offset)s;
+
+-- name: update_track_metadata
+-- Fill metadata learnt later (e.g. the title of a downloaded file); NULLs keep what is there.
+UPDATE tracks SET
+    title = coalesce(%(title)s, title),
+    artist = coalesce(%(artist)s, artist),
+    album = coalesce(%(album)s, album),
+    album_art_url = coalesce(%(album_art_url)s, album_art_url),
+    duration = coalesce(%(duration)s, duration),
+    updated_at = timezone('utc', now())
+WHERE id = %(id)s
+RETURNING *;
+
+-- name: delete_track
+-- Delete a track; the foreign keys cascade to its jobs, stems and results.
+DELETE FROM tracks WHERE id = %(id)s RETURNING id;
+
+-- name: delete_track_returning_files
+-- Delete a track and return the stored paths that belonged to it, in one statement.
+WITH files AS (
+    SELECT output_path AS path FROM download_jobs
+    WHERE track_id = %(id)s AND output_path IS NOT NULL
+    UNION
+    SELECT file_path FROM stems WHERE track_id = %(id)s AND file_path IS NOT NULL
+), deleted AS (
+    DELETE FROM tracks WHERE id = %(id)s RETURNING id
+)
+SELECT (SELECT count(*) FROM deleted) AS deleted, array(SELECT path FROM files) AS paths;
+
+-- name: referenced_paths
+-- Every stored path a row still points at (for the orphan cleaner).
+SELECT output_path AS path FROM download_jobs WHERE output_path IS NOT NULL
+UNION
+SELECT file_path FROM stems WHERE file_path IS NOT NULL;
+
+-- ---------------------------------------------------------------- stems and results
+
+-- name: insert_stem
+-- Record one stem file of a separation run.
+INSERT INTO stems (id, processing_job_id, track_id, stem_type, file_path, file_size,
+                   inserted_at, updated_at)
+VALUES (%(id)s, %(processing_job_id)s, %(track_id)s, %(stem_type)s, %(file_path)s,
+        %(file_size)s, timezone('utc', now()), timezone('utc', now()))
+RETURNING *;
+
+-- name: list_stems_for_track
+-- A track's stems, newest run first, then by stem name.
+SELECT * FROM stems WHERE track_id = %(track_id)s ORDER BY inserted_at DESC, stem_type;
+
+-- name: list_stems_for_job
+-- The stems one separation run wrote.
+SELECT * FROM stems WHERE processing_job_id = %(processing_job_id)s ORDER BY stem_type;
+
+-- name: insert_analysis_result
+-- Record the analysis of one analysis job (at most one per job).
+INSERT INTO analysis_results (id, track_id, analysis_job_id, tempo, key, energy,
+                              spectral_centroid, spectral_rolloff, zero_crossing_rate, features,
+                              inserted_at, updated_at)
+VALUES (%(id)s, %(track_id)s, %(analysis_job_id)s, %(tempo)s, %(key)s, %(energy)s,
+        %(spectral_centroid)s, %(spectral_rolloff)s, %(zero_crossing_rate)s, %(features)s,
+        timezone('utc', now()), timezone('utc', now()))
+RETURNING *;
+
+-- name: newest_analysis_result_for_track
+-- The newest analysis of a track (several may exist after re-analysis).
+SELECT * FROM analysis_results WHERE track_id = %(track_id)s
+ORDER BY inserted_at DESC, id DESC LIMIT 1;
+
+-- ---------------------------------------------------------------- job rows ({table})
+
+-- name: insert_job
+-- Create a job row in one of the three job tables (extra columns are set by update_job_fields).
+INSERT INTO {table} (id, track_id, status, progress, inserted_at, updated_at)
+VALUES (%(id)s, %(track_id)s, 'queued', 0, timezone('utc', now()), timezone('utc', now()))
+RETURNING *;
+
+-- name: insert_processing_job
+-- Create a separation job row with its model and options.
+INSERT INTO processing_jobs (id, track_id, model, options, status, progress, inserted_at,
+                             updated_at)
+VALUES (%(id)s, %(track_id)s, %(model)s, %(options)s, 'queued', 0, timezone('utc', now()),
+        timezone('utc', now()))
+RETURNING *;
+
+-- name: get_job
+-- One job row.
+SELECT * FROM {table} WHERE id = %(id)s;
+
+-- name: list_jobs_for_track
+-- A track's rows in one job table, oldest first.
+SELECT * FROM {table} WHERE track_id = %(track_id)s ORDER BY inserted_at, id;
+
+-- name: advance_job
+-- Move a job's status and progress, optimistically locked on lock_version.
+UPDATE {table}
+SET status = %(status)s, progress = %(progress)s, error = %(error)s
+WHERE id = %(id)s AND lock_version = %(lock_version)s
+RETURNING *;

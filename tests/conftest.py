@@ -1,0 +1,96 @@
+"""Shared fixtures: a fresh PostgreSQL database per test session, migrated with the real
+`soundforge migrate` code and dropped at the end; tables emptied after every test."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from soundforge.db import connect
+from soundforge.migrations import migrate
+from soundforge.storage import Storage
+
+ADMIN_URL = os.environ.get(
+    "SOUNDFORGE_TEST_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+QUEUE_TABLES = (
+    "procrastinate_jobs, procrastinate_events, procrastinate_periodic_defers, "
+    "procrastinate_workers"
+)
+
+
+def database_url_for(name: str) -> str:
+    base = psycopg.conninfo.conninfo_to_dict(ADMIN_URL)
+    base["dbname"] = name
+    return psycopg.conninfo.make_conninfo(**{k: str(v) for k, v in base.items()})
+
+
+def create_database(prefix: str = "sf_test") -> str:
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    return name
+
+
+def drop_database(name: str) -> None:
+    with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
+        admin.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
+
+
+@pytest.fixture
+def fresh_database() -> Iterator[str]:
+    """An empty database (no migrations) of its own, for tests of migrate itself."""
+    name = create_database("sf_fresh")
+    try:
+        yield database_url_for(name)
+    finally:
+        drop_database(name)
+
+
+@pytest.fixture(scope="session")
+def database_url() -> Iterator[str]:
+    """The session's migrated database."""
+    name = create_database()
+    url = database_url_for(name)
+    try:
+        migrate(url)
+        yield url
+    finally:
+        drop_database(name)
+
+
+@pytest.fixture
+def conn(database_url: str) -> Iterator[psycopg.Connection[Any]]:
+    """An autocommit connection; every table is emptied after the test."""
+    connection = connect(database_url, autocommit=True)
+    try:
+        yield connection
+    finally:
+        connection.close()
+        with connect(database_url, autocommit=True) as cleaner:
+            cleaner.execute(f"TRUNCATE tracks, {QUEUE_TABLES} RESTART IDENTITY CASCADE")
+
+
+@pytest.fixture
+def storage(tmp_path: Path) -> Storage:
+    store = Storage(tmp_path / "store")
+    store.ensure_root()
+    return store
+
+
+@pytest.fixture
+def cli_env(database_url: str, tmp_path: Path) -> dict[str, str]:
+    """Environment for running the real `soundforge` command in a subprocess."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SOUNDFORGE_")}
+    env["DATABASE_URL"] = database_url
+    env["SOUNDFORGE_STORAGE_PATH"] = str(tmp_path / "store")
+    return env

@@ -1,0 +1,213 @@
+"""The Music context: tracks, search, find-or-create under a race, stems, results, deletes."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from soundforge import jobs, music
+from soundforge.db import connect
+from soundforge.errors import InvalidIdError
+from soundforge.models import Stage
+from soundforge.storage import Storage, download_relpath, stem_relpath
+from tests.factories import make_job, make_track
+
+
+def test_create_and_get_track_round_trips_every_field(conn: psycopg.Connection[Any]) -> None:
+    track = make_track(
+        conn, "Title", artist="Artist", album="Album", album_art_url="http://img",
+        duration=215, spotify_id="4uLU6hMCjMI75M1A2tKUQC",
+        spotify_url="https://open.spotify.com/track/4uLU6hMCjMI75M1A2tKUQC",
+    )  # fmt: skip
+    assert music.get_track(conn, track.id) == track
+    assert music.get_track(conn, uuid.uuid4()) is None
+    with pytest.raises(InvalidIdError, match="not a valid UUID"):
+        music.get_track(conn, "nope")
+
+
+def test_list_tracks_is_newest_first_and_paginates(conn: psycopg.Connection[Any]) -> None:
+    created = [make_track(conn, f"t{i}") for i in range(5)]
+    for age, track in enumerate(reversed(created)):
+        conn.execute(
+            "UPDATE tracks SET inserted_at = inserted_at - make_interval(mins => %s)"
+            " WHERE id = %s",
+            (age, track.id),
+        )
+    page1 = music.list_tracks(conn, limit=2)
+    page2 = music.list_tracks(conn, limit=2, offset=2)
+    page3 = music.list_tracks(conn, limit=2, offset=4)
+    titles = [t.title for t in page1 + page2 + page3]
+    assert titles == ["t4", "t3", "t2", "t1", "t0"]
+
+
+def test_search_is_case_insensitive_on_title_and_artist_and_escapes_wildcards(
+    conn: psycopg.Connection[Any],
+) -> None:
+    make_track(conn, "Bohemian Rhapsody", artist="Queen")
+    make_track(conn, "Under Pressure", artist="Queen & David Bowie")
+    make_track(conn, "100% Pure", artist="Someone")
+    assert {t.title for t in music.search_tracks(conn, "queen")} == {
+        "Bohemian Rhapsody",
+        "Under Pressure",
+    }
+    assert [t.title for t in music.search_tracks(conn, "RHAPS")] == ["Bohemian Rhapsody"]
+    assert [t.title for t in music.search_tracks(conn, "100%")] == ["100% Pure"]
+    assert music.search_tracks(conn, "_") == []
+
+
+def test_search_uses_the_trigram_index(conn: psycopg.Connection[Any]) -> None:
+    conn.execute("SET enable_seqscan = off")
+    plan = conn.execute(
+        "EXPLAIN SELECT * FROM tracks WHERE title ILIKE '%%rhaps%%' OR artist ILIKE '%%rhaps%%'"
+    ).fetchall()
+    text = "\n".join(row["QUERY PLAN"] for row in plan)
+    assert "tracks_title_trgm_index" in text and "tracks_artist_trgm_index" in text
+
+
+def test_find_or_create_under_a_50_caller_race_makes_one_row(database_url: str) -> None:
+    spotify_id = "3n3Ppam7vgaVa1iaRUc9Lp"
+    barrier = threading.Barrier(50)
+    found: list[tuple[uuid.UUID, bool]] = []
+    errors: list[BaseException] = []
+
+    def caller() -> None:
+        try:
+            with connect(database_url, autocommit=True) as own:
+                barrier.wait()
+                track, created = music.find_or_create_track(
+                    own, music.TrackFields(title="Mr. Brightside", spotify_id=spotify_id)
+                )
+                found.append((track.id, created))
+        except BaseException as error:  # collected and asserted below
+            errors.append(error)
+
+    threads = [threading.Thread(target=caller) for _ in range(50)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    try:
+        assert errors == []
+        assert len(found) == 50
+        assert len({track_id for track_id, _ in found}) == 1
+        assert sum(created for _, created in found) == 1
+    finally:
+        with connect(database_url, autocommit=True) as cleanup:
+            cleanup.execute("DELETE FROM tracks WHERE spotify_id = %s", (spotify_id,))
+
+
+def test_stems_are_listed_per_track(conn: psycopg.Connection[Any]) -> None:
+    track = make_track(conn)
+    job = make_job(conn, Stage.SEPARATE, track)
+    for stem in ("vocals", "drums", "bass", "other"):
+        music.create_stem(
+            conn, processing_job_id=job.id, track_id=track.id, stem_type=stem,
+            file_path=stem_relpath(track.id, job.id, stem, "flac"), file_size=10,
+        )  # fmt: skip
+    stems = music.list_stems_for_track(conn, track.id)
+    assert sorted(s.stem_type for s in stems) == ["bass", "drums", "other", "vocals"]
+    assert music.list_stems_for_track(conn, make_track(conn).id) == []
+
+
+def test_newest_analysis_result_wins_and_several_never_fail(
+    conn: psycopg.Connection[Any],
+) -> None:
+    track = make_track(conn)
+    assert music.get_analysis_result_for_track(conn, track.id) is None
+    results = []
+    for tempo in (100.0, 120.0, 140.0):
+        job = make_job(conn, Stage.ANALYZE, track)
+        results.append(
+            music.create_analysis_result(
+                conn, track_id=track.id, analysis_job_id=job.id,
+                columns={"tempo": tempo, "key": "C major"}, features={"tempo": tempo},
+            )
+        )
+    conn.execute(
+        "UPDATE analysis_results SET inserted_at = inserted_at - interval '1 hour'"
+        " WHERE id <> %s",
+        (results[1].id,),
+    )
+    newest = music.get_analysis_result_for_track(conn, track.id)
+    assert newest is not None and newest.tempo == 120.0 and newest.features == {"tempo": 120.0}
+
+
+def test_at_most_one_analysis_result_per_analysis_job(conn: psycopg.Connection[Any]) -> None:
+    track = make_track(conn)
+    job = make_job(conn, Stage.ANALYZE, track)
+    music.create_analysis_result(
+        conn, track_id=track.id, analysis_job_id=job.id, columns={}, features={}
+    )
+    with pytest.raises(psycopg.errors.UniqueViolation):
+        music.create_analysis_result(
+            conn, track_id=track.id, analysis_job_id=job.id, columns={}, features={}
+        )
+
+
+def test_delete_track_cascades_to_jobs_stems_and_results(conn: psycopg.Connection[Any]) -> None:
+    track = make_track(conn)
+    other = make_track(conn, "kept")
+    make_job(conn, Stage.DOWNLOAD, track)
+    make_job(conn, Stage.DOWNLOAD, other)
+    separation = make_job(conn, Stage.SEPARATE, track)
+    analysis = make_job(conn, Stage.ANALYZE, track)
+    music.create_stem(
+        conn, processing_job_id=separation.id, track_id=track.id, stem_type="vocals",
+        file_path="stems/x/y/vocals.flac", file_size=1,
+    )  # fmt: skip
+    music.create_analysis_result(
+        conn, track_id=track.id, analysis_job_id=analysis.id, columns={}, features={}
+    )
+    assert music.delete_track(conn, track.id)
+    assert not music.delete_track(conn, track.id)
+    for table in ("download_jobs", "processing_jobs", "analysis_jobs", "stems",
+                  "analysis_results"):  # fmt: skip
+        row = conn.execute(
+            f"SELECT count(*) AS n FROM {table} WHERE track_id = %s", (track.id,)
+        ).fetchone()
+        assert row is not None and row["n"] == 0, table
+    assert len(jobs.list_jobs_for_track(conn, Stage.DOWNLOAD, other.id)) == 1
+
+
+def test_delete_track_with_files_removes_rows_then_files(
+    conn: psycopg.Connection[Any], storage: Storage
+) -> None:
+    track = make_track(conn)
+    download = make_job(conn, Stage.DOWNLOAD, track)
+    separation = make_job(conn, Stage.SEPARATE, track)
+    audio_rel = download_relpath(track.id, "wav")
+    stem_rel = stem_relpath(track.id, separation.id, "vocals", "flac")
+    for rel in (audio_rel, stem_rel):
+        with storage.atomic_write(rel) as handle:
+            handle.write(b"x" * 100)
+    conn.execute(
+        "UPDATE download_jobs SET output_path = %s WHERE id = %s", (audio_rel, download.id)
+    )
+    music.create_stem(
+        conn, processing_job_id=separation.id, track_id=track.id, stem_type="vocals",
+        file_path=stem_rel, file_size=100,
+    )  # fmt: skip
+    keeper = storage.resolve("downloads/unrelated.wav")
+    keeper.write_bytes(b"y")
+    deleted, removed = music.delete_track_with_files(conn, storage, track.id)
+    assert deleted and sorted(removed) == sorted([audio_rel, stem_rel])
+    assert not storage.resolve(audio_rel).exists() and not storage.resolve(stem_rel).exists()
+    assert not (storage.root / "stems" / str(track.id)).exists()  # empty folders pruned
+    assert keeper.exists()
+    assert music.delete_track_with_files(conn, storage, track.id) == (False, [])
+
+
+def test_referenced_paths_lists_downloads_and_stems(
+    conn: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    track = make_track(conn)
+    download = make_job(conn, Stage.DOWNLOAD, track)
+    conn.execute(
+        "UPDATE download_jobs SET output_path = 'downloads/a.wav' WHERE id = %s", (download.id,)
+    )
+    assert music.referenced_paths(conn) == {"downloads/a.wav"}
