@@ -27,7 +27,6 @@ logger = logging.getLogger(__name__)
 ByteProgress = Callable[[int, int | None], None]
 """Called with (bytes written so far, total bytes or None when the server does not say)."""
 
-CHUNK_BYTES = 64 * 1024
 USER_AGENT = "SoundForge/0.1 (+https://github.com/soundforge)"
 CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 RETRYABLE_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
@@ -139,6 +138,7 @@ def _download(
             reason = dropped.reason
         except httpx.HTTPError as error:  # e.g. an invalid redirect target
             raise DownloadError(f"{url}: {error}") from None
+        written = output.tell()  # what reached the file before the failure
         failures += 1
         if failures > config.resume_attempts:
             raise DownloadNetworkError(
@@ -202,7 +202,7 @@ def _copy_body(
 ) -> int:
     head = b""
     sniffing = written == 0
-    for chunk in response.iter_raw(CHUNK_BYTES):
+    for chunk in response.iter_raw():  # as it arrives: a drop keeps every byte received
         if written + len(chunk) > config.max_download_bytes:
             raise _too_large(url, config, total)
         if sniffing:
