@@ -14,6 +14,7 @@ from soundforge.errors import SoundForgeError
 # Each module defines `register(subparsers)`, which adds its sub-commands and sets `handler`
 # (a callable taking the parsed namespace and returning an exit code) on each.
 COMMAND_MODULES: tuple[str, ...] = (
+    "soundforge.cli.separate_cmd",
     "soundforge.cli.database_cmds",
 )
 
