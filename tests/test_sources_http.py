@@ -126,7 +126,7 @@ def test_slow_server_hits_the_read_timeout_as_a_transient_error(
     server: LoopbackServer, storage: Storage, flac_bytes: bytes
 ) -> None:
     url = server.serve_bytes("/slow.flac", flac_bytes, "audio/flac", stall_s=30.0, drops=0)
-    with pytest.raises(DownloadNetworkError, match="timed out after 0.2 s") as caught:
+    with pytest.raises(DownloadNetworkError, match=r"timed out after 0\.2 s") as caught:
         fetch_url(url, storage, config(read_timeout_s=0.2, resume_attempts=1))
     assert isinstance(caught.value, TransientError)
     assert stored_files(storage) == []
@@ -195,7 +195,7 @@ def test_oversize_body_without_length_stops_at_the_limit(
 def test_html_page_instead_of_audio_is_refused(server: LoopbackServer, storage: Storage) -> None:
     page = b"<!DOCTYPE html><html><head><title>Login</title></head>" + b"<p>x</p>" * 500
     url = server.serve_bytes("/song.mp3", page, "text/html")
-    with pytest.raises(NotAudioError, match="song.mp3: an HTML page, not audio"):
+    with pytest.raises(NotAudioError, match=r"song\.mp3: an HTML page, not audio"):
         fetch_url(url, storage)
     assert stored_files(storage) == []
 
@@ -205,6 +205,6 @@ def test_truncated_audio_file_is_rejected_and_removed(
 ) -> None:
     wav = tone_bytes(2.0, "wav")
     url = server.serve_bytes("/cut.wav", wav[: len(wav) // 2], "audio/wav")
-    with pytest.raises(TruncatedAudioError, match="cut.wav: truncated WAV"):
+    with pytest.raises(TruncatedAudioError, match=r"cut\.wav: truncated WAV"):
         fetch_url(url, storage)
     assert stored_files(storage) == []

@@ -99,4 +99,6 @@ def test_m4a_without_ffmpeg_fails_saying_ffmpeg_is_needed(
     monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))
     path = tmp_path / "song.m4a"
     path.write_bytes(b"\x00\x00\x00\x20ftypM4A \x00\x00\x02\x00" + b"\x00" * 4096)
-    _assert_rejected(path, FfmpegMissingError, "the-label: decoding this format \\(m4a\\) needs ffmpeg")
+    _assert_rejected(
+        path, FfmpegMissingError, r"the-label: decoding this format \(m4a\) needs ffmpeg"
+    )
