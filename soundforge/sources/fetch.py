@@ -83,7 +83,7 @@ def fetch_audio(
         validated = validate_audio_file(produced, label)
         relative = download_relpath(track_id, validated.ext)
         if produced.parent != staging.parent:  # spotdl wrote into its staging folder
-            moved = storage.temp_path_for(relative)
+            moved = staging.with_name(f"{staging.name}.{validated.ext}")  # still cleaned up
             os.replace(produced, moved)
             produced = moved
         storage.commit(produced, relative)

@@ -34,6 +34,15 @@ class _Faults:
     stall_s: float = 0.0
 
 
+class _QuietServer(http.server.ThreadingHTTPServer):
+    """Clients that hang up early (timeouts, dropped downloads) are normal here, not errors."""
+
+    daemon_threads = True
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        pass
+
+
 @dataclass
 class LoopbackServer:
     """`with LoopbackServer() as server:` gives a running server at `server.base_url`."""
@@ -63,8 +72,7 @@ class LoopbackServer:
             def do_POST(self) -> None:
                 owner._dispatch(self)
 
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), RequestHandler)
-        self._server.daemon_threads = True
+        self._server = _QuietServer(("127.0.0.1", 0), RequestHandler)
         threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
         ).start()
