@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -193,3 +194,14 @@ def test_spotify_link_without_network_says_so() -> None:
 def test_next_link_to_another_host_is_not_followed(spotify: FakeSpotify, clock: FakeClock) -> None:
     with pytest.raises(SpotifyUnavailableError, match="another host"):
         client_for(spotify, clock).get("http://evil.example/v1/tracks/x")
+
+
+def test_one_client_shared_by_many_threads_fetches_one_token(
+    spotify: FakeSpotify, clock: FakeClock
+) -> None:
+    track = spotify.add_track("Song", ["Alice"])
+    client = client_for(spotify, clock)
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        titles = list(pool.map(lambda _: client.track(track["id"]).title, range(64)))
+    assert titles == ["Song"] * 64
+    assert spotify.token_requests == 1

@@ -38,6 +38,7 @@ class _QuietServer(http.server.ThreadingHTTPServer):
     """Clients that hang up early (timeouts, dropped downloads) are normal here, not errors."""
 
     daemon_threads = True
+    request_queue_size = 256  # pipeline tests open hundreds of connections at once
 
     def handle_error(self, request: object, client_address: object) -> None:
         pass
