@@ -62,13 +62,14 @@ def connect(conninfo: str, *, autocommit: bool = False, **kwargs: Any) -> psycop
 
 
 def create_pool(conninfo: str, min_size: int = 1, max_size: int = 10) -> ConnectionPool[Any]:
-    """An opened pool of dict-row connections; fails fast when the database is unreachable."""
+    """An opened pool of autocommit dict-row connections (`conn.transaction()` is a real
+    transaction); fails fast when the database is unreachable."""
     connect(conninfo).close()  # a clear error now instead of a pool timeout later
     pool: ConnectionPool[Any] = ConnectionPool(
         conninfo,
         min_size=min_size,
         max_size=max_size,
-        kwargs={"row_factory": dict_row, "application_name": APPLICATION_NAME},
+        kwargs={"row_factory": dict_row, "application_name": APPLICATION_NAME, "autocommit": True},
         open=False,
     )
     try:

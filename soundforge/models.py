@@ -119,6 +119,7 @@ class _JobRow(_Row):
 class DownloadJob(_JobRow):
     output_path: str | None = None
     file_size: int | None = None
+    source: str | None = None
 
 
 @dataclass(frozen=True)

@@ -55,16 +55,18 @@ def download_relpath(track_id: uuid.UUID | str, ext: str) -> str:
     return f"{DOWNLOADS_DIR}/{uuid.UUID(str(track_id))}.{_clean_ext(ext)}"
 
 
+def stems_relpath(track_id: uuid.UUID | str, processing_job_id: uuid.UUID | str) -> str:
+    """The folder of one separation run's stems, relative to the root."""
+    return f"{STEMS_DIR}/{uuid.UUID(str(track_id))}/{uuid.UUID(str(processing_job_id))}"
+
+
 def stem_relpath(
     track_id: uuid.UUID | str, processing_job_id: uuid.UUID | str, stem: str, ext: str
 ) -> str:
     """Where one stem of one separation run lives, relative to the root."""
     if not stem.isidentifier():
         raise StorageError(f"invalid stem name {stem!r}")
-    return (
-        f"{STEMS_DIR}/{uuid.UUID(str(track_id))}/{uuid.UUID(str(processing_job_id))}/"
-        f"{stem}.{_clean_ext(ext)}"
-    )
+    return f"{stems_relpath(track_id, processing_job_id)}/{stem}.{_clean_ext(ext)}"
 
 
 def _clean_ext(ext: str) -> str:

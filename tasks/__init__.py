@@ -1,0 +1,9 @@
+"""SoundForge's Procrastinate tasks, one Blueprint: `soundforge.import`, `soundforge.download`,
+`soundforge.separate`, `soundforge.analyze` and the maintenance tasks. Thin by design: each
+moves its job row through the status machine (`soundforge.stage_runner`) around one engine
+call."""
+
+from tasks import maintenance, stages  # noqa: F401  (registers the tasks)
+from tasks.blueprint import blueprint
+
+__all__ = ["blueprint"]

@@ -16,6 +16,7 @@ from soundforge.errors import SoundForgeError
 COMMAND_MODULES: tuple[str, ...] = (
     "soundforge.cli.separate_cmd",
     "soundforge.cli.database_cmds",
+    "soundforge.cli.pipeline_cmds",
 )
 
 

@@ -170,3 +170,91 @@ UPDATE {table}
 SET status = %(status)s, progress = %(progress)s, error = %(error)s
 WHERE id = %(id)s AND lock_version = %(lock_version)s
 RETURNING *;
+
+-- ---------------------------------------------------------------- pipeline
+
+-- name: lock_track
+-- Serialise pipeline decisions about one track (held until the transaction ends).
+SELECT id FROM tracks WHERE id = %(track_id)s FOR UPDATE;
+
+-- name: newest_job_for_track
+-- The newest row of one stage for a track, whatever its status.
+SELECT * FROM {table} WHERE track_id = %(track_id)s ORDER BY inserted_at DESC, id DESC LIMIT 1;
+
+-- name: live_jobs_for_track
+-- A track's rows of one stage that are not failed (queued, running or completed), newest first.
+SELECT * FROM {table} WHERE track_id = %(track_id)s AND status <> 'failed'
+ORDER BY inserted_at DESC, id DESC;
+
+-- name: newest_completed_download
+-- The newest completed download of a track: the audio every later stage reads.
+SELECT * FROM download_jobs
+WHERE track_id = %(track_id)s AND status = 'completed' AND output_path IS NOT NULL
+ORDER BY inserted_at DESC, id DESC LIMIT 1;
+
+-- name: newest_download_source
+-- Where a track's audio came from last time (for a download deferred by track id alone).
+SELECT source FROM download_jobs WHERE track_id = %(track_id)s AND source IS NOT NULL
+ORDER BY inserted_at DESC, id DESC LIMIT 1;
+
+-- name: set_job_queue_info
+-- Record which Procrastinate job drives a row and how many attempts it has made.
+UPDATE {table} SET procrastinate_job_id = %(procrastinate_job_id)s, attempts = %(attempts)s
+WHERE id = %(id)s AND lock_version = %(lock_version)s
+RETURNING *;
+
+-- name: record_failed_attempt
+-- An attempt failed and will be retried: the row keeps its status and records the attempt.
+UPDATE {table} SET attempts = %(attempts)s, error = %(error)s
+WHERE id = %(id)s AND lock_version = %(lock_version)s
+RETURNING *;
+
+-- name: set_download_source
+-- Where a download job takes its audio from (a path, a URL or a Spotify track URI).
+UPDATE download_jobs SET source = %(source)s WHERE id = %(id)s RETURNING *;
+
+-- name: complete_download_job
+-- A download finished: record the stored file and complete the row.
+UPDATE download_jobs
+SET status = 'completed', progress = 100, output_path = %(output_path)s,
+    file_size = %(file_size)s, error = NULL
+WHERE id = %(id)s AND lock_version = %(lock_version)s
+RETURNING *;
+
+-- name: complete_processing_job
+-- A separation finished: record where its stems are and complete the row.
+UPDATE processing_jobs
+SET status = 'completed', progress = 100, output_path = %(output_path)s, error = NULL
+WHERE id = %(id)s AND lock_version = %(lock_version)s
+RETURNING *;
+
+-- name: complete_analysis_job
+-- An analysis finished: keep a summary on the row and complete it.
+UPDATE analysis_jobs
+SET status = 'completed', progress = 100, results = %(results)s, error = NULL
+WHERE id = %(id)s AND lock_version = %(lock_version)s
+RETURNING *;
+
+-- name: fill_track_duration
+-- Learn a track's duration from its downloaded audio when the source did not say.
+UPDATE tracks SET duration = %(duration)s, updated_at = timezone('utc', now())
+WHERE id = %(id)s AND duration IS NULL;
+
+-- ---------------------------------------------------------------- queue (Procrastinate SQL API)
+
+-- name: defer_job
+-- Enqueue one Procrastinate job in the caller's transaction (its versioned SQL function).
+SELECT (procrastinate_defer_jobs_v1(ARRAY[ROW(
+    %(queue)s, %(task_name)s, %(priority)s, %(lock)s, %(queueing_lock)s, %(args)s, NULL
+)::procrastinate_job_to_defer_v1]))[1] AS id;
+
+-- name: cancel_queue_job
+-- Cancel a waiting Procrastinate job, or ask a running one to abort.
+SELECT procrastinate_cancel_job_v1(%(id)s, true, false) AS id;
+
+-- name: pipeline_for_tracks
+-- The soundforge_pipeline view for some tracks (all when the list is NULL), newest first.
+SELECT * FROM soundforge_pipeline
+WHERE %(track_ids)s::uuid[] IS NULL OR track_id = ANY(%(track_ids)s::uuid[])
+ORDER BY inserted_at DESC, track_id
+LIMIT %(limit)s;

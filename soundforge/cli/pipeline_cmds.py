@@ -1,0 +1,207 @@
+"""CLI commands that drive and follow the pipeline: add, status, watch, cancel, retry, worker."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Any
+
+from rich.console import Console
+
+from soundforge import live, music, workflow
+from soundforge.cli import progress_bars
+from soundforge.cli.common import add_json_flag, database, print_json, settings
+from soundforge.engines import default_engines
+from soundforge.errors import PermanentError
+from soundforge.models import Stage
+from soundforge.separation.registry import DEFAULT_MODEL, MODEL_NAMES
+
+QUEUE_STAGES = {"download": Stage.DOWNLOAD, "processing": Stage.SEPARATE,
+                "analysis": Stage.ANALYZE}  # fmt: skip
+ALL_QUEUES = ("download", "processing", "analysis", "maintenance")
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser("add", help="import sources and queue their pipelines")
+    parser.add_argument("sources", nargs="+", metavar="SOURCE",
+                        help="a file, an http(s) URL, or a Spotify track/album/playlist link")
+    parser.add_argument("--model", default=None, choices=MODEL_NAMES,
+                        help="separation model (default: SOUNDFORGE_DEMUCS_MODEL, else "
+                        f"{DEFAULT_MODEL})")
+    parser.add_argument("--no-stems", action="store_true", help="skip stem separation")
+    parser.add_argument("--no-analysis", action="store_true", help="skip the analysis")
+    parser.add_argument("--force", action="store_true",
+                        help="download again even if the track was downloaded before")
+    parser.add_argument("--wait", action="store_true",
+                        help="show progress until every pipeline ends; exit 1 if a stage failed")
+    add_json_flag(parser)
+    parser.set_defaults(handler=run_add)
+
+    parser = subparsers.add_parser("status", help="each track's pipeline: stages, progress, errors")
+    parser.add_argument("track_id", nargs="?", metavar="TRACK_ID")
+    parser.add_argument("--limit", type=int, default=20)
+    add_json_flag(parser)
+    parser.set_defaults(handler=run_status)
+
+    parser = subparsers.add_parser("watch", help="print progress events live (LISTEN)")
+    parser.add_argument("track_id", nargs="?", metavar="TRACK_ID")
+    parser.add_argument("--max-events", type=int, default=0, metavar="N",
+                        help="exit after N events (default: run until interrupted)")
+    add_json_flag(parser)
+    parser.set_defaults(handler=run_watch)
+
+    parser = subparsers.add_parser("cancel", help="cancel a queued job or abort a running one")
+    parser.add_argument("job_id", metavar="JOB_ID")
+    parser.set_defaults(handler=run_cancel)
+
+    parser = subparsers.add_parser("retry", help="run a failed stage again (as a new job row)")
+    parser.add_argument("job_id", metavar="JOB_ID")
+    parser.set_defaults(handler=run_retry)
+
+    parser = subparsers.add_parser("worker", help="run one worker process for some queues")
+    parser.add_argument("--queues", default=",".join(ALL_QUEUES),
+                        help=f"comma-separated queues (default: {','.join(ALL_QUEUES)})")
+    parser.add_argument("--concurrency", type=int, default=1, help="jobs run at once")
+    parser.add_argument("--name", default=None, help="worker name shown in logs")
+    parser.set_defaults(handler=run_worker)  # fmt: skip
+
+
+def run_add(args: argparse.Namespace) -> int:
+    config = settings()
+    options = workflow.PipelineOptions(
+        stems=not args.no_stems, analysis=not args.no_analysis,
+        model=args.model or config.demucs_model,
+    )  # fmt: skip
+    engines = default_engines(config)
+    expanded = [metadata for source in args.sources for metadata in engines.expand(source)]
+    listener = live.open_listener(config.database_url) if args.wait else None
+    with database(config, autocommit=True) as conn:
+        imported = [workflow.import_track(conn, metadata, options, force=args.force)
+                    for metadata in expanded]  # fmt: skip
+        if not args.json:
+            for item in imported:
+                note = "queued" if item.new_download else f"already {item.download_job.status}"
+                print(f"track {item.track.id}  {item.track.title}  (download {note})")
+        if listener is None:
+            if args.json:
+                print_json([{"track_id": i.track.id, "download_job_id": i.download_job.id,
+                             "queued": i.new_download} for i in imported])  # fmt: skip
+            return 0
+        with listener:
+            track_ids = [item.track.id for item in imported]
+            console = Console(stderr=args.json)
+            rows = progress_bars.follow(listener, conn, track_ids, console)
+            _print_outcome(conn, rows, args.json)
+    return 1 if any(live.pipeline_failed(row) for row in rows) else 0
+
+
+def _print_outcome(conn: Any, rows: list[dict[str, Any]], as_json: bool) -> None:
+    summary = []
+    for row in rows:
+        result = music.get_analysis_result_for_track(conn, row["track_id"])
+        stems = music.list_stems_for_track(conn, row["track_id"])
+        summary.append({
+            "track_id": row["track_id"], "title": row["title"],
+            "stages": {stage: live.stage_state(row, stage)[0] for stage in live.STAGES},
+            "errors": {stage: live.stage_state(row, stage)[2] for stage in live.STAGES
+                       if live.stage_state(row, stage)[0] == "failed"},
+            "tempo": result.tempo if result else None, "key": result.key if result else None,
+            "stems": {stem.stem_type: stem.file_path for stem in stems},
+        })  # fmt: skip
+    if as_json:
+        print_json(summary)
+        return
+    for item in summary:
+        tempo = f"{item['tempo']:.1f} BPM" if item["tempo"] else "-"
+        print(f"{item['title']}: tempo {tempo}, key {item['key'] or '-'}, "
+              f"{len(item['stems'])} stems")  # fmt: skip
+        for stage, error in item["errors"].items():
+            print(f"  {stage} failed: {error}")
+
+
+def run_status(args: argparse.Namespace) -> int:
+    config = settings()
+    track_ids = [music.parse_uuid(args.track_id, "track id")] if args.track_id else None
+    with database(config, autocommit=True) as conn:
+        if track_ids:
+            music.require_track(conn, track_ids[0])
+        rows = live.pipeline_rows(conn, track_ids, limit=args.limit)
+    if args.json:
+        print_json(rows)
+        return 0
+    for row in rows:
+        print(f"{row['track_id']}  {row['title']}")
+        for stage in live.STAGES:
+            status, percent, error = live.stage_state(row, stage)
+            if status is not None:
+                detail = f"  {error}" if error else ""
+                print(f"    {stage:9} {status:12} {percent:3d}%{detail}")
+    return 0
+
+
+def run_watch(args: argparse.Namespace) -> int:
+    config = settings()
+    wanted = str(music.parse_uuid(args.track_id, "track id")) if args.track_id else None
+    seen = 0
+    with live.open_listener(config.database_url) as listener:
+        print("watching soundforge_progress (Ctrl-C to stop)", file=sys.stderr, flush=True)
+        for event in live.events(listener, timeout_s=1.0):
+            if event is None or (wanted and event.track_id != wanted):
+                continue
+            if args.json:
+                print_json(event.__dict__)
+            else:
+                error = f"  {event.error}" if event.error and event.status == "failed" else ""
+                print(f"{event.track_id}  {event.stage:9} {event.status:12} "
+                      f"{event.progress:3d}%  job {event.job_id}{error}")  # fmt: skip
+            sys.stdout.flush()
+            seen += 1
+            if args.max_events and seen >= args.max_events:
+                return 0
+    return 0
+
+
+def run_cancel(args: argparse.Namespace) -> int:
+    config = settings()
+    with database(config, autocommit=True) as conn:
+        job = workflow.cancel_job(conn, args.job_id)
+    print(f"cancelled job {job.id}")
+    return 0
+
+
+def run_retry(args: argparse.Namespace) -> int:
+    config = settings()
+    options = workflow.PipelineOptions(model=config.demucs_model)
+    with database(config, autocommit=True) as conn:
+        job = workflow.retry_job(conn, args.job_id, options)
+    print(f"queued job {job.id} (retry of {args.job_id})")
+    return 0
+
+
+def run_worker(args: argparse.Namespace) -> int:
+    from soundforge.app import build_app
+    from soundforge.runtime import build_runtime, set_runtime
+
+    config = settings()
+    queues = [name.strip() for name in args.queues.split(",") if name.strip()]
+    unknown = sorted(set(queues) - set(ALL_QUEUES))
+    if unknown:
+        raise PermanentError(
+            f"unknown queue(s) {', '.join(unknown)}; choose from {', '.join(ALL_QUEUES)}"
+        )
+    logging.getLogger().setLevel(config.log_level.upper())
+    runtime = build_runtime(config)
+    set_runtime(runtime)
+    runtime.pool  # noqa: B018 - connect now: an unreachable database fails here, clearly
+    runtime.engines.warm_up([QUEUE_STAGES[q] for q in queues if q in QUEUE_STAGES])
+    try:
+        build_app(config).run_worker(
+            queues=queues,
+            concurrency=args.concurrency,
+            name=args.name or f"soundforge-{'+'.join(queues)}",
+            shutdown_graceful_timeout=config.shutdown_grace_s,
+        )
+    finally:
+        runtime.close()
+    return 0

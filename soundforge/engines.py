@@ -1,0 +1,121 @@
+"""The seam between the pipeline and the engines: what a stage task calls to expand a source,
+fetch audio, separate stems and analyze, built once per process from the settings.
+
+The heavy engines are imported on first use, so the core install (queue, CLI) needs neither
+torch nor librosa. Tests and benchmarks may build an `Engines` with other callables (a fault
+injected into one stage, a no-op to measure the queue alone).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from soundforge.errors import AbortCheck, ProgressCallback
+from soundforge.models import Stage
+
+if TYPE_CHECKING:
+    from soundforge.separation import Separator
+    from soundforge.settings import Settings
+    from soundforge.sources import StoredAudio, TrackMetadata
+    from soundforge.storage import Storage
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class AnalysisOutcome:
+    """What the analyze stage stores: the six `analysis_results` columns and every feature."""
+
+    columns: dict[str, Any]
+    features: dict[str, Any]
+
+
+ExpandFn = Callable[[str], "list[TrackMetadata]"]
+FetchFn = Callable[["TrackMetadata", "Storage", uuid.UUID, ProgressCallback], "StoredAudio"]
+SeparateFn = Callable[[Path, Path, str, ProgressCallback, AbortCheck], dict[str, Path]]
+AnalyzeFn = Callable[[Path, ProgressCallback], AnalysisOutcome]
+
+
+@dataclass(frozen=True)
+class Engines:
+    expand: ExpandFn
+    fetch: FetchFn
+    separate: SeparateFn
+    analyze: AnalyzeFn
+    warm_up: Callable[[Iterable[Stage]], None] = field(default=lambda stages: None)
+
+
+def default_engines(settings: Settings) -> Engines:
+    separators: dict[str, Separator] = {}
+    separators_lock = threading.Lock()
+
+    def source_config() -> Any:
+        from soundforge.sources import SourceConfig
+
+        return SourceConfig.from_settings(settings)
+
+    def expand(source_text: str) -> list[TrackMetadata]:
+        from soundforge.sources import expand_source, parse_source
+
+        return expand_source(parse_source(source_text), source_config())
+
+    def fetch(
+        metadata: TrackMetadata, storage: Storage, track_id: uuid.UUID, progress: ProgressCallback
+    ) -> StoredAudio:
+        from soundforge.sources import fetch_audio
+
+        return fetch_audio(metadata, storage, track_id, source_config(), progress)
+
+    def separator(model: str) -> Separator:
+        from soundforge.separation import Separator
+
+        with separators_lock:
+            if model not in separators:
+                separators[model] = Separator(
+                    model,
+                    repo=settings.demucs_repo,
+                    device=settings.device,
+                    precision=settings.precision,
+                    shifts=settings.shifts,
+                    overlap=settings.overlap,
+                    stem_format=settings.stem_format,
+                    torch_threads=settings.torch_threads,
+                )
+            return separators[model]
+
+    def separate(
+        audio: Path, out_dir: Path, model: str, progress: ProgressCallback, abort: AbortCheck
+    ) -> dict[str, Path]:
+        return separator(model).separate(audio, out_dir, progress=progress, should_abort=abort)
+
+    def analyze(audio: Path, progress: ProgressCallback) -> AnalysisOutcome:
+        from soundforge.analysis import analyze as analyze_file
+
+        report = analyze_file(audio, progress=progress)
+        return AnalysisOutcome(columns=report.result_columns(), features=report.to_dict())
+
+    def warm_up(stages: Iterable[Stage]) -> None:
+        """Pay start-up costs (numba JIT, model load) at worker start, not in the first job."""
+        wanted = set(stages)
+        if Stage.ANALYZE in wanted:
+            try:
+                from soundforge.analysis import warm_up as warm_analysis
+
+                warm_analysis()
+            except ImportError as error:
+                log.warning("analysis engine unavailable (%s); install soundforge[analysis]", error)
+        if Stage.SEPARATE in wanted:
+            try:
+                separator(settings.demucs_model)
+            except Exception as error:
+                log.warning("separation model %s not loaded at start: %s",
+                            settings.demucs_model, error)  # fmt: skip
+
+    return Engines(expand=expand, fetch=fetch, separate=separate, analyze=analyze,
+                   warm_up=warm_up)  # fmt: skip

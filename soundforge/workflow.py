@@ -1,0 +1,347 @@
+"""The pipeline's workflow (the original's `Jobs` context): which rows and queue jobs exist,
+and how a stage starts, fails and completes. A completing download creates and enqueues the
+separate and analyze stages in the same transaction as its own status change, so they are never
+lost and never doubled; a per-track row lock and Procrastinate's queueing lock stop duplicates.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from soundforge import jobs, music, queue
+from soundforge.errors import PermanentError, StaleRowError
+from soundforge.models import DownloadJob, Job, Stage, Track
+from soundforge.queries import query
+from soundforge.status import Status, is_terminal
+from soundforge.storage import Storage, stems_relpath
+
+if TYPE_CHECKING:
+    from soundforge.engines import AnalysisOutcome
+    from soundforge.sources import StoredAudio, TrackMetadata
+
+log = logging.getLogger(__name__)
+Connection = psycopg.Connection[Any]
+CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True)
+class PipelineOptions:
+    """What follows a download: stems (with which model) and analysis."""
+
+    stems: bool = True
+    analysis: bool = True
+    model: str = "htdemucs"
+
+    def as_args(self) -> dict[str, Any]:
+        return {"stems": self.stems, "analysis": self.analysis, "model": self.model}
+
+
+@dataclass(frozen=True)
+class ImportedTrack:
+    track: Track
+    download_job: Job
+    new_download: bool
+
+
+def _track_fields(metadata: TrackMetadata) -> music.TrackFields:
+    return music.TrackFields(
+        title=metadata.title,
+        spotify_id=metadata.spotify_id,
+        spotify_url=metadata.spotify_url,
+        artist=metadata.artist,
+        album=metadata.album,
+        album_art_url=metadata.album_art_url,
+        duration=metadata.duration,
+    )
+
+
+def _attach_queue_job(conn: Connection, job: Job, procrastinate_job_id: int | None) -> Job:
+    if procrastinate_job_id is None:
+        return job
+    row = conn.execute(
+        query("set_job_queue_info", table=job_table(job)),
+        {"id": job.id, "procrastinate_job_id": procrastinate_job_id,
+         "attempts": job.attempts, "lock_version": job.lock_version},
+    ).fetchone()  # fmt: skip
+    assert row is not None
+    return type(job).from_row(row)
+
+
+def job_table(job: Job) -> str:
+    return jobs.stage_of(job).table
+
+
+def import_track(
+    conn: Connection, metadata: TrackMetadata, options: PipelineOptions, *, force: bool = False
+) -> ImportedTrack:
+    """Find or create the track and give it a download job, enqueued, in one transaction.
+
+    A track that already has a queued, running or completed download is left alone (unless
+    `force`): importing the same Spotify id twice, or 200 times at once, gives one job.
+    """
+    with conn.transaction():
+        track, _created = music.find_or_create_track(conn, _track_fields(metadata))
+        conn.execute(query("lock_track"), {"track_id": track.id})
+        live = conn.execute(
+            query("live_jobs_for_track", table=Stage.DOWNLOAD.table), {"track_id": track.id}
+        ).fetchone()
+        if live is not None and not force:
+            return ImportedTrack(track, DownloadJob.from_row(live), new_download=False)
+        job = jobs.create_job(conn, Stage.DOWNLOAD, track.id)
+        row = conn.execute(
+            query("set_download_source"), {"id": job.id, "source": metadata.origin}
+        ).fetchone()
+        assert row is not None
+        job = DownloadJob.from_row(row)
+        procrastinate_id = queue.defer_stage(
+            conn, Stage.DOWNLOAD, track.id, {"job_id": str(job.id), **options.as_args()}
+        )
+        job = _attach_queue_job(conn, job, procrastinate_id)
+        log.info("track %s: download job %s queued", track.id, job.id,
+                 extra={"track_id": str(track.id), "job_id": str(job.id)})  # fmt: skip
+        return ImportedTrack(track, job, new_download=True)
+
+
+def download_metadata(conn: Connection, track: Track, job: DownloadJob) -> TrackMetadata:
+    """Rebuild what the sources engine needs to fetch a track's audio from its rows."""
+    from soundforge.sources import TrackMetadata
+
+    origin = job.source
+    if origin is None:
+        previous = conn.execute(
+            query("newest_download_source"), {"track_id": track.id}
+        ).fetchone()
+        origin = previous["source"] if previous else None
+    if origin is None and track.spotify_id:
+        origin = f"spotify:track:{track.spotify_id}"
+    if origin is None:
+        raise PermanentError(f"track {track.id} has no source to download its audio from")
+    return TrackMetadata(
+        title=track.title, artist=track.artist, album=track.album,
+        album_art_url=track.album_art_url, duration=track.duration,
+        spotify_id=track.spotify_id, spotify_url=track.spotify_url, origin=origin,
+    )  # fmt: skip
+
+
+def begin_stage(
+    conn: Connection,
+    stage: Stage,
+    track_id: uuid.UUID,
+    job_id: uuid.UUID | None,
+    *,
+    procrastinate_job_id: int,
+    attempt: int,
+    force: bool = False,
+    model: str | None = None,
+) -> Job | None:
+    """The row a starting task works on, moved to its active status; None: nothing to do.
+
+    Given a row id, that row (a finished row is not touched: its work is done or cancelled).
+    Given only a track, a new row, unless the stage already completed for it (and not `force`).
+    """
+    with conn.transaction():
+        music.require_track(conn, track_id)
+        conn.execute(query("lock_track"), {"track_id": track_id})
+        if job_id is not None:
+            job = jobs.get_job(conn, stage, job_id)
+            if job is None:
+                raise jobs.JobNotFoundError(f"no {stage.value} job with id {job_id}")
+        else:
+            if not force and _has_completed(conn, stage, track_id):
+                log.info("track %s: %s already completed; nothing to do", track_id, stage.value)
+                return None
+            job = jobs.create_job(conn, stage, track_id, model=model)
+        if is_terminal(job.status):
+            log.info("%s job %s is already %s; nothing to do", stage.value, job.id, job.status)
+            return None
+        row = conn.execute(
+            query("set_job_queue_info", table=stage.table),
+            {"id": job.id, "procrastinate_job_id": procrastinate_job_id,
+             "attempts": max(job.attempts, attempt), "lock_version": job.lock_version},
+        ).fetchone()  # fmt: skip
+        if row is None:
+            raise StaleRowError(f"{stage.table} {job.id} changed while starting")
+        job = type(job).from_row(row)
+        if job.status != stage.active_status:
+            job = jobs.advance(conn, job, stage.active_status)
+        return job
+
+
+def _has_completed(conn: Connection, stage: Stage, track_id: uuid.UUID) -> bool:
+    row = conn.execute(
+        query("newest_job_for_track", table=stage.table), {"track_id": track_id}
+    ).fetchone()
+    return bool(row and row["status"] == Status.COMPLETED)
+
+
+def downloaded_audio(conn: Connection, storage: Storage, track_id: uuid.UUID) -> Path:
+    """The track's downloaded audio file, which separation and analysis read."""
+    row = conn.execute(query("newest_completed_download"), {"track_id": track_id}).fetchone()
+    if row is None:
+        raise PermanentError(f"track {track_id} has no downloaded audio yet; download it first")
+    path = storage.resolve(row["output_path"])
+    if not path.is_file():
+        raise PermanentError(f"the downloaded audio of track {track_id} is missing: {path}")
+    return path
+
+
+def record_failed_attempt(conn: Connection, job: Job, attempt: int, error: str) -> Job:
+    """A retryable failure: the row keeps its status and records the attempt and its error."""
+    row = conn.execute(
+        query("record_failed_attempt", table=job_table(job)),
+        {"id": job.id, "attempts": attempt, "lock_version": job.lock_version,
+         "error": f"attempt {attempt} failed: {error}"},
+    ).fetchone()  # fmt: skip
+    if row is None:
+        raise StaleRowError(f"{job_table(job)} {job.id} changed during the attempt")
+    return type(job).from_row(row)
+
+
+def fail_job(conn: Connection, job: Job, error: str) -> Job:
+    """End a row `failed`, unless it already ended (e.g. cancelled meanwhile)."""
+    while True:
+        if is_terminal(job.status):
+            return job
+        try:
+            return jobs.fail(conn, job, error)
+        except StaleRowError:
+            job = jobs.reload(conn, job)
+
+
+def complete_download(
+    conn: Connection, job: Job, stored: StoredAudio, options: PipelineOptions
+) -> list[Job]:
+    """Complete the download and create and enqueue the stages that follow, atomically."""
+    created: list[Job] = []
+    with conn.transaction():
+        row = conn.execute(
+            query("complete_download_job"),
+            {"id": job.id, "output_path": stored.relative_path, "file_size": stored.file_size,
+             "lock_version": job.lock_version},
+        ).fetchone()  # fmt: skip
+        if row is None:
+            raise StaleRowError(f"download_jobs {job.id} changed before completion")
+        conn.execute(
+            query("fill_track_duration"),
+            {"id": job.track_id, "duration": max(1, round(stored.duration_s))},
+        )
+        follow_ups: list[tuple[Stage, dict[str, Any]]] = []
+        if options.stems:
+            follow_ups.append((Stage.SEPARATE, {"model": options.model}))
+        if options.analysis:
+            follow_ups.append((Stage.ANALYZE, {}))
+        for stage, args in follow_ups:
+            child = jobs.create_job(conn, stage, job.track_id, model=args.get("model"))
+            procrastinate_id = queue.defer_stage(
+                conn, stage, job.track_id, {"job_id": str(child.id), **args}
+            )
+            created.append(_attach_queue_job(conn, child, procrastinate_id))
+    return created
+
+
+def complete_separation(
+    conn: Connection, job: Job, storage: Storage, stem_paths: dict[str, Path]
+) -> Job:
+    """Record the stem files and complete the row, in one transaction."""
+    with conn.transaction():
+        for stem_type, path in sorted(stem_paths.items()):
+            music.create_stem(
+                conn, processing_job_id=job.id, track_id=job.track_id, stem_type=stem_type,
+                file_path=storage.relative(path), file_size=path.stat().st_size,
+            )  # fmt: skip
+        row = conn.execute(
+            query("complete_processing_job"),
+            {"id": job.id, "output_path": stems_relpath(job.track_id, job.id),
+             "lock_version": job.lock_version},
+        ).fetchone()
+        if row is None:
+            raise StaleRowError(f"processing_jobs {job.id} changed before completion")
+        return type(job).from_row(row)
+
+
+def stems_dir(storage: Storage, job: Job) -> Path:
+    """Where one separation run writes its stems."""
+    return storage.resolve(stems_relpath(job.track_id, job.id))
+
+
+def complete_analysis(
+    conn: Connection, job: Job, outcome: AnalysisOutcome, audio_relpath: str
+) -> Job:
+    """Store the analysis result and complete the row, in one transaction."""
+    with conn.transaction():
+        result = music.create_analysis_result(
+            conn, track_id=job.track_id, analysis_job_id=job.id,
+            columns=outcome.columns, features=outcome.features,
+        )  # fmt: skip
+        row = conn.execute(
+            query("complete_analysis_job"),
+            {"id": job.id, "lock_version": job.lock_version,
+             "results": Jsonb({"type": "full", "file_path": audio_relpath,
+                               "analysis_result_id": str(result.id)})},
+        ).fetchone()  # fmt: skip
+        if row is None:
+            raise StaleRowError(f"analysis_jobs {job.id} changed before completion")
+        return type(job).from_row(row)
+
+
+def cancel_job(conn: Connection, job_id: uuid.UUID | str) -> Job:
+    """Cancel a queued job or abort a running one; the row ends `failed` with `cancelled`."""
+    with conn.transaction():
+        job = jobs.find_job(conn, job_id)
+        if is_terminal(job.status):
+            raise PermanentError(f"job {job.id} is already {job.status}; nothing to cancel")
+        if job.procrastinate_job_id is not None:
+            queue.cancel(conn, job.procrastinate_job_id)
+        return fail_job(conn, job, CANCELLED)
+
+
+def retry_job(conn: Connection, job_id: uuid.UUID | str, options: PipelineOptions) -> Job:
+    """A failed stage gets a new row (the old one stays as history) and a new queue job."""
+    with conn.transaction():
+        old = jobs.find_job(conn, job_id)
+        if old.status is not Status.FAILED:
+            raise PermanentError(f"job {old.id} is {old.status}; only a failed job can be retried")
+        stage = jobs.stage_of(old)
+        conn.execute(query("lock_track"), {"track_id": old.track_id})
+        model = getattr(old, "model", None)
+        new = jobs.create_job(conn, stage, old.track_id, model=model,
+                              options=getattr(old, "options", None))  # fmt: skip
+        args: dict[str, Any] = {"job_id": str(new.id)}
+        if stage is Stage.DOWNLOAD:
+            source = getattr(old, "source", None)
+            if source:
+                row = conn.execute(
+                    query("set_download_source"), {"id": new.id, "source": source}
+                ).fetchone()
+                assert row is not None
+                new = DownloadJob.from_row(row)
+            args |= options.as_args()
+        elif stage is Stage.SEPARATE:
+            args["model"] = model or options.model
+        procrastinate_id = queue.defer_stage(conn, stage, old.track_id, args)
+        if procrastinate_id is None:
+            raise PermanentError(
+                f"a {stage.value} job for track {old.track_id} is already waiting in the queue"
+            )
+        return _attach_queue_job(conn, new, procrastinate_id)
+
+
+def requeue_after_shutdown(conn: Connection, job: Job, args: dict[str, Any]) -> int | None:
+    """A job interrupted by a worker shutdown goes back to the queue for the same row."""
+    with conn.transaction():
+        job = jobs.reload(conn, job)
+        if is_terminal(job.status):
+            return None
+        stage = jobs.stage_of(job)
+        procrastinate_id = queue.defer_stage(
+            conn, stage, job.track_id, {**args, "job_id": str(job.id)}
+        )
+        _attach_queue_job(conn, job, procrastinate_id)
+        return procrastinate_id

@@ -1,0 +1,5 @@
+"""The Blueprint every SoundForge task is registered on."""
+
+from procrastinate import Blueprint
+
+blueprint = Blueprint()

@@ -1,0 +1,128 @@
+"""The pipeline tasks: import (source -> tracks + download jobs), download, separate, analyze.
+JSON arguments are what `procrastinate defer` takes; a stage given only `track_id` creates
+its own row."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from procrastinate import JobContext
+
+from soundforge import music, workflow
+from soundforge.engines import AnalysisOutcome
+from soundforge.models import DownloadJob, Job, Stage
+from soundforge.runtime import Runtime, get_runtime
+from soundforge.stage_runner import Connection, ProgressWriter, StageRetryStrategy, run_stage
+from tasks.blueprint import blueprint
+
+
+def _options(stems: bool, analysis: bool, model: str) -> workflow.PipelineOptions:
+    return workflow.PipelineOptions(stems=stems, analysis=analysis, model=model)
+
+
+@blueprint.task(
+    name="soundforge.import", queue="download", pass_context=True,
+    retry=StageRetryStrategy(Stage.DOWNLOAD),
+)  # fmt: skip
+def import_source(
+    context: JobContext,
+    source: str,
+    stems: bool = True,
+    analysis: bool = True,
+    model: str = "htdemucs",
+    force: bool = False,
+) -> list[str]:
+    """Expand a source into tracks and give each a queued download; returns the track ids."""
+    runtime = get_runtime()
+    tracks = runtime.engines.expand(source)
+    with runtime.pool.connection() as conn:
+        imported = [
+            workflow.import_track(conn, metadata, _options(stems, analysis, model), force=force)
+            for metadata in tracks
+        ]
+    return [str(item.track.id) for item in imported]
+
+
+@blueprint.task(
+    name="soundforge.download", queue="download", pass_context=True,
+    retry=StageRetryStrategy(Stage.DOWNLOAD),
+)  # fmt: skip
+def download(
+    context: JobContext,
+    track_id: str,
+    job_id: str | None = None,
+    stems: bool = True,
+    analysis: bool = True,
+    model: str = "htdemucs",
+    force: bool = False,
+) -> None:
+    options = _options(stems, analysis, model)
+
+    def work(runtime: Runtime, conn: Connection, job: Job, progress: ProgressWriter) -> Any:
+        assert isinstance(job, DownloadJob)
+        metadata = workflow.download_metadata(conn, music.require_track(conn, job.track_id), job)
+        return runtime.engines.fetch(metadata, runtime.storage, job.track_id, progress)
+
+    def finish(runtime: Runtime, conn: Connection, job: Job, stored: Any) -> object:
+        return workflow.complete_download(conn, job, stored, options)
+
+    run_stage(
+        context, Stage.DOWNLOAD, track_id=track_id, job_id=job_id, force=force,
+        work=work, finish=finish, requeue_args=options.as_args(),
+    )  # fmt: skip
+
+
+@blueprint.task(
+    name="soundforge.separate", queue="processing", pass_context=True,
+    retry=StageRetryStrategy(Stage.SEPARATE),
+)  # fmt: skip
+def separate(
+    context: JobContext,
+    track_id: str,
+    job_id: str | None = None,
+    model: str = "htdemucs",
+    force: bool = False,
+) -> None:
+    def work(
+        runtime: Runtime, conn: Connection, job: Job, progress: ProgressWriter
+    ) -> dict[str, Path]:
+        audio = workflow.downloaded_audio(conn, runtime.storage, job.track_id)
+        job_model = getattr(job, "model", None) or model
+        out_dir = workflow.stems_dir(runtime.storage, job)
+        return runtime.engines.separate(audio, out_dir, job_model, progress, progress.should_abort)
+
+    def finish(runtime: Runtime, conn: Connection, job: Job, stems: dict[str, Path]) -> object:
+        return workflow.complete_separation(conn, job, runtime.storage, stems)
+
+    run_stage(
+        context, Stage.SEPARATE, track_id=track_id, job_id=job_id, force=force, model=model,
+        work=work, finish=finish, requeue_args={"model": model},
+    )  # fmt: skip
+
+
+@blueprint.task(
+    name="soundforge.analyze", queue="analysis", pass_context=True,
+    retry=StageRetryStrategy(Stage.ANALYZE),
+)  # fmt: skip
+def analyze(
+    context: JobContext, track_id: str, job_id: str | None = None, force: bool = False
+) -> None:
+    def work(
+        runtime: Runtime, conn: Connection, job: Job, progress: ProgressWriter
+    ) -> tuple[AnalysisOutcome, str]:
+        audio = workflow.downloaded_audio(conn, runtime.storage, job.track_id)
+        return runtime.engines.analyze(audio, progress), runtime.storage.relative(audio)
+
+    def finish(
+        runtime: Runtime, conn: Connection, job: Job, result: tuple[AnalysisOutcome, str]
+    ) -> object:
+        outcome, audio_relpath = result
+        return workflow.complete_analysis(conn, job, outcome, audio_relpath)
+
+    run_stage(
+        context, Stage.ANALYZE, track_id=track_id, job_id=job_id, force=force,
+        work=work, finish=finish, requeue_args={},
+    )  # fmt: skip
+
+
