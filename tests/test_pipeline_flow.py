@@ -1,0 +1,252 @@
+"""The pipeline on a real Procrastinate worker and a real PostgreSQL: a local file through all
+three stages, bad input failing at once, transient errors retried, and the forward-only rule
+holding across retries."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import uuid
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from soundforge import jobs, live, music, workflow
+from soundforge.engines import AnalysisOutcome, Engines, default_engines
+from soundforge.errors import ProgressCallback
+from soundforge.models import DownloadJob, Stage
+from soundforge.settings import Settings
+from soundforge.status import RANK, Status
+from tests.audio_synth import write_test_song
+from tests.support.loopback_http import loopback_server
+from tests.support.worker_thread import running_worker, settings_for, wait_for
+
+pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.fixture
+def song(tmp_path: Path) -> Path:
+    return write_test_song(tmp_path / "song.wav", seconds=6.0, tempo=120.0, key="A minor")
+
+
+@pytest.fixture
+def tiny_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from soundforge.separation import write_local_repo
+
+    return write_local_repo(tmp_path_factory.mktemp("models"), "htdemucs", size="tiny")
+
+
+def _settings(database_url: str, tmp_path: Path, **overrides: Any) -> Settings:
+    return settings_for(database_url, tmp_path / "store", **overrides)
+
+
+def _import(conn: psycopg.Connection[Any], engines: Engines, source: str,
+            **options: Any) -> workflow.ImportedTrack:  # fmt: skip
+    [metadata] = engines.expand(source)
+    return workflow.import_track(conn, metadata, workflow.PipelineOptions(**options))
+
+
+def _finished_row(conn: psycopg.Connection[Any], track_id: uuid.UUID) -> dict[str, Any] | None:
+    rows = live.pipeline_rows(conn, [track_id])
+    return rows[0] if rows and live.pipeline_finished(rows[0]) else None
+
+
+class EventLog:
+    """Every soundforge_progress event, collected by a LISTEN thread."""
+
+    def __init__(self, database_url: str) -> None:
+        self.events: list[live.ProgressEvent] = []
+        self._stop = threading.Event()
+        self._conn = live.open_listener(database_url)
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        for event in live.events(self._conn, 0.2):
+            if self._stop.is_set():
+                return
+            if event is not None:
+                self.events.append(event)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self._conn.close()
+
+
+def test_a_local_file_runs_through_download_separation_and_analysis(
+    conn: psycopg.Connection[Any], database_url: str, tmp_path: Path, song: Path,
+    tiny_repo: Path,
+) -> None:  # fmt: skip
+    settings = _settings(database_url, tmp_path, demucs_repo=tiny_repo)
+    events = EventLog(database_url)
+    try:
+        with running_worker(settings) as runtime:
+            imported = _import(conn, runtime.engines, str(song))
+            row = wait_for(lambda: _finished_row(conn, imported.track.id), timeout_s=240,
+                           message="the pipeline to finish")  # fmt: skip
+    finally:
+        events.close()
+    assert [row[f"{stage}_status"] for stage in live.STAGES] == ["completed"] * 3, row
+    track = music.require_track(conn, imported.track.id)
+    assert track.title == "song" and track.duration == 6
+    download = jobs.list_jobs_for_track(conn, Stage.DOWNLOAD, track.id)[0]
+    assert isinstance(download, DownloadJob)
+    assert download.output_path == f"downloads/{track.id}.wav"
+    assert runtime.storage.resolve(download.output_path).stat().st_size == download.file_size
+    assert song.exists()  # a local source is copied, never moved
+    stems = music.list_stems_for_track(conn, track.id)
+    assert sorted(stem.stem_type for stem in stems) == ["bass", "drums", "other", "vocals"]
+    for stem in stems:
+        assert stem.file_path is not None and stem.file_path.endswith(".flac")
+        assert runtime.storage.resolve(stem.file_path).stat().st_size == stem.file_size
+    result = music.get_analysis_result_for_track(conn, track.id)
+    assert result is not None and result.tempo is not None and result.key is not None
+    assert abs(result.tempo - 120.0) < 3.0 and result.features is not None
+    for column in ("energy", "spectral_centroid", "spectral_rolloff", "zero_crossing_rate"):
+        assert getattr(result, column) is not None, column
+    stages_seen = {event.stage for event in events.events if event.track_id == str(track.id)}
+    assert stages_seen == {"download", "separate", "analyze"}
+
+
+def _assert_forward_only(events: list[live.ProgressEvent]) -> None:
+    by_job: dict[str, list[live.ProgressEvent]] = {}
+    for event in events:
+        by_job.setdefault(event.job_id, []).append(event)
+    for job_events in by_job.values():
+        ranks = [RANK[Status(event.status)] for event in job_events]
+        progress = [event.progress for event in job_events]
+        assert ranks == sorted(ranks), [e.status for e in job_events]
+        assert progress == sorted(progress), progress
+
+
+def test_bad_input_fails_the_download_at_once_with_a_readable_error(
+    conn: psycopg.Connection[Any], database_url: str, tmp_path: Path
+) -> None:
+    not_audio = tmp_path / "notes.wav"
+    not_audio.write_text("these are my notes, not audio\n" * 100)
+    with running_worker(_settings(database_url, tmp_path, download_attempts=3)) as runtime:
+        imported = _import(conn, runtime.engines, str(not_audio))
+        row = wait_for(lambda: _finished_row(conn, imported.track.id), message="failure")
+    assert row["download_status"] == "failed"
+    assert "not an audio file" in row["download_error"] or "audio" in row["download_error"]
+    [download] = jobs.list_jobs_for_track(conn, Stage.DOWNLOAD, imported.track.id)
+    assert download.attempts == 1  # permanent: no retry
+    assert row["separate_status"] is None and row["analyze_status"] is None
+    assert list((runtime.storage.root / "downloads").glob("*")) == []
+
+
+def test_a_transient_download_error_is_retried_then_completes(
+    conn: psycopg.Connection[Any], database_url: str, tmp_path: Path, song: Path
+) -> None:
+    with loopback_server() as server:
+        body = song.read_bytes()
+        calls = {"n": 0}
+
+        def flaky(request: Any) -> None:
+            calls["n"] += 1
+            if calls["n"] == 1:
+                request.send_response(503)
+                request.send_header("Content-Length", "0")
+                request.end_headers()
+                return
+            request.send_response(200)
+            request.send_header("Content-Type", "audio/wav")
+            request.send_header("Content-Length", str(len(body)))
+            request.end_headers()
+            if request.command != "HEAD":
+                request.wfile.write(body)
+
+        url = server.add("/song.wav", flaky)
+        events = EventLog(database_url)
+        try:
+            settings = _settings(database_url, tmp_path)
+            with running_worker(settings) as runtime:
+                imported = _import(conn, runtime.engines, url, stems=False, analysis=False)
+                row = wait_for(lambda: _finished_row(conn, imported.track.id),
+                               message="download after retry")  # fmt: skip
+        finally:
+            events.close()
+    assert row["download_status"] == "completed"
+    [download] = jobs.list_jobs_for_track(conn, Stage.DOWNLOAD, imported.track.id)
+    assert download.attempts == 2 and download.error is None
+    _assert_forward_only(events.events)
+
+
+def _flaky(real: Any, failures: int) -> Any:
+    """Wrap an engine call so its first `failures` calls raise a transient OSError."""
+    calls = {"n": 0}
+
+    def call(*args: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] <= failures:
+            raise OSError(f"disk hiccup #{calls['n']}")
+        return real(*args)
+
+    return call
+
+
+def test_transient_engine_errors_are_retried_and_rows_never_move_backwards(
+    conn: psycopg.Connection[Any], database_url: str, tmp_path: Path, song: Path,
+    tiny_repo: Path,
+) -> None:  # fmt: skip
+    settings = _settings(database_url, tmp_path, demucs_repo=tiny_repo)
+    real = default_engines(settings)
+
+    def slow_start_analyze(audio: Path, progress: ProgressCallback) -> AnalysisOutcome:
+        progress(40.0)  # progress made, then the attempt fails: a retry must not go back
+        raise OSError("analysis scratch space full")
+
+    flaky_analyze = _flaky(real.analyze, 0)
+    attempts = {"n": 0}
+
+    def analyze(audio: Path, progress: ProgressCallback) -> AnalysisOutcome:
+        attempts["n"] += 1
+        if attempts["n"] == 1:
+            return slow_start_analyze(audio, progress)
+        return flaky_analyze(audio, progress)  # type: ignore[no-any-return]
+
+    engines = dataclasses.replace(real, separate=_flaky(real.separate, 1), analyze=analyze)
+    events = EventLog(database_url)
+    try:
+        with running_worker(settings, engines):
+            imported = _import(conn, engines, str(song))
+            row = wait_for(lambda: _finished_row(conn, imported.track.id), timeout_s=240,
+                           message="pipeline with retries")  # fmt: skip
+    finally:
+        events.close()
+    assert [row[f"{stage}_status"] for stage in live.STAGES] == ["completed"] * 3, row
+    for stage in (Stage.SEPARATE, Stage.ANALYZE):
+        [job] = jobs.list_jobs_for_track(conn, stage, imported.track.id)
+        assert job.attempts == 2, stage
+    _assert_forward_only(events.events)
+    analyze_events = [e for e in events.events if e.stage == "analyze"]
+    assert any(e.progress == 40 for e in analyze_events)
+
+
+def test_a_stage_that_keeps_failing_ends_failed_after_its_attempts(
+    conn: psycopg.Connection[Any], database_url: str, tmp_path: Path, song: Path
+) -> None:
+    settings = _settings(database_url, tmp_path, analyze_attempts=2)
+    real = default_engines(settings)
+    engines = dataclasses.replace(real, analyze=_flaky(real.analyze, 10))
+    with running_worker(settings, engines):
+        imported = _import(conn, engines, str(song), stems=False)
+        row = wait_for(lambda: _finished_row(conn, imported.track.id), message="failure")
+    assert row["analyze_status"] == "failed"
+    assert row["analyze_error"] == "OSError: disk hiccup #2 (after 2 attempts)"
+
+
+def test_separation_with_an_unknown_model_fails_at_once(
+    conn: psycopg.Connection[Any], database_url: str, tmp_path: Path, song: Path,
+    tiny_repo: Path,
+) -> None:  # fmt: skip
+    settings = _settings(database_url, tmp_path, demucs_repo=tiny_repo)
+    with running_worker(settings) as runtime:
+        imported = _import(conn, runtime.engines, str(song), analysis=False, model="nope")
+        row = wait_for(lambda: _finished_row(conn, imported.track.id), message="failure")
+    assert row["separate_status"] == "failed" and "nope" in row["separate_error"]
+    [job] = jobs.list_jobs_for_track(conn, Stage.SEPARATE, imported.track.id)
+    assert job.attempts == 1
