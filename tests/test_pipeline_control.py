@@ -1,0 +1,322 @@
+"""Pipeline control: fan-out exactly once, duplicate imports, cancel, retry, hand-typed
+`procrastinate defer`, `soundforge watch` and `soundforge add --wait`."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg_pool import ConnectionPool
+
+from soundforge import jobs, live, queue, workflow
+from soundforge.db import connect, create_pool
+from soundforge.engines import default_engines
+from soundforge.errors import AbortCheck, ProgressCallback
+from soundforge.models import Stage
+from soundforge.sources import StoredAudio, TrackMetadata
+from soundforge.status import Status
+from tests.audio_synth import write_test_song
+from tests.cli_runner import run_cli
+from tests.support.fake_spotify import FakeSpotify
+from tests.support.worker_thread import running_worker, settings_for, wait_for
+
+pytestmark = pytest.mark.timeout(300)
+PROCRASTINATE = str(Path(sys.executable).with_name("procrastinate"))
+
+
+@pytest.fixture
+def song(tmp_path: Path) -> Path:
+    return write_test_song(tmp_path / "song.wav", seconds=4.0, tempo=100.0, key="D major")
+
+
+def _metadata(song: Path, spotify_id: str | None = None) -> TrackMetadata:
+    return TrackMetadata(title="Song", artist="Band", album=None, album_art_url=None,
+                         duration=4, spotify_id=spotify_id, spotify_url=None,
+                         origin=str(song))  # fmt: skip
+
+
+def _queue_jobs(conn: psycopg.Connection[Any], task_name: str) -> list[dict[str, Any]]:
+    return list(conn.execute(
+        "SELECT * FROM procrastinate_jobs WHERE task_name = %s ORDER BY id", (task_name,)
+    ))  # fmt: skip
+
+
+def _count(conn: psycopg.Connection[Any], table: str) -> int:
+    row = conn.execute(f"SELECT count(*) AS n FROM {table}").fetchone()
+    assert row is not None
+    return int(row["n"])
+
+
+def test_fan_out_cannot_be_lost_by_a_crash_between_status_change_and_defer(
+    conn: psycopg.Connection[Any], database_url: str, song: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    imported = workflow.import_track(conn, _metadata(song), workflow.PipelineOptions())
+    job = jobs.advance(conn, imported.download_job, Status.DOWNLOADING)
+    stored = StoredAudio(relative_path="downloads/x.wav", file_size=2000, ext="wav",
+                         duration_s=4.0)  # fmt: skip
+    real_defer = queue.defer_stage
+
+    def crash(worker_conn: psycopg.Connection[Any], *args: Any, **kwargs: Any) -> Any:
+        # The worker's connection dies after the status UPDATE, before any defer.
+        pid = worker_conn.info.backend_pid
+        with connect(database_url, autocommit=True) as killer:
+            killer.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        return real_defer(worker_conn, *args, **kwargs)
+
+    monkeypatch.setattr(queue, "defer_stage", crash)
+    with connect(database_url, autocommit=True) as worker_conn, pytest.raises(psycopg.Error):
+        workflow.complete_download(worker_conn, job, stored, workflow.PipelineOptions())
+    assert jobs.reload(conn, job).status is Status.DOWNLOADING  # the UPDATE rolled back
+    assert _count(conn, "processing_jobs") == _count(conn, "analysis_jobs") == 0
+    assert _queue_jobs(conn, "soundforge.separate") == []
+
+    monkeypatch.setattr(queue, "defer_stage", real_defer)
+    created = workflow.complete_download(conn, jobs.reload(conn, job), stored,
+                                         workflow.PipelineOptions())  # fmt: skip
+    assert sorted(jobs.stage_of(child).value for child in created) == ["analyze", "separate"]
+    # A rerun of the completed download (e.g. a rescued duplicate) fans out nothing more.
+    rerun = workflow.begin_stage(conn, Stage.DOWNLOAD, job.track_id, job.id,
+                                 procrastinate_job_id=1, attempt=2)  # fmt: skip
+    assert rerun is None
+    assert _count(conn, "processing_jobs") == _count(conn, "analysis_jobs") == 1
+    assert len(_queue_jobs(conn, "soundforge.separate")) == 1
+    assert len(_queue_jobs(conn, "soundforge.analyze")) == 1
+
+
+def test_200_concurrent_imports_of_one_spotify_id_give_one_track_and_one_download(
+    conn: psycopg.Connection[Any], database_url: str, tmp_path: Path
+) -> None:
+    with FakeSpotify() as spotify:
+        track = spotify.add_track("Mr. Brightside", ["The Killers"], duration_ms=222_000)
+        settings = settings_for(
+            database_url, tmp_path / "store", spotify_client_id=spotify.client_id,
+            spotify_client_secret=spotify.client_secret, spotify_api_url=spotify.api_url,
+            spotify_auth_url=spotify.auth_url,
+        )  # fmt: skip
+        engines = default_engines(settings)
+        link = f"https://open.spotify.com/track/{track['id']}?si=abc"
+        pool: ConnectionPool[Any] = create_pool(database_url, min_size=4, max_size=40)
+        barrier = threading.Barrier(200)
+
+        def one_import(_: int) -> str:
+            [metadata] = engines.expand(link)
+            barrier.wait()
+            with pool.connection() as own:
+                imported = workflow.import_track(own, metadata, workflow.PipelineOptions())
+            return str(imported.download_job.id)
+
+        try:
+            with ThreadPoolExecutor(max_workers=200) as executor:
+                download_ids = set(executor.map(one_import, range(200)))
+        finally:
+            pool.close()
+    assert len(download_ids) == 1
+    assert _count(conn, "tracks") == 1 and _count(conn, "download_jobs") == 1
+    [queued] = _queue_jobs(conn, "soundforge.download")
+    assert queued["queueing_lock"].startswith("download:")
+    row = conn.execute("SELECT * FROM tracks").fetchone()
+    assert row is not None and row["artist"] == "The Killers" and row["duration"] == 222
+
+
+def test_cancelling_a_queued_job_cancels_its_queue_job_and_fails_the_row(
+    conn: psycopg.Connection[Any], cli_env: dict[str, str], song: Path
+) -> None:
+    imported = workflow.import_track(conn, _metadata(song), workflow.PipelineOptions())
+    result = run_cli("cancel", str(imported.download_job.id), env=cli_env)
+    assert result.returncode == 0, result.stderr
+    row = jobs.reload(conn, imported.download_job)
+    assert (row.status, row.error) == (Status.FAILED, "cancelled")
+    [queued] = _queue_jobs(conn, "soundforge.download")
+    assert queued["status"] == "cancelled"
+    again = run_cli("cancel", str(imported.download_job.id), env=cli_env)
+    assert again.returncode == 1 and "already failed" in again.stderr
+
+
+def _blocking_separate(started: threading.Event) -> Callable[..., dict[str, Path]]:
+    """A separation that reports progress until it is told to abort."""
+
+    def separate(audio: Path, out_dir: Path, model: str, progress: ProgressCallback,
+                 should_abort: AbortCheck) -> dict[str, Path]:  # fmt: skip
+        for step in range(6000):
+            progress(min(90.0, step / 10))
+            started.set()
+            time.sleep(0.01)
+        raise AssertionError("never aborted")
+
+    return separate
+
+
+def test_cancelling_a_running_job_aborts_it_and_fails_the_row(
+    conn: psycopg.Connection[Any], database_url: str, tmp_path: Path, song: Path,
+    cli_env: dict[str, str],
+) -> None:  # fmt: skip
+    settings = settings_for(database_url, tmp_path / "store")
+    started = threading.Event()
+    engines = default_engines(settings)
+    engines = dataclasses.replace(engines, separate=_blocking_separate(started))
+    with running_worker(settings, engines) as runtime:
+        [metadata] = engines.expand(str(song))
+        imported = workflow.import_track(conn, metadata,
+                                         workflow.PipelineOptions(analysis=False))  # fmt: skip
+        assert started.wait(60)
+        [job] = jobs.list_jobs_for_track(conn, Stage.SEPARATE, imported.track.id)
+        result = run_cli("cancel", str(job.id), env=cli_env)
+        assert result.returncode == 0, result.stderr
+        wait_for(lambda: _queue_jobs(conn, "soundforge.separate")[0]["status"] == "aborted",
+                 message="the running job to abort")  # fmt: skip
+        assert runtime.storage.root.exists()
+    row = jobs.reload(conn, job)
+    assert (row.status, row.error) == (Status.FAILED, "cancelled")
+
+
+def test_retry_of_a_failed_stage_makes_a_new_row_and_keeps_the_old_one(
+    conn: psycopg.Connection[Any], database_url: str, tmp_path: Path, song: Path,
+    cli_env: dict[str, str],
+) -> None:  # fmt: skip
+    pending = tmp_path / "later.wav"
+    pending.write_bytes(b"not yet audio" * 200)
+    settings = settings_for(database_url, tmp_path / "store")
+    with running_worker(settings) as runtime:
+        [metadata] = runtime.engines.expand(str(pending))
+        imported = workflow.import_track(conn, metadata,
+                                         workflow.PipelineOptions(stems=False))  # fmt: skip
+        wait_for(lambda: jobs.reload(conn, imported.download_job).status is Status.FAILED,
+                 message="the first download to fail")  # fmt: skip
+        pending.write_bytes(song.read_bytes())  # the user fixes the file
+        result = run_cli("retry", str(imported.download_job.id), env=cli_env)
+        assert result.returncode == 0, result.stderr
+        wait_for(lambda: (rows := live.pipeline_rows(conn, [imported.track.id]))
+                 and live.pipeline_finished(rows[0]), message="the retried pipeline")  # fmt: skip
+    old, new = jobs.list_jobs_for_track(conn, Stage.DOWNLOAD, imported.track.id)
+    assert old.id == imported.download_job.id and old.status is Status.FAILED
+    assert new.status is Status.COMPLETED
+    [analysis] = jobs.list_jobs_for_track(conn, Stage.ANALYZE, imported.track.id)
+    assert analysis.status is Status.COMPLETED
+    not_failed = run_cli("retry", str(new.id), env=cli_env)
+    assert not_failed.returncode == 1 and "only a failed job" in not_failed.stderr
+
+
+def test_hand_typed_procrastinate_defer_runs_a_stage_by_track_id(
+    conn: psycopg.Connection[Any], database_url: str, tmp_path: Path, song: Path,
+    cli_env: dict[str, str],
+) -> None:  # fmt: skip
+    settings = settings_for(database_url, tmp_path / "store")
+    with running_worker(settings) as runtime:
+        [metadata] = runtime.engines.expand(str(song))
+        imported = workflow.import_track(conn, metadata,
+                                         workflow.PipelineOptions(stems=False,
+                                                                  analysis=False))  # fmt: skip
+        wait_for(lambda: jobs.reload(conn, imported.download_job).status is Status.COMPLETED,
+                 message="download")  # fmt: skip
+        payload = json.dumps({"track_id": str(imported.track.id)})
+        deferred = subprocess.run(
+            [PROCRASTINATE, "--app=soundforge.app.app", "defer", "soundforge.analyze", payload],
+            env=cli_env, capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert deferred.returncode == 0, deferred.stderr
+        analysis = wait_for(
+            lambda: [j for j in jobs.list_jobs_for_track(conn, Stage.ANALYZE, imported.track.id)
+                     if j.status is Status.COMPLETED], message="hand-typed analysis",
+        )  # fmt: skip
+    assert analysis[0].procrastinate_job_id is not None
+
+
+def test_hand_typed_import_task_creates_the_track_and_its_download(
+    conn: psycopg.Connection[Any], database_url: str, tmp_path: Path, song: Path,
+    cli_env: dict[str, str],
+) -> None:  # fmt: skip
+    settings = settings_for(database_url, tmp_path / "store")
+    payload = json.dumps({"source": str(song), "stems": False})
+    deferred = subprocess.run(
+        [PROCRASTINATE, "--app=soundforge.app.app", "defer", "soundforge.import", payload],
+        env=cli_env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert deferred.returncode == 0, deferred.stderr
+    with running_worker(settings):
+        row = wait_for(
+            lambda: (rows := live.pipeline_rows(conn, None)) and live.pipeline_finished(rows[0])
+            and rows[0], message="the imported pipeline",
+        )  # fmt: skip
+    assert (row["title"], row["download_status"], row["analyze_status"]) == (
+        "song", "completed", "completed")  # fmt: skip
+
+
+def test_analyze_of_a_track_without_audio_fails_with_a_clear_error(
+    conn: psycopg.Connection[Any], database_url: str, tmp_path: Path, song: Path
+) -> None:
+    imported = workflow.import_track(conn, _metadata(song), workflow.PipelineOptions())
+    queue.defer(conn, "soundforge.analyze", "analysis", {"track_id": str(imported.track.id)})
+    with running_worker(settings_for(database_url, tmp_path / "store"), queues=["analysis"]):
+        [job] = wait_for(lambda: jobs.list_jobs_for_track(conn, Stage.ANALYZE,
+                                                          imported.track.id)
+                         and [j for j in jobs.list_jobs_for_track(conn, Stage.ANALYZE,
+                                                                  imported.track.id)
+                              if j.status is Status.FAILED], message="failure")  # fmt: skip
+    assert job.error is not None and "no downloaded audio yet" in job.error
+
+
+def test_watch_prints_notify_events_as_they_happen(
+    conn: psycopg.Connection[Any], cli_env: dict[str, str], song: Path
+) -> None:
+    soundforge = str(Path(sys.executable).with_name("soundforge"))
+    watcher = subprocess.Popen(
+        [soundforge, "watch", "--json", "--max-events", "3"], env=cli_env,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert watcher.stderr is not None
+        assert "watching" in watcher.stderr.readline()  # LISTEN is in place
+        imported = workflow.import_track(conn, _metadata(song), workflow.PipelineOptions())
+        job = jobs.advance(conn, imported.download_job, Status.DOWNLOADING, progress=30)
+        jobs.advance(conn, job, Status.COMPLETED)
+        stdout, _ = watcher.communicate(timeout=30)
+    finally:
+        watcher.kill()
+    events = [json.loads(chunk) for chunk in stdout.replace("}\n{", "}\x00{").split("\x00")]
+    assert [(e["stage"], e["status"], e["progress"]) for e in events] == [
+        ("download", "queued", 0), ("download", "downloading", 30),
+        ("download", "completed", 100),
+    ]  # fmt: skip
+    assert {e["track_id"] for e in events} == {str(imported.track.id)}
+
+
+def test_add_wait_follows_a_worker_to_the_end_and_reports_the_analysis(
+    conn: psycopg.Connection[Any], cli_env: dict[str, str], song: Path
+) -> None:
+    soundforge = str(Path(sys.executable).with_name("soundforge"))
+    worker = subprocess.Popen(
+        [soundforge, "worker", "--queues", "download,analysis"], env=cli_env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        result = run_cli("add", str(song), "--no-stems", "--wait", env=cli_env, timeout=180)
+        assert result.returncode == 0, result.stderr
+        assert "tempo" in result.stdout and "key" in result.stdout
+        failing = run_cli("add", os.devnull, "--wait", env=cli_env)
+        assert failing.returncode == 1
+    finally:
+        worker.terminate()
+        worker.wait(60)
+    assert worker.returncode == 0
+
+
+def test_add_rejects_a_bad_source_before_queueing_anything(
+    conn: psycopg.Connection[Any], cli_env: dict[str, str]
+) -> None:
+    result = run_cli("add", "ftp://example.com/a.mp3", env=cli_env)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "accepted" in result.stderr or "unsupported" in result.stderr
+    assert _count(conn, "tracks") == 0
+
