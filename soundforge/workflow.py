@@ -17,7 +17,7 @@ from psycopg.types.json import Jsonb
 
 from soundforge import jobs, music, queue
 from soundforge.errors import PermanentError, StaleRowError
-from soundforge.models import DownloadJob, Job, Stage, Track
+from soundforge.models import JOB_MODELS, DownloadJob, Job, Stage, Track
 from soundforge.queries import query
 from soundforge.status import Status, is_terminal
 from soundforge.storage import Storage, stems_relpath
@@ -146,6 +146,14 @@ def begin_stage(
     Given a row id, that row (a finished row is not touched: its work is done or cancelled).
     Given only a track, a new row, unless the stage already completed for it (and not `force`).
     """
+    if job_id is not None:
+        row = conn.execute(
+            query("start_job", table=stage.table),
+            {"id": job_id, "status": stage.active_status,
+             "procrastinate_job_id": procrastinate_job_id, "attempts": attempt},
+        ).fetchone()  # fmt: skip
+        if row is not None:  # the common path: one statement
+            return JOB_MODELS[stage].from_row(row)
     with conn.transaction():
         music.require_track(conn, track_id)
         conn.execute(query("lock_track"), {"track_id": track_id})
@@ -224,14 +232,10 @@ def complete_download(
         row = conn.execute(
             query("complete_download_job"),
             {"id": job.id, "output_path": stored.relative_path, "file_size": stored.file_size,
-             "lock_version": job.lock_version},
+             "lock_version": job.lock_version, "duration": max(1, round(stored.duration_s))},
         ).fetchone()  # fmt: skip
         if row is None:
             raise StaleRowError(f"download_jobs {job.id} changed before completion")
-        conn.execute(
-            query("fill_track_duration"),
-            {"id": job.track_id, "duration": max(1, round(stored.duration_s))},
-        )
         follow_ups: list[tuple[Stage, dict[str, Any]]] = []
         if options.stems:
             follow_ups.append((Stage.SEPARATE, {"model": options.model}))

@@ -197,6 +197,15 @@ ORDER BY inserted_at DESC, id DESC LIMIT 1;
 SELECT source FROM download_jobs WHERE track_id = %(track_id)s AND source IS NOT NULL
 ORDER BY inserted_at DESC, id DESC LIMIT 1;
 
+-- name: start_job
+-- A worker takes a queued (or rescued, still active) row: active status, its queue job id and
+-- attempt count, in one statement. Returns nothing when the row is finished or elsewhere.
+UPDATE {table}
+SET status = %(status)s, procrastinate_job_id = %(procrastinate_job_id)s,
+    attempts = greatest(attempts, %(attempts)s)
+WHERE id = %(id)s AND status IN ('queued', %(status)s)
+RETURNING *;
+
 -- name: set_job_queue_info
 -- Record which Procrastinate job drives a row and how many attempts it has made.
 UPDATE {table} SET procrastinate_job_id = %(procrastinate_job_id)s, attempts = %(attempts)s
@@ -214,12 +223,19 @@ RETURNING *;
 UPDATE download_jobs SET source = %(source)s WHERE id = %(id)s RETURNING *;
 
 -- name: complete_download_job
--- A download finished: record the stored file and complete the row.
-UPDATE download_jobs
-SET status = 'completed', progress = 100, output_path = %(output_path)s,
-    file_size = %(file_size)s, error = NULL
-WHERE id = %(id)s AND lock_version = %(lock_version)s
-RETURNING *;
+-- A download finished: record the stored file, complete the row, and learn the track's
+-- duration from the audio when the source did not say.
+WITH job AS (
+    UPDATE download_jobs
+    SET status = 'completed', progress = 100, output_path = %(output_path)s,
+        file_size = %(file_size)s, error = NULL
+    WHERE id = %(id)s AND lock_version = %(lock_version)s
+    RETURNING *
+), track AS (
+    UPDATE tracks SET duration = %(duration)s, updated_at = timezone('utc', now())
+    WHERE id = (SELECT track_id FROM job) AND duration IS NULL
+)
+SELECT * FROM job;
 
 -- name: complete_processing_job
 -- A separation finished: record where its stems are and complete the row.
@@ -234,11 +250,6 @@ UPDATE analysis_jobs
 SET status = 'completed', progress = 100, results = %(results)s, error = NULL
 WHERE id = %(id)s AND lock_version = %(lock_version)s
 RETURNING *;
-
--- name: fill_track_duration
--- Learn a track's duration from its downloaded audio when the source did not say.
-UPDATE tracks SET duration = %(duration)s, updated_at = timezone('utc', now())
-WHERE id = %(id)s AND duration IS NULL;
 
 -- ---------------------------------------------------------------- queue (Procrastinate SQL API)
 

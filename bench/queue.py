@@ -1,0 +1,244 @@
+"""Queue benchmark: bare Procrastinate no-op tasks vs SoundForge stage tasks with the engines
+replaced by no-ops (so it measures the queue and the job-row bookkeeping, not audio).
+
+In one run, on a fresh database: jobs per second for each (same worker, same concurrency) and
+their ratio; then defer-to-start latency p50/p95 with an idle listening worker, one job at a
+time, for each.
+
+    python bench/queue.py [--jobs 600] [--concurrency 4] [--latency-samples 100]
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# Run as `python bench/queue.py`, this folder comes first on sys.path and this file would
+# shadow the standard library's `queue` (which asyncio and procrastinate import).
+if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
+    sys.path.pop(0)
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import statistics
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from tempfile import TemporaryDirectory
+from typing import Any
+
+import psycopg
+from procrastinate import App, PsycopgConnector
+from psycopg import sql
+
+from soundforge import queue, workflow
+from soundforge.app import build_app
+from soundforge.db import connect
+from soundforge.engines import AnalysisOutcome, Engines, default_engines
+from soundforge.migrations import migrate
+from soundforge.runtime import build_runtime, set_runtime
+from soundforge.settings import load_settings
+from soundforge.sources import StoredAudio, TrackMetadata
+from soundforge.storage import Storage, download_relpath
+
+ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+started_at: dict[str, float] = {}
+
+
+@contextlib.contextmanager
+def bench_database() -> Iterator[str]:
+    name = f"sf_bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+    finally:
+        with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
+            admin.execute(
+                sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+
+
+@contextlib.contextmanager
+def worker_running(app: App, concurrency: int) -> Iterator[None]:
+    holder: dict[str, Any] = {}
+    ready = threading.Event()
+
+    async def main() -> None:
+        holder["loop"], holder["stop"] = asyncio.get_running_loop(), asyncio.Event()
+        async with app.open_async():
+            task = asyncio.create_task(app.run_worker_async(
+                concurrency=concurrency, install_signal_handlers=False,
+                fetch_job_polling_interval=5.0, shutdown_graceful_timeout=10,
+            ))  # fmt: skip
+            ready.set()
+            await holder["stop"].wait()
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    thread = threading.Thread(target=lambda: asyncio.run(main()), daemon=True)
+    thread.start()
+    ready.wait()
+    time.sleep(0.5)  # the listener is up
+    try:
+        yield
+    finally:
+        holder["loop"].call_soon_threadsafe(holder["stop"].set)
+        thread.join(30)
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float = 600) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError("benchmark jobs did not finish")
+        time.sleep(0.02)
+
+
+def count_done(conn: psycopg.Connection[Any]) -> int:
+    row = conn.execute(
+        "SELECT count(*) AS n FROM procrastinate_jobs WHERE status IN ('succeeded', 'failed')"
+    ).fetchone()
+    assert row is not None
+    return int(row["n"])
+
+
+def started(key: str) -> Callable[[], bool]:
+    return lambda: key in started_at
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
+
+
+# -- bare Procrastinate ---------------------------------------------------------------------
+
+
+def bare_app(database_url: str) -> App:
+    """A plain Procrastinate app with one sync no-op task (SoundForge's tasks are sync too)."""
+    app = App(connector=PsycopgConnector(conninfo=database_url, min_size=1, max_size=8))
+
+    @app.task(name="bench.noop", queue="download")
+    def noop(key: str = "") -> None:
+        if key:
+            started_at[key] = time.perf_counter()
+
+    return app
+
+
+def bench_bare(
+    database_url: str, jobs: int, concurrency: int, samples: int
+) -> tuple[float, list[float]]:
+    app = bare_app(database_url)
+    with connect(database_url, autocommit=True) as conn:
+        for _ in range(jobs):  # through the same SQL defer path the SoundForge side uses
+            queue.defer(conn, "bench.noop", "download", {})
+        start = time.perf_counter()
+        with worker_running(app, concurrency):
+            wait_until(lambda: count_done(conn) >= jobs)
+            elapsed = time.perf_counter() - start
+            latencies = []
+            for index in range(samples):
+                key = f"bare-{index}"
+                queue.defer(conn, "bench.noop", "download", {"key": key})
+                deferred = time.perf_counter()  # committed: the NOTIFY is on its way
+                wait_until(started(key))
+                latencies.append(started_at[key] - deferred)
+                time.sleep(0.02)
+        conn.execute("DELETE FROM procrastinate_events; DELETE FROM procrastinate_jobs")
+    return jobs / elapsed, latencies
+
+
+# -- SoundForge stage tasks with no-op engines ------------------------------------------------
+
+
+def noop_engines(real: Engines, audio_relpath: str) -> Engines:
+    def fetch(metadata: TrackMetadata, storage: Storage, track_id: uuid.UUID,
+              progress: Any) -> StoredAudio:  # fmt: skip
+        started_at[str(track_id)] = time.perf_counter()
+        return StoredAudio(relative_path=audio_relpath, file_size=2048, ext="wav",
+                           duration_s=1.0)  # fmt: skip
+
+    def separate(audio: Path, out_dir: Path, model: str, progress: Any,
+                 abort: Any) -> dict[str, Path]:  # fmt: skip
+        return {}
+
+    def analyze(audio: Path, progress: Any) -> AnalysisOutcome:
+        return AnalysisOutcome(columns={"tempo": 120.0}, features={})
+
+    return dataclasses.replace(real, fetch=fetch, separate=separate, analyze=analyze)
+
+
+def bench_soundforge(database_url: str, jobs: int, concurrency: int,
+                     samples: int) -> tuple[float, list[float]]:  # fmt: skip
+    with TemporaryDirectory() as store:
+        settings = load_settings(database_url=database_url, storage_path=Path(store))
+        storage = Storage(store)
+        audio_relpath = download_relpath(uuid.uuid4(), "wav")
+        with storage.atomic_write(audio_relpath) as handle:
+            handle.write(b"\0" * 2048)
+        runtime = build_runtime(settings, noop_engines(default_engines(settings), audio_relpath))
+        set_runtime(runtime)
+        app = build_app(settings)
+        # Tracks go through all three stages: jobs/3 tracks make `jobs` stage tasks.
+        tracks = jobs // 3
+        options = workflow.PipelineOptions()
+        with connect(database_url, autocommit=True) as conn:
+            def metadata(index: int) -> TrackMetadata:
+                return TrackMetadata(title=f"t{index}", artist=None, album=None,
+                                     album_art_url=None, duration=1, spotify_id=None,
+                                     spotify_url=None, origin="/dev/null")  # fmt: skip
+
+            for index in range(tracks):
+                workflow.import_track(conn, metadata(index), options)
+            start = time.perf_counter()
+            with worker_running(app, concurrency):
+                wait_until(lambda: count_done(conn) >= tracks * 3)
+                elapsed = time.perf_counter() - start
+                latencies = []
+                quick = workflow.PipelineOptions(stems=False, analysis=False)
+                for index in range(samples):
+                    imported = workflow.import_track(conn, metadata(tracks + index), quick)
+                    deferred = time.perf_counter()  # committed: the NOTIFY is on its way
+                    key = str(imported.track.id)
+                    wait_until(started(key))
+                    latencies.append(started_at[key] - deferred)
+                    time.sleep(0.02)
+            failed = conn.execute(
+                "SELECT count(*) AS n FROM procrastinate_jobs WHERE status = 'failed'"
+            ).fetchone()
+            assert failed is not None and failed["n"] == 0, "stage tasks failed"
+        runtime.close()
+        set_runtime(None)
+    return tracks * 3 / elapsed, latencies
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=600)
+    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--latency-samples", type=int, default=100)
+    args = parser.parse_args()
+    with bench_database() as database_url:
+        migrate(database_url)
+        bare_rate, bare_latency = bench_bare(database_url, args.jobs, args.concurrency,
+                                             args.latency_samples)  # fmt: skip
+        ours_rate, ours_latency = bench_soundforge(database_url, args.jobs, args.concurrency,
+                                                   args.latency_samples)  # fmt: skip
+    print(f"jobs: {args.jobs}  concurrency: {args.concurrency}")
+    print(f"bare procrastinate no-op : {bare_rate:8.1f} jobs/s")
+    print(f"soundforge stage tasks   : {ours_rate:8.1f} jobs/s")
+    print(f"ratio (ours / bare)      : {ours_rate / bare_rate:8.2f}   (goal >= 0.8)")
+    for label, values in (("bare", bare_latency), ("soundforge", ours_latency)):
+        print(f"defer-to-start {label:10}: p50 {1000 * statistics.median(values):6.1f} ms  "
+              f"p95 {1000 * percentile(values, 0.95):6.1f} ms  (n={len(values)})")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
