@@ -85,6 +85,14 @@ class Settings(BaseSettings):
     stalled_after_s: float = Field(default=1800.0, gt=0)
     prune_after_days: int = Field(default=7, ge=1)
     cleanup_cron: str = "0 3 * * *"
+    rescue_cron: str = "*/5 * * * *"
+    prune_cron: str = "30 3 * * *"
+    maintenance_group: Literal["download", "processing", "analysis"] = "download"
+    heartbeat_interval_s: float = Field(default=10.0, gt=0)
+    poll_interval_s: float = Field(default=5.0, gt=0)
+    restart_backoff_s: float = Field(default=1.0, ge=0)
+    restart_backoff_max_s: float = Field(default=60.0, ge=0)
+    hard_time_limit_grace_s: float = Field(default=300.0, ge=0)
     log_level: str = "INFO"
 
     @field_validator("database_url")

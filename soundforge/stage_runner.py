@@ -2,11 +2,13 @@
 throttled progress and abort checks, and finish, retry or fail the row according to the
 outcome. Tasks only say which engine to call and how to record its result.
 
-Outcomes: success -> the stage's `finish` (one transaction). `PermanentError` (bad input) ->
-row `failed` at once, no retry. Any other error -> retried by Procrastinate with exponential
-backoff while attempts remain (the row keeps its active status and records the attempt), then
-row `failed`. Abort by the user (`soundforge cancel`) -> row `failed` with `cancelled`. Abort
-by a worker shutdown -> the same row goes back to the queue, never lost.
+Outcomes: success -> the stage's `finish` (one transaction). An attempt past the stage's time
+limit is stopped through the engine's abort check and counts as a failed attempt.
+`PermanentError` (bad input) -> row `failed` at once, no retry. Any other error -> retried by
+Procrastinate with exponential backoff while attempts remain (the row keeps its active status
+and records the attempt), then row `failed`. Abort by the user (`soundforge cancel`) -> row
+`failed` with `cancelled`. Abort by a worker shutdown -> the same row goes back to the queue,
+never lost.
 """
 
 from __future__ import annotations
@@ -24,9 +26,16 @@ from procrastinate.jobs import Job as QueueJob
 from procrastinate.retry import BaseRetryStrategy, RetryDecision
 
 from soundforge import jobs, workflow
-from soundforge.errors import JobAbortedError, PermanentError, SoundForgeError, StaleRowError
+from soundforge.errors import (
+    JobAbortedError,
+    PermanentError,
+    SoundForgeError,
+    StaleRowError,
+    TransientError,
+)
 from soundforge.models import Job, Stage
 from soundforge.runtime import Runtime, get_runtime
+from soundforge.settings import Settings
 from soundforge.status import is_terminal
 
 log = logging.getLogger(__name__)
@@ -54,6 +63,41 @@ class StageRetryStrategy(BaseRetryStrategy):
         if attempts_made >= runtime.attempts_for(self.stage):
             return None
         return RetryDecision(retry_in={"seconds": runtime.retry_delay_s(attempts_made)})
+
+
+class StageTimeLimitError(TransientError):
+    """An attempt ran past its stage's time limit and was stopped (a failed attempt)."""
+
+
+def time_limit_s(settings: Settings, stage: Stage) -> float:
+    return {
+        Stage.DOWNLOAD: settings.download_time_limit_s,
+        Stage.SEPARATE: settings.separate_time_limit_s,
+        Stage.ANALYZE: settings.analyze_time_limit_s,
+    }[stage]
+
+
+class TimeLimit:
+    """The soft per-stage time limit: the engine is asked to stop (through its abort check)
+    once an attempt has run `limit_s`; the supervisor kills a worker that does not stop."""
+
+    def __init__(
+        self, stage: Stage, limit_s: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.stage = stage
+        self.limit_s = limit_s
+        self._clock = clock
+        self._started = clock()
+
+    def exceeded(self) -> bool:
+        return self._clock() - self._started > self.limit_s
+
+    def raise_if_exceeded(self) -> None:
+        if self.exceeded():
+            raise StageTimeLimitError(
+                f"time limit exceeded: {self.stage.value} ran longer than {self.limit_s:g} s "
+                f"(SOUNDFORGE_{self.stage.value.upper()}_TIME_LIMIT_S)"
+            ) from None
 
 
 def describe(error: BaseException) -> str:
@@ -132,9 +176,15 @@ def run_stage(
             return
         extra = {"track_id": track_id, "job_id": str(job.id)}
         log.info("%s attempt %d started", stage.value, attempt, extra=extra)
-        writer = ProgressWriter(conn, job, context.should_abort)
+        limit = TimeLimit(stage, time_limit_s(runtime.settings, stage))
+        writer = ProgressWriter(conn, job, lambda: context.should_abort() or limit.exceeded())
         try:
-            result = work(runtime, conn, job, writer)
+            try:
+                result = work(runtime, conn, job, writer)
+            except JobAbortedError:
+                if not context.should_abort():
+                    limit.raise_if_exceeded()  # a failed attempt: retried or failed below
+                raise
             _finish(runtime, conn, writer.job, result, finish)
         except (JobAbortedError, exceptions.JobAborted) as error:
             _aborted(conn, context, writer.job, error, requeue_args, extra)

@@ -182,6 +182,7 @@ def run_retry(args: argparse.Namespace) -> int:
 def run_worker(args: argparse.Namespace) -> int:
     from soundforge.app import build_app
     from soundforge.runtime import build_runtime, set_runtime
+    from soundforge.worker_hooks import WorkerHooks, worker_options
 
     config = settings()
     queues = [name.strip() for name in args.queues.split(",") if name.strip()]
@@ -195,12 +196,15 @@ def run_worker(args: argparse.Namespace) -> int:
     set_runtime(runtime)
     runtime.pool  # noqa: B018 - connect now: an unreachable database fails here, clearly
     runtime.engines.warm_up([QUEUE_STAGES[q] for q in queues if q in QUEUE_STAGES])
+    hooks = WorkerHooks(config)  # supervisor protocol, job heartbeats, recycling
+    hooks.notify_ready()
     try:
         build_app(config).run_worker(
             queues=queues,
             concurrency=args.concurrency,
             name=args.name or f"soundforge-{'+'.join(queues)}",
             shutdown_graceful_timeout=config.shutdown_grace_s,
+            **worker_options(config, hooks),
         )
     finally:
         runtime.close()

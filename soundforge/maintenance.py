@@ -1,0 +1,210 @@
+"""Periodic maintenance of the queue: rescue the jobs of workers that died (a running queue job
+whose worker's heartbeat is older than `stalled_after_s` is retried, or failed once its stage's
+attempts are used up), and prune finished queue jobs after `prune_after_days`. Orphan-file
+cleanup is `Storage.cleanup_orphaned` over `music.referenced_paths`, called from here too.
+
+Procrastinate 3.x has no built-in rescue, and its worker stops heartbeating when it starts to
+drain; SoundForge's workers keep heartbeating while any job runs (`soundforge.worker_hooks`),
+and the threshold must still exceed the drain grace period (`check_rescue_threshold`), so a live
+worker, draining or not, is never robbed of its job.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass, field
+from datetime import timedelta
+from functools import cache
+from importlib import resources
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from soundforge import jobs, music, workflow
+from soundforge.errors import ConfigError
+from soundforge.models import Stage
+from soundforge.queries import NamedQuery, parse_queries
+from soundforge.settings import Settings
+from soundforge.storage import CleanupReport, Storage
+
+log = logging.getLogger(__name__)
+Connection = psycopg.Connection[Any]
+
+# Which stage's attempts setting bounds a task's rescues; any other task gets one attempt.
+TASK_STAGES: dict[str, Stage] = {stage.task_name: stage for stage in Stage} | {
+    "soundforge.import": Stage.DOWNLOAD,
+}
+
+
+@cache
+def _queries() -> dict[str, NamedQuery]:
+    text = resources.files("soundforge.sql").joinpath("maintenance.sql").read_text("utf-8")
+    return parse_queries(text)
+
+
+def _query(name: str, **identifiers: str) -> sql.Composed | sql.SQL:
+    statement = sql.SQL(_queries()[name].text)
+    if identifiers:
+        return statement.format(**{k: sql.Identifier(v) for k, v in identifiers.items()})
+    return statement
+
+
+def check_rescue_threshold(settings: Settings) -> None:
+    """`stalled_after_s` must exceed the drain grace plus two heartbeat intervals, or a worker
+    that is draining (or merely between heartbeats) could look dead."""
+    needed = settings.shutdown_grace_s + 2 * settings.heartbeat_interval_s
+    if settings.stalled_after_s <= needed:
+        raise ConfigError(
+            f"SOUNDFORGE_STALLED_AFTER_S={settings.stalled_after_s:g} is too short: it must "
+            f"exceed SOUNDFORGE_SHUTDOWN_GRACE_S + 2 x SOUNDFORGE_HEARTBEAT_INTERVAL_S "
+            f"({needed:g} s), or a draining worker's jobs would be taken from it"
+        )
+
+
+@dataclass(frozen=True)
+class RescuedJob:
+    """One queue job taken from a dead worker: `retried` (back to `todo`) or `failed`."""
+
+    procrastinate_job_id: int
+    task_name: str
+    queue: str
+    attempt: int
+    action: str
+    heartbeat_age_s: float | None
+    job_rows: list[uuid.UUID] = field(default_factory=list)
+
+
+@dataclass
+class RescueReport:
+    dry_run: bool
+    jobs: list[RescuedJob] = field(default_factory=list)
+
+    @property
+    def retried(self) -> int:
+        return sum(1 for job in self.jobs if job.action == "retried")
+
+    @property
+    def failed(self) -> int:
+        return sum(1 for job in self.jobs if job.action == "failed")
+
+
+def _attempts_allowed(settings: Settings, task_name: str) -> int:
+    stage = TASK_STAGES.get(task_name)
+    if stage is None:
+        return 1
+    return {
+        Stage.DOWNLOAD: settings.download_attempts,
+        Stage.SEPARATE: settings.separate_attempts,
+        Stage.ANALYZE: settings.analyze_attempts,
+    }[stage]
+
+
+def _active_rows(conn: Connection, procrastinate_job_id: int) -> list[tuple[Stage, uuid.UUID]]:
+    rows = []
+    for stage in Stage:
+        for row in conn.execute(
+            _query("active_rows_for_queue_job", table=stage.table),
+            {"procrastinate_job_id": procrastinate_job_id},
+        ).fetchall():
+            rows.append((stage, row["id"]))
+    return rows
+
+
+def _fail_rows(conn: Connection, rows: list[tuple[Stage, uuid.UUID]], message: str) -> None:
+    for stage, row_id in rows:
+        job = jobs.get_job(conn, stage, row_id)
+        if job is not None:
+            workflow.fail_job(conn, job, message)
+            log.warning("%s job %s failed: %s", stage.value, row_id, message,
+                        extra={"track_id": str(job.track_id), "job_id": str(row_id)})  # fmt: skip
+
+
+def rescue_stalled(
+    conn: Connection, settings: Settings, *, dry_run: bool = False,
+    stalled_after_s: float | None = None,
+) -> RescueReport:  # fmt: skip
+    """Retry (or, with no attempts left, fail) every running queue job whose worker is gone or
+    silent for longer than `stalled_after_s` (default: the setting), in one transaction; the
+    job rows keep their active status on a retry, so the re-run continues the same row."""
+    threshold = settings.stalled_after_s if stalled_after_s is None else stalled_after_s
+    report = RescueReport(dry_run=dry_run)
+    with conn.transaction():
+        stalled = conn.execute(
+            _query("lock_stalled_queue_jobs"), {"stalled_after_s": threshold}
+        ).fetchall()
+        reason = f"the worker running this job stopped (no heartbeat for over {threshold:g} s)"
+        for queue_job in stalled:
+            report.jobs.append(_rescue_one(conn, settings, queue_job, reason, dry_run))
+        if dry_run:
+            raise psycopg.Rollback  # ends the transaction quietly, releasing the row locks
+    return report
+
+
+def rescue_killed(
+    conn: Connection, settings: Settings, procrastinate_job_ids: list[int], reason: str
+) -> RescueReport:
+    """Retry (or fail) running queue jobs whose worker was just killed (the supervisor's hard
+    time limit), without waiting for their heartbeat to go stale."""
+    report = RescueReport(dry_run=False)
+    with conn.transaction():
+        killed = conn.execute(
+            _query("lock_running_queue_jobs"), {"ids": procrastinate_job_ids}
+        ).fetchall()
+        for queue_job in killed:
+            report.jobs.append(_rescue_one(conn, settings, queue_job, reason, dry_run=False))
+    return report
+
+
+def _rescue_one(
+    conn: Connection, settings: Settings, queue_job: dict[str, Any], reason: str,
+    dry_run: bool,
+) -> RescuedJob:  # fmt: skip
+    queue_id = int(queue_job["id"])
+    attempt = int(queue_job["attempts"]) + 1
+    age: timedelta | None = queue_job["heartbeat_age"]
+    rows = _active_rows(conn, queue_id)
+    give_up = attempt >= _attempts_allowed(settings, queue_job["task_name"])
+    rescued = RescuedJob(
+        procrastinate_job_id=queue_id, task_name=queue_job["task_name"],
+        queue=queue_job["queue_name"], attempt=attempt,
+        action="failed" if give_up else "retried",
+        heartbeat_age_s=age.total_seconds() if age is not None else None,
+        job_rows=[row_id for _stage, row_id in rows],
+    )  # fmt: skip
+    if dry_run:
+        return rescued
+    if give_up:
+        conn.execute(_query("fail_queue_job"), {"id": queue_id})
+        suffix = f" (after {attempt} attempts)" if attempt > 1 else ""
+        _fail_rows(conn, rows, reason + suffix)
+    else:
+        conn.execute(_query("retry_queue_job"), {"id": queue_id})
+    log.warning(
+        "rescued queue job %d (%s, attempt %d): %s; %s",
+        queue_id, rescued.task_name, attempt, reason, rescued.action,
+        extra={"job_id": ",".join(str(row) for row in rescued.job_rows) or None},
+    )  # fmt: skip
+    return rescued
+
+
+def prune_finished_jobs(conn: Connection, days: int) -> dict[str, int]:
+    """Delete finished queue jobs (and their events) older than `days`; counts per queue."""
+    if days < 1:
+        raise ConfigError(f"prune --days must be at least 1 (got {days})")
+    counts: dict[str, int] = {}
+    with conn.transaction():
+        for row in conn.execute(_query("delete_finished_queue_jobs"), {"days": days}):
+            counts[row["queue_name"]] = counts.get(row["queue_name"], 0) + 1
+    log.info("pruned %d finished queue job(s) older than %d day(s)", sum(counts.values()), days)
+    return counts
+
+
+def cleanup_orphaned(conn: Connection, settings: Settings, *, dry_run: bool = False
+                     ) -> CleanupReport:  # fmt: skip
+    """Remove stored files no row references (older than the grace period)."""
+    referenced = music.referenced_paths(conn)
+    return Storage(settings.storage_path).cleanup_orphaned(
+        referenced, dry_run=dry_run, grace_s=settings.storage_orphan_grace_s
+    )

@@ -1,0 +1,57 @@
+-- Statements of the periodic maintenance (soundforge/maintenance.py), over Procrastinate's tables
+-- and through its versioned SQL functions; same `-- name:` format as queries.sql.
+
+-- name: lock_stalled_queue_jobs
+-- Running queue jobs whose worker is gone or has not sent a heartbeat for longer than the threshold, locked for the rescuer
+SELECT job.id, job.task_name, job.queue_name, job.attempts, job.worker_id,
+       worker.last_heartbeat, now() - worker.last_heartbeat AS heartbeat_age
+  FROM procrastinate_jobs job
+  LEFT JOIN procrastinate_workers worker ON worker.id = job.worker_id
+ WHERE job.status = 'doing'
+   AND (worker.id IS NULL
+        OR worker.last_heartbeat < now() - make_interval(secs => %(stalled_after_s)s::float8))
+ ORDER BY job.id
+   FOR UPDATE OF job SKIP LOCKED;
+
+-- name: lock_running_queue_jobs
+-- Given running queue jobs (by id), locked for the rescuer whatever their worker's heartbeat
+SELECT job.id, job.task_name, job.queue_name, job.attempts, job.worker_id,
+       worker.last_heartbeat, now() - worker.last_heartbeat AS heartbeat_age
+  FROM procrastinate_jobs job
+  LEFT JOIN procrastinate_workers worker ON worker.id = job.worker_id
+ WHERE job.status = 'doing' AND job.id = ANY(%(ids)s::bigint[])
+ ORDER BY job.id
+   FOR UPDATE OF job SKIP LOCKED;
+
+-- name: retry_queue_job
+-- Put a running queue job back to `todo` now (counts one attempt); Procrastinate's own retry
+SELECT procrastinate_retry_job_v2(%(id)s, now(), NULL, NULL, NULL);
+
+-- name: fail_queue_job
+-- End a running queue job `failed` (counts one attempt); Procrastinate's own finish
+SELECT procrastinate_finish_job_v1(%(id)s, 'failed', false);
+
+-- name: active_rows_for_queue_job
+-- The job rows of one stage table that a queue job is working on and that have not ended
+SELECT id FROM {table}
+ WHERE procrastinate_job_id = %(procrastinate_job_id)s
+   AND status IN ('queued', 'downloading', 'processing');
+
+-- name: delete_finished_queue_jobs
+-- Delete finished queue jobs (succeeded, failed, cancelled, aborted) with no event newer than the cutoff; periodic-defer rows pointing at them are unlinked first
+WITH old AS (
+    SELECT job.id
+      FROM procrastinate_jobs job
+     WHERE job.status IN ('succeeded', 'failed', 'cancelled', 'aborted')
+       AND NOT EXISTS (
+           SELECT 1 FROM procrastinate_events event
+            WHERE event.job_id = job.id
+              AND event.at >= now() - make_interval(days => %(days)s::int))
+), unlinked AS (
+    UPDATE procrastinate_periodic_defers SET job_id = NULL
+     WHERE job_id IN (SELECT id FROM old)
+    RETURNING 1
+)
+DELETE FROM procrastinate_jobs
+ WHERE id IN (SELECT id FROM old)
+RETURNING id, queue_name;

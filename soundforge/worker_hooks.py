@@ -1,0 +1,97 @@
+"""The worker process's side of supervision, as a Procrastinate worker middleware: tell the
+supervisor (over `NOTIFY_SOCKET`, the sd_notify protocol) when the worker is ready and when each
+job starts and ends, keep the worker's heartbeat fresh while a job runs (Procrastinate stops it
+when the worker starts draining, which would make a draining worker look dead to the rescuer),
+and stop the worker after `recycle_after_jobs` jobs so the supervisor starts a fresh process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from procrastinate import JobContext
+from procrastinate.worker import Worker
+
+from soundforge.sd_notify import Notifier
+from soundforge.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# Fields of the messages a worker sends its supervisor (besides READY=1 and MAINPID).
+JOB_STARTED = "X_SOUNDFORGE_JOB_STARTED"
+JOB_FINISHED = "X_SOUNDFORGE_JOB_FINISHED"
+TASK = "X_SOUNDFORGE_TASK"
+JOBS_DONE = "X_SOUNDFORGE_JOBS_DONE"
+RECYCLING = "X_SOUNDFORGE_RECYCLING"
+
+
+class WorkerHooks:
+    """A Procrastinate worker middleware (async, wraps every job on the event loop)."""
+
+    def __init__(self, settings: Settings, notifier: Notifier | None = None) -> None:
+        self.settings = settings
+        self.notifier = notifier or Notifier.from_environ()
+        self.jobs_done = 0
+        self.recycling = False
+
+    def notify_ready(self) -> None:
+        self.notifier.ready()
+
+    async def __call__(
+        self, call_next: Callable[[], Awaitable[Any]], context: JobContext, worker: Worker
+    ) -> Any:
+        job_id = context.job.id
+        self.notifier.send(**{JOB_STARTED: job_id, TASK: context.job.task_name},
+                           MAINPID=_pid())  # fmt: skip
+        heartbeat = asyncio.create_task(self._keep_heartbeat(worker), name="job heartbeat")
+        try:
+            return await call_next()
+        finally:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+            self.jobs_done += 1
+            self.notifier.send(**{JOB_FINISHED: job_id, JOBS_DONE: self.jobs_done},
+                               MAINPID=_pid())  # fmt: skip
+            self._maybe_recycle(worker)
+
+    async def _keep_heartbeat(self, worker: Worker) -> None:
+        while True:
+            await asyncio.sleep(self.settings.heartbeat_interval_s)
+            if worker.worker_id is None:
+                return
+            try:
+                await worker.app.job_manager.update_heartbeat(worker.worker_id)
+            except Exception as error:  # the database may be restarting; the next try may work
+                log.warning("could not update the worker heartbeat: %s", error)
+
+    def _maybe_recycle(self, worker: Worker) -> None:
+        limit = self.settings.recycle_after_jobs
+        if not limit or self.recycling or self.jobs_done < limit:
+            return
+        self.recycling = True
+        log.info("recycling this worker after %d jobs", self.jobs_done)
+        self.notifier.send(**{RECYCLING: self.jobs_done}, MAINPID=_pid())
+        worker.stop()  # type: ignore[no-untyped-call]  # procrastinate leaves it unannotated
+
+
+def _pid() -> int:
+    return os.getpid()
+
+
+def worker_options(settings: Settings, hooks: WorkerHooks) -> dict[str, Any]:
+    """Keyword arguments for `App.run_worker` that wire in the hooks and the timing settings:
+    heartbeats every `heartbeat_interval_s`, dead workers' rows pruned only after
+    `stalled_after_s` (as their jobs are rescued), queues polled every `poll_interval_s`."""
+    return {
+        "worker_middleware": [hooks],
+        "update_heartbeat_interval": settings.heartbeat_interval_s,
+        "stalled_worker_timeout": settings.stalled_after_s,
+        "fetch_job_polling_interval": settings.poll_interval_s,
+        "abort_job_polling_interval": min(settings.poll_interval_s, 5.0),
+    }
