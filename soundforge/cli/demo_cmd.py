@@ -1,0 +1,115 @@
+"""`soundforge demo`: the whole pipeline once, on a synthesized song (or a file you name), on the
+configured PostgreSQL or, with no DATABASE_URL, an embedded one; prints tempo, key and stems."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from soundforge import demo, live, workflow
+from soundforge.cli import progress_bars
+from soundforge.cli.common import database, human_size
+from soundforge.embedded_pg import EmbeddedPostgres
+from soundforge.engines import default_engines
+from soundforge.migrations import migrate
+from soundforge.settings import load_settings
+from soundforge.storage import Storage
+
+log = logging.getLogger(__name__)
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "demo",
+        help="run the whole pipeline once on a synthesized song (embedded PostgreSQL when "
+        "DATABASE_URL is not set)",
+    )
+    parser.add_argument("file", nargs="?", type=Path, metavar="FILE",
+                        help="a local audio file (default: a synthesized song)")  # fmt: skip
+    parser.add_argument("--data-dir", type=Path, default=None,
+                        help="folder for the embedded PostgreSQL, the song, stored files and "
+                        f"logs (default: {demo.default_demo_dir()})")  # fmt: skip
+    parser.set_defaults(handler=run_demo)
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    demo_dir = (args.data_dir or demo.default_demo_dir()).absolute()
+    demo_dir.mkdir(parents=True, exist_ok=True)
+    config = load_settings()
+    print(f"SoundForge demo: data in {demo_dir}")
+    with demo.demo_database(config, demo_dir) as (database_url, server):
+        _say_database(database_url, server)
+        applied = migrate(database_url)
+        print(f"database: {len(applied)} migration(s) applied" if applied
+              else "database: schema up to date")  # fmt: skip
+        config = load_settings(database_url=database_url,
+                               storage_path=demo.storage_path(config, demo_dir))  # fmt: skip
+        return _run_pipeline(args, config, demo_dir)
+
+
+def _say_database(database_url: str, server: EmbeddedPostgres | None) -> None:
+    if server is None:
+        print("database: DATABASE_URL")
+        return
+    account = f", server running as {server.account.name}" if server.account else ""
+    print(f"database: embedded PostgreSQL {server.binaries.major_version} in {server.pgdata} "
+          f"({server.binaries.bin_dir}{account})")  # fmt: skip
+
+
+def _run_pipeline(args: argparse.Namespace, config: Any, demo_dir: Path) -> int:
+    song, description = demo.demo_song(demo_dir, args.file)
+    print(f"song: {description}: {song}")
+    print(f"stems: checking for {config.demucs_model} weights ...")
+    missing_stems = demo.stems_unavailable_reason(config, config.demucs_model)
+    if missing_stems:
+        print(f"stems: skipped; {missing_stems}")
+    options = workflow.PipelineOptions(stems=missing_stems is None, analysis=True,
+                                       model=config.demucs_model)  # fmt: skip
+    processes = demo.PipelineProcesses(config, demo_dir / "logs" / "pipeline.log")
+    print(f"pipeline: starting the {processes.description} (log: {processes.log_path})")
+    processes.start()
+    try:
+        rows = _import_and_follow(config, song, options, processes)
+    finally:
+        processes.stop()
+    print("pipeline: stopped")
+    storage = Storage(config.storage_path)
+    with database(config, autocommit=True) as conn:
+        summary = demo.summarize(conn, rows[0], storage)
+    _print_summary(summary, missing_stems)
+    return 0 if summary.succeeded else 1
+
+
+def _import_and_follow(
+    config: Any, song: Path, options: workflow.PipelineOptions, processes: demo.PipelineProcesses
+) -> list[dict[str, Any]]:
+    """What `soundforge add --wait` does, for one file: import, queue, follow with bars."""
+    metadata = default_engines(config).expand(str(song))
+    with live.open_listener(config.database_url) as listener, \
+            database(config, autocommit=True) as conn:  # fmt: skip
+        imported = [workflow.import_track(conn, item, options) for item in metadata]
+        for item in imported:
+            print(f"track {item.track.id}  {item.track.title}  (download queued)")
+        with processes.failing_on_exit():
+            return progress_bars.follow(listener, conn, [item.track.id for item in imported],
+                                        Console())  # fmt: skip
+
+
+def _print_summary(summary: demo.DemoSummary, missing_stems: str | None) -> None:
+    print()
+    print(f"{summary.title}  (track {summary.track_id})")
+    tempo = f"{summary.tempo_bpm:.1f} BPM" if summary.tempo_bpm else "-"
+    print(f"  tempo  {tempo}")
+    print(f"  key    {summary.key or '-'}")
+    if summary.stems:
+        print(f"  stems  {len(summary.stems)}")
+        for stem in summary.stems:
+            print(f"    {stem.stem_type:8} {human_size(stem.size_bytes):>10}  {stem.path or '-'}")
+    elif missing_stems:
+        print(f"  stems  not made: {missing_stems}")
+    for stage, error in summary.errors.items():
+        print(f"  {stage} failed: {error}")

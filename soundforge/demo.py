@@ -1,0 +1,246 @@
+"""The steps of `soundforge demo`, without the printing: where its data lives, the database
+(the configured one, else an embedded PostgreSQL), the song (given or synthesized), whether
+stem weights are there, the pipeline processes (the supervisor, `soundforge run`, as a child
+process) and the summary of what the pipeline stored. The CLI command strings them together
+with the same import and progress-bar code as `soundforge add --wait`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import logging
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import IO, Any
+
+import platformdirs
+import psycopg
+
+from soundforge import live, music
+from soundforge.embedded_pg import EmbeddedPostgres
+from soundforge.errors import SoundForgeError, SourceError
+from soundforge.settings import Settings
+from soundforge.storage import Storage
+
+log = logging.getLogger(__name__)
+
+APP_NAME = "soundforge"
+SONG_NAME = "soundforge-demo-song.wav"
+STOP_GRACE_S = 30.0
+# What the demo's pipeline processes get on top of the caller's environment: a short drain
+# (nothing is running when the demo stops them) and the settings the demo chose.
+CHILD_SETTINGS = {"SOUNDFORGE_SHUTDOWN_GRACE_S": "10"}
+# Until the supervisor (`soundforge run`) is installed, one worker per queue group stands in.
+WORKER_GROUPS = (("download,maintenance", 4), ("processing", 1), ("analysis", 1))
+
+
+class PipelineProcessesExitedError(SoundForgeError):
+    """The demo's supervisor (or a worker) exited while the pipeline was still running."""
+
+
+def default_demo_dir() -> Path:
+    """`<user data dir>/soundforge/demo` (XDG_DATA_HOME on Linux)."""
+    return platformdirs.user_data_path(APP_NAME) / "demo"
+
+
+def storage_path(config: Settings, demo_dir: Path) -> Path:
+    """SOUNDFORGE_STORAGE_PATH when set, else `storage/` in the demo folder."""
+    if "storage_path" in config.model_fields_set:
+        return config.storage_path
+    return demo_dir / "storage"
+
+
+def uses_configured_database(config: Settings) -> bool:
+    """DATABASE_URL (or SOUNDFORGE_DATABASE_URL, or the env file) names a server."""
+    return "database_url" in config.model_fields_set
+
+
+@contextlib.contextmanager
+def demo_database(
+    config: Settings, demo_dir: Path
+) -> Iterator[tuple[str, EmbeddedPostgres | None]]:
+    """The database to use: the configured one, or an embedded PostgreSQL started in
+    `demo_dir` for the duration (stopped on exit, its data kept for the next run)."""
+    if uses_configured_database(config):
+        yield config.database_url, None
+        return
+    with EmbeddedPostgres(demo_dir) as server:
+        yield server.conninfo, server
+
+
+def demo_song(demo_dir: Path, given: Path | None) -> tuple[Path, str]:
+    """(path, description) of the song to run: `given` when named, else a synthesized one."""
+    if given is not None:
+        if not given.is_file():
+            raise SourceError(f"{given}: no such file; name an audio file, or leave it out to "
+                              "use a synthesized song")  # fmt: skip
+        return given.resolve(), f"{given}"
+    from soundforge.demo_audio import write_demo_song
+
+    song = write_demo_song(demo_dir / SONG_NAME)
+    return song.path, (f"synthesized {song.duration_s:.0f} s song, {song.tempo_bpm:.0f} BPM, "
+                       f"{song.key}")  # fmt: skip
+
+
+def stems_unavailable_reason(config: Settings, model: str) -> str | None:
+    """None when the separation model's weights load here; else what is missing and how to
+    get it (the separation engine's own message: it never reaches for the network)."""
+    from soundforge.separation import SeparationError
+
+    try:
+        import torch
+
+        from soundforge.separation import loading
+
+        loading.load(model, config.demucs_repo, torch.device("cpu"))
+        loading.clear_cache()
+    except ImportError as error:
+        return (f"stem separation needs the stems extra ({error.name} is not installed): "
+                "pip install -c constraints.txt 'soundforge[stems]'")  # fmt: skip
+    except SeparationError as error:
+        return str(error)
+    return None
+
+
+def supervisor_available() -> bool:
+    return importlib.util.find_spec("soundforge.cli.service_cmds") is not None
+
+
+class PipelineProcesses:
+    """The processes that run the pipeline for the demo: `soundforge run` (the supervisor) when
+    it is installed, else one `soundforge worker` per queue group; output goes to `log_path`."""
+
+    def __init__(self, config: Settings, log_path: Path) -> None:
+        self.log_path = log_path
+        self.environment = {**os.environ, **CHILD_SETTINGS,
+                            "DATABASE_URL": config.database_url,
+                            "SOUNDFORGE_STORAGE_PATH": str(config.storage_path)}  # fmt: skip
+        self.environment.pop("SOUNDFORGE_DATABASE_URL", None)
+        self.processes: list[subprocess.Popen[bytes]] = []
+        self._log_file: IO[bytes] | None = None
+
+    @property
+    def description(self) -> str:
+        if supervisor_available():
+            return "supervisor `soundforge run`"
+        return f"{len(WORKER_GROUPS)} `soundforge worker` processes"
+
+    def commands(self) -> list[list[str]]:
+        main = [sys.executable, "-m", "soundforge.cli.main"]
+        if supervisor_available():
+            return [[*main, "run"]]
+        return [[*main, "worker", "--queues", queues, "--concurrency", str(concurrency)]
+                for queues, concurrency in WORKER_GROUPS]  # fmt: skip
+
+    def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log_file = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        for command in self.commands():
+            # A session of its own: a Ctrl-C in the terminal reaches the demo, which stops them.
+            process = subprocess.Popen(command, env=self.environment, stdin=subprocess.DEVNULL,
+                                       stdout=self._log_file, stderr=subprocess.STDOUT,
+                                       start_new_session=True)  # fmt: skip
+            log.info("started %s (pid %d)", " ".join(command[3:]), process.pid)
+            self.processes.append(process)
+
+    def exited(self) -> list[tuple[int, int]]:
+        """(pid, exit code) of each process that has ended."""
+        return [(p.pid, code) for p in self.processes if (code := p.poll()) is not None]
+
+    def check_running(self) -> None:
+        ended = self.exited()
+        if ended:
+            codes = ", ".join(f"pid {pid} exit code {code}" for pid, code in ended)
+            raise PipelineProcessesExitedError(
+                f"the pipeline processes stopped before the pipeline ended ({codes}); "
+                f"see {self.log_path}"
+            )
+
+    @contextlib.contextmanager
+    def failing_on_exit(self) -> Iterator[None]:
+        """Within the block, a pipeline process that exits raises `PipelineProcessesExitedError`
+        in the main thread (from a SIGCHLD handler), so following the pipeline never hangs."""
+
+        def on_child_exit(_signum: int, _frame: FrameType | None) -> None:
+            self.check_running()
+
+        previous = signal.signal(signal.SIGCHLD, on_child_exit)
+        try:
+            self.check_running()
+            yield
+        finally:
+            signal.signal(signal.SIGCHLD, previous)
+
+    def stop(self, grace_s: float = STOP_GRACE_S) -> None:
+        """SIGTERM (drain and exit), then SIGKILL what is left after `grace_s`."""
+        for process in self.processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in self.processes:
+            try:
+                process.wait(timeout=grace_s)
+            except subprocess.TimeoutExpired:
+                log.warning("pid %d did not stop within %.0f s; killing it", process.pid, grace_s)
+                process.kill()
+                process.wait()
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+
+
+@dataclass(frozen=True)
+class StoredStem:
+    stem_type: str
+    path: Path | None
+    size_bytes: int | None
+
+
+@dataclass(frozen=True)
+class DemoSummary:
+    """What the pipeline stored for the demo's track."""
+
+    track_id: uuid.UUID
+    title: str
+    stages: dict[str, str | None]
+    errors: dict[str, str]
+    tempo_bpm: float | None
+    key: str | None
+    stems: list[StoredStem] = field(default_factory=list)
+
+    @property
+    def succeeded(self) -> bool:
+        """Download and analysis completed; separation completed or was not asked for."""
+        return (self.stages.get("download") == "completed"
+                and self.stages.get("analyze") == "completed"
+                and self.stages.get("separate") in (None, "completed"))  # fmt: skip
+
+
+def summarize(conn: psycopg.Connection[Any], row: dict[str, Any], storage: Storage) -> DemoSummary:
+    """The summary of one finished pipeline row (from `live.pipeline_rows`)."""
+    track_id = row["track_id"]
+    states = {stage: live.stage_state(row, stage) for stage in live.STAGES}
+    result = music.get_analysis_result_for_track(conn, track_id)
+    stems = []
+    for stem in music.list_stems_for_track(conn, track_id):
+        path = storage.resolve(stem.file_path) if stem.file_path else None
+        size = stem.file_size
+        if size is None and path is not None and path.is_file():
+            size = path.stat().st_size
+        stems.append(StoredStem(stem.stem_type, path, size))
+    return DemoSummary(
+        track_id=track_id,
+        title=row["title"] or str(track_id),
+        stages={stage: state[0] for stage, state in states.items()},
+        errors={stage: state[2] or "" for stage, state in states.items() if state[0] == "failed"},
+        tempo_bpm=result.tempo if result else None,
+        key=result.key if result else None,
+        stems=stems,
+    )
