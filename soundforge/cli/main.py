@@ -17,6 +17,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "soundforge.cli.separate_cmd",
     "soundforge.cli.database_cmds",
     "soundforge.cli.pipeline_cmds",
+    "soundforge.cli.demo_cmd",
     "soundforge.cli.service_cmds",
 )
 
