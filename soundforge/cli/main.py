@@ -15,6 +15,7 @@ from soundforge.errors import SoundForgeError
 # (a callable taking the parsed namespace and returning an exit code) on each.
 COMMAND_MODULES: tuple[str, ...] = (
     "soundforge.cli.separate_cmd",
+    "soundforge.cli.analyze_cmd",
     "soundforge.cli.database_cmds",
     "soundforge.cli.pipeline_cmds",
     "soundforge.cli.demo_cmd",

@@ -1,0 +1,111 @@
+"""Musical key from the mean chroma vector, by correlation with 24 rotated key profiles.
+
+Profile used: Krumhansl-Kessler (`DEFAULT_PROFILE`), chosen by measurement with
+`bench/analysis_accuracy.py`: 432 synthesized cases (24 keys x 3 progressions with bass per mode,
+including the tonic-light i-VII-VI-VII loop, x 3 timbres x with/without drums), chroma from this
+engine, every profile scored on the same chroma:
+
+    profile        exact   mean margin   5th percentile margin
+    krumhansl     100.0 %     0.221            0.070
+    edma          100.0 %     0.208            0.065
+    shaath        100.0 %     0.206            0.040
+    kostka-payne   91.2 %     0.224           -0.026   (misses: relative major)
+    temperley      83.3 %     0.204           -0.127   (misses: relative major)
+
+(margin: correlation of the true key minus that of the best wrong key). Pearson correlation as in
+Krumhansl's algorithm; the confidence is the winning correlation clipped to 0..1 — about 0.8-0.9
+for plain diatonic harmony, much lower when there is no tonal centre.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+PITCH_CLASSES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
+
+# Each profile: (major, minor), twelve weights from the tonic upwards.
+KEY_PROFILES: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    # Krumhansl & Kessler (1982), probe-tone ratings.
+    "krumhansl": (
+        (6.35, 2.23, 3.48, 2.33, 4.38, 4.09, 2.52, 5.19, 2.39, 3.66, 2.29, 2.88),
+        (6.33, 2.68, 3.52, 5.38, 2.60, 3.53, 2.54, 4.75, 3.98, 2.69, 3.34, 3.17),
+    ),
+    # Temperley (1999), "What's key for key?".
+    "temperley": (
+        (5.0, 2.0, 3.5, 2.0, 4.5, 4.0, 2.0, 4.5, 2.0, 3.5, 1.5, 4.0),
+        (5.0, 2.0, 3.5, 4.5, 2.0, 4.0, 2.0, 4.5, 3.5, 2.0, 1.5, 4.0),
+    ),
+    # Temperley (2007), Kostka-Payne corpus frequencies.
+    "kostka-payne": (
+        (0.748, 0.060, 0.488, 0.082, 0.670, 0.460, 0.096, 0.715, 0.104, 0.366, 0.057, 0.400),
+        (0.712, 0.084, 0.474, 0.618, 0.049, 0.460, 0.105, 0.747, 0.404, 0.067, 0.133, 0.330),
+    ),
+    # Faraldo et al. (2016), EDM-derived "edma" profile as shipped in Essentia.
+    "edma": (
+        (1.0, 0.2875, 0.502, 0.4048, 0.605, 0.5614, 0.3205, 0.7966, 0.3159, 0.4506, 0.4202, 0.3889),
+        (
+            1.0,
+            0.3096,
+            0.4415,
+            0.5827,
+            0.3262,
+            0.4948,
+            0.2889,
+            0.7804,
+            0.4328,
+            0.2903,
+            0.5331,
+            0.3217,
+        ),
+    ),
+    # Sha'ath (2011), libKeyFinder.
+    "shaath": (
+        (6.6, 2.0, 3.5, 2.3, 4.6, 4.0, 2.5, 5.2, 2.4, 3.7, 2.3, 3.4),
+        (6.5, 2.7, 3.5, 5.4, 2.6, 3.5, 2.5, 5.2, 4.0, 2.7, 4.3, 3.2),
+    ),
+}
+DEFAULT_PROFILE = "krumhansl"
+
+
+@dataclass(frozen=True)
+class KeyEstimate:
+    """A key name like "F# minor" (sharps spelling) and its correlation, clipped to 0..1."""
+
+    name: str
+    confidence: float
+
+
+def _key_templates(profile: str) -> tuple[npt.NDArray[np.float64], list[str]]:
+    """24 z-scored templates (12 major keys, then 12 minor) and their names."""
+    templates, names = [], []
+    for mode, weights in zip(("major", "minor"), KEY_PROFILES[profile], strict=True):
+        base = np.asarray(weights, dtype=np.float64)
+        base = (base - base.mean()) / base.std()
+        for tonic in range(12):
+            templates.append(np.roll(base, tonic))
+            names.append(f"{PITCH_CLASSES[tonic]} {mode}")
+    return np.stack(templates), names
+
+
+def key_correlations(mean_chroma: npt.ArrayLike,
+                     profile: str = DEFAULT_PROFILE) -> dict[str, float]:  # fmt: skip
+    """Pearson correlation of a 12-bin chroma vector with every key, by key name."""
+    chroma = np.asarray(mean_chroma, dtype=np.float64)
+    spread = chroma.std()
+    if chroma.shape != (12,) or not np.isfinite(spread) or spread == 0:
+        return {}
+    templates, names = _key_templates(profile)
+    correlations = templates @ ((chroma - chroma.mean()) / spread) / 12.0
+    return dict(zip(names, (float(value) for value in correlations), strict=True))
+
+
+def estimate_key(mean_chroma: npt.ArrayLike, profile: str = DEFAULT_PROFILE) -> KeyEstimate | None:
+    """The best-correlating key, or None for a flat (toneless or silent) chroma vector."""
+    correlations = key_correlations(mean_chroma, profile)
+    if not correlations:
+        return None
+    name = max(correlations, key=correlations.__getitem__)
+    return KeyEstimate(name, min(max(correlations[name], 0.0), 1.0))

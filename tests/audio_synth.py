@@ -1,0 +1,181 @@
+"""Synthesized test audio with known truth: drum patterns at a given tempo, chord progressions
+with a bass line in a given key, and `write_test_song` that mixes both into a file.
+
+Everything is deterministic (seeded noise) and made of numpy only, so any test can build the
+audio it needs in a temporary folder instead of committing audio files.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import soundfile
+
+FloatArray = npt.NDArray[np.float64]
+
+PITCH_CLASSES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
+_FLATS = {"Db": "C#", "Eb": "D#", "Gb": "F#", "Ab": "G#", "Bb": "A#"}
+
+# Chords as (scale-degree root in semitones above the tonic, intervals above the chord root).
+_MAJOR_TRIAD = (0, 4, 7)
+_MINOR_TRIAD = (0, 3, 7)
+_DOMINANT_SEVENTH = (0, 4, 7, 10)
+MAJOR_PROGRESSIONS: dict[str, tuple[tuple[int, tuple[int, ...]], ...]] = {
+    "I-IV-V-I": ((0, _MAJOR_TRIAD), (5, _MAJOR_TRIAD), (7, _MAJOR_TRIAD), (0, _MAJOR_TRIAD)),
+    "I-vi-IV-V7": ((0, _MAJOR_TRIAD), (9, _MINOR_TRIAD), (5, _MAJOR_TRIAD), (7, _DOMINANT_SEVENTH)),
+    "I-V-vi-IV": ((0, _MAJOR_TRIAD), (7, _MAJOR_TRIAD), (9, _MINOR_TRIAD), (5, _MAJOR_TRIAD)),
+}
+MINOR_PROGRESSIONS: dict[str, tuple[tuple[int, tuple[int, ...]], ...]] = {
+    "i-iv-V7-i": ((0, _MINOR_TRIAD), (5, _MINOR_TRIAD), (7, _DOMINANT_SEVENTH), (0, _MINOR_TRIAD)),
+    "i-VI-iv-V": ((0, _MINOR_TRIAD), (8, _MAJOR_TRIAD), (5, _MINOR_TRIAD), (7, _MAJOR_TRIAD)),
+    "i-VII-VI-VII": ((0, _MINOR_TRIAD), (10, _MAJOR_TRIAD), (8, _MAJOR_TRIAD), (10, _MAJOR_TRIAD)),
+}
+
+
+def parse_key(key: str) -> tuple[int, str]:
+    """`"F# minor"` -> (6, "minor"); flats are accepted (`"Bb major"`)."""
+    tonic_name, mode = key.split()
+    tonic_name = _FLATS.get(tonic_name, tonic_name)
+    if mode not in ("major", "minor") or tonic_name not in PITCH_CLASSES:
+        raise ValueError(f"not a key: {key!r}")
+    return PITCH_CLASSES.index(tonic_name), mode
+
+
+def _midi_to_hz(midi: float) -> float:
+    return float(440.0 * 2.0 ** ((midi - 69.0) / 12.0))
+
+
+def _decay(length: int, sample_rate: int, time_constant_s: float) -> FloatArray:
+    return np.exp(-np.arange(length) / (time_constant_s * sample_rate))
+
+
+def _kick(sample_rate: int) -> FloatArray:
+    length = int(0.35 * sample_rate)
+    t = np.arange(length) / sample_rate
+    frequency = 45.0 + 110.0 * np.exp(-t / 0.03)  # pitch sweep 155 Hz -> 45 Hz
+    phase = 2 * np.pi * np.cumsum(frequency) / sample_rate
+    return np.sin(phase) * _decay(length, sample_rate, 0.09)
+
+
+def _noise_burst(
+    rng: np.random.Generator,
+    sample_rate: int,
+    seconds: float,
+    time_constant_s: float,
+    highpass: bool,
+) -> FloatArray:
+    length = int(seconds * sample_rate)
+    noise = rng.standard_normal(length)
+    if highpass:  # first difference twice: a cheap, steep-enough high-pass for a hi-hat
+        noise = np.diff(noise, n=2, prepend=[0.0, 0.0]) / 4.0
+    return noise * _decay(length, sample_rate, time_constant_s)
+
+
+def _snare(rng: np.random.Generator, sample_rate: int) -> FloatArray:
+    burst = _noise_burst(rng, sample_rate, 0.25, 0.05, highpass=False)
+    t = np.arange(burst.size) / sample_rate
+    body = np.sin(2 * np.pi * 190.0 * t) * _decay(burst.size, sample_rate, 0.04)
+    return 0.5 * burst + 0.6 * body
+
+
+def _place(track: FloatArray, sound: FloatArray, start: int, gain: float) -> None:
+    if start >= track.size:
+        return
+    end = min(track.size, start + sound.size)
+    track[start:end] += gain * sound[: end - start]
+
+
+def drum_pattern(
+    seconds: float, tempo: float, sample_rate: int = 44100, seed: int = 0
+) -> FloatArray:
+    """A rock beat at `tempo` BPM (the quarter note): kick on every beat, snare on 2 and 4,
+    closed hi-hat on the eighths (weaker off the beat). Mono, peak about 0.5."""
+    rng = np.random.default_rng(seed)
+    track = np.zeros(int(seconds * sample_rate))
+    kick, snare = _kick(sample_rate), _snare(rng, sample_rate)
+    hat = _noise_burst(rng, sample_rate, 0.06, 0.012, highpass=True)
+    beat_s = 60.0 / tempo
+    for beat_index in range(int(seconds / beat_s) + 1):
+        start = round(beat_index * beat_s * sample_rate)
+        _place(track, kick, start, 0.9)
+        if beat_index % 2 == 1:
+            _place(track, snare, start, 0.7)
+        _place(track, hat, start, 0.5)
+        _place(track, hat, round((beat_index + 0.5) * beat_s * sample_rate), 0.3)
+    return 0.5 * track / max(1e-9, float(np.max(np.abs(track))))
+
+
+def _tone(frequency_hz: float, length: int, sample_rate: int, harmonics: int) -> FloatArray:
+    t = np.arange(length) / sample_rate
+    tone = np.zeros(length)
+    for harmonic in range(1, harmonics + 1):
+        if frequency_hz * harmonic >= sample_rate / 2:
+            break
+        tone += np.sin(2 * np.pi * frequency_hz * harmonic * t) / harmonic
+    attack = min(length, int(0.01 * sample_rate))
+    envelope = _decay(length, sample_rate, 1.2)
+    envelope[:attack] *= np.linspace(0.0, 1.0, attack)
+    release = min(length, int(0.05 * sample_rate))
+    envelope[length - release :] *= np.linspace(1.0, 0.0, release)
+    return tone * envelope
+
+
+def chord_progression(
+    seconds: float,
+    key: str,
+    tempo: float = 120.0,
+    sample_rate: int = 44100,
+    progression: str | None = None,
+    harmonics: int = 6,
+) -> FloatArray:
+    """A looped four-chord progression in `key` ("A minor", "F# major"), one chord per bar of
+    four beats at `tempo`, voiced around middle C with the chord root in the bass (octave 2).
+    `progression` names one of MAJOR_PROGRESSIONS / MINOR_PROGRESSIONS (default: the first of
+    the key's mode). Mono, peak about 0.5."""
+    tonic, mode = parse_key(key)
+    table = MAJOR_PROGRESSIONS if mode == "major" else MINOR_PROGRESSIONS
+    chords = table[progression or next(iter(table))]
+    track = np.zeros(int(seconds * sample_rate))
+    bar_length = round(4 * 60.0 / tempo * sample_rate)
+    for bar_index in range(track.size // bar_length + 1):
+        degree, intervals = chords[bar_index % len(chords)]
+        root_pitch_class = (tonic + degree) % 12
+        start = bar_index * bar_length
+        bar = np.zeros(bar_length)
+        for interval in intervals:  # close voicing from the root in octave 4 (MIDI 60..71)
+            bar += 0.25 * _tone(
+                _midi_to_hz(60 + root_pitch_class + interval), bar_length, sample_rate, harmonics
+            )
+        bar += 0.45 * _tone(_midi_to_hz(36 + root_pitch_class), bar_length, sample_rate, harmonics)
+        _place(track, bar, start, 1.0)
+    return 0.5 * track / max(1e-9, float(np.max(np.abs(track))))
+
+
+def write_test_song(
+    path: Path | str,
+    seconds: float,
+    sample_rate: int = 44100,
+    tempo: float = 120.0,
+    key: str = "C major",
+    channels: int = 2,
+    drums: bool = True,
+    chords: bool = True,
+    seed: int = 0,
+    progression: str | None = None,
+    harmonics: int = 6,
+) -> Path:
+    """Write drums at `tempo` plus a chord progression in `key` to `path` (format from the
+    suffix: .wav, .flac, .ogg, .mp3). Stereo copies get slightly different gains so a downmix
+    is not a no-op. Returns the path."""
+    path = Path(path)
+    mix = np.zeros(int(seconds * sample_rate))
+    if drums:
+        mix += drum_pattern(seconds, tempo, sample_rate, seed)
+    if chords:
+        mix += 0.8 * chord_progression(seconds, key, tempo, sample_rate, progression, harmonics)
+    mix *= 0.8 / max(1e-9, float(np.max(np.abs(mix))))
+    gains = np.linspace(1.0, 0.8, channels) if channels > 1 else np.ones(1)
+    soundfile.write(str(path), np.outer(mix, gains).astype(np.float32), sample_rate)
+    return path
