@@ -110,7 +110,14 @@ def _env_file_path() -> Path | None:
         if not path.is_file():
             raise ConfigError(f"SOUNDFORGE_ENV_FILE={named}: no such file")
         return path
-    return DEFAULT_ENV_FILE if DEFAULT_ENV_FILE.is_file() else None
+    try:
+        present = DEFAULT_ENV_FILE.is_file()
+    except OSError as error:  # e.g. /etc/soundforge not readable by this user
+        raise ConfigError(
+            f"cannot read {DEFAULT_ENV_FILE} ({error.strerror}); run as a user in the "
+            "soundforge group, or point SOUNDFORGE_ENV_FILE at a readable file"
+        ) from None
+    return DEFAULT_ENV_FILE if present else None
 
 
 def _variable_name(field_name: str) -> str:
