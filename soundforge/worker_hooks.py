@@ -1,5 +1,5 @@
 """The worker process's side of supervision, as a Procrastinate worker middleware: tell the
-supervisor (over `NOTIFY_SOCKET`, the sd_notify protocol) when the worker is ready and when each
+supervisor (over `NOTIFY_SOCKET`, the sd_notify protocol) when the worker has registered and each
 job starts and ends, keep the worker's heartbeat fresh while a job runs (Procrastinate stops it
 when the worker starts draining, which would make a draining worker look dead to the rescuer),
 and stop the worker after `recycle_after_jobs` jobs so the supervisor starts a fresh process.
@@ -14,7 +14,7 @@ import os
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from procrastinate import JobContext
+from procrastinate import App, JobContext
 from procrastinate.worker import Worker
 
 from soundforge.sd_notify import Notifier
@@ -39,8 +39,19 @@ class WorkerHooks:
         self.jobs_done = 0
         self.recycling = False
 
-    def notify_ready(self) -> None:
-        self.notifier.ready()
+    def attach(self, app: App) -> None:
+        """Send `READY=1` once the worker has registered itself in the database (Procrastinate
+        has no start hook, so its `register_worker` call is wrapped on this app's manager)."""
+        manager = app.job_manager
+        register = manager.register_worker
+
+        async def register_and_notify() -> int:
+            worker_id = await register()
+            self.notifier.ready()
+            log.info("worker registered as %d", worker_id)
+            return worker_id
+
+        manager.register_worker = register_and_notify  # type: ignore[method-assign]
 
     async def __call__(
         self, call_next: Callable[[], Awaitable[Any]], context: JobContext, worker: Worker

@@ -197,9 +197,10 @@ def run_worker(args: argparse.Namespace) -> int:
     runtime.pool  # noqa: B018 - connect now: an unreachable database fails here, clearly
     runtime.engines.warm_up([QUEUE_STAGES[q] for q in queues if q in QUEUE_STAGES])
     hooks = WorkerHooks(config)  # supervisor protocol, job heartbeats, recycling
-    hooks.notify_ready()
+    app = build_app(config)
+    hooks.attach(app)
     try:
-        build_app(config).run_worker(
+        app.run_worker(
             queues=queues,
             concurrency=args.concurrency,
             name=args.name or f"soundforge-{'+'.join(queues)}",

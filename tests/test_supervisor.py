@@ -1,0 +1,208 @@
+"""`soundforge run` as a real process against the test database, with a real NOTIFY_SOCKET
+datagram socket standing in for systemd: READY=1 only once the workers registered, STATUS=
+lines, WATCHDOG=1 when WATCHDOG_USEC is set, a drain on SIGTERM that ends with exit 0, a killed
+worker restarted, a worker recycled after N jobs, and one clear line when the database is
+unreachable. Also the sd_notify sender on its own."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from soundforge import queue
+from soundforge.sd_notify import Notifier, NotifyReceiver, watchdog_interval_s
+from tests.cli_runner import run_cli
+from tests.support.audio import tone_bytes
+from tests.support.loopback_http import loopback_server
+from tests.support.pipeline import (
+    ServiceProcesses,
+    add_track,
+    pipeline_row,
+    serve_slowly,
+    service_env,
+    wait_for,
+    wait_for_stage_status,
+)
+
+pytestmark = pytest.mark.timeout(240)
+Connection = psycopg.Connection[Any]
+NEVER = "0 0 1 1 *"  # a cron that does not fire during a test
+
+
+@pytest.fixture
+def services(tmp_path: Path) -> Iterator[ServiceProcesses]:
+    processes = ServiceProcesses(tmp_path)
+    try:
+        yield processes
+    finally:
+        processes.close()
+
+
+@pytest.fixture
+def systemd(tmp_path: Path) -> Iterator[NotifyReceiver]:
+    """A datagram socket bound where the supervisor's NOTIFY_SOCKET points."""
+    with NotifyReceiver(str(tmp_path / "notify.sock")) as receiver:
+        yield receiver
+
+
+def _download_only(cli_env: dict[str, str], systemd: NotifyReceiver,
+                   **settings: object) -> dict[str, str]:  # fmt: skip
+    env = service_env(cli_env, processing_processes=0, analysis_processes=0, **settings)
+    env["NOTIFY_SOCKET"] = systemd.address
+    return env
+
+
+def _messages_until(receiver: NotifyReceiver, key: str, timeout_s: float = 120
+                    ) -> list[dict[str, str]]:  # fmt: skip
+    """Every message up to and including the first one carrying `key`."""
+    seen: list[dict[str, str]] = []
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        message = receiver.receive(0.5)
+        if message is not None:
+            seen.append(message)
+            if key in message:
+                return seen
+    raise AssertionError(f"no {key}= message in {timeout_s} s; got {seen}")
+
+
+def _statuses(messages: list[dict[str, str]]) -> list[str]:
+    return [m["STATUS"] for m in messages if "STATUS" in m]
+
+
+def test_ready_comes_after_the_workers_registered_then_status_and_watchdog(
+    conn: Connection, cli_env: dict[str, str], systemd: NotifyReceiver,
+    services: ServiceProcesses,
+) -> None:  # fmt: skip
+    env = _download_only(cli_env, systemd, download_processes=2)
+    env["WATCHDOG_USEC"] = "400000"
+    supervisor = services.supervisor(env)
+
+    before_ready = _messages_until(systemd, "READY")
+
+    registered = conn.execute("SELECT count(*) AS n FROM procrastinate_workers").fetchone()
+    assert registered is not None and registered["n"] == 2
+    assert before_ready[-1]["READY"] == "1"
+    assert "workers 2/2 ready" in before_ready[-1]["STATUS"]
+    assert any("workers 0/2 ready" in line for line in _statuses(before_ready))
+    watchdogs = [m for m in _messages_until(systemd, "WATCHDOG") if "WATCHDOG" in m]
+    assert watchdogs and watchdogs[0]["WATCHDOG"] == "1"
+    assert services.stop(supervisor) == 0
+    assert any(m.get("STOPPING") == "1" for m in systemd.drain())
+
+
+def test_sigterm_drains_a_running_job_then_exits_zero(
+    conn: Connection, cli_env: dict[str, str], systemd: NotifyReceiver,
+    services: ServiceProcesses, database_url: str,
+) -> None:  # fmt: skip
+    env = _download_only(cli_env, systemd, shutdown_grace_s=30, stalled_after_s=40)
+    with loopback_server() as server:
+        url = serve_slowly(server, "/song.wav", tone_bytes(2.0), seconds=3.0)
+        supervisor = services.supervisor(env)
+        _messages_until(systemd, "READY")
+        track_id = add_track(env, url, "--no-stems", "--no-analysis")
+        wait_for_stage_status(database_url, track_id, "download", "downloading")
+
+        assert services.stop(supervisor) == 0
+
+    row = pipeline_row(database_url, track_id)
+    assert row is not None and row["download_status"] == "completed"
+    assert "stopped cleanly" in services.log_text(supervisor)
+
+
+def test_a_killed_worker_is_restarted(
+    cli_env: dict[str, str], systemd: NotifyReceiver, services: ServiceProcesses
+) -> None:
+    supervisor = services.supervisor(_download_only(cli_env, systemd))
+    _messages_until(systemd, "READY")
+    first = services.wait_worker(supervisor, "download-0")
+
+    services.all_worker_pids(supervisor)
+    os.kill(first, signal.SIGKILL)
+
+    second = services.wait_worker(supervisor, "download-0", not_pid=first)
+    assert second != first
+    wait_for(lambda: any("restarts 1" in s for s in _statuses(systemd.drain())),
+             timeout_s=60, message="STATUS with one restart")  # fmt: skip
+    assert "worker download-0 died" in services.log_text(supervisor)
+    assert services.stop(supervisor) == 0
+
+
+def test_a_worker_recycles_itself_after_n_jobs(
+    conn: Connection, cli_env: dict[str, str], systemd: NotifyReceiver,
+    services: ServiceProcesses,
+) -> None:  # fmt: skip
+    env = _download_only(cli_env, systemd, recycle_after_jobs=2, rescue_cron=NEVER,
+                         prune_cron=NEVER, cleanup_cron=NEVER)  # fmt: skip
+    supervisor = services.supervisor(env)
+    _messages_until(systemd, "READY")
+    first = services.wait_worker(supervisor, "download-0")
+
+    for _ in range(3):
+        queue.defer(conn, "soundforge.prune_jobs", "maintenance", {})
+
+    second = services.wait_worker(supervisor, "download-0", not_pid=first)
+    assert second != first
+    wait_for(lambda: conn.execute("SELECT count(*) AS n FROM procrastinate_jobs "
+                                  "WHERE status = 'succeeded'").fetchone()["n"] == 3,  # type: ignore[index]
+             timeout_s=60, message="all three jobs done")  # fmt: skip
+    log = services.log_text(supervisor)
+    assert "worker download-0 recycled" in log
+    assert "died" not in log
+    assert services.stop(supervisor) == 0
+
+
+def test_an_unreachable_database_fails_at_start_with_one_clear_line(
+    cli_env: dict[str, str],
+) -> None:
+    env = service_env(cli_env) | {"DATABASE_URL": "postgresql://postgres@127.0.0.1:1/nowhere"}
+
+    result = run_cli("run", env=env, timeout=60)
+
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("soundforge: error: cannot connect to PostgreSQL at host=127.0.0.1")
+
+
+def test_a_rescue_threshold_shorter_than_the_drain_is_refused_at_start(
+    cli_env: dict[str, str],
+) -> None:
+    env = service_env(cli_env, shutdown_grace_s=60, stalled_after_s=30)
+
+    result = run_cli("run", env=env, timeout=60)
+
+    assert result.returncode == 2
+    assert "SOUNDFORGE_STALLED_AFTER_S=30 is too short" in result.stderr
+
+
+@pytest.mark.parametrize("address", ["@soundforge-test-{pid}", "{tmp}/notify.sock"])
+def test_notifier_sends_to_abstract_and_path_sockets(tmp_path: Path, address: str) -> None:
+    name = address.format(pid=os.getpid(), tmp=tmp_path)
+    with NotifyReceiver(name) as receiver:
+        notifier = Notifier.from_environ({"NOTIFY_SOCKET": name})
+        assert notifier.ready(status="up\nand running")
+        assert notifier.watchdog()
+        assert receiver.receive(5) == {"READY": "1", "MAINPID": str(os.getpid()),
+                                       "STATUS": "up and running"}  # fmt: skip
+        assert receiver.receive(5) == {"WATCHDOG": "1"}
+        notifier.close()
+
+
+def test_notifier_without_notify_socket_does_nothing() -> None:
+    notifier = Notifier.from_environ({})
+    assert not notifier.enabled
+    assert notifier.ready() is False
+
+
+def test_watchdog_interval_is_half_of_watchdog_usec_for_this_process() -> None:
+    assert watchdog_interval_s({"WATCHDOG_USEC": "2000000"}) == 1.0
+    assert watchdog_interval_s({"WATCHDOG_USEC": "2000000", "WATCHDOG_PID": "1"}, pid=2) is None
+    assert watchdog_interval_s({}) is None
