@@ -27,8 +27,8 @@ import soxr
 from soundforge.errors import AudioError, FfmpegMissingError
 
 BLOCK_FRAMES = 1 << 18  # ~6 s at 44.1 kHz per decode block
-FFMPEG_NATIVE_RATE = 44100
-FFMPEG_CHANNELS = 2
+FFMPEG_NATIVE_RATE = 44100  # decode rate when ffmpeg's header names none
+FFMPEG_CHANNELS = 2  # channels ffmpeg decodes to (a mono stream stays mono)
 # A stream that decodes to less than this share of the frames its header announces is truncated.
 TRUNCATED_BELOW = 0.95
 
@@ -162,8 +162,10 @@ def _probe_with_ffmpeg(path: Path, count_frames: bool) -> AudioInfo:
     seconds = (
         int(duration[1]) * 3600 + int(duration[2]) * 60 + float(duration[3]) if duration else 0.0
     )
-    info = AudioInfo(path, FFMPEG_NATIVE_RATE, FFMPEG_CHANNELS,
-                     round(seconds * FFMPEG_NATIVE_RATE), "ffmpeg", "ffmpeg")  # fmt: skip
+    stream = re.search(r"Audio: [^\n]*?(\d+) Hz, (mono)?", result.stderr)
+    rate = int(stream[1]) if stream else FFMPEG_NATIVE_RATE
+    channels = 1 if stream and stream[2] else FFMPEG_CHANNELS  # more than two: downmixed to two
+    info = AudioInfo(path, rate, channels, round(seconds * rate), "ffmpeg", "ffmpeg")
     if count_frames or info.frames == 0:
         frames = sum(block.shape[0] for block in _ffmpeg_blocks(info, FFMPEG_CHANNELS))
         if frames == 0:

@@ -204,6 +204,16 @@ def test_clip_too_short_for_a_tempo_gives_null_tempo_with_a_warning(tmp_path: Pa
     json.dumps(report.to_dict(), allow_nan=False)
 
 
+def test_white_noise_has_no_tempo_and_no_key_and_says_why(tmp_path: Path) -> None:
+    path = tmp_path / "noise.wav"
+    noise = 0.1 * np.random.default_rng(0).standard_normal(SR * 10)
+    soundfile.write(path, noise.astype(np.float32), SR)
+    report = analyze(path)
+    assert report.tempo is None and report.beats == [] and report.key is None
+    assert any("no steady beat" in warning for warning in report.warnings)
+    assert any("no clear tonal centre" in warning for warning in report.warnings)
+
+
 def test_a_few_samples_still_give_a_finite_report(tmp_path: Path) -> None:
     path = tmp_path / "blip.wav"
     soundfile.write(path, np.full(100, 0.5, dtype=np.float32), SR)

@@ -10,10 +10,13 @@ librosa's default rate, so features compare with the original system's librosa f
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -34,9 +37,11 @@ TOP_DB = 80.0
 SILENCE_RMS = 1e-3  # loudest frame below -60 dBFS: silence
 MIN_TEMPO_SECONDS = 4.0
 MIN_KEY_SECONDS = 2.0
+MIN_KEY_CONFIDENCE = 0.3  # noise and drones correlate about 0.2 with their best key
 DECODE_PROGRESS = 90.0  # share of the progress bar the decode + STFT pass covers
 
 FloatArray = npt.NDArray[np.float32]
+_Item = TypeVar("_Item")
 
 
 class _Progress:
@@ -133,6 +138,52 @@ def summarise_mel(mel_chunks: list[FloatArray]) -> MelSummary:
     )
 
 
+def prefetched(items: Iterator[_Item], depth: int = 2) -> Iterator[_Item]:
+    """Yield what `items` yields, produced by a background thread up to `depth` items ahead.
+
+    Decoding (libsndfile, soxr and numpy release the GIL) then overlaps the STFT of the previous
+    block on another core. An error in the producer is raised here; when the consumer stops early
+    the producer stops at its next item and closes `items` (which ends an ffmpeg subprocess)."""
+    handoff: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(kind: str, payload: Any) -> bool:
+        while not stop.is_set():
+            try:
+                handoff.put((kind, payload), timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put("item", item):
+                    return
+            put("end", None)
+        except BaseException as error:  # handed to the consumer, which raises it
+            put("error", error)
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()
+
+    producer = threading.Thread(target=produce, name="analysis-decode", daemon=True)
+    producer.start()
+    try:
+        while True:
+            kind, payload = handoff.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise payload
+            yield payload
+    finally:
+        stop.set()
+        producer.join()
+
+
 def _mean(values: npt.NDArray[np.floating]) -> float:
     return float(np.mean(values, dtype=np.float64)) if values.size else 0.0
 
@@ -208,6 +259,12 @@ def _analyze_stream(
         key_estimate = estimate_key(mean_chroma)
         if key_estimate is None:
             warnings.append("no pitched content (flat chroma): no key")
+        elif key_estimate.confidence < MIN_KEY_CONFIDENCE:
+            warnings.append(
+                f"no clear tonal centre (best key {key_estimate.name} correlates only "
+                f"{key_estimate.confidence:.2f}): no key"
+            )
+            key_estimate = None
 
     beat_times = [
         round(float(frame) * HOP_LENGTH / ANALYSIS_SAMPLE_RATE, 4) for frame in beat_frames
@@ -250,7 +307,7 @@ def analyze(
     info = audio_io.probe(path, count_frames=False)
     reporter = _Progress(progress)
     reporter.update(0.0)
-    blocks = audio_io.iter_decoded(info, ANALYSIS_SAMPLE_RATE, mono=True)
+    blocks = prefetched(audio_io.iter_decoded(info, ANALYSIS_SAMPLE_RATE, mono=True))
     with _single_threaded_blas():
         report = _analyze_stream(blocks, info.sample_rate, info.frames, reporter, should_abort)
     logger.debug("analysed %s: %.1f s, tempo %s, key %s", info.path, report.duration,

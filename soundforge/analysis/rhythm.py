@@ -4,9 +4,10 @@
    shifted two frames as librosa does for centred frames), computed chunk by chunk with one frame
    of carry so a long file never needs its whole spectrogram in dB at once.
 2. A first tempo: librosa's `feature.tempo` (tempogram peak weighted by a log-normal prior around
-   120 BPM). The tempogram is librosa's, but averaged over windows every `TEMPOGRAM_HOP` frames
-   instead of every frame: the mean is the same to within a bin and costs 1/16 of the time and
-   memory (librosa's full tempogram of 60 minutes would be 200 MB).
+   120 BPM). When that peak barely stands above the tempogram's median (noise, drones), there is
+   no steady beat and no tempo. The tempogram is librosa's, but averaged over windows every
+   `TEMPOGRAM_HOP` frames instead of every frame: the mean is the same to within a bin and costs
+   1/16 of the time and memory (librosa's full tempogram of 60 minutes would be 200 MB).
 3. Beats: librosa's dynamic-programming `beat.beat_track` at that tempo.
 4. Metrical level: a tempogram prior alone picks 90 for a 180 BPM beat and 140 for a 70 BPM beat
    with strong eighth notes. So the level is checked against the linear-power onset flux (loud
@@ -37,6 +38,7 @@ STRENGTH_RADIUS = 2  # frames either side of a beat searched for its onset peak
 MIN_TEMPO_BPM = 40.0
 MAX_TEMPO_BPM = 240.0
 MIN_BEATS = 4
+MIN_PULSE_CLARITY = 1.25  # tempogram peak over its median: noise ~1.1, steady beats 10+
 REGULAR_INTERVAL = 0.1  # intervals within 10 % of the median count towards the tempo
 
 
@@ -85,13 +87,22 @@ def mean_tempogram(onset_envelope: FloatArray, sample_rate: int, hop_length: int
     return mean
 
 
-def first_tempo(onset_envelope: FloatArray, sample_rate: int, hop_length: int) -> float:
-    """librosa's tempogram-and-prior tempo estimate (one octave choice, bin-quantised)."""
+def first_tempo(
+    onset_envelope: FloatArray, sample_rate: int, hop_length: int
+) -> tuple[float, float]:
+    """librosa's tempogram-and-prior tempo estimate (one octave choice, bin-quantised), and the
+    pulse clarity: the tempogram at that tempo over its median across 40-240 BPM (about 1 for
+    noise, over 10 for a steady drum beat)."""
     import librosa
 
     tempogram = mean_tempogram(onset_envelope, sample_rate, hop_length)
-    tempo = librosa.feature.tempo(tg=tempogram, sr=sample_rate, hop_length=hop_length)
-    return float(np.asarray(tempo).ravel()[0])
+    tempo = float(np.asarray(librosa.feature.tempo(tg=tempogram, sr=sample_rate,
+                                                   hop_length=hop_length)).ravel()[0])  # fmt: skip
+    bpms = librosa.tempo_frequencies(tempogram.shape[0], sr=sample_rate, hop_length=hop_length)
+    band = tempogram[(bpms > MIN_TEMPO_BPM) & (bpms < MAX_TEMPO_BPM), 0]
+    peak = float(tempogram[int(np.argmin(np.abs(bpms - tempo))), 0])
+    median = float(np.median(band)) if band.size else 0.0
+    return tempo, peak / median if median > 0 else 0.0
 
 
 def _beats_at(onset_envelope: FloatArray, bpm: float, sample_rate: int,
@@ -149,7 +160,9 @@ def track_beats(
     no_beats = np.zeros(0, dtype=np.int64)
     if not np.any(onset_envelope > 0):
         return BeatResult(None, no_beats, "no onsets found: no tempo")
-    bpm = first_tempo(onset_envelope, sample_rate, hop_length)
+    bpm, clarity = first_tempo(onset_envelope, sample_rate, hop_length)
+    if clarity < MIN_PULSE_CLARITY:
+        return BeatResult(None, no_beats, f"no steady beat (pulse clarity {clarity:.2f}): no tempo")
     beats = _beats_at(onset_envelope, bpm, sample_rate, hop_length)
     if beats.size >= MIN_BEATS:
         level = metrical_level(beats, power_flux)
@@ -158,5 +171,5 @@ def track_beats(
             beats = _beats_at(onset_envelope, bpm, sample_rate, hop_length)
     tempo = tempo_from_intervals(beats, sample_rate, hop_length)
     if tempo is None:
-        return BeatResult(None, beats, f"only {beats.size} beats found: no tempo")
+        return BeatResult(None, no_beats, f"only {beats.size} beats found: no tempo")
     return BeatResult(tempo, beats)
