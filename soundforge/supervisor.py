@@ -1,8 +1,9 @@
 """`soundforge run`: the supervisor. It starts `soundforge worker` processes per queue group
 (download: I/O-bound, many jobs at once; processing and analysis: CPU-bound, one job per
-process, model loaded once), restarts a worker that dies (with exponential backoff) or recycles
-itself after `recycle_after_jobs`, kills a worker whose job runs far past its stage's time limit
-(and rescues that job at once), drains on SIGTERM/SIGINT within `shutdown_grace_s`, and speaks
+process, model loaded once), restarts a worker that dies or stops on its own (e.g. when its
+database connection dies) with exponential backoff, and at once one that recycled itself after
+`recycle_after_jobs`; it kills a worker whose job runs far past its stage's time limit (and
+rescues that job at once), drains on SIGTERM/SIGINT within `shutdown_grace_s`, and speaks
 sd_notify to systemd: `READY=1` once every worker reported ready, `STATUS=` one-line summaries,
 `WATCHDOG=1` while its loop runs, `STOPPING=1` when it drains.
 
@@ -103,6 +104,7 @@ class WorkerProcess:
     index: int
     process: subprocess.Popen[bytes] | None = None
     ready: bool = False
+    recycling: bool = False
     started_at: float = 0.0
     next_start_at: float = 0.0
     failures: int = 0
@@ -242,6 +244,7 @@ class Supervisor:
             preexec_fn=_die_with_parent,  # noqa: PLW1509 - one thread here; it only calls prctl
         )
         worker.ready = False
+        worker.recycling = False
         worker.started_at = now
         worker.jobs.clear()
         log.info("started worker %s (pid %d): queues %s, concurrency %d", worker.name,
@@ -270,6 +273,8 @@ class Supervisor:
             job_id = int(message[worker_hooks.JOB_STARTED])
             worker.jobs[job_id] = RunningJob(job_id, message.get(worker_hooks.TASK, "?"),
                                              self.clock())  # fmt: skip
+        if worker_hooks.RECYCLING in message:
+            worker.recycling = True
         if worker_hooks.JOB_FINISHED in message:
             worker.jobs.pop(int(message[worker_hooks.JOB_FINISHED]), None)
             worker.jobs_done += 1
@@ -293,7 +298,7 @@ class Supervisor:
             if self.stop_requested:
                 log.info("worker %s stopped (exit code %d)", worker.name, code)
                 continue
-            if code == 0:  # it recycled itself: a fresh one at once
+            if code == 0 and worker.recycling:  # it recycled itself: a fresh one at once
                 worker.recycles += 1
                 worker.next_start_at = now
                 log.info("worker %s recycled; starting a fresh one", worker.name)
@@ -305,8 +310,8 @@ class Supervisor:
             worker.failures += 1
             worker.restarts += 1
             worker.next_start_at = now + delay
-            log.warning("worker %s died (exit code %d); restarting in %.1f s", worker.name,
-                        code, delay)  # fmt: skip
+            how = "stopped on its own" if code == 0 else f"died (exit code {code})"
+            log.warning("worker %s %s; restarting in %.1f s", worker.name, how, delay)
 
     # -- time limits ------------------------------------------------------------------------
 

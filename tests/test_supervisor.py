@@ -206,3 +206,38 @@ def test_watchdog_interval_is_half_of_watchdog_usec_for_this_process() -> None:
     assert watchdog_interval_s({"WATCHDOG_USEC": "2000000"}) == 1.0
     assert watchdog_interval_s({"WATCHDOG_USEC": "2000000", "WATCHDOG_PID": "1"}, pid=2) is None
     assert watchdog_interval_s({}) is None
+
+
+@pytest.mark.parametrize(
+    ("serving", "error"),
+    [
+        ("drip", "time limit exceeded: download ran longer than 1 s"),
+        ("stall", "time limit exceeded: the job did not stop and its worker was killed"),
+    ],
+    ids=["soft-limit-through-the-abort-check", "hard-limit-kills-the-worker"],
+)
+def test_a_job_past_its_stage_time_limit_is_stopped_and_failed_when_out_of_attempts(
+    cli_env: dict[str, str], systemd: NotifyReceiver, services: ServiceProcesses,
+    database_url: str, serving: str, error: str,
+) -> None:  # fmt: skip
+    # "drip" reports progress all along, so the engine's abort check stops it at the limit;
+    # "stall" sends nothing for a long while, so only the supervisor's hard limit can end it.
+    env = _download_only(cli_env, systemd, download_time_limit_s=1, hard_time_limit_grace_s=1,
+                         download_attempts=1)  # fmt: skip
+    with loopback_server() as server:
+        body = tone_bytes(2.0)
+        if serving == "drip":
+            url = serve_slowly(server, "/song.wav", body, seconds=20.0)
+        else:
+            url = server.serve_bytes("/song.wav", body, "audio/wav", stall_s=30.0)
+        supervisor = services.supervisor(env)
+        _messages_until(systemd, "READY")
+        track_id = add_track(env, url, "--no-stems", "--no-analysis")
+
+        row = wait_for(
+            lambda: (r := pipeline_row(database_url, track_id)) is not None
+            and r["download_status"] == "failed" and r,
+            timeout_s=60, message="the download to fail on its time limit",
+        )  # fmt: skip
+    assert row["download_error"].startswith(error)
+    assert services.stop(supervisor) == 0
