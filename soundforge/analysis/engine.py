@@ -10,13 +10,12 @@ librosa's default rate, so features compare with the original system's librosa f
 from __future__ import annotations
 
 import logging
-import queue
-import threading
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -138,50 +137,24 @@ def summarise_mel(mel_chunks: list[FloatArray]) -> MelSummary:
     )
 
 
-def prefetched(items: Iterator[_Item], depth: int = 2) -> Iterator[_Item]:
-    """Yield what `items` yields, produced by a background thread up to `depth` items ahead.
+def prefetched(items: Iterator[_Item]) -> Iterator[_Item]:
+    """Yield what `items` yields, each next item produced by a background thread while the
+    caller works on the current one.
 
     Decoding (libsndfile, soxr and numpy release the GIL) then overlaps the STFT of the previous
-    block on another core. An error in the producer is raised here; when the consumer stops early
-    the producer stops at its next item and closes `items` (which ends an ffmpeg subprocess)."""
-    handoff: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def put(kind: str, payload: Any) -> bool:
-        while not stop.is_set():
-            try:
-                handoff.put((kind, payload), timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def produce() -> None:
-        try:
-            for item in items:
-                if not put("item", item):
-                    return
-            put("end", None)
-        except BaseException as error:  # handed to the consumer, which raises it
-            put("error", error)
-        finally:
-            close = getattr(items, "close", None)
-            if close is not None:
-                close()
-
-    producer = threading.Thread(target=produce, name="analysis-decode", daemon=True)
-    producer.start()
+    block on another core. An error in the producer is raised here; `items` is closed at the end
+    either way (which ends an ffmpeg subprocess)."""
+    finished = object()
     try:
-        while True:
-            kind, payload = handoff.get()
-            if kind == "end":
-                return
-            if kind == "error":
-                raise payload
-            yield payload
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="analysis-decode") as pool:
+            pending = pool.submit(next, items, finished)
+            while (item := pending.result()) is not finished:
+                pending = pool.submit(next, items, finished)
+                yield cast(_Item, item)
     finally:
-        stop.set()
-        producer.join()
+        close = getattr(items, "close", None)
+        if close is not None:
+            close()
 
 
 def _mean(values: npt.NDArray[np.floating]) -> float:
