@@ -11,6 +11,7 @@ import contextlib
 import importlib.util
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -35,6 +36,7 @@ log = logging.getLogger(__name__)
 APP_NAME = "soundforge"
 SONG_NAME = "soundforge-demo-song.wav"
 STOP_GRACE_S = 30.0
+PIPELINE_TIMEOUT_S = 900.0  # a first run compiles librosa's numba code; real stems take a while
 # What the demo's pipeline processes get on top of the caller's environment: a short drain
 # (nothing is running when the demo stops them) and the settings the demo chose.
 CHILD_SETTINGS = {"SOUNDFORGE_SHUTDOWN_GRACE_S": "10"}
@@ -44,6 +46,10 @@ WORKER_GROUPS = (("download,maintenance", 4), ("processing", 1), ("analysis", 1)
 
 class PipelineProcessesExitedError(SoundForgeError):
     """The demo's supervisor (or a worker) exited while the pipeline was still running."""
+
+
+class PipelineTimeoutError(SoundForgeError):
+    """The demo's pipeline did not end within its time limit."""
 
 
 def default_demo_dir() -> Path:
@@ -143,12 +149,12 @@ class PipelineProcesses:
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log_file = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
-        for command in self.commands():
+        for command in map(_terminating_with_parent, self.commands()):
             # A session of its own: a Ctrl-C in the terminal reaches the demo, which stops them.
             process = subprocess.Popen(command, env=self.environment, stdin=subprocess.DEVNULL,
                                        stdout=self._log_file, stderr=subprocess.STDOUT,
                                        start_new_session=True)  # fmt: skip
-            log.info("started %s (pid %d)", " ".join(command[3:]), process.pid)
+            log.info("started %s (pid %d)", " ".join(command), process.pid)
             self.processes.append(process)
 
     def exited(self) -> list[tuple[int, int]]:
@@ -165,19 +171,31 @@ class PipelineProcesses:
             )
 
     @contextlib.contextmanager
-    def failing_on_exit(self) -> Iterator[None]:
+    def failing_on_exit(self, timeout_s: float) -> Iterator[None]:
         """Within the block, a pipeline process that exits raises `PipelineProcessesExitedError`
-        in the main thread (from a SIGCHLD handler), so following the pipeline never hangs."""
+        and `timeout_s` seconds raise `PipelineTimeoutError`, in the main thread (from SIGCHLD
+        and SIGALRM handlers), so following the pipeline never hangs (a worker that keeps
+        crashing at start is restarted by the supervisor, which itself stays up)."""
 
         def on_child_exit(_signum: int, _frame: FrameType | None) -> None:
             self.check_running()
 
-        previous = signal.signal(signal.SIGCHLD, on_child_exit)
+        def on_timeout(_signum: int, _frame: FrameType | None) -> None:
+            raise PipelineTimeoutError(
+                f"the pipeline did not finish within {timeout_s:.0f} s; see {self.log_path} "
+                "(or give it longer with --timeout)"
+            )
+
+        previous_child = signal.signal(signal.SIGCHLD, on_child_exit)
+        previous_alarm = signal.signal(signal.SIGALRM, on_timeout)
+        signal.setitimer(signal.ITIMER_REAL, timeout_s)
         try:
             self.check_running()
             yield
         finally:
-            signal.signal(signal.SIGCHLD, previous)
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous_alarm)
+            signal.signal(signal.SIGCHLD, previous_child)
 
     def stop(self, grace_s: float = STOP_GRACE_S) -> None:
         """SIGTERM (drain and exit), then SIGKILL what is left after `grace_s`."""
@@ -194,6 +212,14 @@ class PipelineProcesses:
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
+
+
+def _terminating_with_parent(command: list[str]) -> list[str]:
+    """`command` under `setpriv --pdeathsig SIGTERM` where util-linux has it (Linux): the child
+    gets SIGTERM when the demo dies, even by SIGKILL, so a killed demo leaves no supervisor
+    behind (it would otherwise retry an embedded server that is gone, forever)."""
+    setpriv = shutil.which("setpriv") if sys.platform == "linux" else None
+    return [setpriv, "--pdeathsig", "SIGTERM", "--", *command] if setpriv else command
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,9 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--data-dir", type=Path, default=None,
                         help="folder for the embedded PostgreSQL, the song, stored files and "
                         f"logs (default: {demo.default_demo_dir()})")  # fmt: skip
+    parser.add_argument("--timeout", type=float, default=demo.PIPELINE_TIMEOUT_S, metavar="S",
+                        help="give up when the pipeline has not finished after S seconds "
+                        "(default: %(default).0f)")  # fmt: skip
     parser.set_defaults(handler=run_demo)
 
 
@@ -73,7 +76,7 @@ def _run_pipeline(args: argparse.Namespace, config: Any, demo_dir: Path) -> int:
     print(f"pipeline: starting the {processes.description} (log: {processes.log_path})")
     processes.start()
     try:
-        rows = _import_and_follow(config, song, options, processes)
+        rows = _import_and_follow(config, song, options, processes, args.timeout)
     finally:
         processes.stop()
     print("pipeline: stopped")
@@ -85,7 +88,11 @@ def _run_pipeline(args: argparse.Namespace, config: Any, demo_dir: Path) -> int:
 
 
 def _import_and_follow(
-    config: Any, song: Path, options: workflow.PipelineOptions, processes: demo.PipelineProcesses
+    config: Any,
+    song: Path,
+    options: workflow.PipelineOptions,
+    processes: demo.PipelineProcesses,
+    timeout_s: float,
 ) -> list[dict[str, Any]]:
     """What `soundforge add --wait` does, for one file: import, queue, follow with bars."""
     metadata = default_engines(config).expand(str(song))
@@ -94,7 +101,7 @@ def _import_and_follow(
         imported = [workflow.import_track(conn, item, options) for item in metadata]
         for item in imported:
             print(f"track {item.track.id}  {item.track.title}  (download queued)")
-        with processes.failing_on_exit():
+        with processes.failing_on_exit(timeout_s):
             return progress_bars.follow(listener, conn, [item.track.id for item in imported],
                                         Console())  # fmt: skip
 
@@ -102,6 +109,8 @@ def _import_and_follow(
 def _print_summary(summary: demo.DemoSummary, missing_stems: str | None) -> None:
     print()
     print(f"{summary.title}  (track {summary.track_id})")
+    stages = ", ".join(f"{stage} {status or 'skipped'}" for stage, status in summary.stages.items())
+    print(f"  stages {stages}")
     tempo = f"{summary.tempo_bpm:.1f} BPM" if summary.tempo_bpm else "-"
     print(f"  tempo  {tempo}")
     print(f"  key    {summary.key or '-'}")
