@@ -15,7 +15,9 @@ from soundforge.db import connect
 from soundforge.migrations import MigrationError, migrate, migration_status, schema_dir
 
 TS = "timestamp without time zone"
+INSERT_ORDER = {"insert_order": ("bigint", "NO", None)}  # ours: exact creation order
 JOB_COLUMNS = {
+    **INSERT_ORDER,
     "lock_version": ("integer", "NO", "1"),
     "procrastinate_job_id": ("bigint", "YES", None),
     "attempts": ("integer", "NO", "0"),
@@ -35,6 +37,7 @@ EXPECTED_COLUMNS: dict[str, dict[str, tuple[str, str, str | None]]] = {
         "album_art_url": ("text", "YES", None),
         "duration": ("integer", "YES", None),
         **TIMESTAMPS,
+        **INSERT_ORDER,
     },
     "download_jobs": {
         "id": ("uuid", "NO", None),
@@ -46,6 +49,7 @@ EXPECTED_COLUMNS: dict[str, dict[str, tuple[str, str, str | None]]] = {
         "error": ("text", "YES", None),
         **TIMESTAMPS,
         **JOB_COLUMNS,
+        "source": ("text", "YES", None),  # ours: where the audio comes from
     },
     "processing_jobs": {
         "id": ("uuid", "NO", None),
@@ -90,6 +94,7 @@ EXPECTED_COLUMNS: dict[str, dict[str, tuple[str, str, str | None]]] = {
         "zero_crossing_rate": ("double precision", "YES", None),
         "features": ("jsonb", "YES", None),
         **TIMESTAMPS,
+        **INSERT_ORDER,
     },
 }
 
@@ -104,7 +109,7 @@ EXPECTED_INDEXES = {
                          "analysis_results_analysis_job_id_unique_index"},
     **{
         table: {f"{table}_pkey", f"{table}_track_id_index", f"{table}_status_index",
-                f"{table}_inserted_at_index"}
+                f"{table}_inserted_at_index", f"{table}_track_id_insert_order_index"}
         for table in ("download_jobs", "processing_jobs", "analysis_jobs")
     },
 }  # fmt: skip

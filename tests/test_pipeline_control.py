@@ -200,7 +200,7 @@ def test_retry_of_a_failed_stage_makes_a_new_row_and_keeps_the_old_one(
         wait_for(lambda: (rows := live.pipeline_rows(conn, [imported.track.id]))
                  and live.pipeline_finished(rows[0]), message="the retried pipeline")  # fmt: skip
     old, new = jobs.list_jobs_for_track(conn, Stage.DOWNLOAD, imported.track.id)
-    assert old.id == imported.download_job.id and old.status is Status.FAILED
+    assert old.id == imported.download_job.id and old.status is Status.FAILED  # history kept
     assert new.status is Status.COMPLETED
     [analysis] = jobs.list_jobs_for_track(conn, Stage.ANALYZE, imported.track.id)
     assert analysis.status is Status.COMPLETED

@@ -64,13 +64,13 @@ SELECT * FROM tracks WHERE spotify_id = %(spotify_id)s;
 
 -- name: list_tracks
 -- Tracks, newest first (served by tracks_inserted_at_index), a page at a time.
-SELECT * FROM tracks ORDER BY inserted_at DESC, id DESC LIMIT %(limit)s OFFSET %(offset)s;
+SELECT * FROM tracks ORDER BY insert_order DESC LIMIT %(limit)s OFFSET %(offset)s;
 
 -- name: search_tracks
 -- Tracks whose title or artist contains the pattern, case-insensitively (trigram indexes).
 SELECT * FROM tracks
 WHERE title ILIKE %(pattern)s OR artist ILIKE %(pattern)s
-ORDER BY inserted_at DESC, id DESC
+ORDER BY insert_order DESC
 LIMIT %(limit)s OFFSET %(offset)s;
 
 -- name: update_track_metadata
@@ -119,7 +119,8 @@ RETURNING *;
 
 -- name: list_stems_for_track
 -- A track's stems, newest run first, then by stem name.
-SELECT * FROM stems WHERE track_id = %(track_id)s ORDER BY inserted_at DESC, stem_type;
+SELECT stem.* FROM stems stem JOIN processing_jobs job ON job.id = stem.processing_job_id
+WHERE stem.track_id = %(track_id)s ORDER BY job.insert_order DESC, stem.stem_type;
 
 -- name: list_stems_for_job
 -- The stems one separation run wrote.
@@ -138,7 +139,7 @@ RETURNING *;
 -- name: newest_analysis_result_for_track
 -- The newest analysis of a track (several may exist after re-analysis).
 SELECT * FROM analysis_results WHERE track_id = %(track_id)s
-ORDER BY inserted_at DESC, id DESC LIMIT 1;
+ORDER BY insert_order DESC LIMIT 1;
 
 -- ---------------------------------------------------------------- job rows ({table})
 
@@ -162,7 +163,7 @@ SELECT * FROM {table} WHERE id = %(id)s;
 
 -- name: list_jobs_for_track
 -- A track's rows in one job table, oldest first.
-SELECT * FROM {table} WHERE track_id = %(track_id)s ORDER BY inserted_at, id;
+SELECT * FROM {table} WHERE track_id = %(track_id)s ORDER BY insert_order;
 
 -- name: advance_job
 -- Move a job's status and progress, optimistically locked on lock_version.
@@ -179,23 +180,23 @@ SELECT id FROM tracks WHERE id = %(track_id)s FOR UPDATE;
 
 -- name: newest_job_for_track
 -- The newest row of one stage for a track, whatever its status.
-SELECT * FROM {table} WHERE track_id = %(track_id)s ORDER BY inserted_at DESC, id DESC LIMIT 1;
+SELECT * FROM {table} WHERE track_id = %(track_id)s ORDER BY insert_order DESC LIMIT 1;
 
 -- name: live_jobs_for_track
 -- A track's rows of one stage that are not failed (queued, running or completed), newest first.
 SELECT * FROM {table} WHERE track_id = %(track_id)s AND status <> 'failed'
-ORDER BY inserted_at DESC, id DESC;
+ORDER BY insert_order DESC;
 
 -- name: newest_completed_download
 -- The newest completed download of a track: the audio every later stage reads.
 SELECT * FROM download_jobs
 WHERE track_id = %(track_id)s AND status = 'completed' AND output_path IS NOT NULL
-ORDER BY inserted_at DESC, id DESC LIMIT 1;
+ORDER BY insert_order DESC LIMIT 1;
 
 -- name: newest_download_source
 -- Where a track's audio came from last time (for a download deferred by track id alone).
 SELECT source FROM download_jobs WHERE track_id = %(track_id)s AND source IS NOT NULL
-ORDER BY inserted_at DESC, id DESC LIMIT 1;
+ORDER BY insert_order DESC LIMIT 1;
 
 -- name: start_job
 -- A worker takes a queued (or rescued, still active) row: active status, its queue job id and
