@@ -15,17 +15,14 @@ import logging
 import uuid
 from dataclasses import dataclass, field
 from datetime import timedelta
-from functools import cache
-from importlib import resources
 from typing import Any
 
 import psycopg
-from psycopg import sql
 
 from soundforge import jobs, music, workflow
 from soundforge.errors import ConfigError
 from soundforge.models import Stage
-from soundforge.queries import NamedQuery, parse_queries
+from soundforge.queries import query
 from soundforge.settings import Settings
 from soundforge.storage import CleanupReport, Storage
 
@@ -36,19 +33,6 @@ Connection = psycopg.Connection[Any]
 TASK_STAGES: dict[str, Stage] = {stage.task_name: stage for stage in Stage} | {
     "soundforge.import": Stage.DOWNLOAD,
 }
-
-
-@cache
-def _queries() -> dict[str, NamedQuery]:
-    text = resources.files("soundforge.sql").joinpath("maintenance.sql").read_text("utf-8")
-    return parse_queries(text)
-
-
-def _query(name: str, **identifiers: str) -> sql.Composed | sql.SQL:
-    statement = sql.SQL(_queries()[name].text)
-    if identifiers:
-        return statement.format(**{k: sql.Identifier(v) for k, v in identifiers.items()})
-    return statement
 
 
 def check_rescue_threshold(settings: Settings) -> None:
@@ -105,7 +89,7 @@ def _active_rows(conn: Connection, procrastinate_job_id: int) -> list[tuple[Stag
     rows = []
     for stage in Stage:
         for row in conn.execute(
-            _query("active_rows_for_queue_job", table=stage.table),
+            query("active_rows_for_queue_job", table=stage.table),
             {"procrastinate_job_id": procrastinate_job_id},
         ).fetchall():
             rows.append((stage, row["id"]))
@@ -132,7 +116,7 @@ def rescue_stalled(
     report = RescueReport(dry_run=dry_run)
     with conn.transaction():
         stalled = conn.execute(
-            _query("lock_stalled_queue_jobs"), {"stalled_after_s": threshold}
+            query("lock_stalled_queue_jobs"), {"stalled_after_s": threshold}
         ).fetchall()
         reason = f"the worker running this job stopped (no heartbeat for over {threshold:g} s)"
         for queue_job in stalled:
@@ -150,7 +134,7 @@ def rescue_killed(
     report = RescueReport(dry_run=False)
     with conn.transaction():
         killed = conn.execute(
-            _query("lock_running_queue_jobs"), {"ids": procrastinate_job_ids}
+            query("lock_running_queue_jobs"), {"ids": procrastinate_job_ids}
         ).fetchall()
         for queue_job in killed:
             report.jobs.append(_rescue_one(conn, settings, queue_job, reason, dry_run=False))
@@ -176,11 +160,11 @@ def _rescue_one(
     if dry_run:
         return rescued
     if give_up:
-        conn.execute(_query("fail_queue_job"), {"id": queue_id})
+        conn.execute(query("fail_queue_job"), {"id": queue_id})
         suffix = f" (after {attempt} attempts)" if attempt > 1 else ""
         _fail_rows(conn, rows, reason + suffix)
     else:
-        conn.execute(_query("retry_queue_job"), {"id": queue_id})
+        conn.execute(query("retry_queue_job"), {"id": queue_id})
     log.warning(
         "rescued queue job %d (%s, attempt %d): %s; %s",
         queue_id, rescued.task_name, attempt, reason, rescued.action,
@@ -195,7 +179,7 @@ def prune_finished_jobs(conn: Connection, days: int) -> dict[str, int]:
         raise ConfigError(f"prune --days must be at least 1 (got {days})")
     counts: dict[str, int] = {}
     with conn.transaction():
-        for row in conn.execute(_query("delete_finished_queue_jobs"), {"days": days}):
+        for row in conn.execute(query("delete_finished_queue_jobs"), {"days": days}):
             counts[row["queue_name"]] = counts.get(row["queue_name"], 0) + 1
     log.info("pruned %d finished queue job(s) older than %d day(s)", sum(counts.values()), days)
     return counts

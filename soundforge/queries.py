@@ -1,6 +1,7 @@
-"""Every SQL statement SoundForge runs lives in `soundforge/sql/queries.sql`, each under a
-`-- name: <name>` header followed by a one-line `-- description`; this module loads the file
-once and hands statements out by name.
+"""Every SQL statement SoundForge runs lives in `soundforge/sql/*.sql` (`queries.sql` for the
+data and the pipeline, `maintenance.sql` for rescue and pruning), each under a
+`-- name: <name>` header followed by a one-line `-- description`; this module loads the files
+once and hands statements out by name (a name is unique across the files).
 
 Written here rather than with aiosql: psycopg 3 already gives named parameters (`%(id)s`) and
 row factories, so a loader of a few lines is all that is missing. Statements for the three job
@@ -47,8 +48,15 @@ def parse_queries(source: str) -> dict[str, NamedQuery]:
 
 @cache
 def all_queries() -> dict[str, NamedQuery]:
-    text = resources.files("soundforge.sql").joinpath("queries.sql").read_text(encoding="utf-8")
-    return parse_queries(text)
+    queries: dict[str, NamedQuery] = {}
+    for entry in sorted(resources.files("soundforge.sql").iterdir(), key=lambda e: e.name):
+        if not entry.name.endswith(".sql"):
+            continue
+        for name, named in parse_queries(entry.read_text(encoding="utf-8")).items():
+            if name in queries:
+                raise ValueError(f"query {name!r} is defined twice (again in {entry.name})")
+            queries[name] = named
+    return queries
 
 
 def query(name: str, **identifiers: str) -> sql.Composed | sql.SQL:
