@@ -8,7 +8,6 @@ with the same import and progress-bar code as `soundforge add --wait`.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import logging
 import os
 import shutil
@@ -40,8 +39,6 @@ PIPELINE_TIMEOUT_S = 900.0  # a first run compiles librosa's numba code; real st
 # What the demo's pipeline processes get on top of the caller's environment: a short drain
 # (nothing is running when the demo stops them) and the settings the demo chose.
 CHILD_SETTINGS = {"SOUNDFORGE_SHUTDOWN_GRACE_S": "10"}
-# Until the supervisor (`soundforge run`) is installed, one worker per queue group stands in.
-WORKER_GROUPS = (("download,maintenance", 4), ("processing", 1), ("analysis", 1))
 
 
 class PipelineProcessesExitedError(SoundForgeError):
@@ -88,12 +85,12 @@ def demo_song(demo_dir: Path, given: Path | None) -> tuple[Path, str]:
         if not given.is_file():
             raise SourceError(f"{given}: no such file; name an audio file, or leave it out to "
                               "use a synthesized song")  # fmt: skip
-        return given.resolve(), f"{given}"
+        return given.resolve(), f"{given.resolve()}"
     from soundforge.demo_audio import write_demo_song
 
     song = write_demo_song(demo_dir / SONG_NAME)
-    return song.path, (f"synthesized {song.duration_s:.0f} s song, {song.tempo_bpm:.0f} BPM, "
-                       f"{song.key}")  # fmt: skip
+    return song.path, (f"synthesized {song.duration_s:.0f} s, {song.tempo_bpm:.0f} BPM, "
+                       f"{song.key}: {song.path}")  # fmt: skip
 
 
 def stems_unavailable_reason(config: Settings, model: str) -> str | None:
@@ -116,13 +113,9 @@ def stems_unavailable_reason(config: Settings, model: str) -> str | None:
     return None
 
 
-def supervisor_available() -> bool:
-    return importlib.util.find_spec("soundforge.cli.service_cmds") is not None
-
-
 class PipelineProcesses:
-    """The processes that run the pipeline for the demo: `soundforge run` (the supervisor) when
-    it is installed, else one `soundforge worker` per queue group; output goes to `log_path`."""
+    """The supervisor (`soundforge run`, which starts and watches a worker process per queue
+    group) run for the demo as a child process; its output goes to `log_path`."""
 
     def __init__(self, config: Settings, log_path: Path) -> None:
         self.log_path = log_path
@@ -133,18 +126,10 @@ class PipelineProcesses:
         self.processes: list[subprocess.Popen[bytes]] = []
         self._log_file: IO[bytes] | None = None
 
-    @property
-    def description(self) -> str:
-        if supervisor_available():
-            return "supervisor `soundforge run`"
-        return f"{len(WORKER_GROUPS)} `soundforge worker` processes"
+    description = "supervisor `soundforge run`"
 
     def commands(self) -> list[list[str]]:
-        main = [sys.executable, "-m", "soundforge.cli.main"]
-        if supervisor_available():
-            return [[*main, "run"]]
-        return [[*main, "worker", "--queues", queues, "--concurrency", str(concurrency)]
-                for queues, concurrency in WORKER_GROUPS]  # fmt: skip
+        return [[sys.executable, "-m", "soundforge.cli.main", "run"]]
 
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)

@@ -250,3 +250,10 @@ def test_embedded_postgres_runs_as_an_ordinary_user_as_that_user() -> None:
     finally:
         _stop_servers_under(base)
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_demo_with_a_missing_file_fails_before_starting_anything(demo_base: Path) -> None:
+    result = run_cli("demo", str(demo_base / "no-such-song.wav"), env=demo_env(demo_base))
+    assert result.returncode == 1
+    assert "no-such-song.wav: no such file" in result.stderr
+    assert "embedded PostgreSQL" not in result.stdout

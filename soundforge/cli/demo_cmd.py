@@ -13,6 +13,7 @@ from rich.console import Console
 from soundforge import demo, live, workflow
 from soundforge.cli import progress_bars
 from soundforge.cli.common import database, human_size
+from soundforge.db import describe_dsn
 from soundforge.embedded_pg import EmbeddedPostgres
 from soundforge.engines import default_engines
 from soundforge.migrations import migrate
@@ -44,6 +45,8 @@ def run_demo(args: argparse.Namespace) -> int:
     demo_dir.mkdir(parents=True, exist_ok=True)
     config = load_settings()
     print(f"SoundForge demo: data in {demo_dir}")
+    song, description = demo.demo_song(demo_dir, args.file)
+    print(f"song: {description}")
     with demo.demo_database(config, demo_dir) as (database_url, server):
         _say_database(database_url, server)
         applied = migrate(database_url)
@@ -51,21 +54,19 @@ def run_demo(args: argparse.Namespace) -> int:
               else "database: schema up to date")  # fmt: skip
         config = load_settings(database_url=database_url,
                                storage_path=demo.storage_path(config, demo_dir))  # fmt: skip
-        return _run_pipeline(args, config, demo_dir)
+        return _run_pipeline(args, config, demo_dir, song)
 
 
 def _say_database(database_url: str, server: EmbeddedPostgres | None) -> None:
     if server is None:
-        print("database: DATABASE_URL")
+        print(f"database: {describe_dsn(database_url)} (DATABASE_URL)")
         return
     account = f", server running as {server.account.name}" if server.account else ""
     print(f"database: embedded PostgreSQL {server.binaries.major_version} in {server.pgdata} "
           f"({server.binaries.bin_dir}{account})")  # fmt: skip
 
 
-def _run_pipeline(args: argparse.Namespace, config: Any, demo_dir: Path) -> int:
-    song, description = demo.demo_song(demo_dir, args.file)
-    print(f"song: {description}: {song}")
+def _run_pipeline(args: argparse.Namespace, config: Any, demo_dir: Path, song: Path) -> int:
     print(f"stems: checking for {config.demucs_model} weights ...")
     missing_stems = demo.stems_unavailable_reason(config, config.demucs_model)
     if missing_stems:
