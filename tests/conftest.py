@@ -16,6 +16,7 @@ from psycopg import sql
 from soundforge.db import connect
 from soundforge.migrations import migrate
 from soundforge.storage import Storage
+from tests.support.pipeline import ServiceProcesses
 
 ADMIN_URL = os.environ.get(
     "SOUNDFORGE_TEST_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -94,3 +95,13 @@ def cli_env(database_url: str, tmp_path: Path) -> dict[str, str]:
     env["DATABASE_URL"] = database_url
     env["SOUNDFORGE_STORAGE_PATH"] = str(tmp_path / "store")
     return env
+
+
+@pytest.fixture
+def services(tmp_path: Path) -> Iterator[ServiceProcesses]:
+    """`soundforge run` / `soundforge worker` subprocesses, stopped when the test ends."""
+    processes = ServiceProcesses(tmp_path)
+    try:
+        yield processes
+    finally:
+        processes.close()

@@ -40,15 +40,6 @@ Connection = psycopg.Connection[Any]
 
 
 @pytest.fixture
-def services(tmp_path: Path) -> Iterator[ServiceProcesses]:
-    processes = ServiceProcesses(tmp_path)
-    try:
-        yield processes
-    finally:
-        processes.close()
-
-
-@pytest.fixture
 def history(database_url: str) -> Iterator[RowHistory]:
     with row_history(database_url) as recorder:
         yield recorder

@@ -5,7 +5,6 @@ holding across retries."""
 from __future__ import annotations
 
 import dataclasses
-import threading
 import uuid
 from pathlib import Path
 from typing import Any
@@ -18,9 +17,9 @@ from soundforge.engines import AnalysisOutcome, Engines, default_engines
 from soundforge.errors import ProgressCallback
 from soundforge.models import DownloadJob, Stage
 from soundforge.settings import Settings
-from soundforge.status import RANK, Status
 from tests.audio_synth import write_test_song
 from tests.support.loopback_http import loopback_server
+from tests.support.pipeline import RowHistory
 from tests.support.worker_thread import running_worker, settings_for, wait_for
 
 pytestmark = pytest.mark.timeout(300)
@@ -53,35 +52,12 @@ def _finished_row(conn: psycopg.Connection[Any], track_id: uuid.UUID) -> dict[st
     return rows[0] if rows and live.pipeline_finished(rows[0]) else None
 
 
-class EventLog:
-    """Every soundforge_progress event, collected by a LISTEN thread."""
-
-    def __init__(self, database_url: str) -> None:
-        self.events: list[live.ProgressEvent] = []
-        self._stop = threading.Event()
-        self._conn = live.open_listener(database_url)
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        for event in live.events(self._conn, 0.2):
-            if self._stop.is_set():
-                return
-            if event is not None:
-                self.events.append(event)
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        self._conn.close()
-
-
 def test_a_local_file_runs_through_download_separation_and_analysis(
     conn: psycopg.Connection[Any], database_url: str, tmp_path: Path, song: Path,
     tiny_repo: Path,
 ) -> None:  # fmt: skip
     settings = _settings(database_url, tmp_path, demucs_repo=tiny_repo)
-    events = EventLog(database_url)
+    events = RowHistory(database_url)
     try:
         with running_worker(settings) as runtime:
             imported = _import(conn, runtime.engines, str(song))
@@ -109,17 +85,6 @@ def test_a_local_file_runs_through_download_separation_and_analysis(
         assert getattr(result, column) is not None, column
     stages_seen = {event.stage for event in events.events if event.track_id == str(track.id)}
     assert stages_seen == {"download", "separate", "analyze"}
-
-
-def _assert_forward_only(events: list[live.ProgressEvent]) -> None:
-    by_job: dict[str, list[live.ProgressEvent]] = {}
-    for event in events:
-        by_job.setdefault(event.job_id, []).append(event)
-    for job_events in by_job.values():
-        ranks = [RANK[Status(event.status)] for event in job_events]
-        progress = [event.progress for event in job_events]
-        assert ranks == sorted(ranks), [e.status for e in job_events]
-        assert progress == sorted(progress), progress
 
 
 def test_bad_input_fails_the_download_at_once_with_a_readable_error(
@@ -160,7 +125,7 @@ def test_a_transient_download_error_is_retried_then_completes(
                 request.wfile.write(body)
 
         url = server.add("/song.wav", flaky)
-        events = EventLog(database_url)
+        events = RowHistory(database_url)
         try:
             settings = _settings(database_url, tmp_path)
             with running_worker(settings) as runtime:
@@ -172,7 +137,7 @@ def test_a_transient_download_error_is_retried_then_completes(
     assert row["download_status"] == "completed"
     [download] = jobs.list_jobs_for_track(conn, Stage.DOWNLOAD, imported.track.id)
     assert download.attempts == 2 and download.error is None
-    _assert_forward_only(events.events)
+    events.assert_never_backwards()
 
 
 def _flaky(real: Any, failures: int) -> Any:
@@ -209,7 +174,7 @@ def test_transient_engine_errors_are_retried_and_rows_never_move_backwards(
         return flaky_analyze(audio, progress)  # type: ignore[no-any-return]
 
     engines = dataclasses.replace(real, separate=_flaky(real.separate, 1), analyze=analyze)
-    events = EventLog(database_url)
+    events = RowHistory(database_url)
     try:
         with running_worker(settings, engines):
             imported = _import(conn, engines, str(song))
@@ -221,7 +186,7 @@ def test_transient_engine_errors_are_retried_and_rows_never_move_backwards(
     for stage in (Stage.SEPARATE, Stage.ANALYZE):
         [job] = jobs.list_jobs_for_track(conn, stage, imported.track.id)
         assert job.attempts == 2, stage
-    _assert_forward_only(events.events)
+    events.assert_never_backwards()
     analyze_events = [e for e in events.events if e.stage == "analyze"]
     assert any(e.progress == 40 for e in analyze_events)
 

@@ -37,15 +37,6 @@ NEVER = "0 0 1 1 *"  # a cron that does not fire during a test
 
 
 @pytest.fixture
-def services(tmp_path: Path) -> Iterator[ServiceProcesses]:
-    processes = ServiceProcesses(tmp_path)
-    try:
-        yield processes
-    finally:
-        processes.close()
-
-
-@pytest.fixture
 def systemd(tmp_path: Path) -> Iterator[NotifyReceiver]:
     """A datagram socket bound where the supervisor's NOTIFY_SOCKET points."""
     with NotifyReceiver(str(tmp_path / "notify.sock")) as receiver:
