@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import subprocess
 import sys
 import threading
@@ -292,20 +291,28 @@ def test_watch_prints_notify_events_as_they_happen(
     assert {e["track_id"] for e in events} == {str(imported.track.id)}
 
 
-def test_add_wait_follows_a_worker_to_the_end_and_reports_the_analysis(
-    conn: psycopg.Connection[Any], cli_env: dict[str, str], song: Path
+def test_add_wait_follows_a_worker_through_all_three_stages(
+    conn: psycopg.Connection[Any], cli_env: dict[str, str], song: Path, tmp_path: Path
 ) -> None:
+    from soundforge.separation import write_local_repo
+
+    env = {**cli_env, "SOUNDFORGE_DEMUCS_REPO": str(write_local_repo(tmp_path / "models")),
+           "SOUNDFORGE_SHIFTS": "0"}  # fmt: skip
     soundforge = str(Path(sys.executable).with_name("soundforge"))
     worker = subprocess.Popen(
-        [soundforge, "worker", "--queues", "download,analysis"], env=cli_env,
+        [soundforge, "worker", "--concurrency", "2"], env=env,
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
-        result = run_cli("add", str(song), "--no-stems", "--wait", env=cli_env, timeout=180)
+        result = run_cli("add", str(song), "--wait", env=env, timeout=240)
         assert result.returncode == 0, result.stderr
-        assert "tempo" in result.stdout and "key" in result.stdout
-        failing = run_cli("add", os.devnull, "--wait", env=cli_env)
-        assert failing.returncode == 1
+        assert "4 stems" in result.stdout and "BPM" in result.stdout, result.stdout
+        for stage in ("download", "separate", "analyze"):
+            assert stage in result.stdout  # a progress bar per stage
+        not_audio = tmp_path / "readme.mp3"
+        not_audio.write_text("not a song\n" * 200)
+        failing = run_cli("add", str(not_audio), "--wait", env=env)
+        assert failing.returncode == 1 and "download failed" in failing.stdout
     finally:
         worker.terminate()
         worker.wait(60)
