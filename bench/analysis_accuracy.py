@@ -19,6 +19,7 @@ sys.path[0] = str(Path(__file__).resolve().parents[1])  # the repository, not be
 from soundforge.analysis import analyze  # noqa: E402
 from soundforge.analysis.key import KEY_PROFILES, estimate_key, key_correlations  # noqa: E402
 from tests.audio_synth import (  # noqa: E402
+    DRUM_STYLES,
     MAJOR_PROGRESSIONS,
     MINOR_PROGRESSIONS,
     PITCH_CLASSES,
@@ -96,31 +97,31 @@ def tempo_grid(folder: Path, quick: bool) -> None:
     step = 20 if quick else 5
     rows = []
     for suffix in (".wav", ".mp3"):
-        for chords in (False, True):
-            within, octave, errors = 0, 0, []
-            tempi = range(60, 201, step)
-            for bpm in tempi:
-                path = write_test_song(
-                    folder / f"tempo{suffix}",
-                    20.0,
-                    SR,
-                    tempo=float(bpm),
-                    key="G major",
-                    chords=chords,
-                    channels=1,
+        for style in DRUM_STYLES:
+            for chords in (False, True):
+                errors = []
+                for bpm in range(60, 201, step):
+                    path = write_test_song(
+                        folder / f"tempo{suffix}",
+                        20.0,
+                        SR,
+                        tempo=float(bpm),
+                        key="G major",
+                        chords=chords,
+                        channels=1,
+                        drum_style=style,
+                    )
+                    tempo = analyze(path).tempo or 0.0
+                    errors.append((abs(tempo - bpm) / bpm, tempo, bpm))
+                within = sum(error <= 0.02 for error, _, _ in errors)
+                misses = [f"{bpm}->{tempo:.1f}" for error, tempo, bpm in errors if error > 0.02]
+                label = f"{suffix[1:]} {style}{' + chords' if chords else ''}"
+                median = sorted(error for error, _, _ in errors)[len(errors) // 2]
+                rows.append(
+                    f"  {label:32s} within 2%: {within:2d}/{len(errors)}  "
+                    f"median error {median:.2%}  misses: {' '.join(misses) or '-'}"
                 )
-                tempo = analyze(path).tempo or 0.0
-                error = abs(tempo - bpm) / bpm
-                within += error <= 0.02
-                octave += min(abs(tempo * 2 - bpm), abs(tempo / 2 - bpm)) / bpm <= 0.02
-                errors.append(error)
-            label = f"{suffix[1:]} {'drums+chords' if chords else 'drums'}"
-            errors.sort()
-            rows.append(
-                f"  {label:18s} within 2%: {within}/{len(errors)}  octave errors: "
-                f"{octave}  median error {errors[len(errors) // 2]:.2%}"
-            )
-    print(f"tempo: 60-200 BPM every {step} BPM, 20 s clips")
+    print(f"tempo: 60-200 BPM every {step} BPM, 20 s clips, drum styles {', '.join(DRUM_STYLES)}")
     print("\n".join(rows))
 
 

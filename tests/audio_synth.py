@@ -87,23 +87,48 @@ def _place(track: FloatArray, sound: FloatArray, start: int, gain: float) -> Non
     track[start:end] += gain * sound[: end - start]
 
 
+# Drum patterns over one bar of 4 beats in sixteenths: (position in sixteenths, sound, gain).
+DRUM_STYLES: dict[str, tuple[tuple[int, str, float], ...]] = {
+    # kick on every beat, snare on 2 and 4, closed hi-hat on the eighths (weaker off the beat)
+    "rock": (
+        *((beat * 4, "kick", 0.9) for beat in range(4)),
+        (4, "snare", 0.7), (12, "snare", 0.7),
+        *((beat * 4, "hat", 0.5) for beat in range(4)),
+        *((beat * 4 + 2, "hat", 0.3) for beat in range(4)),
+    ),
+    # four on the floor with the hi-hat on every off-beat (dance music)
+    "four-on-the-floor": (
+        *((beat * 4, "kick", 0.9) for beat in range(4)),
+        (4, "snare", 0.5), (12, "snare", 0.5),
+        *((beat * 4 + 2, "hat", 0.5) for beat in range(4)),
+    ),
+    # syncopated kick (1, "and" of 2, 3), snare on 2 and 4, sixteenth-note hi-hats
+    "funk": (
+        (0, "kick", 0.9), (6, "kick", 0.7), (8, "kick", 0.9), (10, "kick", 0.6),
+        (4, "snare", 0.8), (12, "snare", 0.8),
+        *((sixteenth, "hat", 0.35 if sixteenth % 4 == 0 else 0.2) for sixteenth in range(16)),
+    ),
+}  # fmt: skip
+
+
 def drum_pattern(
-    seconds: float, tempo: float, sample_rate: int = 44100, seed: int = 0
+    seconds: float, tempo: float, sample_rate: int = 44100, seed: int = 0, style: str = "rock"
 ) -> FloatArray:
-    """A rock beat at `tempo` BPM (the quarter note): kick on every beat, snare on 2 and 4,
-    closed hi-hat on the eighths (weaker off the beat). Mono, peak about 0.5."""
+    """A bar-long pattern from `DRUM_STYLES`, looped at `tempo` BPM (the quarter note).
+    Mono, peak about 0.5."""
     rng = np.random.default_rng(seed)
     track = np.zeros(int(seconds * sample_rate))
-    kick, snare = _kick(sample_rate), _snare(rng, sample_rate)
-    hat = _noise_burst(rng, sample_rate, 0.06, 0.012, highpass=True)
-    beat_s = 60.0 / tempo
-    for beat_index in range(int(seconds / beat_s) + 1):
-        start = round(beat_index * beat_s * sample_rate)
-        _place(track, kick, start, 0.9)
-        if beat_index % 2 == 1:
-            _place(track, snare, start, 0.7)
-        _place(track, hat, start, 0.5)
-        _place(track, hat, round((beat_index + 0.5) * beat_s * sample_rate), 0.3)
+    sounds = {
+        "kick": _kick(sample_rate),
+        "snare": _snare(rng, sample_rate),
+        "hat": _noise_burst(rng, sample_rate, 0.06, 0.012, highpass=True),
+    }
+    sixteenth_s = 15.0 / tempo
+    bar_count = int(seconds / (16 * sixteenth_s)) + 1
+    for bar in range(bar_count):
+        for position, sound, gain in DRUM_STYLES[style]:
+            start = round((bar * 16 + position) * sixteenth_s * sample_rate)
+            _place(track, sounds[sound], start, gain)
     return 0.5 * track / max(1e-9, float(np.max(np.abs(track))))
 
 
@@ -165,6 +190,7 @@ def write_test_song(
     seed: int = 0,
     progression: str | None = None,
     harmonics: int = 6,
+    drum_style: str = "rock",
 ) -> Path:
     """Write drums at `tempo` plus a chord progression in `key` to `path` (format from the
     suffix: .wav, .flac, .ogg, .mp3). Stereo copies get slightly different gains so a downmix
@@ -172,7 +198,7 @@ def write_test_song(
     path = Path(path)
     mix = np.zeros(int(seconds * sample_rate))
     if drums:
-        mix += drum_pattern(seconds, tempo, sample_rate, seed)
+        mix += drum_pattern(seconds, tempo, sample_rate, seed, drum_style)
     if chords:
         mix += 0.8 * chord_progression(seconds, key, tempo, sample_rate, progression, harmonics)
     mix *= 0.8 / max(1e-9, float(np.max(np.abs(mix))))

@@ -23,7 +23,7 @@ import numpy.typing as npt
 from soundforge import audio_io
 from soundforge.analysis import spectral
 from soundforge.analysis.frontend import HOP_LENGTH, N_FFT, FrameChunk, StftFrontend
-from soundforge.analysis.key import estimate_key
+from soundforge.analysis.key import KeyEstimate, estimate_key
 from soundforge.analysis.report import AnalysisReport
 from soundforge.analysis.rhythm import align_onsets, rectified_rise, track_beats
 from soundforge.errors import AbortCheck, JobAbortedError, ProgressCallback
@@ -99,6 +99,8 @@ class _FrameFeatures:
 
 @dataclass(frozen=True)
 class MelSummary:
+    """What the rest of the analysis needs from the mel spectrum, per frame."""
+
     mfcc: FloatArray  # (frames, 13)
     onset_envelope: FloatArray  # (frames,)
     power_flux: FloatArray  # (frames,)
@@ -174,6 +176,40 @@ def _variances(values: npt.NDArray[np.floating], width: int) -> list[float]:
     return [float(value) for value in np.var(values, axis=0, dtype=np.float64)]
 
 
+def _tempo(
+    mel: MelSummary, duration: float, warnings: list[str]
+) -> tuple[float | None, npt.NDArray[np.int64]]:
+    """Tempo and beat frames of audio that is not silent; why there is none goes to `warnings`."""
+    if duration < MIN_TEMPO_SECONDS:
+        warnings.append(
+            f"clip is {duration:.1f} s long, too short for a tempo (needs {MIN_TEMPO_SECONDS:g} s)"
+        )
+        return None, np.zeros(0, np.int64)
+    beats = track_beats(mel.onset_envelope, mel.power_flux, ANALYSIS_SAMPLE_RATE, HOP_LENGTH)
+    if beats.warning:
+        warnings.append(beats.warning)
+    return beats.tempo, beats.beat_frames
+
+
+def _key(mean_chroma: list[float], duration: float, warnings: list[str]) -> KeyEstimate | None:
+    """Key of audio that is not silent; why there is none goes to `warnings`."""
+    if duration < MIN_KEY_SECONDS:
+        warnings.append(
+            f"clip is {duration:.1f} s long, too short for a key (needs {MIN_KEY_SECONDS:g} s)"
+        )
+        return None
+    estimate = estimate_key(mean_chroma)
+    if estimate is None:
+        warnings.append("no pitched content (flat chroma): no key")
+    elif estimate.confidence < MIN_KEY_CONFIDENCE:
+        warnings.append(
+            f"no clear tonal centre (best key {estimate.name} correlates only "
+            f"{estimate.confidence:.2f}): no key"
+        )
+        return None
+    return estimate
+
+
 def _analyze_stream(
     blocks: Iterable[tuple[FloatArray, int]],
     native_rate: int,
@@ -208,36 +244,13 @@ def _analyze_stream(
     warnings: list[str] = []
     energy_max = float(rms.max()) if rms.size else 0.0
     silent = energy_max < SILENCE_RMS
-    tempo: float | None = None
-    beat_frames = np.zeros(0, dtype=np.int64)
     if silent:
         warnings.append("audio is silent (loudest frame below -60 dBFS): no tempo or key")
-    elif duration < MIN_TEMPO_SECONDS:
-        warnings.append(
-            f"clip is {duration:.1f} s long, too short for a tempo (needs {MIN_TEMPO_SECONDS:g} s)"
-        )
-    else:
-        beats = track_beats(mel.onset_envelope, mel.power_flux, ANALYSIS_SAMPLE_RATE, HOP_LENGTH)
-        tempo, beat_frames = beats.tempo, beats.beat_frames
-        if beats.warning:
-            warnings.append(beats.warning)
-
+    tempo, beat_frames = (
+        (None, np.zeros(0, np.int64)) if silent else _tempo(mel, duration, warnings)
+    )
     mean_chroma = _means(chroma, spectral.N_CHROMA)
-    key_estimate = None
-    if not silent and duration < MIN_KEY_SECONDS:
-        warnings.append(
-            f"clip is {duration:.1f} s long, too short for a key (needs {MIN_KEY_SECONDS:g} s)"
-        )
-    elif not silent:
-        key_estimate = estimate_key(mean_chroma)
-        if key_estimate is None:
-            warnings.append("no pitched content (flat chroma): no key")
-        elif key_estimate.confidence < MIN_KEY_CONFIDENCE:
-            warnings.append(
-                f"no clear tonal centre (best key {key_estimate.name} correlates only "
-                f"{key_estimate.confidence:.2f}): no key"
-            )
-            key_estimate = None
+    key_estimate = None if silent else _key(mean_chroma, duration, warnings)
 
     beat_times = [
         round(float(frame) * HOP_LENGTH / ANALYSIS_SAMPLE_RATE, 4) for frame in beat_frames
