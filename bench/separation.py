@@ -7,7 +7,9 @@ subprocess on the same synthesized stereo file and the same locally built (untra
 `speed` prints wall time, CPU time (user + system) and peak RSS of the CLI and of ours per
 precision, and the CLI/ours ratios (> 1: ours is faster / smaller). `memory` prints our peak RSS
 per track duration (flat means memory does not grow with the track). Peak RSS is the child's
-`ru_maxrss` from `wait4`, so each run is measured alone.
+`ru_maxrss` from `wait4`, so each run is measured alone. Linux folds the parent's resident pages
+at fork/exec into a child's `ru_maxrss`, so this process stays small: the model repo and the
+songs are built by a `prepare` subprocess, and torch is never imported here.
 """
 
 from __future__ import annotations
@@ -24,8 +26,6 @@ from pathlib import Path
 
 import numpy as np
 import soundfile
-
-from soundforge.separation import write_local_repo
 
 SAMPLE_RATE = 44100
 MODEL = "htdemucs"
@@ -88,8 +88,28 @@ def print_table(rows: Sequence[Measurement]) -> None:
         print(f"{row.label:<28}{row.wall_s:>10.1f}{row.cpu_s:>10.1f}{row.peak_rss_mb:>14.0f}")
 
 
-def speed(args: argparse.Namespace, work: Path, repo: Path) -> None:
-    song = write_song(work / "song.wav", args.seconds)
+def prepare_in_subprocess(work: Path, size: str, durations: Sequence[float]) -> Path:
+    """Build the model repo and the songs in a child process (see the module docstring)."""
+    subprocess.run([sys.executable, "-m", "bench.separation", "prepare", "--work", str(work),
+                    "--size", size, "--durations", *map(str, durations)], check=True)
+    return work / "repo"
+
+
+def song_path(work: Path, seconds: float) -> Path:
+    return work / f"song-{seconds:g}.wav"
+
+
+def prepare(args: argparse.Namespace) -> None:
+    from soundforge.separation import write_local_repo  # imports torch: child process only
+
+    write_local_repo(args.work / "repo", MODEL, size=args.size)
+    for seconds in args.durations:
+        write_song(song_path(args.work, seconds), seconds)
+
+
+def speed(args: argparse.Namespace, work: Path) -> None:
+    repo = prepare_in_subprocess(work, args.size, [args.seconds])
+    song = song_path(work, args.seconds)
     rows = [measure("demucs CLI (fp32)",
                     demucs_cli(repo, song, work / "cli", args.shifts, args.overlap),
                     work / "cli.log")]  # fmt: skip
@@ -111,10 +131,11 @@ def speed(args: argparse.Namespace, work: Path, repo: Path) -> None:
               f"{baseline.peak_rss_mb / row.peak_rss_mb:.2f}x less peak RSS than the CLI")
 
 
-def memory(args: argparse.Namespace, work: Path, repo: Path) -> None:
+def memory(args: argparse.Namespace, work: Path) -> None:
+    repo = prepare_in_subprocess(work, args.size, args.durations)
     rows = []
     for seconds in args.durations:
-        song = write_song(work / f"song-{seconds:g}.wav", seconds)
+        song = song_path(work, seconds)
         for precision in args.precision:
             rows.append(measure(
                 f"soundforge {seconds:g} s ({precision})",
@@ -132,7 +153,8 @@ def memory(args: argparse.Namespace, work: Path, repo: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("mode", choices=("speed", "memory"))
+    parser.add_argument("mode", choices=("speed", "memory", "prepare"))
+    parser.add_argument("--work", type=Path, help="prepare: the folder to fill")
     parser.add_argument("--seconds", type=float, default=60.0, help="speed: track length")
     parser.add_argument("--durations", type=float, nargs="+", default=[60.0, 600.0],
                         help="memory: track lengths in seconds")
@@ -144,10 +166,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="ours: torch threads (0: default)")
     parser.add_argument("--with-cli", action="store_true", help="memory: also run the CLI")
     args = parser.parse_args()
+    if args.mode == "prepare":
+        prepare(args)
+        return
     with tempfile.TemporaryDirectory(prefix="sf-bench-") as directory:
-        work = Path(directory)
-        repo = write_local_repo(work / "repo", MODEL, size=args.size)
-        (speed if args.mode == "speed" else memory)(args, work, repo)
+        (speed if args.mode == "speed" else memory)(args, Path(directory))
 
 
 if __name__ == "__main__":
