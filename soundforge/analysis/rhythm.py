@@ -40,7 +40,7 @@ TEMPOGRAM_HOP = 16
 DOUBLE_RATIO = 0.6
 HALVE_RATIO = 0.15
 STRENGTH_RADIUS = 2  # frames either side of a beat searched for its onset peak
-MIN_TEMPO_BPM = 40.0
+MIN_TEMPO_BPM = 55.0  # a level change never goes below this (halving a 2:3 error would)
 MAX_TEMPO_BPM = 240.0
 MIN_BEATS = 4
 MIN_PULSE_CLARITY = 1.25  # tempogram peak over its median: noise ~1.1, steady beats 10+
@@ -96,7 +96,7 @@ def first_tempo(
     onset_envelope: FloatArray, sample_rate: int, hop_length: int
 ) -> tuple[float, float]:
     """librosa's tempogram-and-prior tempo estimate (one octave choice, bin-quantised), and the
-    pulse clarity: the tempogram at that tempo over its median across 40-240 BPM (about 1 for
+    pulse clarity: the tempogram at that tempo over its median across 55-240 BPM (about 1 for
     noise, over 10 for a steady drum beat)."""
     import librosa
 
