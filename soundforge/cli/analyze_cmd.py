@@ -20,8 +20,8 @@ def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "analyze",
         help="analyse an audio file: tempo, key, energy, spectral features",
-        description="Analyse FILE (WAV, FLAC, OGG, MP3; M4A/Opus/WebM with ffmpeg) and print "
-        "tempo, key, energy and spectral statistics. --json prints the full report.",
+        description="Analyse FILE (WAV, FLAC, OGG Vorbis/Opus, MP3; M4A/AAC, WebM with ffmpeg) and "
+        "print tempo, key, energy and spectral statistics. --json prints the full report.",
     )
     parser.add_argument("file", type=Path, metavar="FILE", help="audio file to analyse")
     parser.add_argument("--json", action="store_true",
