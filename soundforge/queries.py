@@ -61,7 +61,12 @@ def all_queries() -> dict[str, NamedQuery]:
 
 def query(name: str, **identifiers: str) -> sql.Composed | sql.SQL:
     """The statement called `name`; `{placeholders}` are filled with quoted identifiers."""
+    return _composed(name, tuple(sorted(identifiers.items())))
+
+
+@cache
+def _composed(name: str, identifiers: tuple[tuple[str, str], ...]) -> sql.Composed | sql.SQL:
     statement = sql.SQL(all_queries()[name].text)
     if identifiers:
-        return statement.format(**{k: sql.Identifier(v) for k, v in identifiers.items()})
+        return statement.format(**{key: sql.Identifier(value) for key, value in identifiers})
     return statement

@@ -1,9 +1,11 @@
 """Enqueueing Procrastinate jobs inside our own transactions, through Procrastinate's
-versioned SQL functions (`procrastinate_defer_jobs_v1`, `procrastinate_cancel_job_v1`).
+versioned SQL functions (`procrastinate_defer_jobs_v1` wrapped by our
+`soundforge_defer_stage_v1`, and `procrastinate_cancel_job_v1`).
 
 Procrastinate's Python `defer` uses a connection of its own; calling its SQL API on our
 connection is what lets a status change and the jobs it fans out to commit together or not at
-all. A queueing lock makes a second `todo` job for the same track and stage impossible.
+all. A queueing lock makes a second `todo` job for the same track and stage impossible: the
+job row and its queue job are created by one statement, or neither is.
 """
 
 from __future__ import annotations
@@ -14,11 +16,10 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from soundforge.models import Stage
+from soundforge.models import JOB_MODELS, Job, Stage
 from soundforge.queries import query
 
 Connection = psycopg.Connection[Any]
-QUEUEING_LOCK_INDEX = "procrastinate_jobs_queueing_lock_idx_v1"
 MAINTENANCE_QUEUE = "maintenance"
 
 
@@ -32,31 +33,16 @@ def defer(
     queue: str,
     args: dict[str, Any],
     *,
-    lock: str | None = None,
     queueing_lock: str | None = None,
-    priority: int = 0,
 ) -> int | None:
     """Enqueue a job in the caller's transaction; its id, or None when a job holding the same
     queueing lock is already waiting."""
-    try:
-        with conn.transaction():  # a savepoint: a lock conflict must not abort the caller
-            row = conn.execute(
-                query("defer_job"),
-                {
-                    "queue": queue,
-                    "task_name": task_name,
-                    "priority": priority,
-                    "lock": lock,
-                    "queueing_lock": queueing_lock,
-                    "args": Jsonb(args),
-                },
-            ).fetchone()
-    except psycopg.errors.UniqueViolation as error:
-        if error.diag.constraint_name == QUEUEING_LOCK_INDEX:
-            return None
-        raise
-    assert row is not None
-    return int(row["id"])
+    row = conn.execute(
+        query("defer_job"),
+        {"queue": queue, "task_name": task_name, "queueing_lock": queueing_lock,
+         "args": Jsonb(args)},
+    ).fetchone()  # fmt: skip
+    return int(row["id"]) if row and row["id"] is not None else None
 
 
 def defer_stage(
@@ -70,6 +56,41 @@ def defer_stage(
         {"track_id": str(track_id), **args},
         queueing_lock=queueing_lock(stage, track_id),
     )
+
+
+def create_queued_job(
+    conn: Connection,
+    stage: Stage,
+    track_id: uuid.UUID,
+    args: dict[str, Any],
+    *,
+    source: str | None = None,
+    model: str | None = None,
+    options: dict[str, Any] | None = None,
+) -> Job | None:
+    """Create a stage's job row and enqueue its task, in one statement (the caller's
+    transaction); None when a job of that stage is already waiting for the track."""
+    job_id = uuid.uuid4()
+    params: dict[str, Any] = {
+        "id": job_id,
+        "track_id": track_id,
+        "queue": stage.queue,
+        "task_name": stage.task_name,
+        "queueing_lock": queueing_lock(stage, track_id),
+        "args": Jsonb({"track_id": str(track_id), "job_id": str(job_id), **args}),
+        "source": source,
+        "model": model or "htdemucs",
+        "options": Jsonb(options or {}),
+    }
+    row = conn.execute(query(_INSERT_QUEUED[stage]), params).fetchone()
+    return JOB_MODELS[stage].from_row(row) if row else None
+
+
+_INSERT_QUEUED = {
+    Stage.DOWNLOAD: "insert_queued_download_job",
+    Stage.SEPARATE: "insert_queued_processing_job",
+    Stage.ANALYZE: "insert_queued_analysis_job",
+}
 
 
 def cancel(conn: Connection, procrastinate_job_id: int) -> bool:

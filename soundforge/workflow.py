@@ -16,7 +16,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from soundforge import jobs, music, queue
-from soundforge.errors import PermanentError, StaleRowError
+from soundforge.errors import PermanentError, StaleRowError, TransientError
 from soundforge.models import JOB_MODELS, DownloadJob, Job, Stage, Track
 from soundforge.queries import query
 from soundforge.status import Status, is_terminal
@@ -94,16 +94,11 @@ def import_track(
         ).fetchone()
         if live is not None and not force:
             return ImportedTrack(track, DownloadJob.from_row(live), new_download=False)
-        job = jobs.create_job(conn, Stage.DOWNLOAD, track.id)
-        row = conn.execute(
-            query("set_download_source"), {"id": job.id, "source": metadata.origin}
-        ).fetchone()
-        assert row is not None
-        job = DownloadJob.from_row(row)
-        procrastinate_id = queue.defer_stage(
-            conn, Stage.DOWNLOAD, track.id, {"job_id": str(job.id), **options.as_args()}
+        job = queue.create_queued_job(
+            conn, Stage.DOWNLOAD, track.id, options.as_args(), source=metadata.origin
         )
-        job = _attach_queue_job(conn, job, procrastinate_id)
+        if job is None:  # a download was queued by hand (same queueing lock) meanwhile
+            raise TransientError(f"a download of track {track.id} is already waiting")
         log.info("track %s: download job %s queued", track.id, job.id,
                  extra={"track_id": str(track.id), "job_id": str(job.id)})  # fmt: skip
         return ImportedTrack(track, job, new_download=True)
@@ -229,6 +224,7 @@ def complete_download(
     """Complete the download and create and enqueue the stages that follow, atomically."""
     created: list[Job] = []
     with conn.transaction():
+        conn.execute(query("lock_track"), {"track_id": job.track_id})
         row = conn.execute(
             query("complete_download_job"),
             {"id": job.id, "output_path": stored.relative_path, "file_size": stored.file_size,
@@ -242,11 +238,13 @@ def complete_download(
         if options.analysis:
             follow_ups.append((Stage.ANALYZE, {}))
         for stage, args in follow_ups:
-            child = jobs.create_job(conn, stage, job.track_id, model=args.get("model"))
-            procrastinate_id = queue.defer_stage(
-                conn, stage, job.track_id, {"job_id": str(child.id), **args}
-            )
-            created.append(_attach_queue_job(conn, child, procrastinate_id))
+            child = queue.create_queued_job(conn, stage, job.track_id, args,
+                                            model=args.get("model"))  # fmt: skip
+            if child is None:
+                log.info("track %s: a %s job is already waiting; not queueing another",
+                         job.track_id, stage.value)  # fmt: skip
+                continue
+            created.append(child)
     return created
 
 
@@ -315,26 +313,20 @@ def retry_job(conn: Connection, job_id: uuid.UUID | str, options: PipelineOption
         stage = jobs.stage_of(old)
         conn.execute(query("lock_track"), {"track_id": old.track_id})
         model = getattr(old, "model", None)
-        new = jobs.create_job(conn, stage, old.track_id, model=model,
-                              options=getattr(old, "options", None))  # fmt: skip
-        args: dict[str, Any] = {"job_id": str(new.id)}
+        args: dict[str, Any] = {}
         if stage is Stage.DOWNLOAD:
-            source = getattr(old, "source", None)
-            if source:
-                row = conn.execute(
-                    query("set_download_source"), {"id": new.id, "source": source}
-                ).fetchone()
-                assert row is not None
-                new = DownloadJob.from_row(row)
-            args |= options.as_args()
+            args = options.as_args()
         elif stage is Stage.SEPARATE:
-            args["model"] = model or options.model
-        procrastinate_id = queue.defer_stage(conn, stage, old.track_id, args)
-        if procrastinate_id is None:
+            args = {"model": model or options.model}
+        new = queue.create_queued_job(
+            conn, stage, old.track_id, args, source=getattr(old, "source", None),
+            model=model, options=getattr(old, "options", None),
+        )  # fmt: skip
+        if new is None:
             raise PermanentError(
                 f"a {stage.value} job for track {old.track_id} is already waiting in the queue"
             )
-        return _attach_queue_job(conn, new, procrastinate_id)
+        return new
 
 
 def requeue_after_shutdown(conn: Connection, job: Job, args: dict[str, Any]) -> int | None:

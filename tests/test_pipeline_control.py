@@ -65,23 +65,23 @@ def test_fan_out_cannot_be_lost_by_a_crash_between_status_change_and_defer(
     job = jobs.advance(conn, imported.download_job, Status.DOWNLOADING)
     stored = StoredAudio(relative_path="downloads/x.wav", file_size=2000, ext="wav",
                          duration_s=4.0)  # fmt: skip
-    real_defer = queue.defer_stage
+    real_create = queue.create_queued_job
 
     def crash(worker_conn: psycopg.Connection[Any], *args: Any, **kwargs: Any) -> Any:
         # The worker's connection dies after the status UPDATE, before any defer.
         pid = worker_conn.info.backend_pid
         with connect(database_url, autocommit=True) as killer:
             killer.execute("SELECT pg_terminate_backend(%s)", (pid,))
-        return real_defer(worker_conn, *args, **kwargs)
+        return real_create(worker_conn, *args, **kwargs)
 
-    monkeypatch.setattr(queue, "defer_stage", crash)
+    monkeypatch.setattr(queue, "create_queued_job", crash)
     with connect(database_url, autocommit=True) as worker_conn, pytest.raises(psycopg.Error):
         workflow.complete_download(worker_conn, job, stored, workflow.PipelineOptions())
     assert jobs.reload(conn, job).status is Status.DOWNLOADING  # the UPDATE rolled back
     assert _count(conn, "processing_jobs") == _count(conn, "analysis_jobs") == 0
     assert _queue_jobs(conn, "soundforge.separate") == []
 
-    monkeypatch.setattr(queue, "defer_stage", real_defer)
+    monkeypatch.setattr(queue, "create_queued_job", real_create)
     created = workflow.complete_download(conn, jobs.reload(conn, job), stored,
                                          workflow.PipelineOptions())  # fmt: skip
     assert sorted(jobs.stage_of(child).value for child in created) == ["analyze", "separate"]

@@ -149,6 +149,40 @@ INSERT INTO {table} (id, track_id, status, progress, inserted_at, updated_at)
 VALUES (%(id)s, %(track_id)s, 'queued', 0, timezone('utc', now()), timezone('utc', now()))
 RETURNING *;
 
+-- name: insert_queued_download_job
+-- Create a download row and its queue job in one statement (nothing when the queueing lock is
+-- held by a waiting job).
+INSERT INTO download_jobs (id, track_id, source, status, progress, procrastinate_job_id,
+                           inserted_at, updated_at)
+SELECT %(id)s, %(track_id)s, %(source)s, 'queued', 0, queued.id, timezone('utc', now()),
+       timezone('utc', now())
+FROM (SELECT soundforge_defer_stage_v1(%(queue)s, %(task_name)s, %(queueing_lock)s,
+                                       %(args)s) AS id) queued
+WHERE queued.id IS NOT NULL
+RETURNING *;
+
+-- name: insert_queued_processing_job
+-- Create a separation row and its queue job in one statement (see insert_queued_download_job).
+INSERT INTO processing_jobs (id, track_id, model, options, status, progress,
+                             procrastinate_job_id, inserted_at, updated_at)
+SELECT %(id)s, %(track_id)s, %(model)s, %(options)s, 'queued', 0, queued.id,
+       timezone('utc', now()), timezone('utc', now())
+FROM (SELECT soundforge_defer_stage_v1(%(queue)s, %(task_name)s, %(queueing_lock)s,
+                                       %(args)s) AS id) queued
+WHERE queued.id IS NOT NULL
+RETURNING *;
+
+-- name: insert_queued_analysis_job
+-- Create an analysis row and its queue job in one statement (see insert_queued_download_job).
+INSERT INTO analysis_jobs (id, track_id, status, progress, procrastinate_job_id, inserted_at,
+                           updated_at)
+SELECT %(id)s, %(track_id)s, 'queued', 0, queued.id, timezone('utc', now()),
+       timezone('utc', now())
+FROM (SELECT soundforge_defer_stage_v1(%(queue)s, %(task_name)s, %(queueing_lock)s,
+                                       %(args)s) AS id) queued
+WHERE queued.id IS NOT NULL
+RETURNING *;
+
 -- name: insert_processing_job
 -- Create a separation job row with its model and options.
 INSERT INTO processing_jobs (id, track_id, model, options, status, progress, inserted_at,
@@ -219,10 +253,6 @@ UPDATE {table} SET attempts = %(attempts)s, error = %(error)s
 WHERE id = %(id)s AND lock_version = %(lock_version)s
 RETURNING *;
 
--- name: set_download_source
--- Where a download job takes its audio from (a path, a URL or a Spotify track URI).
-UPDATE download_jobs SET source = %(source)s WHERE id = %(id)s RETURNING *;
-
 -- name: complete_download_job
 -- A download finished: record the stored file, complete the row, and learn the track's
 -- duration from the audio when the source did not say.
@@ -255,10 +285,9 @@ RETURNING *;
 -- ---------------------------------------------------------------- queue (Procrastinate SQL API)
 
 -- name: defer_job
--- Enqueue one Procrastinate job in the caller's transaction (its versioned SQL function).
-SELECT (procrastinate_defer_jobs_v1(ARRAY[ROW(
-    %(queue)s, %(task_name)s, %(priority)s, %(lock)s, %(queueing_lock)s, %(args)s, NULL
-)::procrastinate_job_to_defer_v1]))[1] AS id;
+-- Enqueue one Procrastinate job in the caller's transaction; NULL when a job holding the same
+-- queueing lock is already waiting.
+SELECT soundforge_defer_stage_v1(%(queue)s, %(task_name)s, %(queueing_lock)s, %(args)s) AS id;
 
 -- name: cancel_queue_job
 -- Cancel a waiting Procrastinate job, or ask a running one to abort.
