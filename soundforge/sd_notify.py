@@ -69,16 +69,21 @@ def watchdog_interval_s(environ: Mapping[str, str], pid: int | None = None) -> f
 
 
 class Notifier:
-    """Sends notifications to one socket; never raises (a missing manager is not our failure)."""
+    """Sends notifications to one socket; never raises (a missing manager is not our failure)
+    and never hangs: a receiver whose queue is full (a manager that stopped reading) makes a
+    send wait at most `send_timeout_s`, then the message is dropped."""
 
-    def __init__(self, address: str | None) -> None:
+    def __init__(self, address: str | None, send_timeout_s: float = 1.0) -> None:
         self.address = address
+        self.send_timeout_s = send_timeout_s
         self._socket: socket.socket | None = None
 
     @classmethod
-    def from_environ(cls, environ: Mapping[str, str] | None = None) -> Notifier:
+    def from_environ(
+        cls, environ: Mapping[str, str] | None = None, send_timeout_s: float = 1.0
+    ) -> Notifier:
         environ = os.environ if environ is None else environ
-        return cls(environ.get(NOTIFY_SOCKET) or None)
+        return cls(environ.get(NOTIFY_SOCKET) or None, send_timeout_s)
 
     @property
     def enabled(self) -> bool:
@@ -91,6 +96,7 @@ class Notifier:
         try:
             if self._socket is None:
                 self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+                self._socket.settimeout(self.send_timeout_s)
             self._socket.sendto(format_message(fields), socket_address(self.address))
         except OSError as error:
             log.debug("sd_notify to %s failed: %s", self.address, error)

@@ -161,7 +161,8 @@ class Supervisor:
     ) -> None:
         self.settings = settings
         self.environ = dict(os.environ if environ is None else environ)
-        self.notifier = notifier or Notifier.from_environ(self.environ)
+        # systemd reads at once; a manager that stopped reading must not stall the loop
+        self.notifier = notifier or Notifier.from_environ(self.environ, send_timeout_s=0.0)
         self.worker_command = worker_command
         self.clock = clock
         self.groups = worker_groups(settings)

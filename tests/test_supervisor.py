@@ -232,3 +232,15 @@ def test_a_job_past_its_stage_time_limit_is_stopped_and_failed_when_out_of_attem
         )  # fmt: skip
     assert row["download_error"].startswith(error)
     assert services.stop(supervisor) == 0
+
+
+@pytest.mark.timeout(60)
+def test_notifying_a_manager_that_stopped_reading_drops_messages_instead_of_hanging(
+    tmp_path: Path,
+) -> None:
+    with NotifyReceiver(str(tmp_path / "full.sock")) as receiver:
+        notifier = Notifier(receiver.address, send_timeout_s=0.0)
+        results = [notifier.status(f"line {n}") for n in range(200)]  # nobody reads
+        notifier.close()
+    assert results[0] is True
+    assert results.count(False) > 0  # the queue filled up: later lines were dropped
