@@ -8,6 +8,7 @@ injected into one stage, a no-op to measure the queue alone).
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import uuid
@@ -55,7 +56,9 @@ def default_engines(settings: Settings) -> Engines:
     separators: dict[str, Separator] = {}
     separators_lock = threading.Lock()
 
+    @functools.cache
     def source_config() -> Any:
+        """Built once (on first use: the core install has no `sources` extra)."""
         from soundforge.sources import SourceConfig
 
         return SourceConfig.from_settings(settings)
