@@ -327,3 +327,49 @@ def test_add_rejects_a_bad_source_before_queueing_anything(
     assert "accepted" in result.stderr or "unsupported" in result.stderr
     assert _count(conn, "tracks") == 0
 
+
+
+def test_rerunning_a_completed_stage_does_nothing_unless_forced(
+    conn: psycopg.Connection[Any], database_url: str, tmp_path: Path, song: Path
+) -> None:
+    settings = settings_for(database_url, tmp_path / "store")
+    with running_worker(settings) as runtime:
+        [metadata] = runtime.engines.expand(str(song))
+        imported = workflow.import_track(conn, metadata,
+                                         workflow.PipelineOptions(stems=False))  # fmt: skip
+        wait_for(lambda: (rows := live.pipeline_rows(conn, [imported.track.id]))
+                 and live.pipeline_finished(rows[0]), message="the pipeline")  # fmt: skip
+        track_id = str(imported.track.id)
+        again = queue.defer(conn, "soundforge.analyze", "analysis", {"track_id": track_id})
+        wait_for(lambda: _queue_jobs(conn, "soundforge.analyze")[-1]["status"] == "succeeded",
+                 message="the repeated analyze task")  # fmt: skip
+        assert again is not None
+        assert len(jobs.list_jobs_for_track(conn, Stage.ANALYZE, imported.track.id)) == 1
+        queue.defer(conn, "soundforge.analyze", "analysis", {"track_id": track_id,
+                                                             "force": True})  # fmt: skip
+        forced = wait_for(
+            lambda: [j for j in jobs.list_jobs_for_track(conn, Stage.ANALYZE, imported.track.id)
+                     if j.status is Status.COMPLETED][1:], message="the forced analysis",
+        )  # fmt: skip
+    assert len(forced) == 1
+    row = conn.execute(
+        "SELECT count(*) AS n FROM analysis_results WHERE track_id = %s", (imported.track.id,)
+    ).fetchone()
+    assert row is not None and row["n"] == 2
+
+
+
+def test_importing_a_spotify_track_again_reuses_its_download_unless_forced(
+    conn: psycopg.Connection[Any], song: Path
+) -> None:
+    metadata = _metadata(song, spotify_id="4uLU6hMCjMI75M1A2tKUQC")
+    first = workflow.import_track(conn, metadata, workflow.PipelineOptions())
+    again = workflow.import_track(conn, metadata, workflow.PipelineOptions())
+    assert (again.track.id, again.download_job.id, again.new_download) == (
+        first.track.id, first.download_job.id, False)  # fmt: skip
+    jobs.advance(conn, first.download_job, Status.COMPLETED)
+    assert first.download_job.procrastinate_job_id is not None  # its queue job is gone too:
+    queue.cancel(conn, first.download_job.procrastinate_job_id)  # (no worker in this test)
+    assert not workflow.import_track(conn, metadata, workflow.PipelineOptions()).new_download
+    forced = workflow.import_track(conn, metadata, workflow.PipelineOptions(), force=True)
+    assert forced.new_download and forced.download_job.id != first.download_job.id
