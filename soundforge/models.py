@@ -155,6 +155,11 @@ class Stem(_Row):
     file_size: int | None = None
 
 
+ANALYSIS_RESULT_COLUMNS = ("tempo", "key", "energy", "spectral_centroid", "spectral_rolloff",
+                           "zero_crossing_rate")  # fmt: skip
+"""The scalar columns of `analysis_results` (everything else goes into `features`)."""
+
+
 @dataclass(frozen=True)
 class AnalysisResult(_Row):
     id: uuid.UUID

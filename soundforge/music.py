@@ -12,7 +12,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from soundforge.errors import InvalidIdError, PermanentError
-from soundforge.models import AnalysisResult, Stem, Track
+from soundforge.models import ANALYSIS_RESULT_COLUMNS, AnalysisResult, Stem, Track
 from soundforge.queries import query
 from soundforge.storage import Storage
 
@@ -169,9 +169,7 @@ def create_analysis_result(
     features: dict[str, Any],
 ) -> AnalysisResult:
     """`columns`: tempo, key, energy, spectral_centroid, spectral_rolloff, zero_crossing_rate."""
-    names = ("tempo", "key", "energy", "spectral_centroid", "spectral_rolloff",
-             "zero_crossing_rate")  # fmt: skip
-    params = {name: columns.get(name) for name in names}
+    params = {name: columns.get(name) for name in ANALYSIS_RESULT_COLUMNS}
     row = conn.execute(
         query("insert_analysis_result"),
         {

@@ -17,7 +17,14 @@ from psycopg.types.json import Jsonb
 
 from soundforge import jobs, music, queue
 from soundforge.errors import PermanentError, StaleRowError, TransientError
-from soundforge.models import JOB_MODELS, DownloadJob, Job, Stage, Track
+from soundforge.models import (
+    ANALYSIS_RESULT_COLUMNS,
+    JOB_MODELS,
+    DownloadJob,
+    Job,
+    Stage,
+    Track,
+)
 from soundforge.queries import query
 from soundforge.status import Status, is_terminal
 from soundforge.storage import Storage, stems_relpath
@@ -87,13 +94,14 @@ def import_track(
     `force`): importing the same Spotify id twice, or 200 times at once, gives one job.
     """
     with conn.transaction():
-        track, _created = music.find_or_create_track(conn, _track_fields(metadata))
-        conn.execute(query("lock_track"), {"track_id": track.id})
-        live = conn.execute(
-            query("live_jobs_for_track", table=Stage.DOWNLOAD.table), {"track_id": track.id}
-        ).fetchone()
-        if live is not None and not force:
-            return ImportedTrack(track, DownloadJob.from_row(live), new_download=False)
+        track, created = music.find_or_create_track(conn, _track_fields(metadata))
+        if not created:  # an existing track: serialise with other imports, reuse its download
+            conn.execute(query("lock_track"), {"track_id": track.id})
+            live = conn.execute(
+                query("live_jobs_for_track", table=Stage.DOWNLOAD.table), {"track_id": track.id}
+            ).fetchone()
+            if live is not None and not force:
+                return ImportedTrack(track, DownloadJob.from_row(live), new_download=False)
         job = queue.create_queued_job(
             conn, Stage.DOWNLOAD, track.id, options.as_args(), source=metadata.origin
         )
@@ -276,21 +284,20 @@ def stems_dir(storage: Storage, job: Job) -> Path:
 def complete_analysis(
     conn: Connection, job: Job, outcome: AnalysisOutcome, audio_relpath: str
 ) -> Job:
-    """Store the analysis result and complete the row, in one transaction."""
-    with conn.transaction():
-        result = music.create_analysis_result(
-            conn, track_id=job.track_id, analysis_job_id=job.id,
-            columns=outcome.columns, features=outcome.features,
-        )  # fmt: skip
-        row = conn.execute(
-            query("complete_analysis_job"),
-            {"id": job.id, "lock_version": job.lock_version,
-             "results": Jsonb({"type": "full", "file_path": audio_relpath,
-                               "analysis_result_id": str(result.id)})},
-        ).fetchone()  # fmt: skip
-        if row is None:
-            raise StaleRowError(f"analysis_jobs {job.id} changed before completion")
-        return type(job).from_row(row)
+    """Store the analysis result and complete the row, in one statement (nothing is stored
+    when the row changed meanwhile, e.g. a cancel)."""
+    result_id = uuid.uuid4()
+    row = conn.execute(
+        query("complete_analysis_job"),
+        {"id": job.id, "lock_version": job.lock_version, "result_id": result_id,
+         "features": Jsonb(outcome.features),
+         "results": Jsonb({"type": "full", "file_path": audio_relpath,
+                           "analysis_result_id": str(result_id)}),
+         **{name: outcome.columns.get(name) for name in ANALYSIS_RESULT_COLUMNS}},
+    ).fetchone()  # fmt: skip
+    if row is None:
+        raise StaleRowError(f"analysis_jobs {job.id} changed before completion")
+    return type(job).from_row(row)
 
 
 def cancel_job(conn: Connection, job_id: uuid.UUID | str) -> Job:

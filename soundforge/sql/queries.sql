@@ -276,13 +276,24 @@ WHERE id = %(id)s AND lock_version = %(lock_version)s
 RETURNING *;
 
 -- name: complete_analysis_job
--- An analysis finished: keep a summary on the row and complete it.
-UPDATE analysis_jobs
-SET status = 'completed', progress = 100, results = %(results)s, error = NULL
-WHERE id = %(id)s AND lock_version = %(lock_version)s
-RETURNING *;
-
--- ---------------------------------------------------------------- queue (Procrastinate SQL API)
+-- An analysis finished: store its result and complete the row with a summary, atomically;
+-- nothing is stored when the row changed since it was read (optimistic lock).
+WITH job AS (
+    UPDATE analysis_jobs
+    SET status = 'completed', progress = 100, results = %(results)s, error = NULL
+    WHERE id = %(id)s AND lock_version = %(lock_version)s
+    RETURNING *
+), result AS (
+    INSERT INTO analysis_results (id, track_id, analysis_job_id, tempo, key, energy,
+                                  spectral_centroid, spectral_rolloff, zero_crossing_rate,
+                                  features, inserted_at, updated_at)
+    SELECT %(result_id)s, job.track_id, job.id, %(tempo)s, %(key)s, %(energy)s,
+           %(spectral_centroid)s, %(spectral_rolloff)s, %(zero_crossing_rate)s, %(features)s,
+           timezone('utc', now()), timezone('utc', now())
+    FROM job
+    RETURNING id
+)
+SELECT * FROM job;
 
 -- name: defer_job
 -- Enqueue one Procrastinate job in the caller's transaction; NULL when a job holding the same
