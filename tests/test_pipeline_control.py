@@ -373,3 +373,24 @@ def test_importing_a_spotify_track_again_reuses_its_download_unless_forced(
     assert not workflow.import_track(conn, metadata, workflow.PipelineOptions()).new_download
     forced = workflow.import_track(conn, metadata, workflow.PipelineOptions(), force=True)
     assert forced.new_download and forced.download_job.id != first.download_job.id
+
+
+def test_the_stalled_view_uses_the_threshold_sql_users_set(
+    conn: psycopg.Connection[Any], song: Path
+) -> None:
+    imported = workflow.import_track(conn, _metadata(song), workflow.PipelineOptions())
+    conn.execute("INSERT INTO procrastinate_workers (last_heartbeat)"
+                 " VALUES (now() - interval '10 minutes')")  # fmt: skip
+    conn.execute(
+        "UPDATE procrastinate_jobs SET status = 'doing',"
+        " worker_id = (SELECT max(id) FROM procrastinate_workers) WHERE id = %s",
+        (imported.download_job.procrastinate_job_id,),
+    )
+    jobs.advance(conn, imported.download_job, Status.DOWNLOADING)
+
+    def stalled() -> list[Any]:
+        return [row["job_id"] for row in conn.execute("SELECT job_id FROM soundforge_stalled")]
+
+    assert stalled() == []  # a 10-minute-old heartbeat is fine by the 30-minute default
+    conn.execute("SET soundforge.stalled_after_s = 300")
+    assert stalled() == [imported.download_job.id]
