@@ -73,6 +73,13 @@ class RescueReport:
     def failed(self) -> int:
         return sum(1 for job in self.jobs if job.action == "failed")
 
+    @property
+    def orphans(self) -> int:
+        return sum(1 for job in self.jobs if job.action == ORPHAN_FAILED)
+
+
+ORPHAN_FAILED = "row failed"
+
 
 def _attempts_allowed(settings: Settings, task_name: str) -> int:
     stage = TASK_STAGES.get(task_name)
@@ -111,7 +118,8 @@ def rescue_stalled(
 ) -> RescueReport:  # fmt: skip
     """Retry (or, with no attempts left, fail) every running queue job whose worker is gone or
     silent for longer than `stalled_after_s` (default: the setting), in one transaction; the
-    job rows keep their active status on a retry, so the re-run continues the same row."""
+    job rows keep their active status on a retry, so the re-run continues the same row. Rows
+    left queued or running by a queue job that has already ended are failed."""
     threshold = settings.stalled_after_s if stalled_after_s is None else stalled_after_s
     report = RescueReport(dry_run=dry_run)
     with conn.transaction():
@@ -121,6 +129,7 @@ def rescue_stalled(
         reason = f"the worker running this job stopped (no heartbeat for over {threshold:g} s)"
         for queue_job in stalled:
             report.jobs.append(_rescue_one(conn, settings, queue_job, reason, dry_run))
+        report.jobs.extend(_fail_orphaned_rows(conn, threshold, dry_run))
         if dry_run:
             raise psycopg.Rollback  # ends the transaction quietly, releasing the row locks
     return report
@@ -171,6 +180,27 @@ def _rescue_one(
         extra={"job_id": ",".join(str(row) for row in rescued.job_rows) or None},
     )  # fmt: skip
     return rescued
+
+
+def _fail_orphaned_rows(conn: Connection, threshold_s: float, dry_run: bool) -> list[RescuedJob]:
+    """Rows still queued or running whose queue job has ended: nothing will ever finish them,
+    so they end `failed` (a `soundforge retry` queues them again)."""
+    found = []
+    for stage in Stage:
+        rows = conn.execute(
+            query("lock_orphaned_rows", table=stage.table), {"stalled_after_s": threshold_s}
+        ).fetchall()
+        for row in rows:
+            found.append(RescuedJob(
+                procrastinate_job_id=int(row["procrastinate_job_id"]), task_name=row["task_name"],
+                queue=row["queue_name"], attempt=int(row["attempts"]), action=ORPHAN_FAILED,
+                heartbeat_age_s=None, job_rows=[row["id"]],
+            ))  # fmt: skip
+            if not dry_run:
+                message = (f"its queue job {row['procrastinate_job_id']} ended "
+                           f"({row['queue_status']}) without finishing this row")  # fmt: skip
+                _fail_rows(conn, [(stage, row["id"])], message)
+    return found
 
 
 def prune_finished_jobs(conn: Connection, days: int) -> dict[str, int]:

@@ -195,3 +195,28 @@ def test_maintenance_tasks_are_periodic_on_the_maintenance_queue() -> None:
         "soundforge.prune_jobs": (settings.prune_cron, "maintenance"),
         "soundforge.cleanup_orphaned": (settings.cleanup_cron, "maintenance"),
     }
+
+
+def test_a_row_left_running_by_an_ended_queue_job_is_failed_and_can_be_retried(
+    conn: Connection, database_url: str
+) -> None:
+    # A worker lost its database between its queue job ending and its row's update.
+    queue_id, job_id = _running_download(conn, _worker(conn, heartbeat_age_s=0))
+    job = jobs.get_job(conn, Stage.DOWNLOAD, job_id)
+    assert job is not None
+    conn.execute("SELECT procrastinate_finish_job_v1(%s, 'failed', false)", (queue_id,))
+    settings = _settings(database_url)
+
+    fresh = maintenance.rescue_stalled(conn, settings, stalled_after_s=60)
+    assert fresh.orphans == 0  # touched less than a minute ago: left alone
+    time.sleep(1.1)  # updated_at has one-second precision
+    dry = maintenance.rescue_stalled(conn, settings, dry_run=True, stalled_after_s=0)
+    assert (dry.orphans, jobs.reload(conn, job).status) == (1, Status.DOWNLOADING)
+
+    report = maintenance.rescue_stalled(conn, settings, stalled_after_s=0)
+    assert report.orphans == 1 and report.jobs[0].job_rows == [job.id]
+    failed = jobs.reload(conn, job)
+    assert failed.status is Status.FAILED
+    assert failed.error == f"its queue job {queue_id} ended (failed) without finishing this row"
+    retried = workflow.retry_job(conn, job.id, workflow.PipelineOptions())
+    assert retried.status is Status.QUEUED

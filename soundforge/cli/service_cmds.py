@@ -58,10 +58,16 @@ def run_rescue_stalled(args: argparse.Namespace) -> int:
         return 0
     verb = "would be" if args.dry_run else "was"
     for job in report.jobs:
+        if job.action == maintenance.ORPHAN_FAILED:
+            print(f"job row {job.job_rows[0]} of ended queue job {job.procrastinate_job_id} "
+                  f"({job.task_name}) {verb} failed")  # fmt: skip
+            continue
         age = f"{job.heartbeat_age_s:.0f} s" if job.heartbeat_age_s is not None else "no worker"
         print(f"queue job {job.procrastinate_job_id} ({job.task_name}, attempt {job.attempt}, "
               f"heartbeat {age}) {verb} {job.action}")  # fmt: skip
-    print(f"{len(report.jobs)} stalled job(s): {report.retried} retried, {report.failed} failed"
+    stalled = len(report.jobs) - report.orphans
+    print(f"{stalled} stalled job(s): {report.retried} retried, {report.failed} failed; "
+          f"{report.orphans} orphaned row(s) failed"
           + (" (dry run)" if args.dry_run else ""))  # fmt: skip
     return 0
 

@@ -55,3 +55,17 @@ WITH old AS (
 DELETE FROM procrastinate_jobs
  WHERE id IN (SELECT id FROM old)
 RETURNING id, queue_name;
+
+-- name: lock_orphaned_rows
+-- Job rows of one stage table still queued or running although their queue job has ended (its worker lost the database at the wrong moment), untouched for longer than the threshold
+SELECT job_row.id, job_row.track_id, queue_job.id AS procrastinate_job_id,
+       queue_job.task_name, queue_job.queue_name, queue_job.attempts,
+       queue_job.status::text AS queue_status
+  FROM {table} job_row
+  JOIN procrastinate_jobs queue_job ON queue_job.id = job_row.procrastinate_job_id
+ WHERE job_row.status IN ('queued', 'downloading', 'processing')
+   AND queue_job.status IN ('succeeded', 'failed', 'cancelled', 'aborted')
+   AND job_row.updated_at < timezone('utc', now())
+                            - make_interval(secs => %(stalled_after_s)s::float8)
+ ORDER BY job_row.id
+   FOR UPDATE OF job_row SKIP LOCKED;
