@@ -14,21 +14,16 @@ import shutil
 import signal
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import IO, Any
+from typing import IO
 
 import platformdirs
-import psycopg
 
-from soundforge import live, music
 from soundforge.embedded_pg import EmbeddedPostgres
 from soundforge.errors import SoundForgeError, SourceError
 from soundforge.settings import Settings
-from soundforge.storage import Storage
 
 log = logging.getLogger(__name__)
 
@@ -207,51 +202,3 @@ def _terminating_with_parent(command: list[str]) -> list[str]:
     return [setpriv, "--pdeathsig", "SIGTERM", "--", *command] if setpriv else command
 
 
-@dataclass(frozen=True)
-class StoredStem:
-    stem_type: str
-    path: Path | None
-    size_bytes: int | None
-
-
-@dataclass(frozen=True)
-class DemoSummary:
-    """What the pipeline stored for the demo's track."""
-
-    track_id: uuid.UUID
-    title: str
-    stages: dict[str, str | None]
-    errors: dict[str, str]
-    tempo_bpm: float | None
-    key: str | None
-    stems: list[StoredStem] = field(default_factory=list)
-
-    @property
-    def succeeded(self) -> bool:
-        """Download and analysis completed; separation completed or was not asked for."""
-        return (self.stages.get("download") == "completed"
-                and self.stages.get("analyze") == "completed"
-                and self.stages.get("separate") in (None, "completed"))  # fmt: skip
-
-
-def summarize(conn: psycopg.Connection[Any], row: dict[str, Any], storage: Storage) -> DemoSummary:
-    """The summary of one finished pipeline row (from `live.pipeline_rows`)."""
-    track_id = row["track_id"]
-    states = {stage: live.stage_state(row, stage) for stage in live.STAGES}
-    result = music.get_analysis_result_for_track(conn, track_id)
-    stems = []
-    for stem in music.list_stems_for_track(conn, track_id):
-        path = storage.resolve(stem.file_path) if stem.file_path else None
-        size = stem.file_size
-        if size is None and path is not None and path.is_file():
-            size = path.stat().st_size
-        stems.append(StoredStem(stem.stem_type, path, size))
-    return DemoSummary(
-        track_id=track_id,
-        title=row["title"] or str(track_id),
-        stages={stage: state[0] for stage, state in states.items()},
-        errors={stage: state[2] or "" for stage, state in states.items() if state[0] == "failed"},
-        tempo_bpm=result.tempo if result else None,
-        key=result.key if result else None,
-        stems=stems,
-    )

@@ -1,19 +1,23 @@
-"""Following pipelines live: `LISTEN soundforge_progress` events, and the state of tracks'
+"""Following pipelines live: `LISTEN soundforge_progress` events, the state of tracks'
 pipelines read from the `soundforge_pipeline` view (an event wakes the reader; the view is the
-truth, so a missed or coalesced notification never leaves a display wrong)."""
+truth, so a missed or coalesced notification never leaves a display wrong), and the summary of
+a finished pipeline."""
 
 from __future__ import annotations
 
 import json
 import uuid
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import psycopg
 
+from soundforge import music
 from soundforge.db import connect
 from soundforge.queries import query
+from soundforge.storage import Storage
 
 CHANNEL = "soundforge_progress"
 STAGES = ("download", "separate", "analyze")
@@ -86,6 +90,60 @@ def pipeline_finished(row: dict[str, Any]) -> bool:
 
 def pipeline_failed(row: dict[str, Any]) -> bool:
     return any(stage_state(row, stage)[0] == "failed" for stage in STAGES)
+
+
+@dataclass(frozen=True)
+class StoredStem:
+    stem_type: str
+    file_path: str | None
+    """As stored: relative to the storage root."""
+    path: Path | None
+    size_bytes: int | None
+
+
+@dataclass(frozen=True)
+class PipelineSummary:
+    """What a finished pipeline stored for one track (`soundforge add --wait`, the demo)."""
+
+    track_id: uuid.UUID
+    title: str
+    stages: dict[str, str | None]
+    errors: dict[str, str]
+    tempo_bpm: float | None
+    key: str | None
+    stems: list[StoredStem] = field(default_factory=list)
+
+    @property
+    def succeeded(self) -> bool:
+        """Download and analysis completed; separation completed or was not asked for."""
+        return (self.stages.get("download") == "completed"
+                and self.stages.get("analyze") == "completed"
+                and self.stages.get("separate") in (None, "completed"))  # fmt: skip
+
+
+def summarize(
+    conn: psycopg.Connection[Any], row: dict[str, Any], storage: Storage
+) -> PipelineSummary:
+    """The summary of one finished pipeline row (from `pipeline_rows`)."""
+    track_id = row["track_id"]
+    states = {stage: stage_state(row, stage) for stage in STAGES}
+    result = music.get_analysis_result_for_track(conn, track_id)
+    stems = []
+    for stem in music.list_stems_for_track(conn, track_id):
+        path = storage.resolve(stem.file_path) if stem.file_path else None
+        size = stem.file_size
+        if size is None and path is not None and path.is_file():
+            size = path.stat().st_size
+        stems.append(StoredStem(stem.stem_type, stem.file_path, path, size))
+    return PipelineSummary(
+        track_id=track_id,
+        title=row["title"] or str(track_id),
+        stages={stage: state[0] for stage, state in states.items()},
+        errors={stage: state[2] or "" for stage, state in states.items() if state[0] == "failed"},
+        tempo_bpm=result.tempo if result else None,
+        key=result.key if result else None,
+        stems=stems,
+    )
 
 
 def open_listener(conninfo: str) -> psycopg.Connection[Any]:

@@ -83,7 +83,7 @@ def _run_pipeline(args: argparse.Namespace, config: Any, demo_dir: Path, song: P
     print("pipeline: stopped")
     storage = Storage(config.storage_path)
     with database(config, autocommit=True) as conn:
-        summary = demo.summarize(conn, rows[0], storage)
+        summary = live.summarize(conn, rows[0], storage)
     _print_summary(summary, missing_stems)
     return 0 if summary.succeeded else 1
 
@@ -107,7 +107,7 @@ def _import_and_follow(
                                         Console())  # fmt: skip
 
 
-def _print_summary(summary: demo.DemoSummary, missing_stems: str | None) -> None:
+def _print_summary(summary: live.PipelineSummary, missing_stems: str | None) -> None:
     print()
     print(f"{summary.title}  (track {summary.track_id})")
     stages = ", ".join(f"{stage} {status or 'skipped'}" for stage, status in summary.stages.items())

@@ -11,11 +11,12 @@ from rich.console import Console
 
 from soundforge import live, music, workflow
 from soundforge.cli import progress_bars
-from soundforge.cli.common import add_json_flag, database, print_json, settings
+from soundforge.cli.common import add_json_flag, database, print_json, settings, storage
 from soundforge.engines import default_engines
 from soundforge.errors import PermanentError
 from soundforge.models import Stage
 from soundforge.separation.registry import DEFAULT_MODEL, MODEL_NAMES
+from soundforge.storage import Storage
 
 QUEUE_STAGES = {"download": Stage.DOWNLOAD, "processing": Stage.SEPARATE,
                 "analysis": Stage.ANALYZE}  # fmt: skip
@@ -92,31 +93,25 @@ def run_add(args: argparse.Namespace) -> int:
             track_ids = [item.track.id for item in imported]
             console = Console(stderr=args.json)
             rows = progress_bars.follow(listener, conn, track_ids, console)
-            _print_outcome(conn, rows, args.json)
+            _print_outcome(conn, rows, storage(config), args.json)
     return 1 if any(live.pipeline_failed(row) for row in rows) else 0
 
 
-def _print_outcome(conn: Any, rows: list[dict[str, Any]], as_json: bool) -> None:
-    summary = []
-    for row in rows:
-        result = music.get_analysis_result_for_track(conn, row["track_id"])
-        stems = music.list_stems_for_track(conn, row["track_id"])
-        summary.append({
-            "track_id": row["track_id"], "title": row["title"],
-            "stages": {stage: live.stage_state(row, stage)[0] for stage in live.STAGES},
-            "errors": {stage: live.stage_state(row, stage)[2] for stage in live.STAGES
-                       if live.stage_state(row, stage)[0] == "failed"},
-            "tempo": result.tempo if result else None, "key": result.key if result else None,
-            "stems": {stem.stem_type: stem.file_path for stem in stems},
-        })  # fmt: skip
+def _print_outcome(
+    conn: Any, rows: list[dict[str, Any]], store: Storage, as_json: bool
+) -> None:
+    summaries = [live.summarize(conn, row, store) for row in rows]
     if as_json:
-        print_json(summary)
+        print_json([{
+            "track_id": item.track_id, "title": item.title, "stages": item.stages,
+            "errors": item.errors, "tempo": item.tempo_bpm, "key": item.key,
+            "stems": {stem.stem_type: stem.file_path for stem in item.stems},
+        } for item in summaries])  # fmt: skip
         return
-    for item in summary:
-        tempo = f"{item['tempo']:.1f} BPM" if item["tempo"] else "-"
-        print(f"{item['title']}: tempo {tempo}, key {item['key'] or '-'}, "
-              f"{len(item['stems'])} stems")  # fmt: skip
-        for stage, error in item["errors"].items():
+    for item in summaries:
+        tempo = f"{item.tempo_bpm:.1f} BPM" if item.tempo_bpm else "-"
+        print(f"{item.title}: tempo {tempo}, key {item.key or '-'}, {len(item.stems)} stems")
+        for stage, error in item.errors.items():
             print(f"  {stage} failed: {error}")
 
 
