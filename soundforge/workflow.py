@@ -69,15 +69,18 @@ def _track_fields(metadata: TrackMetadata) -> music.TrackFields:
     )
 
 
-def _attach_queue_job(conn: Connection, job: Job, procrastinate_job_id: int | None) -> Job:
-    if procrastinate_job_id is None:
-        return job
+def _attach_queue_job(
+    conn: Connection, job: Job, procrastinate_job_id: int, attempts: int | None = None
+) -> Job:
+    """Record which queue job drives a row (and its attempts), optimistically locked."""
     row = conn.execute(
         query("set_job_queue_info", table=job_table(job)),
         {"id": job.id, "procrastinate_job_id": procrastinate_job_id,
-         "attempts": job.attempts, "lock_version": job.lock_version},
+         "attempts": job.attempts if attempts is None else attempts,
+         "lock_version": job.lock_version},
     ).fetchone()  # fmt: skip
-    assert row is not None
+    if row is None:
+        raise StaleRowError(f"{job_table(job)} {job.id} changed while taking its queue job")
     return type(job).from_row(row)
 
 
@@ -172,14 +175,7 @@ def begin_stage(
         if is_terminal(job.status):
             log.info("%s job %s is already %s; nothing to do", stage.value, job.id, job.status)
             return None
-        row = conn.execute(
-            query("set_job_queue_info", table=stage.table),
-            {"id": job.id, "procrastinate_job_id": procrastinate_job_id,
-             "attempts": max(job.attempts, attempt), "lock_version": job.lock_version},
-        ).fetchone()  # fmt: skip
-        if row is None:
-            raise StaleRowError(f"{stage.table} {job.id} changed while starting")
-        job = type(job).from_row(row)
+        job = _attach_queue_job(conn, job, procrastinate_job_id, max(job.attempts, attempt))
         if job.status != stage.active_status:
             job = jobs.advance(conn, job, stage.active_status)
         return job
@@ -346,5 +342,6 @@ def requeue_after_shutdown(conn: Connection, job: Job, args: dict[str, Any]) -> 
         procrastinate_id = queue.defer_stage(
             conn, stage, job.track_id, {**args, "job_id": str(job.id)}
         )
-        _attach_queue_job(conn, job, procrastinate_id)
+        if procrastinate_id is not None:
+            _attach_queue_job(conn, job, procrastinate_id)
         return procrastinate_id
