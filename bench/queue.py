@@ -6,7 +6,9 @@ from the first defer to the last job's end, so every defer is counted on both si
 ratio; then defer-to-start latency p50/p95 with an idle listening worker, one job at a time,
 for each (from the defer's commit to the start of the task's work).
 
-    python bench/queue.py [--jobs 600] [--concurrency 4] [--latency-samples 100]
+    python bench/queue.py [--jobs 1500] [--concurrency 4] [--latency-samples 100] [--rounds 3]
+
+bench/queue_floor.py runs the same comparison with the SQL alone (pgbench, no Python).
 """
 
 from __future__ import annotations
@@ -226,20 +228,35 @@ def bench_soundforge(database_url: str, jobs: int, concurrency: int,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--jobs", type=int, default=600)
+    parser.add_argument("--jobs", type=int, default=1500)
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--latency-samples", type=int, default=100)
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    with bench_database() as database_url:
-        migrate(database_url)
-        bare_rate, bare_latency = bench_bare(database_url, args.jobs, args.concurrency,
+    bare_rates: list[float] = []
+    ours_rates: list[float] = []
+    bare_latency: list[float] = []
+    ours_latency: list[float] = []
+    for _ in range(args.rounds):  # both sides in every round: drift on a shared box hits both
+        with bench_database() as database_url:
+            migrate(database_url)
+            rate, latency = bench_bare(database_url, args.jobs, args.concurrency,
+                                       args.latency_samples)  # fmt: skip
+            bare_rates.append(rate)
+            bare_latency += latency
+            rate, latency = bench_soundforge(database_url, args.jobs, args.concurrency,
                                              args.latency_samples)  # fmt: skip
-        ours_rate, ours_latency = bench_soundforge(database_url, args.jobs, args.concurrency,
-                                                   args.latency_samples)  # fmt: skip
-    print(f"jobs: {args.jobs}  concurrency: {args.concurrency}")
-    print(f"bare procrastinate no-op : {bare_rate:8.1f} jobs/s")
-    print(f"soundforge stage tasks   : {ours_rate:8.1f} jobs/s")
-    print(f"ratio (ours / bare)      : {ours_rate / bare_rate:8.2f}   (goal >= 0.8)")
+            ours_rates.append(rate)
+            ours_latency += latency
+    ratios = [ours / bare for ours, bare in zip(ours_rates, bare_rates, strict=True)]
+    print(f"jobs: {args.jobs}  concurrency: {args.concurrency}  rounds: {args.rounds}  "
+          f"CPUs: {os.cpu_count()}")  # fmt: skip
+    for label, values in (("bare procrastinate no-op", bare_rates),
+                          ("soundforge stage tasks  ", ours_rates)):  # fmt: skip
+        print(f"{label} : median {statistics.median(values):8.1f} jobs/s  "
+              f"({', '.join(f'{value:.0f}' for value in values)})")  # fmt: skip
+    print(f"ratio (ours / bare)      : median {statistics.median(ratios):8.2f}   "
+          f"({', '.join(f'{ratio:.2f}' for ratio in ratios)}; goal >= 0.8)")  # fmt: skip
     for label, values in (("bare", bare_latency), ("soundforge", ours_latency)):
         print(f"defer-to-start {label:10}: p50 {1000 * statistics.median(values):6.1f} ms  "
               f"p95 {1000 * percentile(values, 0.95):6.1f} ms  (n={len(values)})")  # fmt: skip

@@ -58,6 +58,48 @@ def defer_stage(
     )
 
 
+def queued_job_params(
+    stage: Stage,
+    track_id: uuid.UUID,
+    args: dict[str, Any],
+    *,
+    source: str | None = None,
+    model: str | None = None,
+    options: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Parameters of the statements that create a stage's row with its queue job: a new row
+    id, the stage's queue, task and queueing lock, and the task's arguments (with the row id)."""
+    job_id = uuid.uuid4()
+    return {
+        "id": job_id,
+        "track_id": track_id,
+        "queue": stage.queue,
+        "task_name": stage.task_name,
+        "queueing_lock": queueing_lock(stage, track_id),
+        "args": Jsonb({"track_id": str(track_id), "job_id": str(job_id), **args}),
+        "source": source,
+        "model": model or "htdemucs",
+        "options": Jsonb(options or {}),
+    }
+
+
+def follow_up(
+    stage: Stage, track_id: uuid.UUID, args: dict[str, Any], *, model: str | None = None
+) -> dict[str, Any]:
+    """A stage to create and enqueue when a download completes, as the JSON object
+    `soundforge_complete_download_v1` takes."""
+    params = queued_job_params(stage, track_id, args, model=model)
+    return {
+        "stage": stage.value,
+        "id": str(params["id"]),
+        "queue": params["queue"],
+        "task_name": params["task_name"],
+        "queueing_lock": params["queueing_lock"],
+        "args": params["args"].obj,
+        "model": params["model"],
+    }
+
+
 def create_queued_job(
     conn: Connection,
     stage: Stage,
@@ -70,18 +112,8 @@ def create_queued_job(
 ) -> Job | None:
     """Create a stage's job row and enqueue its task, in one statement (the caller's
     transaction); None when a job of that stage is already waiting for the track."""
-    job_id = uuid.uuid4()
-    params: dict[str, Any] = {
-        "id": job_id,
-        "track_id": track_id,
-        "queue": stage.queue,
-        "task_name": stage.task_name,
-        "queueing_lock": queueing_lock(stage, track_id),
-        "args": Jsonb({"track_id": str(track_id), "job_id": str(job_id), **args}),
-        "source": source,
-        "model": model or "htdemucs",
-        "options": Jsonb(options or {}),
-    }
+    params = queued_job_params(stage, track_id, args, source=source, model=model,
+                               options=options)  # fmt: skip
     row = conn.execute(query(_INSERT_QUEUED[stage]), params).fetchone()
     return JOB_MODELS[stage].from_row(row) if row else None
 

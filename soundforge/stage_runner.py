@@ -158,7 +158,7 @@ def run_stage(
     track_id: str,
     job_id: str | None,
     force: bool,
-    work: Callable[[Runtime, Connection, Job, ProgressWriter], T],
+    work: Callable[[Runtime, Connection, workflow.StartedStage, ProgressWriter], T],
     finish: Callable[[Runtime, Connection, Job, T], object],
     requeue_args: dict[str, Any],
     model: str | None = None,
@@ -168,19 +168,20 @@ def run_stage(
     assert queue_job.id is not None
     attempt = queue_job.attempts + 1
     with runtime.pool.connection() as conn:
-        job = workflow.begin_stage(
+        started = workflow.begin_stage(
             conn, stage, uuid.UUID(track_id), uuid.UUID(job_id) if job_id else None,
             procrastinate_job_id=queue_job.id, attempt=attempt, force=force, model=model,
         )  # fmt: skip
-        if job is None:
+        if started is None:
             return
+        job = started.job
         extra = {"track_id": track_id, "job_id": str(job.id)}
         log.info("%s attempt %d started", stage.value, attempt, extra=extra)
         limit = TimeLimit(stage, time_limit_s(runtime.settings, stage))
         writer = ProgressWriter(conn, job, lambda: context.should_abort() or limit.exceeded())
         try:
             try:
-                result = work(runtime, conn, job, writer)
+                result = work(runtime, conn, started, writer)
             except JobAbortedError:
                 if not context.should_abort():
                     limit.raise_if_exceeded()  # a failed attempt: retried or failed below

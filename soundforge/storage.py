@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import stat
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -95,6 +96,17 @@ class Storage:
 
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root).absolute()
+        self._real_root: Path | None = None
+
+    def _resolved_root(self) -> Path:
+        """The root with symlinks resolved; remembered once the root exists (every path a
+        stage reads or writes is checked against it)."""
+        if self._real_root is not None:
+            return self._real_root
+        real = self.root.resolve()
+        if real.is_dir():
+            self._real_root = real
+        return real
 
     def ensure_root(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -110,11 +122,25 @@ class Storage:
         if ".." in parts:
             raise StorageError(f"path leaves the storage root: {text!r}")
         candidate = self.root.joinpath(*parts)
-        real_root = self.root.resolve()
-        real = candidate.resolve()
-        if real != real_root and not real.is_relative_to(real_root):
-            raise StorageError(f"path leads out of the storage root (symlink?): {text!r}")
+        if self._has_symlink_below_root(parts):
+            real = candidate.resolve()
+            real_root = self._resolved_root()
+            if real != real_root and not real.is_relative_to(real_root):
+                raise StorageError(f"path leads out of the storage root (symlink?): {text!r}")
         return candidate
+
+    def _has_symlink_below_root(self, parts: tuple[str, ...]) -> bool:
+        """Whether a component under the root is a symlink (only then can a path without
+        `..` lead out of it); a missing component ends the walk, nothing below it exists."""
+        path = str(self.root)
+        for part in parts:
+            path = os.path.join(path, part)
+            try:
+                if stat.S_ISLNK(os.lstat(path).st_mode):
+                    return True
+            except FileNotFoundError:
+                return False
+        return False
 
     def relative(self, path: Path | str) -> str:
         """The stored (relative, POSIX) form of an absolute path under the root."""

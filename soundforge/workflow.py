@@ -51,6 +51,15 @@ class PipelineOptions:
 
 
 @dataclass(frozen=True)
+class StartedStage:
+    """A row a task has taken, and the stored path of its track's downloaded audio when the
+    start statement read it (None: not known yet)."""
+
+    job: Job
+    audio_path: str | None = None
+
+
+@dataclass(frozen=True)
 class ImportedTrack:
     track: Track
     download_job: Job
@@ -91,13 +100,18 @@ def job_table(job: Job) -> str:
 def import_track(
     conn: Connection, metadata: TrackMetadata, options: PipelineOptions, *, force: bool = False
 ) -> ImportedTrack:
-    """Find or create the track and give it a download job, enqueued, in one transaction.
+    """Find or create the track and give it a download job, enqueued, atomically.
 
-    A track that already has a queued, running or completed download is left alone (unless
-    `force`): importing the same Spotify id twice, or 200 times at once, gives one job.
+    A new track and its download are one statement. A track that already has a queued, running
+    or completed download is left alone (unless `force`): importing the same Spotify id twice,
+    or 200 times at once, gives one job.
     """
+    fields = _track_fields(metadata)
+    imported = _import_new_track(conn, fields, metadata.origin, options)
+    if imported is not None:
+        return imported
     with conn.transaction():
-        track, created = music.find_or_create_track(conn, _track_fields(metadata))
+        track, created = music.find_or_create_track(conn, fields)
         if not created:  # an existing track: serialise with other imports, reuse its download
             conn.execute(query("lock_track"), {"track_id": track.id})
             live = conn.execute(
@@ -110,9 +124,32 @@ def import_track(
         )
         if job is None:  # a download was queued by hand (same queueing lock) meanwhile
             raise TransientError(f"a download of track {track.id} is already waiting")
-        log.info("track %s: download job %s queued", track.id, job.id,
-                 extra={"track_id": str(track.id), "job_id": str(job.id)})  # fmt: skip
+        _log_queued_download(track.id, job)
         return ImportedTrack(track, job, new_download=True)
+
+
+def _import_new_track(
+    conn: Connection, fields: music.TrackFields, source: str, options: PipelineOptions
+) -> ImportedTrack | None:
+    """Create the track with its queued download in one statement; None when a track with
+    the same Spotify id exists already."""
+    track_id = uuid.uuid4()
+    params = fields.params(track_id) | queue.queued_job_params(
+        Stage.DOWNLOAD, track_id, options.as_args(), source=source
+    )
+    row = conn.execute(query("insert_track_with_queued_download"), params).fetchone()
+    if row is None:
+        return None
+    track = Track(id=track_id, inserted_at=row["track_inserted_at"],
+                  updated_at=row["track_updated_at"], **fields.__dict__)  # fmt: skip
+    job = DownloadJob.from_row(row)
+    _log_queued_download(track_id, job)
+    return ImportedTrack(track, job, new_download=True)
+
+
+def _log_queued_download(track_id: uuid.UUID, job: Job) -> None:
+    log.info("track %s: download job %s queued", track_id, job.id,
+             extra={"track_id": str(track_id), "job_id": str(job.id)})  # fmt: skip
 
 
 def download_metadata(conn: Connection, track: Track, job: DownloadJob) -> TrackMetadata:
@@ -146,7 +183,7 @@ def begin_stage(
     attempt: int,
     force: bool = False,
     model: str | None = None,
-) -> Job | None:
+) -> StartedStage | None:
     """The row a starting task works on, moved to its active status; None: nothing to do.
 
     Given a row id, that row (a finished row is not touched: its work is done or cancelled).
@@ -159,7 +196,7 @@ def begin_stage(
              "procrastinate_job_id": procrastinate_job_id, "attempts": attempt},
         ).fetchone()  # fmt: skip
         if row is not None:  # the common path: one statement
-            return JOB_MODELS[stage].from_row(row)
+            return StartedStage(JOB_MODELS[stage].from_row(row), row["audio_path"])
     with conn.transaction():
         music.require_track(conn, track_id)
         conn.execute(query("lock_track"), {"track_id": track_id})
@@ -178,7 +215,7 @@ def begin_stage(
         job = _attach_queue_job(conn, job, procrastinate_job_id, max(job.attempts, attempt))
         if job.status != stage.active_status:
             job = jobs.advance(conn, job, stage.active_status)
-        return job
+        return StartedStage(job)
 
 
 def _has_completed(conn: Connection, stage: Stage, track_id: uuid.UUID) -> bool:
@@ -188,12 +225,16 @@ def _has_completed(conn: Connection, stage: Stage, track_id: uuid.UUID) -> bool:
     return bool(row and row["status"] == Status.COMPLETED)
 
 
-def downloaded_audio(conn: Connection, storage: Storage, track_id: uuid.UUID) -> Path:
+def downloaded_audio(conn: Connection, storage: Storage, started: StartedStage) -> Path:
     """The track's downloaded audio file, which separation and analysis read."""
-    row = conn.execute(query("newest_completed_download"), {"track_id": track_id}).fetchone()
-    if row is None:
+    track_id = started.job.track_id
+    relative = started.audio_path
+    if relative is None:
+        row = conn.execute(query("newest_completed_download"), {"track_id": track_id}).fetchone()
+        relative = row["output_path"] if row else None
+    if relative is None:
         raise PermanentError(f"track {track_id} has no downloaded audio yet; download it first")
-    path = storage.resolve(row["output_path"])
+    path = storage.resolve(relative)
     if not path.is_file():
         raise PermanentError(f"the downloaded audio of track {track_id} is missing: {path}")
     return path
@@ -224,52 +265,47 @@ def fail_job(conn: Connection, job: Job, error: str) -> Job:
 
 def complete_download(
     conn: Connection, job: Job, stored: StoredAudio, options: PipelineOptions
-) -> list[Job]:
-    """Complete the download and create and enqueue the stages that follow, atomically."""
-    created: list[Job] = []
-    with conn.transaction():
-        conn.execute(query("lock_track"), {"track_id": job.track_id})
-        row = conn.execute(
-            query("complete_download_job"),
-            {"id": job.id, "output_path": stored.relative_path, "file_size": stored.file_size,
-             "lock_version": job.lock_version, "duration": max(1, round(stored.duration_s))},
-        ).fetchone()  # fmt: skip
-        if row is None:
-            raise StaleRowError(f"download_jobs {job.id} changed before completion")
-        follow_ups: list[tuple[Stage, dict[str, Any]]] = []
-        if options.stems:
-            follow_ups.append((Stage.SEPARATE, {"model": options.model}))
-        if options.analysis:
-            follow_ups.append((Stage.ANALYZE, {}))
-        for stage, args in follow_ups:
-            child = queue.create_queued_job(conn, stage, job.track_id, args,
-                                            model=args.get("model"))  # fmt: skip
-            if child is None:
-                log.info("track %s: a %s job is already waiting; not queueing another",
-                         job.track_id, stage.value)  # fmt: skip
-                continue
-            created.append(child)
+) -> dict[Stage, uuid.UUID]:
+    """Complete the download and create and enqueue the stages that follow, atomically (one
+    statement); returns the follow-up rows created (a stage already waiting is not doubled)."""
+    wanted: list[dict[str, Any]] = []
+    if options.stems:
+        wanted.append(queue.follow_up(Stage.SEPARATE, job.track_id, {"model": options.model},
+                                      model=options.model))  # fmt: skip
+    if options.analysis:
+        wanted.append(queue.follow_up(Stage.ANALYZE, job.track_id, {}))
+    rows = conn.execute(
+        query("complete_download_and_fan_out"),
+        {"id": job.id, "output_path": stored.relative_path, "file_size": stored.file_size,
+         "lock_version": job.lock_version, "duration": max(1, round(stored.duration_s)),
+         "follow_ups": Jsonb(wanted)},
+    ).fetchall()  # fmt: skip
+    if not rows:
+        raise StaleRowError(f"download_jobs {job.id} changed before completion")
+    created = {Stage(row["stage"]): row["created_id"] for row in rows[1:]}
+    for follow_up in wanted:
+        if Stage(follow_up["stage"]) not in created:
+            log.info("track %s: a %s job is already waiting; not queueing another",
+                     job.track_id, follow_up["stage"])  # fmt: skip
     return created
 
 
 def complete_separation(
     conn: Connection, job: Job, storage: Storage, stem_paths: dict[str, Path]
 ) -> Job:
-    """Record the stem files and complete the row, in one transaction."""
-    with conn.transaction():
-        for stem_type, path in sorted(stem_paths.items()):
-            music.create_stem(
-                conn, processing_job_id=job.id, track_id=job.track_id, stem_type=stem_type,
-                file_path=storage.relative(path), file_size=path.stat().st_size,
-            )  # fmt: skip
-        row = conn.execute(
-            query("complete_processing_job"),
-            {"id": job.id, "output_path": stems_relpath(job.track_id, job.id),
-             "lock_version": job.lock_version},
-        ).fetchone()
-        if row is None:
-            raise StaleRowError(f"processing_jobs {job.id} changed before completion")
-        return type(job).from_row(row)
+    """Record the stem files and complete the row, in one statement."""
+    stems = sorted(stem_paths.items())
+    row = conn.execute(
+        query("complete_processing_job"),
+        {"id": job.id, "output_path": stems_relpath(job.track_id, job.id),
+         "lock_version": job.lock_version,
+         "stem_types": [stem_type for stem_type, _ in stems],
+         "file_paths": [storage.relative(path) for _, path in stems],
+         "file_sizes": [path.stat().st_size for _, path in stems]},
+    ).fetchone()  # fmt: skip
+    if row is None:
+        raise StaleRowError(f"processing_jobs {job.id} changed before completion")
+    return type(job).from_row(row)
 
 
 def stems_dir(storage: Storage, job: Job) -> Path:

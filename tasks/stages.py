@@ -59,7 +59,11 @@ def download(
 ) -> None:
     options = _options(stems, analysis, model)
 
-    def work(runtime: Runtime, conn: Connection, job: Job, progress: ProgressWriter) -> Any:
+    def work(
+        runtime: Runtime, conn: Connection, started: workflow.StartedStage,
+        progress: ProgressWriter,
+    ) -> Any:  # fmt: skip
+        job = started.job
         assert isinstance(job, DownloadJob)
         metadata = workflow.download_metadata(conn, music.require_track(conn, job.track_id), job)
         return runtime.engines.fetch(metadata, runtime.storage, job.track_id, progress)
@@ -85,9 +89,11 @@ def separate(
     force: bool = False,
 ) -> None:
     def work(
-        runtime: Runtime, conn: Connection, job: Job, progress: ProgressWriter
-    ) -> dict[str, Path]:
-        audio = workflow.downloaded_audio(conn, runtime.storage, job.track_id)
+        runtime: Runtime, conn: Connection, started: workflow.StartedStage,
+        progress: ProgressWriter,
+    ) -> dict[str, Path]:  # fmt: skip
+        job = started.job
+        audio = workflow.downloaded_audio(conn, runtime.storage, started)
         job_model = getattr(job, "model", None) or model
         out_dir = workflow.stems_dir(runtime.storage, job)
         return runtime.engines.separate(audio, out_dir, job_model, progress, progress.should_abort)
@@ -109,9 +115,10 @@ def analyze(
     context: JobContext, track_id: str, job_id: str | None = None, force: bool = False
 ) -> None:
     def work(
-        runtime: Runtime, conn: Connection, job: Job, progress: ProgressWriter
-    ) -> tuple[AnalysisOutcome, str]:
-        audio = workflow.downloaded_audio(conn, runtime.storage, job.track_id)
+        runtime: Runtime, conn: Connection, started: workflow.StartedStage,
+        progress: ProgressWriter,
+    ) -> tuple[AnalysisOutcome, str]:  # fmt: skip
+        audio = workflow.downloaded_audio(conn, runtime.storage, started)
         return runtime.engines.analyze(audio, progress), runtime.storage.relative(audio)
 
     def finish(

@@ -58,33 +58,55 @@ def _count(conn: psycopg.Connection[Any], table: str) -> int:
 
 
 def test_fan_out_cannot_be_lost_by_a_crash_between_status_change_and_defer(
-    conn: psycopg.Connection[Any], database_url: str, song: Path,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:  # fmt: skip
+    conn: psycopg.Connection[Any], database_url: str, song: Path
+) -> None:
     imported = workflow.import_track(conn, _metadata(song), workflow.PipelineOptions())
     job = jobs.advance(conn, imported.download_job, Status.DOWNLOADING)
     stored = StoredAudio(relative_path="downloads/x.wav", file_size=2000, ext="wav",
                          duration_s=4.0)  # fmt: skip
-    real_create = queue.create_queued_job
+    # The completion is one statement; hold it after its status UPDATE, at the point where it
+    # enqueues the follow-ups (the queue table is locked), and kill its connection there.
+    with connect(database_url, autocommit=True) as blocker, \
+            connect(database_url, autocommit=True) as worker_conn:  # fmt: skip
+        worker_pid = worker_conn.info.backend_pid
+        blocker.execute("BEGIN")
+        blocker.execute("LOCK TABLE procrastinate_jobs IN SHARE MODE")
+        failure: list[BaseException] = []
 
-    def crash(worker_conn: psycopg.Connection[Any], *args: Any, **kwargs: Any) -> Any:
-        # The worker's connection dies after the status UPDATE, before any defer.
-        pid = worker_conn.info.backend_pid
-        with connect(database_url, autocommit=True) as killer:
-            killer.execute("SELECT pg_terminate_backend(%s)", (pid,))
-        return real_create(worker_conn, *args, **kwargs)
+        def complete() -> None:
+            try:
+                workflow.complete_download(worker_conn, job, stored, workflow.PipelineOptions())
+            except BaseException as error:  # inspected below
+                failure.append(error)
 
-    monkeypatch.setattr(queue, "create_queued_job", crash)
-    with connect(database_url, autocommit=True) as worker_conn, pytest.raises(psycopg.Error):
-        workflow.complete_download(worker_conn, job, stored, workflow.PipelineOptions())
+        thread = threading.Thread(target=complete)
+        thread.start()
+
+        def waiting_to_defer() -> bool:
+            row = conn.execute(
+                "SELECT count(*) AS n FROM pg_locks WHERE pid = %s AND NOT granted "
+                "AND relation = 'procrastinate_jobs'::regclass", (worker_pid,),
+            ).fetchone()  # fmt: skip
+            return bool(row and row["n"])
+
+        wait_for(waiting_to_defer, timeout_s=30, message="the completion waiting to defer")
+        held = conn.execute(
+            "SELECT count(*) AS n FROM pg_locks WHERE pid = %s AND granted "
+            "AND relation = 'download_jobs'::regclass AND mode = 'RowExclusiveLock'",
+            (worker_pid,),
+        ).fetchone()  # fmt: skip
+        assert held is not None and held["n"] == 1  # its UPDATE of the download row ran
+        conn.execute("SELECT pg_terminate_backend(%s)", (worker_pid,))
+        thread.join(30)
+        blocker.execute("ROLLBACK")
+    assert failure and isinstance(failure[0], psycopg.Error)
     assert jobs.reload(conn, job).status is Status.DOWNLOADING  # the UPDATE rolled back
     assert _count(conn, "processing_jobs") == _count(conn, "analysis_jobs") == 0
     assert _queue_jobs(conn, "soundforge.separate") == []
 
-    monkeypatch.setattr(queue, "create_queued_job", real_create)
     created = workflow.complete_download(conn, jobs.reload(conn, job), stored,
                                          workflow.PipelineOptions())  # fmt: skip
-    assert sorted(jobs.stage_of(child).value for child in created) == ["analyze", "separate"]
+    assert sorted(stage.value for stage in created) == ["analyze", "separate"]
     # A rerun of the completed download (e.g. a rescued duplicate) fans out nothing more.
     rerun = workflow.begin_stage(conn, Stage.DOWNLOAD, job.track_id, job.id,
                                  procrastinate_job_id=1, attempt=2)  # fmt: skip

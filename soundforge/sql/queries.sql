@@ -150,38 +150,43 @@ VALUES (%(id)s, %(track_id)s, 'queued', 0, timezone('utc', now()), timezone('utc
 RETURNING *;
 
 -- name: insert_queued_download_job
--- Create a download row and its queue job in one statement (nothing when the queueing lock is
+-- Create a download row and its queue job in one statement (no row when the queueing lock is
 -- held by a waiting job).
-INSERT INTO download_jobs (id, track_id, source, status, progress, procrastinate_job_id,
-                           inserted_at, updated_at)
-SELECT %(id)s, %(track_id)s, %(source)s, 'queued', 0, queued.id, timezone('utc', now()),
-       timezone('utc', now())
-FROM (SELECT soundforge_defer_stage_v1(%(queue)s, %(task_name)s, %(queueing_lock)s,
-                                       %(args)s) AS id) queued
-WHERE queued.id IS NOT NULL
-RETURNING *;
+SELECT job.* FROM soundforge_queue_download_job_v1(
+    %(id)s, %(track_id)s, %(source)s, %(queue)s, %(task_name)s, %(queueing_lock)s, %(args)s
+) job
+WHERE job.id IS NOT NULL;
 
 -- name: insert_queued_processing_job
 -- Create a separation row and its queue job in one statement (see insert_queued_download_job).
-INSERT INTO processing_jobs (id, track_id, model, options, status, progress,
-                             procrastinate_job_id, inserted_at, updated_at)
-SELECT %(id)s, %(track_id)s, %(model)s, %(options)s, 'queued', 0, queued.id,
-       timezone('utc', now()), timezone('utc', now())
-FROM (SELECT soundforge_defer_stage_v1(%(queue)s, %(task_name)s, %(queueing_lock)s,
-                                       %(args)s) AS id) queued
-WHERE queued.id IS NOT NULL
-RETURNING *;
+SELECT job.* FROM soundforge_queue_processing_job_v1(
+    %(id)s, %(track_id)s, %(model)s, %(options)s, %(queue)s, %(task_name)s, %(queueing_lock)s,
+    %(args)s
+) job
+WHERE job.id IS NOT NULL;
 
 -- name: insert_queued_analysis_job
 -- Create an analysis row and its queue job in one statement (see insert_queued_download_job).
-INSERT INTO analysis_jobs (id, track_id, status, progress, procrastinate_job_id, inserted_at,
-                           updated_at)
-SELECT %(id)s, %(track_id)s, 'queued', 0, queued.id, timezone('utc', now()),
-       timezone('utc', now())
-FROM (SELECT soundforge_defer_stage_v1(%(queue)s, %(task_name)s, %(queueing_lock)s,
-                                       %(args)s) AS id) queued
-WHERE queued.id IS NOT NULL
-RETURNING *;
+SELECT job.* FROM soundforge_queue_analysis_job_v1(
+    %(id)s, %(track_id)s, %(queue)s, %(task_name)s, %(queueing_lock)s, %(args)s
+) job
+WHERE job.id IS NOT NULL;
+
+-- name: insert_track_with_queued_download
+-- A new track and its queued download in one statement; no row when a track with this
+-- spotify_id exists already (the caller then takes the existing track's path).
+WITH track AS (
+    INSERT INTO tracks (id, spotify_id, spotify_url, title, artist, album, album_art_url,
+                        duration, inserted_at, updated_at)
+    VALUES (%(track_id)s, %(spotify_id)s, %(spotify_url)s, %(title)s, %(artist)s, %(album)s,
+            %(album_art_url)s, %(duration)s, timezone('utc', now()), timezone('utc', now()))
+    ON CONFLICT (spotify_id) DO NOTHING
+    RETURNING id, inserted_at, updated_at
+)
+SELECT track.inserted_at AS track_inserted_at, track.updated_at AS track_updated_at, job.*
+FROM track CROSS JOIN LATERAL soundforge_queue_download_job_v1(
+    %(id)s, track.id, %(source)s, %(queue)s, %(task_name)s, %(queueing_lock)s, %(args)s
+) job;
 
 -- name: insert_processing_job
 -- Create a separation job row with its model and options.
@@ -222,10 +227,8 @@ SELECT * FROM {table} WHERE track_id = %(track_id)s AND status <> 'failed'
 ORDER BY insert_order DESC;
 
 -- name: newest_completed_download
--- The newest completed download of a track: the audio every later stage reads.
-SELECT * FROM download_jobs
-WHERE track_id = %(track_id)s AND status = 'completed' AND output_path IS NOT NULL
-ORDER BY insert_order DESC LIMIT 1;
+-- The stored path of a track's newest completed download: the audio every later stage reads.
+SELECT soundforge_track_audio_v1(%(track_id)s) AS output_path;
 
 -- name: newest_download_source
 -- Where a track's audio came from last time (for a download deferred by track id alone).
@@ -234,12 +237,16 @@ ORDER BY insert_order DESC LIMIT 1;
 
 -- name: start_job
 -- A worker takes a queued (or rescued, still active) row: active status, its queue job id and
--- attempt count, in one statement. Returns nothing when the row is finished or elsewhere.
-UPDATE {table}
-SET status = %(status)s, procrastinate_job_id = %(procrastinate_job_id)s,
-    attempts = greatest(attempts, %(attempts)s)
-WHERE id = %(id)s AND status IN ('queued', %(status)s)
-RETURNING *;
+-- attempt count, in one statement that also returns the track's downloaded audio
+-- (`audio_path`). Returns nothing when the row is finished or elsewhere.
+WITH job AS (
+    UPDATE {table}
+    SET status = %(status)s, procrastinate_job_id = %(procrastinate_job_id)s,
+        attempts = greatest(attempts, %(attempts)s)
+    WHERE id = %(id)s AND status IN ('queued', %(status)s)
+    RETURNING *
+)
+SELECT job.*, soundforge_track_audio_v1(job.track_id) AS audio_path FROM job;
 
 -- name: set_job_queue_info
 -- Record which Procrastinate job drives a row and how many attempts it has made.
@@ -253,27 +260,31 @@ UPDATE {table} SET attempts = %(attempts)s, error = %(error)s
 WHERE id = %(id)s AND lock_version = %(lock_version)s
 RETURNING *;
 
--- name: complete_download_job
--- A download finished: record the stored file, complete the row, and learn the track's
--- duration from the audio when the source did not say.
-WITH job AS (
-    UPDATE download_jobs
-    SET status = 'completed', progress = 100, output_path = %(output_path)s,
-        file_size = %(file_size)s, error = NULL
-    WHERE id = %(id)s AND lock_version = %(lock_version)s
-    RETURNING *
-), track AS (
-    UPDATE tracks SET duration = %(duration)s, updated_at = timezone('utc', now())
-    WHERE id = (SELECT track_id FROM job) AND duration IS NULL
-)
-SELECT * FROM job;
+-- name: complete_download_and_fan_out
+-- A download finished: record the stored file, complete the row, learn the track's duration
+-- when the source did not say, and create and enqueue the follow-ups, in one statement (see
+-- soundforge_complete_download_v1). No rows: the row changed since it was read.
+SELECT stage, created_id
+FROM soundforge_complete_download_v1(%(id)s, %(lock_version)s, %(output_path)s,
+                                     %(file_size)s, %(duration)s, %(follow_ups)s);
 
 -- name: complete_processing_job
--- A separation finished: record where its stems are and complete the row.
-UPDATE processing_jobs
-SET status = 'completed', progress = 100, output_path = %(output_path)s, error = NULL
-WHERE id = %(id)s AND lock_version = %(lock_version)s
-RETURNING *;
+-- A separation finished: record its stem files and where they are, and complete the row, in
+-- one statement; nothing is stored when the row changed since it was read.
+WITH job AS (
+    UPDATE processing_jobs
+    SET status = 'completed', progress = 100, output_path = %(output_path)s, error = NULL
+    WHERE id = %(id)s AND lock_version = %(lock_version)s
+    RETURNING *
+), stem AS (
+    INSERT INTO stems (id, processing_job_id, track_id, stem_type, file_path, file_size,
+                       inserted_at, updated_at)
+    SELECT gen_random_uuid(), job.id, job.track_id, file.stem_type, file.file_path,
+           file.file_size, timezone('utc', now()), timezone('utc', now())
+    FROM job, unnest(%(stem_types)s::text[], %(file_paths)s::text[], %(file_sizes)s::bigint[])
+              AS file (stem_type, file_path, file_size)
+)
+SELECT * FROM job;
 
 -- name: complete_analysis_job
 -- An analysis finished: store its result and complete the row with a summary, atomically;
