@@ -138,6 +138,7 @@ def bare_app(database_url: str) -> App:
 def bench_bare(
     database_url: str, jobs: int, concurrency: int, samples: int
 ) -> tuple[float, list[float]]:
+    started_at.clear()  # keys repeat from round to round
     app = bare_app(database_url)
     with connect(database_url, autocommit=True) as conn, worker_running(app, concurrency):
         # Timed: each job's whole life, from its defer (the same SQL path SoundForge uses)

@@ -6,7 +6,9 @@ transaction per job, with no Python in the loop, on a fresh database, in one run
 The statements are the real ones (Procrastinate's `fetch_job`/`finish_job`, SoundForge's named
 queries), their parameters filled with pgbench expressions; each client uses a queue of its
 own so every fetch finds the job it deferred. The analysis stage stands for the three (the
-download's completion also creates two rows, the separation's writes stems).
+download's completion also creates two rows, the separation's writes stems). Two design
+options are measured beside it: without the separate start write (the row would be moved to
+its active status some other way) and without the per-change NOTIFY trigger.
 
     python bench/queue_floor.py [--clients 4] [--seconds 8] [--rounds 3]
 """
@@ -27,6 +29,7 @@ import re
 import statistics
 import subprocess
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from tempfile import TemporaryDirectory
 
@@ -59,37 +62,64 @@ def statement(text: str, values: dict[str, str], gset: str | None = None) -> str
     return f"{line} \\gset {gset}" if gset else f"{line};"  # \gset ends a command too
 
 
-def scripts(database_url: str) -> dict[str, str]:
+@dataclass(frozen=True)
+class Variant:
+    """One job sequence to measure; `notify` False runs it with the stage table's NOTIFY
+    trigger disabled (what the job-row bookkeeping would cost without live progress)."""
+
+    label: str
+    script: str
+    notify: bool = True
+
+
+def variants(database_url: str) -> list[Variant]:
     fetch = {"queues": f"ARRAY[{QUEUE}]", "worker_id": "NULL"}
     finish = {"job_id": ":queue_id", "status": "'succeeded'", "delete_job": "false"}
     with connect(database_url, autocommit=True) as conn:
         ours = {name: query(name, table=Stage.ANALYZE.table).as_string(conn) for name in
                 ("defer_job", "insert_queued_analysis_job", "start_job",
                  "complete_analysis_job")}  # fmt: skip
-    bare = [
-        statement(ours["defer_job"], {"queue": QUEUE, "task_name": "'bench.noop'",
-                                       "queueing_lock": "NULL", "args": "'{}'::jsonb"}),
-        statement(procrastinate_sql.queries["fetch_job"], fetch, gset="queue_"),
-        statement(procrastinate_sql.queries["finish_job"], finish),
-    ]  # fmt: skip
-    stage = [
-        statement(ours["insert_queued_analysis_job"], {
-            "id": "gen_random_uuid()", "track_id": f"'{TRACK_ID}'", "queue": QUEUE,
-            "task_name": "'soundforge.analyze'", "queueing_lock": "NULL",
-            "args": "'{}'::jsonb"}, gset="row_"),
-        statement(procrastinate_sql.queries["fetch_job"], fetch, gset="queue_"),
-        statement(ours["start_job"], {"id": ":row_id", "status": "'processing'",
-                              "procrastinate_job_id": ":queue_id", "attempts": "1"},
-                  gset="started_"),
-        statement(ours["complete_analysis_job"], {
-            "id": ":row_id", "lock_version": ":started_lock_version",
-            "result_id": "gen_random_uuid()", "results": "'{}'::jsonb",
-            "features": "'{}'::jsonb", "tempo": "120.0", "key": "'C major'", "energy": "0.1",
-            "spectral_centroid": "1000.0", "spectral_rolloff": "2000.0",
-            "zero_crossing_rate": "0.05"}),
-        statement(procrastinate_sql.queries["finish_job"], finish),
-    ]  # fmt: skip
-    return {"bare": "\n".join(bare) + "\n", "stage": "\n".join(stage) + "\n"}
+    defer = statement(ours["defer_job"], {
+        "queue": QUEUE, "task_name": "'bench.noop'", "queueing_lock": "NULL",
+        "args": "'{}'::jsonb",
+    })  # fmt: skip
+    create = statement(ours["insert_queued_analysis_job"], {
+        "id": "gen_random_uuid()", "track_id": f"'{TRACK_ID}'", "queue": QUEUE,
+        "task_name": "'soundforge.analyze'", "queueing_lock": "NULL", "args": "'{}'::jsonb",
+    }, gset="row_")  # fmt: skip
+    fetch_job = statement(procrastinate_sql.queries["fetch_job"], fetch, gset="queue_")
+    start = statement(ours["start_job"], {"id": ":row_id", "status": "'processing'",
+                                          "procrastinate_job_id": ":queue_id", "attempts": "1"},
+                      gset="row_")  # fmt: skip
+    complete = statement(ours["complete_analysis_job"], {
+        "id": ":row_id", "lock_version": ":row_lock_version", "result_id": "gen_random_uuid()",
+        "results": "'{}'::jsonb", "features": "'{}'::jsonb", "tempo": "120.0",
+        "key": "'C major'", "energy": "0.1", "spectral_centroid": "1000.0",
+        "spectral_rolloff": "2000.0", "zero_crossing_rate": "0.05",
+    })  # fmt: skip
+    finish_job = statement(procrastinate_sql.queries["finish_job"], finish)
+    stage = [create, fetch_job, start, complete, finish_job]
+    without_start = [create, fetch_job, complete, finish_job]
+    return [
+        Variant("bare procrastinate job", script_text([defer, fetch_job, finish_job])),
+        Variant("soundforge stage job", script_text(stage)),
+        Variant("  without its start write", script_text(without_start)),
+        Variant("  without NOTIFY trigger", script_text(stage), notify=False),
+        Variant("  without both", script_text(without_start), notify=False),
+    ]
+
+
+def script_text(lines: list[str]) -> str:
+    return "\n".join(lines) + "\n"
+
+
+def set_notify(database_url: str, enabled: bool) -> None:
+    action = "ENABLE" if enabled else "DISABLE"
+    with connect(database_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("ALTER TABLE {} {} TRIGGER {}").format(
+            sql.Identifier(Stage.ANALYZE.table), sql.SQL(action),
+            sql.Identifier(f"{Stage.ANALYZE.table}_notify_progress"),
+        ))  # fmt: skip
 
 
 def prepare(database_url: str) -> None:
@@ -135,25 +165,27 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    rates: dict[str, list[float]] = {"bare": [], "stage": []}
     with bench_database() as database_url, TemporaryDirectory() as work:
         migrate(database_url)
         prepare(database_url)
-        for name, text in scripts(database_url).items():
-            (Path(work) / f"{name}.pgb").write_text(text, encoding="utf-8")
-        for _ in range(args.rounds):  # interleaved, so drift on a shared machine hits both
-            for name, measured in rates.items():
+        measured = variants(database_url)
+        rates: list[list[float]] = [[] for _ in measured]
+        for _ in range(args.rounds):  # interleaved, so drift on a shared machine hits all
+            for index, variant in enumerate(measured):
+                script = Path(work) / f"{index}.pgb"
+                script.write_text(variant.script, encoding="utf-8")
                 reset(database_url)
-                measured.append(run_pgbench(database_url, Path(work) / f"{name}.pgb",
-                                               args.clients, args.seconds))  # fmt: skip
-    ratios = [stage / bare for stage, bare in zip(rates["stage"], rates["bare"], strict=True)]
+                set_notify(database_url, variant.notify)
+                rates[index].append(run_pgbench(database_url, script, args.clients,
+                                                args.seconds))  # fmt: skip
+                set_notify(database_url, True)
     print(f"pgbench, {args.clients} clients, {args.seconds} s x {args.rounds} rounds, "
-          f"{os.cpu_count()} CPUs")  # fmt: skip
-    for name, label in (("bare", "bare procrastinate job "), ("stage", "soundforge stage job   ")):
-        print(f"{label}: median {statistics.median(rates[name]):8.1f} jobs/s  "
-              f"({', '.join(f'{rate:.0f}' for rate in rates[name])})")  # fmt: skip
-    print(f"ratio (stage / bare)   : median {statistics.median(ratios):8.2f}  "
-          f"({', '.join(f'{ratio:.2f}' for ratio in ratios)})")  # fmt: skip
+          f"{os.cpu_count()} CPUs; ratio = median of per-round ratios to the bare job")  # fmt: skip
+    for variant, values in zip(measured, rates, strict=True):
+        ratios = [value / bare for value, bare in zip(values, rates[0], strict=True)]
+        print(f"{variant.label:28}: median {statistics.median(values):7.1f} jobs/s  "
+              f"ratio {statistics.median(ratios):5.2f}  "
+              f"({', '.join(f'{value:.0f}' for value in values)})")  # fmt: skip
 
 
 if __name__ == "__main__":
