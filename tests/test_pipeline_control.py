@@ -21,10 +21,11 @@ from psycopg_pool import ConnectionPool
 from soundforge import jobs, live, queue, workflow
 from soundforge.db import connect, create_pool
 from soundforge.engines import default_engines
-from soundforge.errors import AbortCheck, ProgressCallback
+from soundforge.errors import AbortCheck, ProgressCallback, StaleRowError
 from soundforge.models import Stage
 from soundforge.sources import StoredAudio, TrackMetadata
 from soundforge.status import Status
+from soundforge.storage import Storage
 from tests.audio_synth import write_test_song
 from tests.cli_runner import run_cli
 from tests.support.fake_spotify import FakeSpotify
@@ -114,6 +115,32 @@ def test_fan_out_cannot_be_lost_by_a_crash_between_status_change_and_defer(
     assert _count(conn, "processing_jobs") == _count(conn, "analysis_jobs") == 1
     assert len(_queue_jobs(conn, "soundforge.separate")) == 1
     assert len(_queue_jobs(conn, "soundforge.analyze")) == 1
+
+
+def test_a_completion_after_a_cancel_stores_nothing(
+    conn: psycopg.Connection[Any], song: Path, tmp_path: Path
+) -> None:
+    imported = workflow.import_track(conn, _metadata(song), workflow.PipelineOptions())
+    download = jobs.advance(conn, imported.download_job, Status.DOWNLOADING)
+    stored = StoredAudio(relative_path="downloads/x.wav", file_size=2000, ext="wav",
+                         duration_s=4.0)  # fmt: skip
+    created = workflow.complete_download(conn, download, stored, workflow.PipelineOptions())
+    separation = jobs.advance(conn, jobs.find_job(conn, created[Stage.SEPARATE]),
+                              Status.PROCESSING)  # fmt: skip
+    workflow.cancel_job(conn, separation.id)
+    storage = Storage(tmp_path / "store")
+    stem = tmp_path / "store" / "stems" / "vocals.flac"
+    stem.parent.mkdir(parents=True)
+    stem.write_bytes(b"fLaC")
+
+    with pytest.raises(StaleRowError):
+        workflow.complete_separation(conn, separation, storage, {"vocals": stem})
+    with pytest.raises(StaleRowError):
+        workflow.complete_download(conn, download, stored, workflow.PipelineOptions())
+
+    assert jobs.reload(conn, separation).error == workflow.CANCELLED
+    assert _count(conn, "stems") == 0
+    assert _count(conn, "processing_jobs") == _count(conn, "analysis_jobs") == 1
 
 
 def test_200_concurrent_imports_of_one_spotify_id_give_one_track_and_one_download(
