@@ -22,7 +22,7 @@ from soundforge import jobs, live, queue, workflow
 from soundforge.db import connect, create_pool
 from soundforge.engines import default_engines
 from soundforge.errors import AbortCheck, ProgressCallback, StaleRowError
-from soundforge.models import Stage
+from soundforge.models import Job, Stage
 from soundforge.sources import StoredAudio, TrackMetadata
 from soundforge.status import Status
 from soundforge.storage import Storage
@@ -58,13 +58,18 @@ def _count(conn: psycopg.Connection[Any], table: str) -> int:
     return int(row["n"])
 
 
+def _downloading(conn: psycopg.Connection[Any], song: Path) -> tuple[Job, StoredAudio]:
+    """An imported track's download row, running, and the audio it is about to store."""
+    imported = workflow.import_track(conn, _metadata(song), workflow.PipelineOptions())
+    job = jobs.advance(conn, imported.download_job, Status.DOWNLOADING)
+    return job, StoredAudio(relative_path="downloads/x.wav", file_size=2000, ext="wav",
+                            duration_s=4.0)  # fmt: skip
+
+
 def test_fan_out_cannot_be_lost_by_a_crash_between_status_change_and_defer(
     conn: psycopg.Connection[Any], database_url: str, song: Path
 ) -> None:
-    imported = workflow.import_track(conn, _metadata(song), workflow.PipelineOptions())
-    job = jobs.advance(conn, imported.download_job, Status.DOWNLOADING)
-    stored = StoredAudio(relative_path="downloads/x.wav", file_size=2000, ext="wav",
-                         duration_s=4.0)  # fmt: skip
+    job, stored = _downloading(conn, song)
     # The completion is one statement; hold it after its status UPDATE, at the point where it
     # enqueues the follow-ups (the queue table is locked), and kill its connection there.
     with connect(database_url, autocommit=True) as blocker, \
@@ -120,10 +125,7 @@ def test_fan_out_cannot_be_lost_by_a_crash_between_status_change_and_defer(
 def test_a_completion_after_a_cancel_stores_nothing(
     conn: psycopg.Connection[Any], song: Path, tmp_path: Path
 ) -> None:
-    imported = workflow.import_track(conn, _metadata(song), workflow.PipelineOptions())
-    download = jobs.advance(conn, imported.download_job, Status.DOWNLOADING)
-    stored = StoredAudio(relative_path="downloads/x.wav", file_size=2000, ext="wav",
-                         duration_s=4.0)  # fmt: skip
+    download, stored = _downloading(conn, song)
     created = workflow.complete_download(conn, download, stored, workflow.PipelineOptions())
     separation = jobs.advance(conn, jobs.find_job(conn, created[Stage.SEPARATE]),
                               Status.PROCESSING)  # fmt: skip
