@@ -96,17 +96,6 @@ class Storage:
 
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root).absolute()
-        self._real_root: Path | None = None
-
-    def _resolved_root(self) -> Path:
-        """The root with symlinks resolved; remembered once the root exists (every path a
-        stage reads or writes is checked against it)."""
-        if self._real_root is not None:
-            return self._real_root
-        real = self.root.resolve()
-        if real.is_dir():
-            self._real_root = real
-        return real
 
     def ensure_root(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -124,7 +113,7 @@ class Storage:
         candidate = self.root.joinpath(*parts)
         if self._has_symlink_below_root(parts):
             real = candidate.resolve()
-            real_root = self._resolved_root()
+            real_root = self.root.resolve()
             if real != real_root and not real.is_relative_to(real_root):
                 raise StorageError(f"path leads out of the storage root (symlink?): {text!r}")
         return candidate
