@@ -134,6 +134,7 @@ def _import_new_track(
     """Create the track with its queued download in one statement; None when a track with
     the same Spotify id exists already."""
     track_id = uuid.uuid4()
+    # The statement names the track `track_id`; `id` is the download row's (the job's wins).
     params = fields.params(track_id) | queue.queued_job_params(
         Stage.DOWNLOAD, track_id, options.as_args(), source=source
     )
@@ -282,7 +283,8 @@ def complete_download(
     ).fetchall()  # fmt: skip
     if not rows:
         raise StaleRowError(f"download_jobs {job.id} changed before completion")
-    created = {Stage(row["stage"]): row["created_id"] for row in rows[1:]}
+    created = {Stage(row["stage"]): row["created_id"] for row in rows
+               if row["stage"] != Stage.DOWNLOAD}  # fmt: skip
     for follow_up in wanted:
         if Stage(follow_up["stage"]) not in created:
             log.info("track %s: a %s job is already waiting; not queueing another",
