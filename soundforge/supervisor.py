@@ -36,6 +36,7 @@ from soundforge.db import connect
 from soundforge.errors import ConfigError
 from soundforge.models import Stage
 from soundforge.queries import query
+from soundforge.queue import MAINTENANCE_QUEUE
 from soundforge.sd_notify import (
     NOTIFY_SOCKET,
     WATCHDOG_PID,
@@ -74,7 +75,7 @@ def worker_groups(settings: Settings) -> list[WorkerGroup]:
         ("processing", settings.processing_processes, settings.processing_concurrency),
         ("analysis", settings.analysis_processes, settings.analysis_concurrency),
     ):
-        queues = (name, "maintenance") if name == settings.maintenance_group else (name,)
+        queues = (name, MAINTENANCE_QUEUE) if name == settings.maintenance_group else (name,)
         groups.append(WorkerGroup(name, queues, processes, concurrency))
     if not any(group.processes for group in groups):
         raise ConfigError(

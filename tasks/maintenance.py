@@ -13,11 +13,11 @@ from __future__ import annotations
 from typing import Any
 
 from soundforge import maintenance
+from soundforge.queue import MAINTENANCE_QUEUE
 from soundforge.runtime import get_runtime
 from soundforge.settings import load_settings
 from tasks.blueprint import blueprint
 
-MAINTENANCE_QUEUE = "maintenance"
 _schedule = load_settings()
 
 

@@ -15,12 +15,13 @@ from soundforge.cli.common import add_json_flag, database, print_json, settings,
 from soundforge.engines import default_engines
 from soundforge.errors import PermanentError
 from soundforge.models import Stage
+from soundforge.queue import MAINTENANCE_QUEUE
 from soundforge.separation.registry import DEFAULT_MODEL, MODEL_NAMES
 from soundforge.storage import Storage
 
 QUEUE_STAGES = {"download": Stage.DOWNLOAD, "processing": Stage.SEPARATE,
                 "analysis": Stage.ANALYZE}  # fmt: skip
-ALL_QUEUES = ("download", "processing", "analysis", "maintenance")
+ALL_QUEUES = (*(stage.queue for stage in Stage), MAINTENANCE_QUEUE)
 
 
 def register(subparsers: Any) -> None:
