@@ -138,8 +138,7 @@ def prepare(database_url: str) -> None:
 
 def reset(database_url: str) -> None:
     with connect(database_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("TRUNCATE procrastinate_events, procrastinate_jobs, analysis_jobs "
-                             "CASCADE"))  # fmt: skip
+        conn.execute("TRUNCATE procrastinate_events, procrastinate_jobs, analysis_jobs CASCADE")
         conn.execute("VACUUM ANALYZE procrastinate_jobs")
         conn.execute("VACUUM ANALYZE analysis_jobs")
 
