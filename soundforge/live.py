@@ -16,11 +16,12 @@ import psycopg
 
 from soundforge import music
 from soundforge.db import connect
+from soundforge.models import Stage
 from soundforge.queries import query
 from soundforge.storage import Storage
 
 CHANNEL = "soundforge_progress"
-STAGES = ("download", "separate", "analyze")
+STAGES = tuple(stage.value for stage in Stage)
 MAX_TRACKS_SHOWN = 1000
 
 
