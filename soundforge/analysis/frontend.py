@@ -19,7 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 import scipy.fft
-import scipy.signal
+
+from soundforge.analysis.rhythm import periodic_hann
 
 N_FFT = 2048
 HOP_LENGTH = 512
@@ -62,7 +63,7 @@ class StftFrontend:
         self.chunk_frames = chunk_frames
         if n_fft % hop_length:
             raise ValueError("n_fft must be a multiple of hop_length")
-        self.window = scipy.signal.get_window("hann", n_fft, fftbins=True).astype(np.float32)
+        self.window = periodic_hann(n_fft).astype(np.float32)
         # The buffer starts at the first sample of the next frame (centre padding included).
         self._buffer: FloatArray = np.zeros(n_fft // 2, dtype=np.float32)
         self._frames_emitted = 0

@@ -40,6 +40,8 @@ TEMPOGRAM_HOP = 16
 DOUBLE_RATIO = 0.6
 HALVE_RATIO = 0.15
 STRENGTH_RADIUS = 2  # frames either side of a beat searched for its onset peak
+PRIOR_BPM = 120.0  # librosa.feature.tempo's start_bpm (log-normal prior, one octave wide)
+PRIOR_MAX_BPM = 320.0  # ...and its max_tempo
 MIN_TEMPO_BPM = 55.0  # a level change never goes below this (halving a 2:3 error would)
 MAX_TEMPO_BPM = 240.0
 MIN_BEATS = 4
@@ -69,17 +71,27 @@ def align_onsets(flux: FloatArray) -> FloatArray:
     return np.concatenate((np.zeros(ONSET_LAG_FRAMES, np.float32), flux))[: flux.size]
 
 
+def periodic_hann(length: int) -> npt.NDArray[np.float64]:
+    """The periodic Hann window (`scipy.signal.get_window("hann", length, fftbins=True)`)."""
+    return 0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(length) / length)
+
+
+def tempo_frequencies(n_bins: int, sample_rate: int, hop_length: int) -> npt.NDArray[np.float64]:
+    """BPM of each autocorrelation lag (`librosa.tempo_frequencies`; lag 0 is infinite)."""
+    bpms = np.full(n_bins, np.inf)
+    bpms[1:] = 60.0 * sample_rate / (hop_length * np.arange(1.0, n_bins))
+    return bpms
+
+
 def mean_tempogram(onset_envelope: FloatArray, sample_rate: int, hop_length: int) -> FloatArray:
     """`librosa.feature.tempogram` (Hann-windowed autocorrelation, each window normalised by its
     zero lag, `center=True`) averaged over windows taken every `TEMPOGRAM_HOP` frames; shaped
     (win_length, 1) as `librosa.feature.tempo(tg=...)` takes it."""
-    import librosa
-
-    win_length = int(librosa.time_to_frames(AC_SIZE_S, sr=sample_rate, hop_length=hop_length))
+    win_length = int(np.floor(AC_SIZE_S * sample_rate / hop_length))  # librosa.time_to_frames
     padded = np.pad(onset_envelope.astype(np.float64), win_length // 2, mode="linear_ramp",
                     end_values=(0.0, 0.0))  # fmt: skip
     windows = np.lib.stride_tricks.sliding_window_view(padded, win_length)[::TEMPOGRAM_HOP]
-    window = librosa.filters.get_window("hann", win_length, fftbins=True)
+    window = periodic_hann(win_length)
     n_fft = 1 << int(np.ceil(np.log2(2 * win_length - 1)))
     total = np.zeros(win_length)
     for start in range(0, windows.shape[0], 1024):  # bounded temporaries for long files
@@ -95,28 +107,103 @@ def mean_tempogram(onset_envelope: FloatArray, sample_rate: int, hop_length: int
 def first_tempo(
     onset_envelope: FloatArray, sample_rate: int, hop_length: int
 ) -> tuple[float, float]:
-    """librosa's tempogram-and-prior tempo estimate (one octave choice, bin-quantised), and the
-    pulse clarity: the tempogram at that tempo over its median across 55-240 BPM (about 1 for
-    noise, over 10 for a steady drum beat)."""
-    import librosa
-
-    tempogram = mean_tempogram(onset_envelope, sample_rate, hop_length)
-    tempo = float(np.asarray(librosa.feature.tempo(tg=tempogram, sr=sample_rate,
-                                                   hop_length=hop_length)).ravel()[0])  # fmt: skip
-    bpms = librosa.tempo_frequencies(tempogram.shape[0], sr=sample_rate, hop_length=hop_length)
-    band = tempogram[(bpms > MIN_TEMPO_BPM) & (bpms < MAX_TEMPO_BPM), 0]
-    peak = float(tempogram[int(np.argmin(np.abs(bpms - tempo))), 0])
+    """librosa's tempogram-and-prior tempo estimate (`feature.tempo`: a log-normal prior around
+    120 BPM, one octave wide, nothing at or above 320 BPM; one octave choice, bin-quantised),
+    and the pulse clarity: the tempogram at that tempo over its median across 55-240 BPM (about
+    1 for noise, over 10 for a steady drum beat)."""
+    tempogram = mean_tempogram(onset_envelope, sample_rate, hop_length)[:, 0].astype(np.float64)
+    bpms = tempo_frequencies(tempogram.size, sample_rate, hop_length)
+    with np.errstate(divide="ignore"):
+        log_prior = -0.5 * (np.log2(bpms) - np.log2(PRIOR_BPM)) ** 2
+    log_prior[: int(np.argmax(bpms < PRIOR_MAX_BPM))] = -np.inf
+    best = int(np.argmax(np.log1p(1e6 * tempogram) + log_prior))
+    tempo = float(bpms[best])
+    band = tempogram[(bpms > MIN_TEMPO_BPM) & (bpms < MAX_TEMPO_BPM)]
     median = float(np.median(band)) if band.size else 0.0
-    return tempo, peak / median if median > 0 else 0.0
+    return tempo, float(tempogram[best]) / median if median > 0 else 0.0
 
 
-def _beats_at(onset_envelope: FloatArray, bpm: float, sample_rate: int,
-              hop_length: int) -> IntArray:  # fmt: skip
-    import librosa
+def _local_score(onset_envelope: npt.NDArray[np.float64], frames_per_beat: int) -> npt.NDArray[
+        np.float64]:  # fmt: skip
+    """The onset envelope over its standard deviation, smoothed by a Gaussian of one beat's
+    width (librosa's `__beat_local_score`: a same-mode convolution)."""
+    normalised = onset_envelope / (onset_envelope.std(ddof=1) + np.finfo(np.float64).tiny)
+    offsets = np.arange(-frames_per_beat, frames_per_beat + 1)
+    window = np.exp(-0.5 * (offsets * 32.0 / frames_per_beat) ** 2)
+    full = np.convolve(normalised, window)
+    half = window.size // 2
+    return full[half : half + normalised.size]
 
-    _, beats = librosa.beat.beat_track(onset_envelope=onset_envelope, sr=sample_rate,
-                                       hop_length=hop_length, bpm=bpm, units="frames")  # fmt: skip
-    return np.asarray(beats, dtype=np.int64)
+
+def _beat_dp(local_score: npt.NDArray[np.float64], frames_per_beat: int,
+             tightness: float) -> tuple[IntArray, npt.NDArray[np.float64]]:  # fmt: skip
+    """librosa's beat-tracking dynamic program (Ellis 2007), vectorised: a beat at frame i
+    follows the best earlier beat between half and twice a beat before, penalised by
+    `tightness` times the squared log of the interval over the beat. Every predecessor of the
+    frames in a block of half a beat lies before the block, so each block is one array step
+    instead of a numba loop (whose compilation cost ~2.7 s in every fresh process)."""
+    count = local_score.size
+    shortest = max(int(np.round(frames_per_beat / 2)), 1)
+    lags = np.arange(shortest, 2 * frames_per_beat + 1)
+    penalty = tightness * (np.log(lags) - np.log(frames_per_beat)) ** 2
+    cumulative = local_score.copy()
+    backlink = np.full(count, -1, dtype=np.int64)
+    for start in range(shortest, count, shortest):
+        frames = np.arange(start, min(start + shortest, count))
+        previous = frames[:, None] - lags[None, :]
+        scores = np.where(previous >= 0, cumulative[np.maximum(previous, 0)] - penalty, -np.inf)
+        best = np.argmax(scores, axis=1)
+        best_score = scores[np.arange(frames.size), best]
+        found = np.isfinite(best_score)
+        cumulative[frames] = local_score[frames] + np.where(found, best_score, 0.0)
+        backlink[frames] = np.where(found, previous[np.arange(frames.size), best], -1)
+    above = np.flatnonzero(local_score >= 0.01 * local_score.max())
+    backlink[: above[0] if above.size else count] = -1  # no beat before the first onset
+    return backlink, cumulative
+
+
+def _last_beat(cumulative: npt.NDArray[np.float64]) -> int:
+    """The last local maximum of the cumulative score above half the median of its maxima."""
+    before = np.concatenate((cumulative[:1], cumulative[:-1]))
+    after = np.concatenate((cumulative[1:], cumulative[-1:]))
+    peaks = (cumulative > before) & (cumulative >= after)
+    if not peaks.any():
+        return cumulative.size - 1
+    threshold = 0.5 * float(np.median(cumulative[peaks]))
+    candidates = np.flatnonzero(peaks & (cumulative >= threshold))
+    return int(candidates[-1]) if candidates.size else cumulative.size - 1
+
+
+def _trimmed(local_score: npt.NDArray[np.float64], beats: IntArray) -> IntArray:
+    """Drop leading and trailing beats whose local score is under half the RMS of the smoothed
+    beat scores (librosa's `__trim_beats`)."""
+    if beats.size == 0:
+        return beats
+    smooth = np.convolve(local_score[beats], np.hanning(5))[2 : 2 + beats.size]
+    threshold = 0.5 * float(np.sqrt(np.mean(smooth**2)))
+    strong = np.flatnonzero(local_score > threshold)
+    if strong.size == 0:
+        return beats[:0]
+    kept: IntArray = beats[(beats >= strong[0]) & (beats <= strong[-1])]
+    return kept
+
+
+def track_beats_at(onset_envelope: FloatArray, bpm: float, sample_rate: int, hop_length: int,
+                   tightness: float = 100.0) -> IntArray:  # fmt: skip
+    """Beat frames at a given tempo: `librosa.beat.beat_track(onset_envelope=..., bpm=...)`
+    in numpy (same local score, dynamic program, last-beat choice, backtracking and trim)."""
+    envelope = np.asarray(onset_envelope, dtype=np.float64)
+    if envelope.size == 0 or not np.any(envelope):
+        return np.zeros(0, dtype=np.int64)
+    frames_per_beat = max(int(np.round(sample_rate / hop_length * 60.0 / bpm)), 1)
+    local_score = _local_score(envelope, frames_per_beat)
+    backlink, cumulative = _beat_dp(local_score, frames_per_beat, tightness)
+    beats = []
+    frame = _last_beat(cumulative)
+    while frame >= 0:
+        beats.append(frame)
+        frame = int(backlink[frame])
+    return _trimmed(local_score, np.asarray(beats[::-1], dtype=np.int64))
 
 
 def _strengths(flux: FloatArray, frames: IntArray) -> npt.NDArray[np.float64]:
@@ -168,12 +255,12 @@ def track_beats(
     bpm, clarity = first_tempo(onset_envelope, sample_rate, hop_length)
     if clarity < MIN_PULSE_CLARITY:
         return BeatResult(None, no_beats, f"no steady beat (pulse clarity {clarity:.2f}): no tempo")
-    beats = _beats_at(onset_envelope, bpm, sample_rate, hop_length)
+    beats = track_beats_at(onset_envelope, bpm, sample_rate, hop_length)
     if beats.size >= MIN_BEATS:
         level = metrical_level(beats, power_flux)
         if level != 1.0 and MIN_TEMPO_BPM <= bpm * level <= MAX_TEMPO_BPM:
             bpm *= level
-            beats = _beats_at(onset_envelope, bpm, sample_rate, hop_length)
+            beats = track_beats_at(onset_envelope, bpm, sample_rate, hop_length)
     tempo = tempo_from_intervals(beats, sample_rate, hop_length)
     if tempo is None:
         return BeatResult(None, no_beats, f"only {beats.size} beats found: no tempo")
