@@ -40,7 +40,7 @@ SOUNDFONTS = (
 )
 RENDER_RATE = 22050
 PITCH_CLASSES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
-CORPUS_VERSION = 1
+CORPUS_VERSION = 2
 
 # GM programs (0-based) of acoustic-like instruments, by ensemble.
 ENSEMBLES: dict[str, tuple[int, ...]] = {
@@ -69,8 +69,7 @@ CLASSICAL = (
     "johnson_j_r/lift_every_voice", "leadSheet/fosterBrownHair", "beach/prayer_of_a_tired_child",
     "verdi/laDonnaEMobile", "corelli/opus3no1/1grave", "cpebach/h186",
 )  # fmt: skip
-FOLK_FILES = ("essenFolksong/han1", "essenFolksong/erk5", "essenFolksong/kinder",
-              "essenFolksong/altdeu10", "essenFolksong/boehme10")  # fmt: skip
+FOLK_FILES = ("essenFolksong/han1", "essenFolksong/kinder", "essenFolksong/boehme10")
 
 # Progressions: (root in semitones above the tonic, chord intervals above the root).
 MAJOR = ((0, 4, 7), (0, 3, 7), (0, 3, 7), (0, 4, 7), (0, 4, 7), (0, 3, 7), (0, 3, 6))
@@ -78,8 +77,8 @@ DEGREES_MAJOR = (0, 2, 4, 5, 7, 9, 11)
 DEGREES_MINOR = (0, 2, 3, 5, 7, 8, 10)
 MAJOR_PROGRESSIONS = ((0, 3, 4, 0), (0, 5, 3, 4), (1, 4, 0, 5), (0, 4, 5, 3),
                       (0, 3, 0, 4, 5, 1, 4, 0))
-MINOR_PROGRESSIONS = ((0, 3, 4, 0), (0, 5, 2, 6), (0, 3, 6, 2, 5, 1, 4, 0), (0, 5, 3, 4),
-                      (0, 6, 5, 6))
+MINOR_PROGRESSIONS = ((0, 3, 4, 0), (0, 5, 3, 4), (0, 3, 6, 2, 5, 1, 4, 0), (0, 6, 5, 4),
+                      (0, 3, 0, 4))
 DRUM_PATTERNS: dict[str, tuple[tuple[float, int, int], ...]] = {  # (beat, GM note, velocity)
     "rock": ((0, 36, 110), (1, 38, 100), (2, 36, 110), (3, 38, 100),
              *((step / 2, 42, 80 if step % 2 == 0 else 60) for step in range(8))),
@@ -290,7 +289,7 @@ def _clips_to_render(rng: random.Random, seconds: float) -> Iterator[tuple[
         except Exception:
             continue
     for name in FOLK_FILES:
-        for number in range(1, 60, 6):
+        for number in range(1, 60, 12):
             try:
                 pieces.append((f"{name}#{number}", corpus.parse(name, number=number)))
             except Exception:
@@ -303,7 +302,7 @@ def _clips_to_render(rng: random.Random, seconds: float) -> Iterator[tuple[
             continue
         events, beats, beats_per_bar = found
         yield source, key, tempo, events, beats, beats_per_bar
-    for index in range(40):
+    for index in range(48):
         mode = ("major", "minor")[index % 2]
         tonic = rng.randrange(12)
         legato = index % 4 < 2

@@ -27,6 +27,9 @@ from tests.cli_runner import run_cli
 
 SR = 22050
 REPORT_KEYS = {
+    "tempo_confidence",
+    "key_chroma",
+    "tuning",
     "duration",
     "sample_rate",
     "tempo",

@@ -41,7 +41,10 @@ class AnalysisReport:
     zero_crossing_rate: float
     mfcc: list[float]  # 13 means
     mfcc_variance: list[float]  # 13 variances
-    chroma: list[float]  # 12 means, C..B
+    chroma: list[float]  # 12 means, C..B (librosa's chroma_stft)
+    tempo_confidence: float | None = None  # 0..1: how clear the pulse is (None: no tempo)
+    key_chroma: list[float] = field(default_factory=list)  # 12, C..B: transcribed notes, sum 1
+    tuning: float | None = None  # semitones from A440
     warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:

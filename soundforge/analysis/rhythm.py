@@ -38,24 +38,37 @@ TEMPOGRAM_HOP = 16
 # twice as fast: 0.7-0.9; syncopated kicks between beats: 0.3-0.5), or every other beat under
 # 15 % of its neighbours (off-beats tracked as beats: under 0.05; a backbeat: 0.3 and up).
 DOUBLE_RATIO = 0.6
+DOUBLE_MIN_CLARITY = 5.0  # ...and a pulse this clear (drums); legato music stays under 3
 HALVE_RATIO = 0.15
 STRENGTH_RADIUS = 2  # frames either side of a beat searched for its onset peak
 PRIOR_BPM = 120.0  # librosa.feature.tempo's start_bpm (log-normal prior, one octave wide)
 PRIOR_MAX_BPM = 320.0  # ...and its max_tempo
+LEGATO_PRIOR_BPM = 80.0
+LEGATO_MAX_CLARITY = 3.0
 MIN_TEMPO_BPM = 55.0  # a level change never goes below this (halving a 2:3 error would)
 MAX_TEMPO_BPM = 240.0
 MIN_BEATS = 4
-MIN_PULSE_CLARITY = 1.25  # tempogram peak over its median: noise ~1.1, steady beats 10+
+MIN_PULSE_CLARITY = 1.1  # tempogram peak over its median: noise ~1.1, legato music 1.1-1.5
+CLEAR_PULSE = 3.0  # ...steady drums 10+
 REGULAR_INTERVAL = 0.1  # intervals within 10 % of the median count towards the tempo
 
 
 @dataclass(frozen=True)
 class BeatResult:
-    """Tempo in BPM (None with a reason in `warning` when there is none) and beat frames."""
+    """Tempo in BPM (None with a reason in `warning` when there is none), beat frames, and the
+    pulse clarity behind them (tempogram peak over its median: ~1 for noise, 10+ for drums)."""
 
     tempo: float | None
     beat_frames: IntArray
     warning: str | None = None
+    clarity: float = 0.0
+
+    @property
+    def confidence(self) -> float:
+        """0..1 from the pulse clarity: 0 at `MIN_PULSE_CLARITY` and below, 1 from
+        `CLEAR_PULSE` up (a legato piece without drums: ~0.1-0.5; a drum groove: 1)."""
+        span = CLEAR_PULSE - MIN_PULSE_CLARITY
+        return float(min(max((self.clarity - MIN_PULSE_CLARITY) / span, 0.0), 1.0))
 
 
 def rectified_rise(rows: FloatArray, previous: FloatArray | None) -> FloatArray:
@@ -107,6 +120,18 @@ def mean_tempogram(onset_envelope: FloatArray, sample_rate: int, hop_length: int
 def first_tempo(
     onset_envelope: FloatArray, sample_rate: int, hop_length: int
 ) -> tuple[float, float]:
+    """`prior_tempo` with librosa's prior; when the pulse is unclear (no drums), again with the
+    prior of unaccompanied legato music (`LEGATO_PRIOR_BPM`), whose notes moving in eighths
+    otherwise make the eighth the beat."""
+    tempo, clarity = prior_tempo(onset_envelope, sample_rate, hop_length, PRIOR_BPM)
+    if clarity < LEGATO_MAX_CLARITY:
+        tempo, _ = prior_tempo(onset_envelope, sample_rate, hop_length, LEGATO_PRIOR_BPM)
+    return tempo, clarity
+
+
+def prior_tempo(
+    onset_envelope: FloatArray, sample_rate: int, hop_length: int, prior_bpm: float
+) -> tuple[float, float]:
     """librosa's tempogram-and-prior tempo estimate (`feature.tempo`: a log-normal prior around
     120 BPM, one octave wide, nothing at or above 320 BPM; one octave choice, bin-quantised),
     and the pulse clarity: the tempogram at that tempo over its median across 55-240 BPM (about
@@ -114,7 +139,7 @@ def first_tempo(
     tempogram = mean_tempogram(onset_envelope, sample_rate, hop_length)[:, 0].astype(np.float64)
     bpms = tempo_frequencies(tempogram.size, sample_rate, hop_length)
     with np.errstate(divide="ignore"):
-        log_prior = -0.5 * (np.log2(bpms) - np.log2(PRIOR_BPM)) ** 2
+        log_prior = -0.5 * (np.log2(bpms) - np.log2(prior_bpm)) ** 2
     log_prior[: int(np.argmax(bpms < PRIOR_MAX_BPM))] = -np.inf
     best = int(np.argmax(np.log1p(1e6 * tempogram) + log_prior))
     tempo = float(bpms[best])
@@ -219,11 +244,13 @@ def _balance(first: npt.NDArray[np.float64], second: npt.NDArray[np.float64]) ->
     return means[0] / means[1] if means[1] > 0 else 1.0
 
 
-def metrical_level(beat_frames: IntArray, power_flux: FloatArray) -> float:
-    """2.0 when the beat is twice as fast as `beat_frames` says, 0.5 when half, else 1.0."""
+def metrical_level(beat_frames: IntArray, power_flux: FloatArray, may_double: bool = True) -> float:
+    """2.0 when the beat is twice as fast as `beat_frames` says, 0.5 when half, else 1.0.
+    Doubling needs `may_double`: a clear, drum-like pulse (without drums, notes moving in
+    eighths are as loud as the beat and would double every chorale)."""
     on_beat = _strengths(power_flux, beat_frames)
     midpoints = (beat_frames[:-1] + beat_frames[1:]) // 2
-    if _balance(on_beat[:-1], _strengths(power_flux, midpoints)) >= DOUBLE_RATIO:
+    if may_double and _balance(on_beat[:-1], _strengths(power_flux, midpoints)) >= DOUBLE_RATIO:
         return 2.0
     if _balance(on_beat[0::2], on_beat[1::2]) < HALVE_RATIO:
         return 0.5
@@ -253,15 +280,13 @@ def track_beats(
     if not np.any(onset_envelope > 0):
         return BeatResult(None, no_beats, "no onsets found: no tempo")
     bpm, clarity = first_tempo(onset_envelope, sample_rate, hop_length)
-    if clarity < MIN_PULSE_CLARITY:
-        return BeatResult(None, no_beats, f"no steady beat (pulse clarity {clarity:.2f}): no tempo")
     beats = track_beats_at(onset_envelope, bpm, sample_rate, hop_length)
     if beats.size >= MIN_BEATS:
-        level = metrical_level(beats, power_flux)
+        level = metrical_level(beats, power_flux, clarity >= DOUBLE_MIN_CLARITY)
         if level != 1.0 and MIN_TEMPO_BPM <= bpm * level <= MAX_TEMPO_BPM:
             bpm *= level
             beats = track_beats_at(onset_envelope, bpm, sample_rate, hop_length)
     tempo = tempo_from_intervals(beats, sample_rate, hop_length)
     if tempo is None:
-        return BeatResult(None, no_beats, f"only {beats.size} beats found: no tempo")
-    return BeatResult(tempo, beats)
+        return BeatResult(None, no_beats, f"only {beats.size} beats found: no tempo", clarity)
+    return BeatResult(tempo, beats, None, clarity)
