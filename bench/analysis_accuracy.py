@@ -67,12 +67,13 @@ def ours(path: str) -> Estimate:
 
 def librosa_recipe(path: str) -> Estimate:
     import librosa
+    import numpy as np
 
     y, sr = librosa.load(path, sr=SR)
     tempo, _ = librosa.beat.beat_track(y=y, sr=sr)
     chroma = librosa.feature.chroma_cqt(y=y, sr=sr).mean(axis=1)
     key = estimate_key(chroma, "krumhansl")
-    return Estimate(key.name if key else None, float(tempo[0] if tempo.ndim else tempo))
+    return Estimate(key.name if key else None, float(np.asarray(tempo).ravel()[0]))
 
 
 def key_score(truth: str, estimate: str | None) -> float:
@@ -150,8 +151,9 @@ def _librosa_cached(cases: list[Case], cache: Path | None) -> list[Estimate]:
     store_path = cache / "librosa.json" if cache else None
     store = json.loads(store_path.read_text()) if store_path and store_path.exists() else {}
     estimates = []
+    version = getattr(librosa, "__version__", "?")
     for case in cases:
-        stamp = f"{case.path}:{Path(case.path).stat().st_mtime_ns}:{librosa.__version__}"
+        stamp = f"{case.path}:{Path(case.path).stat().st_mtime_ns}:{version}"
         if stamp not in store:
             store[stamp] = asdict(librosa_recipe(case.path))
         estimates.append(Estimate(**store[stamp]))

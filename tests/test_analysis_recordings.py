@@ -60,8 +60,10 @@ def test_a_minor_key_cadence_is_its_key_not_the_dominant(tmp_path: Path, tonic: 
 def test_a_drumless_legato_progression_gets_its_tempo_and_beats(tmp_path: Path, tempo: float,
                                                                 timbre: str) -> None:  # fmt: skip
     # a chorale-like progression: one chord per beat, each held until the next
-    chords = [(48, 64, 67, 72), (45, 64, 69, 72), (41, 65, 69, 72), (43, 62, 67, 71),
-              (48, 64, 67, 72), (53, 65, 69, 72), (43, 62, 67, 71), (48, 64, 67, 72)]  # fmt: skip
+    chords: list[tuple[int, ...]] = [
+        (48, 64, 67, 72), (45, 64, 69, 72), (41, 65, 69, 72), (43, 62, 67, 71),
+        (48, 64, 67, 72), (53, 65, 69, 72), (43, 62, 67, 71), (48, 64, 67, 72),
+    ]  # fmt: skip
     seconds = 20.0
     mix = chord_sequence(chords, 1.0, tempo, seconds, SR, timbre)
     report = analyze(write_mono(tmp_path / "legato.wav", mix, SR))
