@@ -30,6 +30,7 @@ REPORT_KEYS = {
     "tempo_confidence",
     "key_chroma",
     "tuning",
+    "curves",
     "duration",
     "sample_rate",
     "tempo",

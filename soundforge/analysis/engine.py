@@ -21,7 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from soundforge import audio_io
-from soundforge.analysis import notes, spectral
+from soundforge.analysis import curves, notes, spectral
 from soundforge.analysis.frontend import HOP_LENGTH, N_FFT, FrameChunk, StftFrontend, real_fft
 from soundforge.analysis.key import KeyEstimate, estimate_key, key_profile_input
 from soundforge.analysis.report import AnalysisReport
@@ -179,15 +179,19 @@ def _tempo(mel: MelSummary, duration: float, pitched: bool, warnings: list[str])
     return beats
 
 
-def _key(mean_chroma: list[float], tonality: float, duration: float,
-         warnings: list[str]) -> KeyEstimate | None:  # fmt: skip
-    """Key of audio that is not silent; why there is none goes to `warnings`."""
+def _key(mean_chroma: list[float], tonality: float, spectral_chroma: list[float],
+         duration: float, warnings: list[str]) -> KeyEstimate | None:  # fmt: skip
+    """Key of audio that is not silent; why there is none goes to `warnings`. Noise is told
+    from music by two signs together: the notes explain little of its spectrum, and its plain
+    spectral chroma correlates with no key."""
     if duration < MIN_KEY_SECONDS:
         warnings.append(
             f"clip is {duration:.1f} s long, too short for a key (needs {MIN_KEY_SECONDS:g} s)"
         )
         return None
-    if tonality < MIN_TONALITY:
+    spectral_key = estimate_key(spectral_chroma)
+    spectral_confidence = spectral_key.confidence if spectral_key else 0.0
+    if tonality < MIN_TONALITY and spectral_confidence < MIN_KEY_CONFIDENCE:
         warnings.append(f"no clear tonal centre (notes explain only {tonality:.0%} of the "
                         "spectrum): no key")  # fmt: skip
         return None
@@ -256,12 +260,18 @@ def _analyze_stream(
     key_warnings: list[str] = []
     key_estimate = None
     if not silent:
-        key_estimate = _key(key_chroma, note_chroma.tonality, duration, key_warnings)
+        key_estimate = _key(key_chroma, note_chroma.tonality, mean_chroma, duration, key_warnings)
     beats = (BeatResult(None, np.zeros(0, np.int64)) if silent
              else _tempo(mel, duration, key_estimate is not None, warnings))  # fmt: skip
     warnings.extend(key_warnings)
     tempo, beat_frames = beats.tempo, beats.beat_frames
 
+    plot_curves = curves.feature_curves(
+        HOP_LENGTH / ANALYSIS_SAMPLE_RATE,
+        {"energy": rms, "spectral_centroid": features.joined("centroid"),
+         "spectral_rolloff": features.joined("rolloff"), "chroma": chroma, "mfcc": mel.mfcc},
+        {"energy": 5, "spectral_centroid": 1, "spectral_rolloff": 1, "chroma": 3, "mfcc": 2},
+    )  # fmt: skip
     beat_times = [
         round(float(frame) * HOP_LENGTH / ANALYSIS_SAMPLE_RATE, 4) for frame in beat_frames
     ]
@@ -289,6 +299,7 @@ def _analyze_stream(
         chroma=mean_chroma,
         key_chroma=key_chroma,
         tuning=round(note_chroma.tuning, 3),
+        curves=plot_curves,
         warnings=warnings,
     ).sanitised()
     progress.update(100.0)
@@ -334,7 +345,8 @@ def _warm_up_blocks(seconds: float = 6.0) -> Iterator[tuple[FloatArray, int]]:
 
 
 def warm_up() -> None:
-    """Import librosa and compile its numba code (beat tracking) once, so the first real job in a
-    worker process does not pay for it (several seconds per fresh process)."""
+    """Run every code path once (imports, filter banks and note templates cached), so the first
+    real job in a worker process pays for none of it. Nothing here needs librosa or numba any
+    more, so this takes well under a second."""
     with _single_threaded_blas():
         _analyze_stream(_warm_up_blocks(), ANALYSIS_SAMPLE_RATE, 1, _Progress(None), None)
