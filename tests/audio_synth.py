@@ -220,10 +220,11 @@ TIMBRES: dict[str, tuple[float, ...]] = {
 
 
 def instrument_tone(frequency_hz: float, length: int, sample_rate: int, timbre: str,
-                    seed: int = 0) -> FloatArray:  # fmt: skip
+                    seed: int = 0, attack_s: float = 0.02) -> FloatArray:  # fmt: skip
     """A sustained note with the partials of `timbre`: slight inharmonicity (piano-like
-    stretch), a 5 Hz vibrato of 0.3 % on the sustained timbres, a 20 ms attack and a 60 ms
-    release, the piano decaying instead of sustaining."""
+    stretch), a 5 Hz vibrato of 0.3 % on the sustained timbres, an `attack_s` attack (a bowed
+    or sung swell: 0.15 s and more) and a 60 ms release, the piano decaying instead of
+    sustaining."""
     rng = np.random.default_rng(seed)
     t = np.arange(length) / sample_rate
     sustained = timbre != "piano"
@@ -236,7 +237,7 @@ def instrument_tone(frequency_hz: float, length: int, sample_rate: int, timbre: 
         phase = 2 * np.pi * np.cumsum(partial_hz * vibrato) / sample_rate
         tone += amplitude * np.sin(phase + rng.uniform(0, 6.28))
     envelope = np.ones(length) if sustained else _decay(length, sample_rate, 0.9)
-    attack = min(length, int(0.02 * sample_rate))
+    attack = min(length, int(attack_s * sample_rate))
     envelope[:attack] *= np.linspace(0.0, 1.0, attack)
     release = min(length, int(0.06 * sample_rate))
     envelope[length - release :] *= np.linspace(1.0, 0.0, release)
@@ -250,6 +251,7 @@ def chord_sequence(
     seconds: float,
     sample_rate: int = 22050,
     timbre: str = "organ",
+    attack_s: float = 0.02,
 ) -> FloatArray:
     """Chords given as MIDI notes, each held legato for `beats_per_chord` beats at `tempo` and
     looped for `seconds`. Mono, peak about 0.5."""
@@ -259,7 +261,7 @@ def chord_sequence(
         chord = chords[index % len(chords)]
         for voice, note in enumerate(chord):
             tone = instrument_tone(_midi_to_hz(note), chord_length, sample_rate, timbre,
-                                   seed=index * 8 + voice)  # fmt: skip
+                                   seed=index * 8 + voice, attack_s=attack_s)  # fmt: skip
             _place(track, tone, index * chord_length, 1.0 / len(chord))
     return 0.5 * track / max(1e-9, float(np.max(np.abs(track))))
 

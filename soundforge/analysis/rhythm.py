@@ -1,20 +1,28 @@
-"""Tempo and beats from the mel spectrum the spectral features already computed.
+"""Tempo and beats from the mel spectrum the spectral features already computed. All numpy:
+librosa's beat tracker and tempo estimate are ported here (same results, `tests/
+test_analysis_features.py`), because its numba kernels are compiled again in every fresh
+process (~2.7 s, more than the analysis of a whole song).
 
 1. Onset envelope: librosa's `onset.onset_strength` (mean rectified rise of the mel dB spectrum,
    shifted two frames as librosa does for centred frames), computed chunk by chunk with one frame
    of carry so a long file never needs its whole spectrogram in dB at once.
 2. A first tempo: librosa's `feature.tempo` (tempogram peak weighted by a log-normal prior around
-   120 BPM). When that peak barely stands above the tempogram's median (noise, drones), there is
-   no steady beat and no tempo. The tempogram is librosa's, but averaged over windows every
+   120 BPM, nothing under 40 BPM), and the pulse clarity (that peak over the tempogram's
+   median: noise ~1, legato music 1.1-3, drums 5-50), which becomes `tempo_confidence`. A weak
+   pulse never erases the tempo (noise is told apart by the engine, which also knows whether
+   there are notes). When the pulse is unclear (no drums), the prior is centred on 80 BPM
+   instead: in legato music the notes moving in eighths otherwise make the eighth the beat
+   (measured on the rendered corpus of `bench/analysis_corpus.py`: Acc1 0.49 -> 0.77 without
+   drums, drums unchanged). The tempogram is librosa's, but averaged over windows every
    `TEMPOGRAM_HOP` frames instead of every frame: the mean is the same to within a bin and costs
    1/16 of the time and memory (librosa's full tempogram of 60 minutes would be 200 MB).
 3. Beats: librosa's dynamic-programming `beat.beat_track` at that tempo.
 4. Metrical level: a tempogram prior alone picks 90 for a 180 BPM beat and 140 for a 70 BPM beat
    with strong eighth notes. So the level is checked against the linear-power onset flux (loud
    events dominate it, hi-hats barely count): when the points halfway between beats are about as
-   loud as the beats, the beat is twice as fast; when every other beat is much weaker than its
-   neighbours, those are off-beats and the beat is half as fast. Beats are then tracked again at
-   the chosen level.
+   loud as the beats and the pulse is drum-clear, the beat is twice as fast; when every other
+   beat is much weaker than its neighbours, those are off-beats and the beat is half as fast.
+   Beats are then tracked again at the chosen level.
 5. Tempo: 60 / the mean inter-beat interval, over the intervals within 10 % of the median (a
    missed or doubled beat does not drag it). Averaging frame-quantised intervals gives a tempo
    finer than the 23 ms frame grid and than librosa's tempogram bins.
@@ -43,6 +51,7 @@ HALVE_RATIO = 0.15
 STRENGTH_RADIUS = 2  # frames either side of a beat searched for its onset peak
 PRIOR_BPM = 120.0  # librosa.feature.tempo's start_bpm (log-normal prior, one octave wide)
 PRIOR_MAX_BPM = 320.0  # ...and its max_tempo
+PRIOR_MIN_BPM = 40.0
 LEGATO_PRIOR_BPM = 80.0
 LEGATO_MAX_CLARITY = 3.0
 MIN_TEMPO_BPM = 55.0  # a level change never goes below this (halving a 2:3 error would)
@@ -141,6 +150,7 @@ def prior_tempo(
     with np.errstate(divide="ignore"):
         log_prior = -0.5 * (np.log2(bpms) - np.log2(prior_bpm)) ** 2
     log_prior[: int(np.argmax(bpms < PRIOR_MAX_BPM))] = -np.inf
+    log_prior[bpms < PRIOR_MIN_BPM] = -np.inf  # a chord per bar is not a 25 BPM beat
     best = int(np.argmax(np.log1p(1e6 * tempogram) + log_prior))
     tempo = float(bpms[best])
     band = tempogram[(bpms > MIN_TEMPO_BPM) & (bpms < MAX_TEMPO_BPM)]
