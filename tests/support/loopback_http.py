@@ -13,6 +13,12 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+from soundforge.source_policy import DestinationPolicy
+
+LOOPBACK_NETWORKS = "127.0.0.0/8"
+"""What tests allow (SOUNDFORGE_ALLOWED_NETWORKS) so the destination policy lets them reach
+their loopback servers; tests of the policy itself allow nothing."""
+LOOPBACK_POLICY = DestinationPolicy.allowing(LOOPBACK_NETWORKS)
 RANGE = re.compile(r"^bytes=(\d+)-$")
 Handler = Callable[["http.server.BaseHTTPRequestHandler"], None]
 LAST_MODIFIED = email.utils.formatdate(1_700_000_000, usegmt=True)
