@@ -21,6 +21,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import socket
+import urllib.parse
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -149,6 +150,25 @@ class DestinationPolicy:
             raise DestinationRefusedError(
                 f"destination refused: {named}, {rule}; {ALLOW_HINT}"
             )
+
+    def check_url(self, url: str) -> None:
+        """Refuse, before any request, a URL that is not http(s), has no host, or names its
+        host in a form the policy refuses on sight (odd IPv4 spellings, zone ids); the address
+        itself is checked when the connection is made."""
+        try:
+            parts = urllib.parse.urlsplit(url)
+            host = parts.hostname
+        except ValueError:
+            raise DestinationRefusedError("destination refused: not a valid URL") from None
+        if parts.scheme.lower() not in ("http", "https"):
+            raise DestinationRefusedError(
+                f"destination refused: only http(s) is fetched, not {parts.scheme or 'no'} URLs"
+            )
+        if not host:
+            raise DestinationRefusedError("destination refused: a URL without a host")
+        literal = ip_literal(host)
+        if literal is not None:
+            self.check_address(literal, host)
 
     def resolve(self, host: str, port: int) -> list[IPAddress]:
         """The checked addresses to connect to: a literal is checked as it is, a name resolved

@@ -42,7 +42,7 @@ def expand_source(
     """The tracks a source stands for: one for a file, a URL or a Spotify track; one per entry
     for a Spotify album or playlist. Spotify needs credentials and the network."""
     if isinstance(source, LocalFileSource):
-        _check_local_file(source.path)
+        _check_local_file(source.path, config)
         return [_plain_metadata(source.path.stem or source.path.name, str(source.path))]
     if isinstance(source, HttpSource):
         return [_plain_metadata(_title_from_url(source.url), source.url)]
@@ -69,8 +69,8 @@ def fetch_audio(
     log_extra = {"track_id": str(track_id)}
     with _staging(storage, track_id) as staging:
         if isinstance(source, LocalFileSource):
-            _check_local_file(source.path)
-            produced, label = _link_or_copy(source.path, staging), str(source.path)
+            resolved = _check_local_file(source.path, config)
+            produced, label = _link_or_copy(resolved, staging), str(source.path)
         elif isinstance(source, HttpSource):
             download_http(source.url, staging, config, byte_progress)
             produced, label = staging, source.url
@@ -147,13 +147,17 @@ def _link_or_copy(source: Path, destination: Path) -> Path:
     return destination
 
 
-def _check_local_file(path: Path) -> None:
+def _check_local_file(path: Path, config: SourceConfig) -> Path:
+    """The file a local source names, symlinks and `..` resolved, once it is known to lie
+    under an import root and to be a readable regular file."""
+    path = config.import_roots.check(path)
     if not path.exists():
         raise SourceNotFoundError(f"{path}: no such file")
     if not path.is_file():
         raise SourceError(f"{path}: not a regular file")
     if not os.access(path, os.R_OK):
         raise SourceError(f"{path}: not readable (permission denied)")
+    return path
 
 
 def _plain_metadata(title: str, origin: str) -> TrackMetadata:

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable
+import urllib.parse
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from functools import partial
 from http import HTTPStatus
 from pathlib import Path
 from typing import BinaryIO
@@ -33,6 +36,7 @@ ByteProgress = Callable[[int, int | None], None]
 
 USER_AGENT = "SoundForge/0.1 (+https://github.com/soundforge)"
 CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 RETRYABLE_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 
 
@@ -56,8 +60,10 @@ def build_client(config: SourceConfig) -> httpx.Client:
     return policy_client(
         config.destinations,
         timeout=timeout,
-        follow_redirects=True,
-        max_redirects=config.max_redirects,
+        follow_redirects=False,  # `_follow` does it, checking every hop with the policy
+        # httpx parses a Location header before handing back the response: check it first, so
+        # an odd host form is the policy's refusal, not a parse error taken for a dropped link.
+        event_hooks={"response": [partial(_check_location, config)]},
         headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
     )
 
@@ -106,7 +112,7 @@ def _download(
             if validator:
                 headers["If-Range"] = validator
         try:
-            with http.stream("GET", url, headers=headers) as response:
+            with _follow(http, url, headers, config) as response:
                 _check_status(response, shown)
                 if written and response.status_code == 206:
                     _check_resumed_range(response, written, shown)
@@ -135,7 +141,7 @@ def _download(
             ) from None
         except httpx.ConnectError as error:
             raise DownloadNetworkError(f"{shown}: cannot connect ({error})") from None
-        except httpx.TooManyRedirects:
+        except _TooManyRedirectsError:
             raise DownloadError(
                 f"{shown}: more than {config.max_redirects} redirects (SOUNDFORGE_MAX_REDIRECTS)"
             ) from None
@@ -154,6 +160,35 @@ def _download(
                 f"{shown}: {reason}; gave up after {config.resume_attempts} resume attempts"
             )
         logger.warning("%s: %s; resuming at byte %d (attempt %d)", shown, reason, written, failures)
+
+
+class _TooManyRedirectsError(Exception):
+    """More redirects than `max_redirects`."""
+
+
+@contextmanager
+def _follow(
+    http: httpx.Client, url: str, headers: dict[str, str], config: SourceConfig
+) -> Iterator[httpx.Response]:
+    """GET `url`, following redirects one hop at a time: each target is checked by the
+    destination policy (its form here, its address when the connection is made) before any
+    request goes there. The final response is streamed."""
+    current = url
+    for _hop in range(config.max_redirects + 1):
+        config.destinations.check_url(current)
+        with http.stream("GET", current, headers=headers) as response:
+            location = response.headers.get("location")
+            if response.status_code not in REDIRECT_STATUSES or not location:
+                yield response
+                return
+        current = urllib.parse.urljoin(current, location)
+    raise _TooManyRedirectsError
+
+
+def _check_location(config: SourceConfig, response: httpx.Response) -> None:
+    location = response.headers.get("location")
+    if response.status_code in REDIRECT_STATUSES and location:
+        config.destinations.check_url(urllib.parse.urljoin(str(response.url), location))
 
 
 def _check_status(response: httpx.Response, shown: str) -> None:
