@@ -31,6 +31,7 @@ from soundforge.sources import (
     parse_source,
 )
 from soundforge.sources.model import TrackMetadata
+from soundforge.sources.policy_proxy import PolicyProxy
 from soundforge.sources.ytdlp_resolver import download_entry
 from soundforge.storage import Storage
 from tests.support.audio import tone_bytes
@@ -420,3 +421,42 @@ def test_local_files_only_from_the_import_roots(tmp_path: Path, storage: Storage
             fetch_audio(metadata, storage, TRACK_ID, roots)
     with pytest.raises(ImportRootError, match="none configured"):
         expand_source(parse_source(str(inside_file)), SourceConfig())
+
+
+def _through_proxy(proxy_url: str, request: bytes) -> bytes:
+    host, port = proxy_url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(request)
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    return received
+
+
+def test_policy_proxy_checks_connect_tunnels_and_forwards_one_request_per_connection(
+    public: LoopbackServer, internal: LoopbackServer, flac_bytes: bytes
+) -> None:
+    """What yt-dlp sends for https (CONNECT) and for http (an absolute URI), by hand."""
+    port = public.base_url.rsplit(":", 1)[1]
+    public.serve_bytes("/song.flac", flac_bytes, "audio/flac")
+    policy = DestinationPolicy.allowing(PUBLIC_STAND_IN)
+    with PolicyProxy(policy, connect_timeout_s=2, idle_timeout_s=5) as proxy:
+        refused = _through_proxy(proxy.url, f"CONNECT 127.0.0.2:{port} HTTP/1.1\r\n\r\n".encode())
+        assert refused.startswith(b"HTTP/1.1 403")
+        tunnel = _through_proxy(proxy.url, (
+            f"CONNECT 127.0.0.1:{port} HTTP/1.1\r\n\r\n"
+            f"GET /song.flac HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        ).encode())  # fmt: skip
+        assert tunnel.startswith(b"HTTP/1.1 200 Connection established\r\n\r\nHTTP/1.1 200")
+        assert tunnel.endswith(flac_bytes)
+        forwarded = _through_proxy(proxy.url, (
+            f"GET http://127.0.0.1:{port}/song.flac HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+            "Proxy-Connection: keep-alive\r\nConnection: keep-alive\r\n\r\n"
+        ).encode())  # fmt: skip
+        head = forwarded.split(b"\r\n\r\n", 1)[0].lower()
+        assert head.startswith(b"http/1.1 200") and b"connection: close" in head
+        assert b"keep-alive" not in head
+        with pytest.raises(DestinationRefusedError, match=r"127\.0\.0\.2, loopback"):
+            proxy.raise_if_refused()
+    assert internal.requests == []
+    assert [r.headers.get("Connection") for r in public.requests] == ["close", "close"]

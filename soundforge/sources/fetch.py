@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 
 from soundforge.errors import ProgressCallback, SourceError
+from soundforge.redact import mask_url
 from soundforge.sources import spotdl_resolver, ytdlp_resolver
 from soundforge.sources.config import SourceConfig
 from soundforge.sources.errors import SourceNotFoundError
@@ -73,7 +74,7 @@ def fetch_audio(
             produced, label = _link_or_copy(resolved, staging), str(source.path)
         elif isinstance(source, HttpSource):
             download_http(source.url, staging, config, byte_progress)
-            produced, label = staging, source.url
+            produced, label = staging, mask_url(source.url)
         else:
             produced = _resolve_spotify(
                 source, metadata, staging,
