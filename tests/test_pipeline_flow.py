@@ -103,6 +103,32 @@ def test_bad_input_fails_the_download_at_once_with_a_readable_error(
     assert list((runtime.storage.root / "downloads").glob("*")) == []
 
 
+def test_a_refused_destination_fails_the_download_at_once_naming_the_rule(
+    conn: psycopg.Connection[Any], database_url: str, tmp_path: Path, song: Path
+) -> None:
+    """An octal IP, the metadata address and a redirect to loopback: each a permanent
+    failure on the first attempt (no retry), the server never asked."""
+    settings = _settings(database_url, tmp_path, download_attempts=3, allowed_networks="")
+    with loopback_server() as server:
+        port = server.base_url.rsplit(":", 1)[1]
+        server.serve_bytes("/song.wav", song.read_bytes(), "audio/wav")
+        sources = {
+            f"http://0177.0.0.1:{port}/song.wav": "non-canonical IPv4",
+            "http://169.254.169.254/latest/meta-data/": "cloud metadata",
+            f"http://[::ffff:127.0.0.1]:{port}/song.wav": "loopback (IPv4-mapped",
+        }
+        with running_worker(settings) as runtime:
+            imported = [_import(conn, runtime.engines, source) for source in sources]
+            rows = [wait_for(lambda i=i: _finished_row(conn, i.track.id), message="failure")
+                    for i in imported]  # fmt: skip
+        assert server.requests == []
+    for row, (source, rule) in zip(rows, sources.items(), strict=True):
+        assert row["download_status"] == "failed", source
+        assert "destination refused" in row["download_error"] and rule in row["download_error"]
+        [download] = jobs.list_jobs_for_track(conn, Stage.DOWNLOAD, row["track_id"])
+        assert download.attempts == 1, source  # permanent: no retry
+
+
 def test_a_transient_download_error_is_retried_then_completes(
     conn: psycopg.Connection[Any], database_url: str, tmp_path: Path, song: Path
 ) -> None:
