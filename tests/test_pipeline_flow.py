@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -118,9 +119,9 @@ def test_a_refused_destination_fails_the_download_at_once_naming_the_rule(
             f"http://[::ffff:127.0.0.1]:{port}/song.wav": "loopback (IPv4-mapped",
         }
         with running_worker(settings) as runtime:
-            imported = [_import(conn, runtime.engines, source) for source in sources]
-            rows = [wait_for(lambda i=i: _finished_row(conn, i.track.id), message="failure")
-                    for i in imported]  # fmt: skip
+            track_ids = [_import(conn, runtime.engines, source).track.id for source in sources]
+            rows = [wait_for(partial(_finished_row, conn, track_id), message="failure")
+                    for track_id in track_ids]  # fmt: skip
         assert server.requests == []
     for row, (source, rule) in zip(rows, sources.items(), strict=True):
         assert row["download_status"] == "failed", source
