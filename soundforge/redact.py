@@ -4,8 +4,8 @@ query parameters (`sig=***`, `X-Amz-Signature=***`, `token=***`...) and database
 
 Everything SoundForge stores for display, logs, notifies or prints passes through `mask_text`
 (or `mask_url` for one URL); the credential a download needs stays only where the download reads
-it (`download_credentials`, a table no view shows). `RedactingFilter` applies it to every log
-record, so a library logging a URL (httpx, yt-dlp) cannot leak one either.
+it (`download_credentials`, a table no view shows). `install_log_redaction` applies it to every
+log record, so a library logging a URL (httpx, yt-dlp, Procrastinate) cannot leak one either.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import re
 import urllib.parse
+from typing import Any
 
 MASK = "***"
 SECRET_PARAMETERS = frozenset({
@@ -126,19 +127,28 @@ def mask_database_text(conninfo: str, text: str) -> str:
     return mask_text(text)
 
 
-class RedactingFilter(logging.Filter):
-    """A handler filter that masks secrets in the formatted message of every record."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
+def _redact_record(record: logging.LogRecord) -> None:
+    try:
         message = record.getMessage()
-        masked = mask_text(message)
-        if masked != message:
-            record.msg, record.args = masked, ()
-        return True
+    except Exception:  # a malformed call: logging reports it when it formats the record
+        return
+    masked = mask_text(message)
+    if masked != message:
+        record.msg, record.args = masked, ()
 
 
-def install_log_redaction(logger: logging.Logger | None = None) -> None:
-    """Put a `RedactingFilter` on every handler of `logger` (default: the root logger)."""
-    for handler in (logger or logging.getLogger()).handlers:
-        if not any(isinstance(existing, RedactingFilter) for existing in handler.filters):
-            handler.addFilter(RedactingFilter())
+def install_log_redaction() -> None:
+    """Mask secrets in every log record this process creates, whichever handler or library
+    (httpx, yt-dlp, Procrastinate's job lines) it comes from: a record factory, so it holds
+    however logging is configured later. Idempotent."""
+    current = logging.getLogRecordFactory()
+    if getattr(current, "soundforge_redacting", False):
+        return
+
+    def redacting_factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = current(*args, **kwargs)
+        _redact_record(record)
+        return record
+
+    redacting_factory.soundforge_redacting = True  # type: ignore[attr-defined]
+    logging.setLogRecordFactory(redacting_factory)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import uuid
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ import pytest
 from psycopg import sql
 
 from soundforge.db import connect
-from soundforge.redact import mask_text, mask_url
+from soundforge.redact import install_log_redaction, mask_text, mask_url
 from tests.cli_runner import run_cli
 from tests.support.audio import tone_bytes
 from tests.support.loopback_http import LoopbackServer
@@ -75,6 +76,17 @@ def test_a_database_url_is_masked_in_every_cli_error(
     assert "S3CRET" not in output and "PW@" not in output, output
     assert "Traceback" not in output
     assert output.strip().startswith("soundforge: error:")
+
+
+def test_log_records_are_masked_whatever_logs_them(caplog: pytest.LogCaptureFixture) -> None:
+    install_log_redaction()
+    install_log_redaction()  # idempotent
+    with caplog.at_level(logging.INFO):
+        logging.getLogger("httpx").info('HTTP Request: GET %s "200 OK"',
+                                        "http://u:LOGPW@h/a?X-Amz-Signature=LOGSIG")  # fmt: skip
+        logging.getLogger("any").warning("connect %s failed", "host=h password=LOGPW")
+    assert "LOGPW" not in caplog.text and "LOGSIG" not in caplog.text
+    assert "u:***@h" in caplog.text and "password=***" in caplog.text
 
 
 def _notify_payloads(conn: psycopg.Connection[Any]) -> list[str]:
