@@ -23,7 +23,6 @@ import socket
 import socketserver
 import threading
 import urllib.parse
-from types import TracebackType
 
 from soundforge.errors import DestinationRefusedError
 from soundforge.redact import mask_url
@@ -71,12 +70,7 @@ class PolicyProxy:
         ).start()  # fmt: skip
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
