@@ -46,6 +46,7 @@ def expand_source(
         _check_local_file(source.path, config)
         return [_plain_metadata(source.path.stem or source.path.name, str(source.path))]
     if isinstance(source, HttpSource):
+        config.destinations.check_url(source.url)  # a literal refused address fails at `add`
         return [_plain_metadata(_title_from_url(source.url), source.url)]
     client = spotify or spotify_client(config)
     tracks = client.expand(source)
