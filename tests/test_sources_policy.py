@@ -465,3 +465,19 @@ def test_policy_proxy_checks_connect_tunnels_and_forwards_one_request_per_connec
             proxy.raise_if_refused()
     assert internal.requests == []
     assert [r.headers.get("Connection") for r in public.requests] == ["close", "close"]
+
+
+def test_a_file_swapped_for_a_symlink_after_the_check_is_not_read(tmp_path: Path) -> None:
+    """The race the resolved-path check leaves: the checked file replaced by a link to a
+    secret before it is linked into staging. Neither the link nor the copy follows it."""
+    from soundforge.sources.fetch import _link_or_copy
+
+    secret = tmp_path / "secret.flac"
+    secret.write_bytes(b"fLaC secret")
+    swapped = tmp_path / "imports" / "song.flac"
+    swapped.parent.mkdir()
+    swapped.symlink_to(secret)
+    staging = tmp_path / "staging.part"
+    with pytest.raises(ImportRootError, match="became a symbolic link"):
+        _link_or_copy(swapped, staging)
+    assert not staging.exists() and not staging.is_symlink()

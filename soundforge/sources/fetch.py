@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 
-from soundforge.errors import ProgressCallback, SourceError
+from soundforge.errors import ImportRootError, ProgressCallback, SourceError
 from soundforge.redact import mask_url
 from soundforge.sources import spotdl_resolver, ytdlp_resolver
 from soundforge.sources.config import SourceConfig
@@ -138,14 +138,18 @@ def _staging(storage: Storage, track_id: uuid.UUID | str) -> Iterator[Path]:
 
 
 def _link_or_copy(source: Path, destination: Path) -> Path:
-    """Hard-link when on the same filesystem, else copy; the source is never moved."""
+    """Hard-link when on the same filesystem, else copy; the source is never moved. Neither
+    follows a symlink: one swapped in since the import-root check is refused, not read."""
     try:
-        os.link(source, destination)
+        os.link(source, destination, follow_symlinks=False)
     except OSError:
         try:
-            shutil.copyfile(source, destination)
+            shutil.copyfile(source, destination, follow_symlinks=False)
         except OSError as error:
             raise SourceError(f"{source}: cannot read ({error.strerror})") from None
+    if destination.is_symlink():
+        destination.unlink()
+        raise ImportRootError(f"{source}: became a symbolic link while it was imported")
     return destination
 
 
