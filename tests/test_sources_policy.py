@@ -481,3 +481,71 @@ def test_a_file_swapped_for_a_symlink_after_the_check_is_not_read(tmp_path: Path
     with pytest.raises(ImportRootError, match="became a symbolic link"):
         _link_or_copy(swapped, staging)
     assert not staging.exists() and not staging.is_symlink()
+
+
+@pytest.fixture
+def tls_server(tmp_path: Path, flac_bytes: bytes) -> Iterator[tuple[int, list[str]]]:
+    """An https server on 127.0.0.1 with a throwaway self-signed certificate (openssl)."""
+    import http.server
+    import shutil
+    import ssl
+    import subprocess
+    import threading
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=localhost", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)  # fmt: skip
+    seen: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append(self.path)
+            self.send_response(200)
+            self.send_header("Content-Type", "audio/flac")
+            self.send_header("Content-Length", str(len(flac_bytes)))
+            self.end_headers()
+            self.wfile.write(flac_bytes)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield int(server.server_address[1]), seen
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_ytdlp_https_goes_through_a_checked_connect_tunnel(
+    tls_server: tuple[int, list[str]], tmp_path: Path, flac_bytes: bytes
+) -> None:
+    """The real yt-dlp fetching https through the proxy: TLS end to end (the certificate is
+    for `localhost`, the name in the URL), the tunnel opened only where the policy allows."""
+    import yt_dlp
+
+    port, seen = tls_server
+    url = f"https://localhost:{port}/tone.flac"
+    for allowed in ("", "127.0.0.0/8"):
+        policy = DestinationPolicy.allowing(allowed)
+        with PolicyProxy(policy, connect_timeout_s=2, idle_timeout_s=5) as proxy:
+            options = {"proxy": proxy.url, "nocheckcertificate": True, "quiet": True,
+                       "no_warnings": True, "noprogress": True, "overwrites": True,
+                       "outtmpl": str(tmp_path / "out.%(ext)s")}  # fmt: skip
+            with yt_dlp.YoutubeDL(options) as ydl:
+                if not allowed:
+                    with pytest.raises(yt_dlp.utils.DownloadError):
+                        ydl.extract_info(url, download=True)
+                    with pytest.raises(DestinationRefusedError, match="localhost resolves"):
+                        proxy.raise_if_refused()
+                    assert seen == []
+                else:
+                    ydl.extract_info(url, download=True)
+                    assert (tmp_path / "out.flac").read_bytes() == flac_bytes
