@@ -485,7 +485,8 @@ def test_a_file_swapped_for_a_symlink_after_the_check_is_not_read(tmp_path: Path
 
 @pytest.fixture
 def tls_server(tmp_path: Path, flac_bytes: bytes) -> Iterator[tuple[int, list[str]]]:
-    """An https server on 127.0.0.1 with a throwaway self-signed certificate (openssl)."""
+    """An https server on 127.0.0.1 with a throwaway self-signed certificate for `localhost`
+    (openssl), at `tmp_path / "cert.pem"`; yields its port and the paths it was asked for."""
     import http.server
     import shutil
     import ssl
@@ -496,7 +497,8 @@ def tls_server(tmp_path: Path, flac_bytes: bytes) -> Iterator[tuple[int, list[st
         pytest.skip("openssl is not installed")
     key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                    "-subj", "/CN=localhost", "-keyout", str(key), "-out", str(cert)],
+                    "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost",
+                    "-keyout", str(key), "-out", str(cert)],
                    check=True, capture_output=True)  # fmt: skip
     seen: list[str] = []
 
@@ -549,3 +551,28 @@ def test_ytdlp_https_goes_through_a_checked_connect_tunnel(
                 else:
                     ydl.extract_info(url, download=True)
                     assert (tmp_path / "out.flac").read_bytes() == flac_bytes
+
+
+def test_https_download_is_pinned_yet_checks_the_certificate_against_the_url_name(
+    tls_server: tuple[int, list[str]], tmp_path: Path, flac_bytes: bytes
+) -> None:
+    """The socket goes to the checked 127.0.0.1; TLS still verifies the certificate, and
+    against `localhost`, the URL's name: the same server by its address fails the check."""
+    import ssl
+
+    from soundforge.sources.http_download import download_http
+    from soundforge.sources.pinned_http import policy_client
+
+    port, seen = tls_server
+    trusting = ssl.create_default_context(cafile=str(tmp_path / "cert.pem"))
+    allowed = config("127.0.0.0/8")
+    with policy_client(allowed.destinations, verify=trusting) as client:
+        size = download_http(f"https://localhost:{port}/a.flac", tmp_path / "a", allowed,
+                             client=client)  # fmt: skip
+        assert size == len(flac_bytes) and seen == ["/a.flac"]
+        with pytest.raises(DownloadNetworkError, match=r"CERTIFICATE_VERIFY_FAILED|match"):
+            download_http(f"https://127.0.0.1:{port}/b.flac", tmp_path / "b", allowed,
+                          client=client)  # fmt: skip
+    with pytest.raises(DownloadNetworkError, match="CERTIFICATE_VERIFY_FAILED"):
+        download_http(f"https://localhost:{port}/c.flac", tmp_path / "c", allowed)
+    assert seen == ["/a.flac"]
