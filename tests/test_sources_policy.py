@@ -134,6 +134,7 @@ OTHER_FORMS = [
     ("[::]", "unspecified"),
     ("[::ffff:10.0.0.1]", "private network (RFC 1918) (IPv4-mapped"),
     ("[2001:0:4136:e378:8000:63bf:3fff:fdd2]", "Teredo"),
+    ("[64:ff9b:1::a00:1]", "local-use NAT64"),
 ]
 LOOPBACK_FORMS = [
     ("127.0.0.1", "loopback"),
