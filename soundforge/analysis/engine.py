@@ -40,6 +40,7 @@ MIN_KEY_CONFIDENCE = 0.3  # noise and drones correlate about 0.2 with their best
 # Share of the whitened spectrum the transcribed notes explain: white / pink noise 0.29-0.38,
 # the rendered corpus 0.50 and up (median 0.65).
 MIN_TONALITY = 0.45
+TUNING_FRAME_STEP = 4
 DECODE_PROGRESS = 90.0  # share of the progress bar the decode + STFT pass covers
 
 FloatArray = npt.NDArray[np.float32]
@@ -70,7 +71,8 @@ class _FrameFeatures:
     def add(self, chunk: FrameChunk) -> None:
         power = np.square(chunk.magnitude)
         if self.banks is None:  # tuning from the first chunk, as chroma_stft would per call
-            tuning = spectral.estimate_tuning(power, self.sample_rate, N_FFT)
+            # every TUNING_FRAME_STEP-th frame: the same histogram peak at a quarter of the cost
+            tuning = spectral.estimate_tuning(power[::TUNING_FRAME_STEP], self.sample_rate, N_FFT)
             self.banks = spectral.filterbanks(self.sample_rate, N_FFT, round(tuning, 2))
         banks = self.banks
         centroid, bandwidth, total = spectral.spectral_centroid_bandwidth(chunk.magnitude, banks)
