@@ -85,7 +85,8 @@ def _report_error(path: Path, message: str, as_json: bool) -> None:
     if as_json:
         sys.stdout.write(json.dumps({"file": str(path), "error": message}) + "\n")
     else:
-        print(f"soundforge: error: {path}: {message}", file=sys.stderr)
+        named = message if str(path) in message or path.name in message else f"{path}: {message}"
+        print(f"soundforge: error: {named}", file=sys.stderr)
 
 
 @contextmanager
