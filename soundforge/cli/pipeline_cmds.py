@@ -11,9 +11,17 @@ from rich.console import Console
 
 from soundforge import live, music, workflow
 from soundforge.cli import progress_bars
-from soundforge.cli.common import add_json_flag, database, print_json, settings, storage
+from soundforge.cli.common import (
+    add_json_flag,
+    analysis_summary,
+    database,
+    print_json,
+    settings,
+    storage,
+)
 from soundforge.engines import default_engines
 from soundforge.errors import PermanentError
+from soundforge.keys import camelot
 from soundforge.models import Stage
 from soundforge.queue import MAINTENANCE_QUEUE
 from soundforge.separation.registry import DEFAULT_MODEL, MODEL_NAMES
@@ -124,10 +132,10 @@ def run_status(args: argparse.Namespace) -> int:
             music.require_track(conn, track_ids[0])
         rows = live.pipeline_rows(conn, track_ids, limit=args.limit)
     if args.json:
-        print_json(rows)
+        print_json([{**row, "key_camelot": camelot(row["key"])} for row in rows])
         return 0
     for row in rows:
-        print(f"{row['track_id']}  {row['title']}")
+        print(f"{row['track_id']}  {row['title']}  ({analysis_summary(row)})")
         for stage in live.STAGES:
             status, percent, error = live.stage_state(row, stage)
             if status is not None:

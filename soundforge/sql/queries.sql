@@ -62,15 +62,62 @@ SELECT * FROM tracks WHERE id = %(id)s;
 -- One track by its Spotify id.
 SELECT * FROM tracks WHERE spotify_id = %(spotify_id)s;
 
--- name: list_tracks
--- Tracks, newest first (served by tracks_inserted_at_index), a page at a time.
-SELECT * FROM tracks ORDER BY insert_order DESC LIMIT %(limit)s OFFSET %(offset)s;
-
--- name: search_tracks
--- Tracks whose title or artist contains the pattern, case-insensitively (trigram indexes).
-SELECT * FROM tracks
-WHERE title ILIKE %(pattern)s OR artist ILIKE %(pattern)s
-ORDER BY insert_order DESC
+-- name: track_page
+-- One page of the track list, newest first, for the CLI (`tracks`, `status`) and the web
+-- (Tracks page, GET /api/tracks) alike: optionally some track ids, a title/artist search
+-- (trigram indexes), a tempo range (tempo index) and a key, both on the newest analysis; each
+-- row carries that analysis' columns and each stage's newest job (the soundforge_pipeline
+-- view's column names). Fetch `limit` + 1 rows to know whether another page follows.
+SELECT track.id AS track_id, track.id, track.title, track.artist, track.album,
+       track.album_art_url, track.duration, track.spotify_id, track.spotify_url,
+       track.inserted_at, track.updated_at,
+       analysis.id AS analysis_result_id, analysis.tempo, analysis.key,
+       (analysis.features ->> 'key_confidence')::double precision AS key_confidence,
+       analysis.energy, analysis.spectral_centroid, analysis.spectral_rolloff,
+       analysis.zero_crossing_rate,
+       download_job.id AS download_job_id, download_job.status AS download_status,
+       download_job.progress AS download_progress, download_job.error AS download_error,
+       separate_job.id AS separate_job_id, separate_job.status AS separate_status,
+       separate_job.progress AS separate_progress, separate_job.error AS separate_error,
+       analyze_job.id AS analyze_job_id, analyze_job.status AS analyze_status,
+       analyze_job.progress AS analyze_progress, analyze_job.error AS analyze_error
+FROM tracks track
+LEFT JOIN LATERAL (
+    SELECT result.id, result.tempo, result.key, result.features, result.energy,
+           result.spectral_centroid, result.spectral_rolloff, result.zero_crossing_rate
+    FROM analysis_results result WHERE result.track_id = track.id
+    ORDER BY result.insert_order DESC LIMIT 1
+) analysis ON true
+LEFT JOIN LATERAL (
+    SELECT j.id, j.status, j.progress, j.error FROM download_jobs j
+    WHERE j.track_id = track.id ORDER BY j.insert_order DESC LIMIT 1
+) download_job ON true
+LEFT JOIN LATERAL (
+    SELECT j.id, j.status, j.progress, j.error FROM processing_jobs j
+    WHERE j.track_id = track.id ORDER BY j.insert_order DESC LIMIT 1
+) separate_job ON true
+LEFT JOIN LATERAL (
+    SELECT j.id, j.status, j.progress, j.error FROM analysis_jobs j
+    WHERE j.track_id = track.id ORDER BY j.insert_order DESC LIMIT 1
+) analyze_job ON true
+WHERE (%(track_ids)s::uuid[] IS NULL OR track.id = ANY(%(track_ids)s::uuid[]))
+  AND (%(pattern)s::text IS NULL
+       OR track.title ILIKE %(pattern)s::text OR track.artist ILIKE %(pattern)s::text)
+  AND (%(tempo_min)s::double precision IS NULL AND %(tempo_max)s::double precision IS NULL
+       AND %(key)s::text IS NULL
+       OR track.id IN (
+           SELECT candidate.track_id FROM analysis_results candidate
+           WHERE (%(tempo_min)s::double precision IS NULL
+                  OR candidate.tempo >= %(tempo_min)s::double precision)
+             AND (%(tempo_max)s::double precision IS NULL
+                  OR candidate.tempo <= %(tempo_max)s::double precision)
+             AND (%(key)s::text IS NULL OR candidate.key = %(key)s::text)))
+  AND (%(tempo_min)s::double precision IS NULL
+       OR analysis.tempo >= %(tempo_min)s::double precision)
+  AND (%(tempo_max)s::double precision IS NULL
+       OR analysis.tempo <= %(tempo_max)s::double precision)
+  AND (%(key)s::text IS NULL OR analysis.key = %(key)s::text)
+ORDER BY track.insert_order DESC
 LIMIT %(limit)s OFFSET %(offset)s;
 
 -- name: update_track_metadata
@@ -314,10 +361,3 @@ SELECT soundforge_defer_stage_v1(%(queue)s, %(task_name)s, %(queueing_lock)s, %(
 -- name: cancel_queue_job
 -- Cancel a waiting Procrastinate job, or ask a running one to abort.
 SELECT procrastinate_cancel_job_v1(%(id)s, true, false) AS id;
-
--- name: pipeline_for_tracks
--- The soundforge_pipeline view for some tracks (all when the list is NULL), newest first.
-SELECT * FROM soundforge_pipeline
-WHERE %(track_ids)s::uuid[] IS NULL OR track_id = ANY(%(track_ids)s::uuid[])
-ORDER BY inserted_at DESC, track_id
-LIMIT %(limit)s;
