@@ -208,6 +208,11 @@ def list_stems_for_track(conn: Connection, track_id: uuid.UUID | str) -> list[St
     return [Stem.from_row(row) for row in rows]
 
 
+def get_stem(conn: Connection, stem_id: uuid.UUID | str) -> Stem | None:
+    row = conn.execute(query("get_stem"), {"id": parse_uuid(stem_id, "stem id")}).fetchone()
+    return Stem.from_row(row) if row else None
+
+
 def list_stems_for_job(conn: Connection, processing_job_id: uuid.UUID) -> list[Stem]:
     rows = conn.execute(query("list_stems_for_job"), {"processing_job_id": processing_job_id})
     return [Stem.from_row(row) for row in rows]
@@ -269,6 +274,13 @@ def get_analysis_result_for_track(
         query("newest_analysis_result_for_track"), {"track_id": parse_uuid(track_id, "track id")}
     ).fetchone()
     return AnalysisResult.from_row(row) if row else None
+
+
+def track_jobs(conn: Connection, track_id: uuid.UUID | str) -> list[dict[str, Any]]:
+    """Every job row of a track (stage, status, progress, error, attempts, times, model),
+    oldest first: a track's history."""
+    params = {"track_id": parse_uuid(track_id, "track id")}
+    return conn.execute(query("track_jobs"), params).fetchall()
 
 
 def delete_track(conn: Connection, track_id: uuid.UUID | str) -> bool:

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from soundforge.errors import ConfigError
@@ -94,6 +94,14 @@ class Settings(BaseSettings):
     restart_backoff_max_s: float = Field(default=60.0, ge=0)
     hard_time_limit_grace_s: float = Field(default=300.0, ge=0)
     log_level: str = "INFO"
+
+    # Web dashboard (`soundforge serve`).
+    web_host: str = "127.0.0.1"
+    web_port: int = Field(default=8470, ge=1, le=65535)
+    web_token: SecretStr | None = None
+    """Writes (add, cancel, retry, delete) need it; unset: the dashboard is read-only."""
+    web_writes_per_minute: int = Field(default=30, ge=1)
+    web_page_size: int = Field(default=50, ge=1, le=1000)
 
     @field_validator("database_url")
     @classmethod

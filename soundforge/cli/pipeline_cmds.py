@@ -84,11 +84,10 @@ def run_add(args: argparse.Namespace) -> int:
         model=args.model or config.demucs_model,
     )  # fmt: skip
     engines = default_engines(config)
-    expanded = [metadata for source in args.sources for metadata in engines.expand(source)]
     listener = live.open_listener(config.database_url) if args.wait else None
     with database(config, autocommit=True) as conn:
-        imported = [workflow.import_track(conn, metadata, options, force=args.force)
-                    for metadata in expanded]  # fmt: skip
+        imported = workflow.import_sources(conn, engines, args.sources, options,
+                                           force=args.force)  # fmt: skip
         if not args.json:
             for item in imported:
                 note = "queued" if item.new_download else f"already {item.download_job.status}"
@@ -200,14 +199,16 @@ def run_worker(args: argparse.Namespace) -> int:
     set_runtime(runtime)
     runtime.pool  # noqa: B018 - connect now: an unreachable database fails here, clearly
     runtime.engines.warm_up([QUEUE_STAGES[q] for q in queues if q in QUEUE_STAGES])
-    hooks = WorkerHooks(config)  # supervisor protocol, job heartbeats, recycling
+    name = args.name or f"soundforge-{'+'.join(queues)}"
+    # supervisor protocol, job heartbeats, recycling, the queues it serves
+    hooks = WorkerHooks(config, name=name, queues=queues)
     app = build_app(config)
     hooks.attach(app)
     try:
         app.run_worker(
             queues=queues,
             concurrency=args.concurrency,
-            name=args.name or f"soundforge-{'+'.join(queues)}",
+            name=name,
             shutdown_graceful_timeout=config.shutdown_grace_s,
             **worker_options(config, hooks),
         )

@@ -169,6 +169,10 @@ RETURNING *;
 SELECT stem.* FROM stems stem JOIN processing_jobs job ON job.id = stem.processing_job_id
 WHERE stem.track_id = %(track_id)s ORDER BY job.insert_order DESC, stem.stem_type;
 
+-- name: get_stem
+-- One stem row by id.
+SELECT * FROM stems WHERE id = %(id)s;
+
 -- name: list_stems_for_job
 -- The stems one separation run wrote.
 SELECT * FROM stems WHERE processing_job_id = %(processing_job_id)s ORDER BY stem_type;
@@ -187,6 +191,21 @@ RETURNING *;
 -- The newest analysis of a track (several may exist after re-analysis).
 SELECT * FROM analysis_results WHERE track_id = %(track_id)s
 ORDER BY insert_order DESC LIMIT 1;
+
+-- name: track_jobs
+-- Every job row of a track, each stage's rows oldest first (the track page's history)
+SELECT 'download' AS stage, id, status, progress, error, attempts, inserted_at, started_at,
+       finished_at, insert_order, NULL::text AS model
+FROM download_jobs WHERE track_id = %(track_id)s
+UNION ALL
+SELECT 'separate', id, status, progress, error, attempts, inserted_at, started_at,
+       finished_at, insert_order, model
+FROM processing_jobs WHERE track_id = %(track_id)s
+UNION ALL
+SELECT 'analyze', id, status, progress, error, attempts, inserted_at, started_at, finished_at,
+       insert_order, NULL
+FROM analysis_jobs WHERE track_id = %(track_id)s
+ORDER BY insert_order;
 
 -- ---------------------------------------------------------------- job rows ({table})
 
