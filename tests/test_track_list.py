@@ -13,21 +13,10 @@ import pytest
 from soundforge import music
 from soundforge.errors import PermanentError
 from soundforge.keys import InvalidKeyError, camelot, normalize_key
-from soundforge.models import Stage, Track
+from soundforge.models import Stage
 from tests.cli_runner import run_cli
 from tests.factories import make_job, make_track
-
-
-def analysed(conn: psycopg.Connection[Any], title: str, tempo: float, key: str,
-             artist: str | None = None) -> Track:  # fmt: skip
-    track = make_track(conn, title, artist=artist)
-    job = make_job(conn, Stage.ANALYZE, track)
-    music.create_analysis_result(
-        conn, track_id=track.id, analysis_job_id=job.id,
-        columns={"tempo": tempo, "key": key, "energy": 0.1},
-        features={"key_confidence": 0.75, "beats": [0.5, 1.0]},
-    )  # fmt: skip
-    return track
+from tests.support.web import analysed_track
 
 
 def test_key_names_and_camelot_codes_convert_both_ways() -> None:
@@ -50,10 +39,10 @@ def test_tempo_range_text_parses_open_and_closed_ends() -> None:
 def test_track_page_filters_tempo_and_key_on_the_newest_analysis(
     conn: psycopg.Connection[Any],
 ) -> None:
-    slow = analysed(conn, "Slow", 90.0, "A minor")
-    wanted = analysed(conn, "Wanted", 125.0, "A minor")
-    analysed(conn, "Other key", 126.0, "C major")
-    changed = analysed(conn, "Re-analysed", 124.0, "A minor")
+    slow = analysed_track(conn, "Slow", 90.0, "A minor")
+    wanted = analysed_track(conn, "Wanted", 125.0, "A minor")
+    analysed_track(conn, "Other key", 126.0, "C major")
+    changed = analysed_track(conn, "Re-analysed", 124.0, "A minor")
     job = make_job(conn, Stage.ANALYZE, changed)  # a newer analysis says 140 BPM
     music.create_analysis_result(conn, track_id=changed.id, analysis_job_id=job.id,
                                  columns={"tempo": 140.0, "key": "A minor"}, features={})
@@ -81,8 +70,8 @@ def test_track_page_pages_newest_first_and_says_whether_more_follow(
 def test_tracks_and_status_commands_show_and_filter_tempo_and_key(
     conn: psycopg.Connection[Any], cli_env: dict[str, str]
 ) -> None:
-    analysed(conn, "Groove", 128.0, "A minor", artist="Band")
-    analysed(conn, "Ballad", 72.0, "A minor")
+    analysed_track(conn, "Groove", 128.0, "A minor", artist="Band")
+    analysed_track(conn, "Ballad", 72.0, "A minor")
     listed = run_cli("tracks", "--tempo", "120-130", "--key", "A minor", env=cli_env)
     assert listed.returncode == 0, listed.stderr
     assert "128.0 BPM" in listed.stdout and "A minor (8A)" in listed.stdout

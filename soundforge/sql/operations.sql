@@ -10,7 +10,7 @@ FROM procrastinate_jobs GROUP BY queue_name, status ORDER BY queue_name, status;
 -- name: queue_waiting
 -- Per queue: waiting jobs and the age of the oldest (from its schedule or its deferral)
 SELECT job.queue_name AS queue, count(*) AS waiting,
-       extract(epoch FROM now() - min(coalesce(job.scheduled_at, deferred.at))) AS oldest_age_s
+       extract(epoch FROM now() - min(coalesce(job.scheduled_at, deferred.at)))::float8 AS oldest_age_s
 FROM procrastinate_jobs job
 LEFT JOIN LATERAL (
     SELECT min(event.at) AS at FROM procrastinate_events event
@@ -45,13 +45,13 @@ FROM soundforge_failures ORDER BY failed_at DESC LIMIT %(limit)s;
 -- name: stalled_rows
 -- Job rows a worker is supposed to be running but whose queue job or worker is gone or silent
 SELECT stage, job_id, track_id, status, progress, procrastinate_job_id, queue_status, worker_id,
-       extract(epoch FROM heartbeat_age) AS heartbeat_age_s
+       extract(epoch FROM heartbeat_age)::float8 AS heartbeat_age_s
 FROM soundforge_stalled ORDER BY job_id LIMIT %(limit)s;
 
 -- name: live_workers
 -- Registered Procrastinate workers, their heartbeat age, queues (when SoundForge's worker
 -- recorded them) and running jobs
-SELECT worker.id, extract(epoch FROM now() - worker.last_heartbeat) AS heartbeat_age_s,
+SELECT worker.id, extract(epoch FROM now() - worker.last_heartbeat)::float8 AS heartbeat_age_s,
        served.name, served.queues, served.pid, served.hostname,
        (SELECT count(*) FROM procrastinate_jobs job
         WHERE job.worker_id = worker.id AND job.status = 'doing') AS running
