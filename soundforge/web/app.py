@@ -6,17 +6,20 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 from importlib import resources
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from soundforge import music
 from soundforge.db import create_pool
@@ -97,6 +100,28 @@ async def handle_error(request: Request, error: Exception) -> Response:
                         message=message)  # fmt: skip
 
 
+class ServerTiming:
+    """ASGI middleware: `Server-Timing: app;dur=<ms>` on every answer (time to the response's
+    start: what the handler and the database cost, for benchmarks and browser dev tools)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+
+        async def send_timed(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                elapsed_ms = (time.perf_counter() - started) * 1000
+                MutableHeaders(scope=message).append("server-timing", f"app;dur={elapsed_ms:.2f}")
+            await send(message)
+
+        await self.app(scope, receive, send_timed)
+
+
 def build_app(settings: Settings, engines: Engines | None = None) -> Starlette:
     """The dashboard for `settings`; the pool and the LISTEN thread start with the app."""
     token = settings.web_token.get_secret_value() if settings.web_token else None
@@ -123,7 +148,8 @@ def build_app(settings: Settings, engines: Engines | None = None) -> Starlette:
     handlers: dict[Any, Any] = {Exception: handle_error, HTTPException: handle_error,
                                 SoundForgeError: handle_error,
                                 WriteDeniedError: handle_error}  # fmt: skip
-    app = Starlette(routes=routes(), middleware=[Middleware(SecurityHeaders)],
-                    exception_handlers=handlers, lifespan=lifespan)  # fmt: skip
+    middleware = [Middleware(ServerTiming), Middleware(SecurityHeaders)]
+    app = Starlette(routes=routes(), middleware=middleware, exception_handlers=handlers,
+                    lifespan=lifespan)  # fmt: skip
     app.state.context = ctx
     return app
