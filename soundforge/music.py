@@ -134,7 +134,9 @@ def track_page(conn: Connection, wanted: TrackQuery) -> TrackPage:
     """One page of tracks, newest first, filtered as `wanted` says (the one track-list query)."""
     params = wanted.params()
     limit = params["limit"]
-    rows = conn.execute(query("track_page"), {**params, "limit": limit + 1}).fetchall()
+    # Unprepared: a prepared statement's generic plan would keep every NULL filter's branches.
+    rows = conn.execute(query("track_page"), {**params, "limit": limit + 1},
+                        prepare=False).fetchall()  # fmt: skip
     return TrackPage(rows[:limit], len(rows) > limit, params["offset"], limit)
 
 

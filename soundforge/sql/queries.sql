@@ -67,7 +67,36 @@ SELECT * FROM tracks WHERE spotify_id = %(spotify_id)s;
 -- (Tracks page, GET /api/tracks) alike: optionally some track ids, a title/artist search
 -- (trigram indexes), a tempo range (tempo index) and a key, both on the newest analysis; each
 -- row carries that analysis' columns and each stage's newest job (the soundforge_pipeline
--- view's column names). Fetch `limit` + 1 rows to know whether another page follows.
+-- view's column names). The page's ids are chosen first, so a deep page costs the rows it
+-- skips, not their joins. Run unprepared: a NULL filter then drops out of the plan. Fetch
+-- `limit` + 1 rows to know whether another page follows.
+WITH page AS (
+    SELECT track.id, track.insert_order FROM tracks track
+    WHERE (%(track_ids)s::uuid[] IS NULL OR track.id = ANY(%(track_ids)s::uuid[]))
+      AND (%(pattern)s::text IS NULL
+           OR track.title ILIKE %(pattern)s::text OR track.artist ILIKE %(pattern)s::text)
+      AND (%(tempo_min)s::double precision IS NULL AND %(tempo_max)s::double precision IS NULL
+           AND %(key)s::text IS NULL
+           OR track.id IN (
+               SELECT candidate.track_id FROM analysis_results candidate
+               WHERE (%(tempo_min)s::double precision IS NULL
+                      OR candidate.tempo >= %(tempo_min)s::double precision)
+                 AND (%(tempo_max)s::double precision IS NULL
+                      OR candidate.tempo <= %(tempo_max)s::double precision)
+                 AND (%(key)s::text IS NULL OR candidate.key = %(key)s::text))
+              AND EXISTS (
+               SELECT FROM (
+                   SELECT newest.tempo, newest.key FROM analysis_results newest
+                   WHERE newest.track_id = track.id ORDER BY newest.insert_order DESC LIMIT 1
+               ) latest
+               WHERE (%(tempo_min)s::double precision IS NULL
+                      OR latest.tempo >= %(tempo_min)s::double precision)
+                 AND (%(tempo_max)s::double precision IS NULL
+                      OR latest.tempo <= %(tempo_max)s::double precision)
+                 AND (%(key)s::text IS NULL OR latest.key = %(key)s::text)))
+    ORDER BY track.insert_order DESC
+    LIMIT %(limit)s OFFSET %(offset)s
+)
 SELECT track.id AS track_id, track.id, track.title, track.artist, track.album,
        track.album_art_url, track.duration, track.spotify_id, track.spotify_url,
        track.inserted_at, track.updated_at,
@@ -81,7 +110,7 @@ SELECT track.id AS track_id, track.id, track.title, track.artist, track.album,
        separate_job.progress AS separate_progress, separate_job.error AS separate_error,
        analyze_job.id AS analyze_job_id, analyze_job.status AS analyze_status,
        analyze_job.progress AS analyze_progress, analyze_job.error AS analyze_error
-FROM tracks track
+FROM page JOIN tracks track ON track.id = page.id
 LEFT JOIN LATERAL (
     SELECT result.id, result.tempo, result.key, result.features, result.energy,
            result.spectral_centroid, result.spectral_rolloff, result.zero_crossing_rate
@@ -100,25 +129,7 @@ LEFT JOIN LATERAL (
     SELECT j.id, j.status, j.progress, j.error FROM analysis_jobs j
     WHERE j.track_id = track.id ORDER BY j.insert_order DESC LIMIT 1
 ) analyze_job ON true
-WHERE (%(track_ids)s::uuid[] IS NULL OR track.id = ANY(%(track_ids)s::uuid[]))
-  AND (%(pattern)s::text IS NULL
-       OR track.title ILIKE %(pattern)s::text OR track.artist ILIKE %(pattern)s::text)
-  AND (%(tempo_min)s::double precision IS NULL AND %(tempo_max)s::double precision IS NULL
-       AND %(key)s::text IS NULL
-       OR track.id IN (
-           SELECT candidate.track_id FROM analysis_results candidate
-           WHERE (%(tempo_min)s::double precision IS NULL
-                  OR candidate.tempo >= %(tempo_min)s::double precision)
-             AND (%(tempo_max)s::double precision IS NULL
-                  OR candidate.tempo <= %(tempo_max)s::double precision)
-             AND (%(key)s::text IS NULL OR candidate.key = %(key)s::text)))
-  AND (%(tempo_min)s::double precision IS NULL
-       OR analysis.tempo >= %(tempo_min)s::double precision)
-  AND (%(tempo_max)s::double precision IS NULL
-       OR analysis.tempo <= %(tempo_max)s::double precision)
-  AND (%(key)s::text IS NULL OR analysis.key = %(key)s::text)
-ORDER BY track.insert_order DESC
-LIMIT %(limit)s OFFSET %(offset)s;
+ORDER BY page.insert_order DESC;
 
 -- name: update_track_metadata
 -- Fill metadata learnt later (e.g. the title of a downloaded file); NULLs keep what is there.
