@@ -4,8 +4,6 @@ lower, and it runs `soundforge serve` on the loopback default as the soundforge 
 
 from __future__ import annotations
 
-import re
-import subprocess
 from pathlib import Path
 
 from tests.test_deploy_systemd import (
@@ -13,6 +11,7 @@ from tests.test_deploy_systemd import (
     MAX_EXPOSURE,
     make_verify_root,
     pytestmark,
+    security_exposure,
     unit_directives,
     verify,
 )
@@ -33,15 +32,8 @@ def test_web_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
 
 
 def test_web_unit_security_exposure_is_at_most_2_0() -> None:
-    result = subprocess.run(
-        ["systemd-analyze", "security", "--offline=true", "--no-pager", str(WEB_UNIT)],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    output = result.stdout + result.stderr
-    match = re.search(r"Overall exposure level for soundforge-web\.service:\s*(\d+(?:\.\d+)?)",
-                      output)  # fmt: skip
-    assert match, output
-    assert float(match.group(1)) <= MAX_EXPOSURE, output
+    exposure, output = security_exposure(WEB_UNIT)
+    assert exposure <= MAX_EXPOSURE, output
 
 
 def test_web_unit_serves_on_the_loopback_default_as_the_soundforge_user() -> None:

@@ -6,20 +6,17 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import time
 from collections.abc import AsyncIterator
 from importlib import resources
 from typing import Any
 
 from starlette.applications import Starlette
-from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from soundforge import music
 from soundforge.db import create_pool
@@ -37,7 +34,8 @@ from soundforge.storage import Storage
 from soundforge.web import api, pages
 from soundforge.web.context import WebContext, build_templates
 from soundforge.web.events import ProgressBroadcaster
-from soundforge.web.security import RateLimiter, SecurityHeaders, WriteDeniedError, WriteGuard
+from soundforge.web.middleware import SecurityHeaders, ServerTiming
+from soundforge.web.security import RateLimiter, WriteDeniedError, WriteGuard
 
 log = logging.getLogger(__name__)
 
@@ -98,28 +96,6 @@ async def handle_error(request: Request, error: Exception) -> Response:
         return api.JSON({"error": message, "status": status}, status_code=status)
     return pages.render(request, "error.html", status_code=status, status=status,
                         message=message)  # fmt: skip
-
-
-class ServerTiming:
-    """ASGI middleware: `Server-Timing: app;dur=<ms>` on every answer (time to the response's
-    start: what the handler and the database cost, for benchmarks and browser dev tools)."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-
-        async def send_timed(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                elapsed_ms = (time.perf_counter() - started) * 1000
-                MutableHeaders(scope=message).append("server-timing", f"app;dur={elapsed_ms:.2f}")
-            await send(message)
-
-        await self.app(scope, receive, send_timed)
 
 
 def build_app(settings: Settings, engines: Engines | None = None) -> Starlette:

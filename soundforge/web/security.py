@@ -1,7 +1,6 @@
-"""What stands between the network and a write: security headers on every answer, the write
-token (`SOUNDFORGE_WEB_TOKEN`, compared in constant time; without it the dashboard is
-read-only), a session cookie for browsers with a CSRF token bound to it, a same-origin check,
-and a per-client rate limit on writes.
+"""What stands between the network and a write: the write token (`SOUNDFORGE_WEB_TOKEN`,
+compared in constant time; without it the dashboard is read-only), a session cookie for
+browsers with a CSRF token bound to it, a same-origin check, and a per-client rate limit.
 
 A browser signs in once with the token; its cookie holds an HMAC of the token (never the token),
 is HttpOnly and SameSite=Strict. Every browser write also carries the CSRF token (a second HMAC,
@@ -20,49 +19,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from starlette.datastructures import MutableHeaders
 from starlette.requests import Request
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 SESSION_COOKIE = "soundforge_session"
 CSRF_HEADER = "x-csrf-token"
 CSRF_FIELD = "csrf_token"
-CONTENT_SECURITY_POLICY = (
-    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-    "media-src 'self' blob:; connect-src 'self'; font-src 'self'; object-src 'none'; "
-    "base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
-)
-SECURITY_HEADERS = (
-    (b"content-security-policy", CONTENT_SECURITY_POLICY.encode()),
-    (b"x-frame-options", b"DENY"),
-    (b"x-content-type-options", b"nosniff"),
-    (b"referrer-policy", b"same-origin"),
-    (b"cross-origin-opener-policy", b"same-origin"),
-    (b"permissions-policy", b"camera=(), microphone=(), geolocation=()"),
-)
-
-
-class SecurityHeaders:
-    """ASGI middleware: the security headers on every HTTP answer."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = MutableHeaders(scope=message)
-                for name, value in SECURITY_HEADERS:
-                    headers.setdefault(name.decode(), value.decode())
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)
-
-
 class WriteDeniedError(Exception):
     """A write that may not happen: `status` 403 (no or wrong credentials, cross-site) or 429."""
 
