@@ -54,9 +54,12 @@ def fresh_heartbeat_s(heartbeat_interval_s: float) -> float:
     return max(3 * heartbeat_interval_s, MIN_FRESH_HEARTBEAT_S)
 
 
-def queue_stats(conn: Connection) -> list[QueueStats]:
+def queue_stats(conn: Connection, *, live_only: bool = False) -> list[QueueStats]:
+    """Per queue: jobs by status (only `todo` and `doing` when `live_only`: cheap whatever the
+    history's size) and the waiting jobs with the oldest one's age."""
     counts: dict[str, dict[str, int]] = {}
-    for row in conn.execute(query("queue_job_counts")):
+    statement = "queue_live_counts" if live_only else "queue_job_counts"
+    for row in conn.execute(query(statement)):
         counts.setdefault(row["queue"], {})[row["status"]] = int(row["jobs"])
     waiting = {row["queue"]: row for row in conn.execute(query("queue_waiting"))}
     return [
@@ -129,7 +132,7 @@ def check_health(conn: Connection, heartbeat_interval_s: float) -> HealthReport:
     live = [worker for worker in workers(conn) if worker["heartbeat_age_s"] <= limit_s]
     reasons = []
     queues: dict[str, Any] = {}
-    for stats in queue_stats(conn):
+    for stats in queue_stats(conn, live_only=True):
         if not stats.waiting:
             continue
         serving = [worker["id"] for worker in live

@@ -7,6 +7,14 @@
 SELECT queue_name AS queue, status::text AS status, count(*) AS jobs
 FROM procrastinate_jobs GROUP BY queue_name, status ORDER BY queue_name, status;
 
+-- name: queue_live_counts
+-- Procrastinate jobs waiting or running, per queue (served by Procrastinate's partial index on
+-- exactly these two statuses, so a scrape never counts the finished history)
+SELECT queue_name AS queue, status::text AS status, count(*) AS jobs
+FROM procrastinate_jobs
+WHERE status = ANY (ARRAY['todo'::procrastinate_job_status, 'doing'::procrastinate_job_status])
+GROUP BY queue_name, status ORDER BY queue_name, status;
+
 -- name: queue_waiting
 -- Per queue: waiting jobs and the age of the oldest (from its schedule or its deferral)
 SELECT job.queue_name AS queue, count(*) AS waiting,

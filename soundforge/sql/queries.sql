@@ -66,8 +66,8 @@ SELECT * FROM tracks WHERE spotify_id = %(spotify_id)s;
 -- One page of the track list, newest first, for the CLI (`tracks`, `status`) and the web
 -- (Tracks page, GET /api/tracks) alike: optionally some track ids, a title/artist search
 -- (trigram indexes), a tempo range (tempo index) and a key, both on the newest analysis; each
--- row carries that analysis' columns and each stage's newest job (the soundforge_pipeline
--- view's column names). The page's ids are chosen first, so a deep page costs the rows it
+-- row carries that analysis' columns and each stage's newest job (from the soundforge_pipeline
+-- view). The page's ids are chosen first, so a deep page costs the rows it
 -- skips, not their joins. Run unprepared: a NULL filter then drops out of the plan. Fetch
 -- `limit` + 1 rows to know whether another page follows.
 WITH page AS (
@@ -104,31 +104,18 @@ SELECT track.id AS track_id, track.id, track.title, track.artist, track.album,
        (analysis.features ->> 'key_confidence')::double precision AS key_confidence,
        analysis.energy, analysis.spectral_centroid, analysis.spectral_rolloff,
        analysis.zero_crossing_rate,
-       download_job.id AS download_job_id, download_job.status AS download_status,
-       download_job.progress AS download_progress, download_job.error AS download_error,
-       separate_job.id AS separate_job_id, separate_job.status AS separate_status,
-       separate_job.progress AS separate_progress, separate_job.error AS separate_error,
-       analyze_job.id AS analyze_job_id, analyze_job.status AS analyze_status,
-       analyze_job.progress AS analyze_progress, analyze_job.error AS analyze_error
+       pipeline.download_job_id, pipeline.download_status, pipeline.download_progress,
+       pipeline.download_error, pipeline.separate_job_id, pipeline.separate_status,
+       pipeline.separate_progress, pipeline.separate_error, pipeline.analyze_job_id,
+       pipeline.analyze_status, pipeline.analyze_progress, pipeline.analyze_error
 FROM page JOIN tracks track ON track.id = page.id
+JOIN soundforge_pipeline pipeline ON pipeline.track_id = page.id
 LEFT JOIN LATERAL (
     SELECT result.id, result.tempo, result.key, result.features, result.energy,
            result.spectral_centroid, result.spectral_rolloff, result.zero_crossing_rate
     FROM analysis_results result WHERE result.track_id = track.id
     ORDER BY result.insert_order DESC LIMIT 1
 ) analysis ON true
-LEFT JOIN LATERAL (
-    SELECT j.id, j.status, j.progress, j.error FROM download_jobs j
-    WHERE j.track_id = track.id ORDER BY j.insert_order DESC LIMIT 1
-) download_job ON true
-LEFT JOIN LATERAL (
-    SELECT j.id, j.status, j.progress, j.error FROM processing_jobs j
-    WHERE j.track_id = track.id ORDER BY j.insert_order DESC LIMIT 1
-) separate_job ON true
-LEFT JOIN LATERAL (
-    SELECT j.id, j.status, j.progress, j.error FROM analysis_jobs j
-    WHERE j.track_id = track.id ORDER BY j.insert_order DESC LIMIT 1
-) analyze_job ON true
 ORDER BY page.insert_order DESC;
 
 -- name: update_track_metadata

@@ -23,7 +23,9 @@ from soundforge import operations
 if TYPE_CHECKING:
     from soundforge.web.context import WebContext
 
-QUEUE_STATUSES = ("todo", "doing", "succeeded", "failed", "cancelled", "aborting", "aborted")
+QUEUE_STATUSES = ("todo", "doing")
+"""Finished jobs are counted by `soundforge_stage_duration_seconds_count` (a tally), never by
+scanning the queue's history at each scrape."""
 
 
 class SoundForgeCollector(Collector):
@@ -32,7 +34,7 @@ class SoundForgeCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         with self.ctx.connection() as conn:
-            stats = operations.queue_stats(conn)
+            stats = operations.queue_stats(conn, live_only=True)
             outcomes = operations.stage_outcomes(conn)
             bounds = operations.duration_buckets(conn)
             workers = operations.workers(conn)
@@ -61,7 +63,8 @@ class SoundForgeCollector(Collector):
 
 
 def _queue_metrics(stats: list[operations.QueueStats]) -> Iterator[Metric]:
-    jobs = GaugeMetricFamily("soundforge_queue_jobs", "Procrastinate jobs by queue and status",
+    jobs = GaugeMetricFamily("soundforge_queue_jobs",
+                             "Procrastinate jobs waiting (todo) or running (doing) per queue",
                              labels=["queue", "status"])  # fmt: skip
     oldest = GaugeMetricFamily("soundforge_queue_oldest_waiting_seconds",
                                "Age of the oldest waiting job per queue (0: none waiting)",
