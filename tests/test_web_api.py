@@ -248,6 +248,8 @@ def test_healthz_and_health_command_follow_the_worker_and_the_database(
         assert run_cli("health", env=env).returncode == 0
         queues = client.get("/api/queues").json()
         assert queues["workers"][0]["queues"] == ["download", "maintenance"]
+        page = client.get("/queues")
+        assert page.status_code == 200 and "download, maintenance" in page.text
         services.stop(worker)
         track = make_track(conn, "Waiting")
         conn.execute(query("defer_job"), {"queue": "download", "task_name": "soundforge.download",
