@@ -130,10 +130,14 @@ def test_browser_writes_need_the_session_csrf_token_and_the_same_origin(
     conn: psycopg.Connection[Any], web: WebServer
 ) -> None:
     track = make_track(conn, "Form target")
+    same_origin = {"origin": web.url}
     with web.client(follow_redirects=False) as client:
-        bad_login = client.post("/login", data={"token": "guess"})
+        bad_login = client.post("/login", data={"token": "guess"}, headers=same_origin)
         assert bad_login.status_code == 403
-        login = client.post("/login", data={"token": TOKEN})
+        foreign = client.post("/login", data={"token": TOKEN},
+                              headers={"origin": "http://evil.example"})  # fmt: skip
+        assert foreign.status_code == 403 and "set-cookie" not in foreign.headers
+        login = client.post("/login", data={"token": TOKEN}, headers=same_origin)
         assert login.status_code == 303
         cookie = login.headers["set-cookie"]
         assert "httponly" in cookie.lower() and "samesite=strict" in cookie.lower()
@@ -143,7 +147,6 @@ def test_browser_writes_need_the_session_csrf_token_and_the_same_origin(
         match = re.search(r'name="csrf-token" content="([0-9a-f]+)"', page)
         assert match is not None
         csrf = match.group(1)
-        same_origin = {"origin": web.url}
         no_csrf = client.post(f"/tracks/{track.id}/delete", headers=same_origin)
         assert no_csrf.status_code == 403 and "CSRF" in no_csrf.text
         cross_site = client.post(f"/tracks/{track.id}/delete", data={"csrf_token": csrf},

@@ -11,6 +11,8 @@ from soundforge import operations
 from soundforge.cli.common import add_json_flag, print_json, settings
 from soundforge.errors import ConfigError
 
+SHUTDOWN_GRACE_S = 5
+
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
@@ -46,8 +48,10 @@ def run_serve(args: argparse.Namespace) -> int:
     port = args.port if args.port is not None else config.web_port
     if not 0 <= port <= 65535:
         raise ConfigError(f"--port {port} is not a TCP port")
+    # Live (SSE) streams never end by themselves: a stop gives them a few seconds, not forever.
     uvicorn.run(build_app(config), host=host, port=port, log_level=config.log_level.lower(),
-                proxy_headers=False, server_header=False)  # fmt: skip
+                proxy_headers=False, server_header=False,
+                timeout_graceful_shutdown=SHUTDOWN_GRACE_S)  # fmt: skip
     return 0
 
 

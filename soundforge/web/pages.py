@@ -16,7 +16,12 @@ from soundforge.separation.registry import MODEL_NAMES
 from soundforge.web import api
 from soundforge.web.context import WebContext, job_action_of, path_uuid, track_query
 from soundforge.web.pictures import analysis_pictures
-from soundforge.web.security import CSRF_FIELD, SESSION_COOKIE, WriteDeniedError
+from soundforge.web.security import (
+    CSRF_FIELD,
+    SESSION_COOKIE,
+    WriteDeniedError,
+    check_same_origin,
+)
 
 
 def render(request: Request, template: str, status_code: int = 200, **values: Any) -> Response:
@@ -113,6 +118,7 @@ async def login_submit(request: Request) -> Response:
     ctx = api.context(request)
     if not ctx.guard.limiter.allow(f"login:{request.client.host if request.client else ''}"):
         raise WriteDeniedError(429, "too many sign-in attempts; wait a minute")
+    check_same_origin(request)  # no signing a browser in from another site
     form = await request.form()
     offered = form.get("token")
     if ctx.guard.read_only:

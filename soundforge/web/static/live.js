@@ -6,7 +6,10 @@
 
   function updateCell(event) {
     var selector = 'td.stage[data-track="' + event.track_id + '"][data-stage="' + event.stage + '"]';
-    document.querySelectorAll(selector).forEach(function (cell) {
+    var cells = document.querySelectorAll(selector);
+    var notice = document.getElementById("new-tracks");
+    if (notice && cells.length === 0) { notice.hidden = false; }
+    cells.forEach(function (cell) {
       var bar = cell.querySelector("progress");
       var status = cell.querySelector(".status");
       var percent = cell.querySelector(".percent");
