@@ -30,20 +30,17 @@ import socket
 import statistics
 import subprocess
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from tempfile import TemporaryDirectory
 
 import httpx
-import psycopg
-from psycopg import sql
 
+from bench.queue import bench_database  # the same throwaway database as the queue bench
 from soundforge import music
 from soundforge.db import connect
 from soundforge.migrations import migrate
 
-ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 SOUNDFORGE = str(Path(sys.executable).with_name("soundforge"))
 KEYS = [f"{pitch} {mode}" for mode in ("major", "minor")
         for pitch in ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")]  # fmt: skip
@@ -98,19 +95,6 @@ VALUES ('download', 'completed', 5, %(n)s, %(n)s * 2.0),
        ('analyze', 'completed', 10, %(n)s, %(n)s * 6.0);
 SET session_replication_role = origin;
 """
-
-
-@contextlib.contextmanager
-def bench_database() -> Iterator[str]:
-    name = f"sf_bench_web_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        yield ADMIN_URL.rsplit("/", 1)[0] + "/" + name
-    finally:
-        with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
-            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)")
-                          .format(sql.Identifier(name)))  # fmt: skip
 
 
 def free_port() -> int:
