@@ -140,3 +140,23 @@ def test_two_hundred_live_clients_share_one_listen_and_each_gets_every_event(
         assert growth < MAX_GROWTH_BYTES, f"{CLIENTS} live clients grew the server by {growth} B"
     finally:
         clients.close()
+
+
+def test_a_client_that_stops_reading_is_told_to_resync_instead_of_queueing_forever() -> None:
+    from soundforge.web.events import RESYNC, ProgressBroadcaster, next_message
+
+    async def scenario() -> tuple[int, bool, str | None, str | None, int]:
+        broadcaster = ProgressBroadcaster("postgresql://unused", queue_size=3)
+        async with broadcaster.subscribe() as stuck, broadcaster.subscribe() as reader:
+            for number in range(10):
+                broadcaster._fan_out(f'{{"n": {number}}}')
+                if number < 5:
+                    assert await next_message(reader, 1.0) == f'{{"n": {number}}}'
+            held, lagging = stuck.queue.qsize(), stuck.lagging
+            first = await next_message(stuck, 0.1)
+            after = await next_message(stuck, 0.1)
+            return held, lagging, first, after, broadcaster.stats.dropped
+
+    held, lagging, first, after, dropped = asyncio.run(scenario())
+    assert held == 3 and lagging and dropped == 2  # the stuck one, and the reader after n=4
+    assert first == RESYNC and after is None
