@@ -130,6 +130,7 @@ EXPECTED_FOREIGN_KEYS = {
     ("analysis_results", "track_id", "tracks"),
     ("analysis_results", "analysis_job_id", "analysis_jobs"),
     ("soundforge_worker_queues", "worker_id", "procrastinate_workers"),  # ours (019)
+    ("download_credentials", "download_job_id", "download_jobs"),  # 010: secrets apart
 }
 
 
