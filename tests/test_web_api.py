@@ -280,3 +280,17 @@ def test_a_source_added_through_the_api_uses_the_cli_import(
         assert bad_model.status_code == 400 and "unknown model" in bad_model.json()["error"]
         not_json = client.post("/api/tracks", headers=AUTH, content=b"[1,")
         assert not_json.status_code == 400 and "JSON object" in not_json.json()["error"]
+
+
+def test_a_database_without_the_schema_gets_one_clear_answer_not_a_traceback(
+    services: ServiceProcesses, cli_env: dict[str, str], fresh_database: str
+) -> None:
+    web = start_web(services, {**cli_env, "DATABASE_URL": fresh_database})
+    with web.client() as client:
+        listed = client.get("/api/tracks")
+        assert listed.status_code == 503 and "soundforge migrate" in listed.json()["error"]
+        page = client.get("/")
+        assert page.status_code == 503 and "soundforge migrate" in page.text
+        health = client.get("/healthz")
+        assert health.status_code == 503 and health.json()["status"] == "down"
+    assert "Traceback" not in web.log()

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from importlib import resources
 from typing import Any
 
+import psycopg
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -38,6 +39,7 @@ from soundforge.web.middleware import SecurityHeaders, ServerTiming
 from soundforge.web.security import RateLimiter, WriteDeniedError, WriteGuard
 
 log = logging.getLogger(__name__)
+UNMIGRATED = "the database has no (or an older) SoundForge schema: run `soundforge migrate`"
 
 
 def routes() -> list[Route | Mount]:
@@ -86,6 +88,8 @@ def _status_of(error: Exception) -> int:
 async def handle_error(request: Request, error: Exception) -> Response:
     if isinstance(error, HTTPException):
         status, message = error.status_code, str(error.detail)
+    elif isinstance(error, psycopg.errors.UndefinedTable | psycopg.errors.UndefinedColumn):
+        status, message = 503, UNMIGRATED
     else:
         status = _status_of(error)
         message = str(error) if isinstance(error, SoundForgeError | WriteDeniedError) else (
@@ -121,9 +125,13 @@ def build_app(settings: Settings, engines: Engines | None = None) -> Starlette:
             ctx.broadcaster.close()
             ctx.pool.close()
 
-    handlers: dict[Any, Any] = {Exception: handle_error, HTTPException: handle_error,
-                                SoundForgeError: handle_error,
-                                WriteDeniedError: handle_error}  # fmt: skip
+    # `Exception` (a bug) is answered and then logged with its traceback; the others are
+    # expected and answered alone.
+    handlers: dict[Any, Any] = {
+        error: handle_error
+        for error in (Exception, HTTPException, SoundForgeError, WriteDeniedError,
+                      psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn)
+    }  # fmt: skip
     middleware = [Middleware(ServerTiming), Middleware(SecurityHeaders)]
     app = Starlette(routes=routes(), middleware=middleware, exception_handlers=handlers,
                     lifespan=lifespan)  # fmt: skip

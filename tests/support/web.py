@@ -56,7 +56,7 @@ def start_web(services: ServiceProcesses, env: dict[str, str], token: str | None
         if process.poll() is not None:
             raise AssertionError("soundforge serve exited:\n" + services.log_text(process))
         try:
-            return httpx.get(url + "/api/tracks", timeout=2).status_code == 200
+            return httpx.get(url + "/healthz", timeout=5).status_code in (200, 503)
         except httpx.HTTPError:
             return False
 
