@@ -244,13 +244,13 @@ def test_healthz_and_health_command_follow_the_worker_and_the_database(
     worker = services.start("worker", "--queues", "download,maintenance", "--name", "health",
                             env=env, label="worker")  # fmt: skip
     with web.client() as client:
-        wait_for(lambda: client.get("/healthz").json()["checks"].get("live_workers") == 1,
-                 timeout_s=120, message="the worker's heartbeat")  # fmt: skip
+        wait_for(lambda: client.get("/healthz").json()["checks"].get("live_workers", 0) >= 1,
+                 timeout_s=300, message="the worker's heartbeat")  # fmt: skip
         healthy = client.get("/healthz")
         assert healthy.status_code == 200, healthy.text
         assert run_cli("health", env=env).returncode == 0
         queues = client.get("/api/queues").json()
-        assert queues["workers"][0]["queues"] == ["download", "maintenance"]
+        assert ["download", "maintenance"] in [worker["queues"] for worker in queues["workers"]]
         page = client.get("/queues")
         assert page.status_code == 200 and "download, maintenance" in page.text
         services.stop(worker)
