@@ -10,7 +10,9 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from soundforge.audio_limits import AudioLimits
 from soundforge.errors import ConfigError
+from soundforge.settings import load_settings
 
 if TYPE_CHECKING:
     from soundforge.analysis import AnalysisReport
@@ -37,7 +39,8 @@ def run(args: argparse.Namespace) -> int:
             f"audio analysis needs the analysis extra ({error.name} is missing): "
             "pip install 'soundforge[analysis]'"
         ) from None
-    report = analyze(args.file)
+    limits = AudioLimits.from_settings(load_settings())
+    report = analyze(args.file, limits=limits)
     if args.json:
         sys.stdout.write(json.dumps(report.to_dict(), allow_nan=False) + "\n")
     else:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from soundforge import music
+from soundforge import maintenance, music
 from soundforge.cli.common import add_json_flag, database, human_size, print_json, settings, storage
 from soundforge.migrations import migrate, migration_status
 
@@ -81,10 +81,7 @@ def run_delete(args: argparse.Namespace) -> int:
 def run_cleanup(args: argparse.Namespace) -> int:
     config = settings()
     with database(config) as conn:
-        referenced = music.referenced_paths(conn)
-    report = storage(config).cleanup_orphaned(
-        referenced, dry_run=args.dry_run, grace_s=config.storage_orphan_grace_s
-    )
+        report = maintenance.cleanup_orphaned(conn, config, dry_run=args.dry_run)
     if args.json:
         print_json(report.__dict__)
         return 0

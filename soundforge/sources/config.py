@@ -8,6 +8,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
+from soundforge.audio_limits import DEFAULT_LIMITS, AudioLimits
+
 if TYPE_CHECKING:
     from soundforge.settings import Settings
 
@@ -37,6 +39,8 @@ class SourceConfig:
     """A longer `Retry-After` is not slept through: the job is retried later by the queue."""
     spotdl_timeout_s: float = 900.0
     """How long one `spotdl download` may run."""
+    audio_limits: AudioLimits = DEFAULT_LIMITS
+    """What a fetched file may ask a decoder for (rate, channels, duration, decoded size)."""
     sleep: Callable[[float], None] = field(default=time.sleep, repr=False, compare=False)
     clock: Callable[[], float] = field(default=time.monotonic, repr=False, compare=False)
 
@@ -54,6 +58,7 @@ class SourceConfig:
             read_timeout_s=settings.read_timeout_s,
             max_redirects=settings.max_redirects,
             duration_tolerance_s=settings.duration_tolerance_s,
+            audio_limits=AudioLimits.from_settings(settings),
         )
 
     @property

@@ -101,12 +101,6 @@ WITH files AS (
 )
 SELECT (SELECT count(*) FROM deleted) AS deleted, array(SELECT path FROM files) AS paths;
 
--- name: referenced_paths
--- Every stored path a row still points at (for the orphan cleaner).
-SELECT output_path AS path FROM download_jobs WHERE output_path IS NOT NULL
-UNION
-SELECT file_path FROM stems WHERE file_path IS NOT NULL;
-
 -- ---------------------------------------------------------------- stems and results
 
 -- name: insert_stem
