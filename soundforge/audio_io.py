@@ -44,12 +44,13 @@ FFMPEG_CHANNELS = 2  # channels ffmpeg decodes to (a mono stream stays mono)
 TRUNCATED_BELOW = 0.95
 INITIAL_DECODE_FRAMES = 1 << 23  # `decode` trusts a header's length up to ~3 min at 44.1 kHz
 STDERR_TAIL_LINES = 20  # what is kept of ffmpeg's stderr for an error message
-# Bytes per sample of libsndfile's uncompressed subtypes: frames can never exceed what the file
-# holds, whatever the header says.
+# Bytes per sample of libsndfile's uncompressed subtypes: in an uncompressed container the frames
+# can never exceed what the file holds, whatever the header says.
 PCM_SAMPLE_BYTES = {
     "PCM_S8": 1, "PCM_U8": 1, "PCM_16": 2, "PCM_24": 3, "PCM_32": 4, "FLOAT": 4, "DOUBLE": 8,
     "ULAW": 1, "ALAW": 1,
 }  # fmt: skip
+PCM_CONTAINERS = frozenset({"WAV", "WAVEX", "RF64", "W64", "AIFF", "AU", "CAF"})
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -166,7 +167,7 @@ def probe(
         raise AudioError(f"{path}: {container or 'audio'} file is truncated (data chunk cut short)")
     frames = int(info.frames)
     sample_bytes = PCM_SAMPLE_BYTES.get(str(info.subtype))
-    if sample_bytes is not None and info.channels > 0:  # uncompressed: the file size bounds it
+    if sample_bytes and str(info.format) in PCM_CONTAINERS:  # the file size bounds the frames
         frames = min(frames, path.stat().st_size // (sample_bytes * int(info.channels)))
     limits.check_header(str(path), int(info.samplerate), int(info.channels), frames)
     return AudioInfo(

@@ -121,8 +121,8 @@ def _decoded_duration(path: Path, name: str, ext: str, limits: AudioLimits) -> f
     except FfmpegMissingError:
         raise FfmpegMissingError(f"{name}: decoding this format ({ext})") from None
     except AudioError as error:
-        message = str(error).replace(str(path), name).replace(path.name, name)
-        raise AudioError(message) from None
+        error.args = (str(error).replace(str(path), name).replace(path.name, name),)
+        raise error from None  # the same type: callers tell a limit from a corrupt file
     if decoded_frames <= 0 or info.sample_rate <= 0:
         raise AudioError(f"{name}: decodes to no samples (duration 0)")
     if decoded_frames + TRUNCATION_SLACK_FRAMES < info.frames * 0.99:
