@@ -63,8 +63,6 @@ def describe_non_audio(head: bytes) -> str:
         return "an XML/HTML document, not audio"
     if text.startswith((b"{", b"[")):
         return "JSON text, not audio"
-    if head and all(32 <= byte < 127 or byte in b"\t\r\n" for byte in head):
-        return f"plain text, not audio (expected {MAGIC_NAMES})"
     return f"no known audio signature (expected {MAGIC_NAMES})"
 
 
