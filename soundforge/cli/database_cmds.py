@@ -7,6 +7,7 @@ from typing import Any
 
 from soundforge import maintenance, music
 from soundforge.cli.common import add_json_flag, database, human_size, print_json, settings, storage
+from soundforge.cli.output import safe, say
 from soundforge.migrations import migrate, migration_status
 
 
@@ -62,8 +63,8 @@ def run_tracks(args: argparse.Namespace) -> int:
         print_json([track.to_dict() for track in tracks])
         return 0
     for track in tracks:
-        artist = f"{track.artist} - " if track.artist else ""
-        print(f"{track.id}  {track.inserted_at:%Y-%m-%d %H:%M}  {artist}{track.title}")
+        artist = f"{safe(track.artist)} - " if track.artist else ""
+        say(f"{track.id}  {track.inserted_at:%Y-%m-%d %H:%M}  {artist}{safe(track.title)}")
     return 0
 
 
@@ -87,6 +88,6 @@ def run_cleanup(args: argparse.Namespace) -> int:
         return 0
     verb = "would remove" if args.dry_run else "removed"
     for path in report.paths:
-        print(f"{verb} {path}")
+        say(f"{verb} {safe(path)}")
     print(f"{verb} {report.count} orphaned file(s), {human_size(report.bytes)}")
     return 0

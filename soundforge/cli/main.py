@@ -9,6 +9,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from soundforge.cli.output import safe, say
 from soundforge.errors import SoundForgeError
 
 # Each module defines `register(subparsers)`, which adds its sub-commands and sets `handler`
@@ -46,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.handler(args))
     except SoundForgeError as error:
-        print(f"soundforge: error: {error}", file=sys.stderr)
+        say(f"soundforge: error: {safe(error)}", file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt:
         print("soundforge: interrupted", file=sys.stderr)

@@ -11,6 +11,7 @@ from typing import Any
 
 from soundforge import audio_io
 from soundforge.audio_limits import AudioLimits
+from soundforge.cli.output import safe, say
 from soundforge.separation.registry import MODEL_NAMES
 from soundforge.settings import load_settings
 
@@ -70,6 +71,6 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps({stem: str(path) for stem, path in stems.items()}))
     else:
         for stem, path in stems.items():
-            print(f"{stem}\t{path}")
+            say(f"{stem}\t{safe(path)}")
     sys.stdout.flush()
     return 0
