@@ -15,9 +15,10 @@ from typing import Any
 import psycopg
 import pytest
 
-from soundforge import jobs, maintenance, workflow
+from soundforge import jobs, maintenance, queue, workflow
 from soundforge.db import connect
 from soundforge.models import Stage
+from soundforge.queue import MAINTENANCE_QUEUE
 from soundforge.settings import Settings
 from soundforge.sources import StoredAudio
 from soundforge.status import Status
@@ -34,7 +35,7 @@ from tests.support.pipeline import (
     wait_for,
     wait_for_stage_status,
 )
-from tests.support.worker_thread import settings_for
+from tests.support.worker_thread import running_worker, settings_for
 
 pytestmark = pytest.mark.timeout(180)
 Connection = psycopg.Connection[Any]
@@ -139,6 +140,24 @@ def test_temporaries_go_after_their_grace_unless_a_live_job_owns_them(
     assert live_part.exists() and fresh_part.exists()
     assert not scratch.exists()  # its emptied folders went too
     assert (storage.root / "downloads").is_dir()
+
+
+def test_the_nightly_cleanup_task_follows_the_same_rules(
+    conn: Connection, database_url: str, storage: Storage
+) -> None:
+    foreign = _old_file(storage.root / "song.flac")
+    failed = _download_row(conn, Status.FAILED)
+    orphan = _old_file(storage.resolve(download_relpath(failed.track_id, "wav")))
+    with running_worker(_settings(database_url, storage), queues=(MAINTENANCE_QUEUE,)):
+        queue_id = queue.defer(conn, "soundforge.cleanup_orphaned", MAINTENANCE_QUEUE, {})
+        wait_for(lambda: _queue_status(conn, queue_id) == "succeeded", message="the task")
+    assert foreign.exists() and not orphan.exists()
+
+
+def _queue_status(conn: Connection, queue_id: int | None) -> str | None:
+    row = conn.execute("SELECT status FROM procrastinate_jobs WHERE id = %s",
+                       (queue_id,)).fetchone()  # fmt: skip
+    return str(row["status"]) if row else None
 
 
 def test_cleanup_cli_leaves_foreign_files_alone(cli_env: dict[str, str], tmp_path: Path) -> None:
