@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import struct
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -215,32 +216,63 @@ def test_non_finite_samples_are_refused_by_every_decoder_path(tmp_path: Path) ->
         validate_audio_file(path)
 
 
-def test_non_finite_samples_fail_a_separation_after_one_attempt(
-    conn: Connection, database_url: str, tmp_path: Path, tiny_repo: Path
-) -> None:
+def _one_hz_bomb(path: Path) -> Path:
+    path.write_bytes(wav_bytes(3000, sample_rate=1))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("make_file", "message"),
+    [(_nan_wav, "audio contains non-finite samples"), (_one_hz_bomb, "sample rate 1 Hz")],
+)  # fmt: skip
+def test_bad_stored_audio_fails_separation_and_analysis_after_one_attempt(
+    conn: Connection, database_url: str, tmp_path: Path, tiny_repo: Path,
+    make_file: Callable[[Path], Path], message: str,
+) -> None:  # fmt: skip
+    """Audio already in storage (stored before a limit existed): each stage's task fails its
+    row at once, with no retry and no stem or scratch file left."""
     settings = settings_for(database_url, tmp_path / "store", demucs_repo=tiny_repo,
-                            separate_attempts=3)  # fmt: skip
+                            separate_attempts=3, analyze_attempts=3)  # fmt: skip
     storage = Storage(settings.storage_path)
     track = make_track(conn)
     relative = download_relpath(track.id, "wav")
     audio = storage.resolve(relative)
     audio.parent.mkdir(parents=True)
-    _nan_wav(audio)
+    make_file(audio)
     download = jobs.advance(conn, jobs.create_job(conn, Stage.DOWNLOAD, track.id),
                             Status.DOWNLOADING)  # fmt: skip
-    with running_worker(settings, queues=("processing",)):
+    with running_worker(settings, queues=("processing", "analysis")):
         workflow.complete_download(
             conn, download, StoredAudio(relative, audio.stat().st_size, "wav", 2.0),
-            workflow.PipelineOptions(stems=True, analysis=False),
+            workflow.PipelineOptions(stems=True, analysis=True),
         )  # fmt: skip
         row = wait_for(
-            lambda: (rows := live.pipeline_rows(conn, [track.id])) and rows[0]["separate_status"]
-            in ("failed", "completed") and rows[0],
-            timeout_s=120, message="the separation to end",
+            lambda: (rows := live.pipeline_rows(conn, [track.id])) and live.pipeline_finished(
+                rows[0]) and rows[0],
+            timeout_s=120, message="both stages to end",
         )  # fmt: skip
-    assert row["separate_status"] == "failed"
-    assert "audio contains non-finite samples" in row["separate_error"]
-    [separation] = jobs.list_jobs_for_track(conn, Stage.SEPARATE, track.id)
-    assert separation.attempts == 1
+    for stage, table_stage in (("separate", Stage.SEPARATE), ("analyze", Stage.ANALYZE)):
+        assert row[f"{stage}_status"] == "failed", row
+        assert message in row[f"{stage}_error"], row
+        [job] = jobs.list_jobs_for_track(conn, table_stage, track.id)
+        assert job.attempts == 1
     stems_dir = storage.root / "stems"
     assert not stems_dir.exists() or not any(p.is_file() for p in stems_dir.rglob("*"))
+
+
+def test_a_1_hz_download_fails_at_once_and_leaves_nothing_stored(
+    conn: Connection, database_url: str, tmp_path: Path
+) -> None:
+    bomb = _one_hz_bomb(tmp_path / "bomb.wav")
+    settings = settings_for(database_url, tmp_path / "store", download_attempts=3)
+    with running_worker(settings, queues=("download",)) as runtime:
+        [metadata] = runtime.engines.expand(str(bomb))
+        imported = workflow.import_track(conn, metadata, workflow.PipelineOptions())
+        row = wait_for(
+            lambda: (rows := live.pipeline_rows(conn, [imported.track.id]))
+            and live.pipeline_finished(rows[0]) and rows[0], message="the download to end",
+        )  # fmt: skip
+    assert row["download_status"] == "failed" and "sample rate 1 Hz" in row["download_error"]
+    [download] = jobs.list_jobs_for_track(conn, Stage.DOWNLOAD, imported.track.id)
+    assert download.attempts == 1
+    assert [p for p in runtime.storage.root.rglob("*") if p.is_file()] == []
