@@ -42,6 +42,13 @@ Connection = psycopg.Connection[Any]
 DAY_S = 86400.0
 
 
+@pytest.fixture
+def tiny_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from soundforge.separation import write_local_repo
+
+    return write_local_repo(tmp_path_factory.mktemp("models"), "htdemucs", size="tiny")
+
+
 def _settings(database_url: str, storage: Storage) -> Settings:
     return settings_for(database_url, storage.root, storage_orphan_grace_s=3600.0,
                         storage_temp_grace_s=3600.0)  # fmt: skip
@@ -205,3 +212,36 @@ def test_temporaries_a_killed_worker_leaked_go_at_the_next_cleanup(
     assert result.returncode == 0, result.stderr
     assert not any(path.exists() for path in leaked)
     assert list((root / "downloads").glob(f"{TEMP_PREFIX}*")) == []
+
+
+@pytest.mark.timeout(400)
+def test_separation_scratch_a_killed_worker_leaked_goes_at_the_next_cleanup(
+    conn: Connection, cli_env: dict[str, str], database_url: str, tmp_path: Path,
+    services: ServiceProcesses, tiny_repo: Path,
+) -> None:  # fmt: skip
+    env = service_env(cli_env, separate_attempts=1, demucs_repo=tiny_repo)
+    root = Path(env["SOUNDFORGE_STORAGE_PATH"])
+    song = tmp_path / "long.wav"
+    song.write_bytes(tone_bytes(120.0))  # minutes of separation: killed long before the end
+    services.start("worker", "--queues", "download", env=env, label="download")
+    separating = services.start("worker", "--queues", "processing", env=env, label="separate")
+    track_id = add_track(env, str(song), "--no-analysis")
+    scratch = wait_for(
+        lambda: [p for p in (root / "stems").rglob(f"{TEMP_PREFIX}*")
+                 if p.name.endswith("-vocals.f32") and p.stat().st_size > 0],
+        timeout_s=240, message="stem spools on disk",
+    )[0].parent  # fmt: skip
+    os.kill(separating.pid, signal.SIGKILL)
+    separating.wait(10)
+    leaked = sorted(scratch.iterdir())
+    assert any(p.name.endswith("-mix.f32") for p in leaked), leaked
+
+    rescue = run_cli("rescue-stalled", "--after", "0", env=env)
+    assert rescue.returncode == 0, rescue.stderr
+    row = conn.execute("SELECT status FROM processing_jobs WHERE track_id = %s",
+                       (track_id,)).fetchone()  # fmt: skip
+    assert row is not None and row["status"] == "failed"
+    result = run_cli("cleanup", env=env | {"SOUNDFORGE_STORAGE_TEMP_GRACE_S": "0"})
+    assert result.returncode == 0, result.stderr
+    assert not any(path.exists() for path in leaked) and not scratch.exists()
+    assert (root / "downloads" / f"{track_id}.wav").exists()  # referenced: kept
