@@ -82,11 +82,10 @@ def prepare_mix(
     info: audio_io.AudioInfo, raw_path: Path, sample_rate: int, channels: int
 ) -> PreparedMix:
     """Decode the probed file into `raw_path` (created; the caller removes it) at `sample_rate`
-    with `channels`; `AudioError` when it is not decodable audio, or when its header's length
-    at that rate is over the decoded-size budget (checked before `raw_path` exists). What is
-    written is bounded by what really decodes (`audio_io` stops at the duration limit)."""
+    with `channels`; `AudioError` when it is not decodable audio. The caller checks the
+    decoded-size budget first (`AudioLimits.check_budget`); what is written is bounded by what
+    really decodes (`audio_io` stops at the duration limit, whatever the header said)."""
     source = info.path
-    info.limits.check_budget(str(source), info.frames, info.sample_rate, sample_rate, channels)
     resampler = (
         soxr.ResampleStream(info.sample_rate, sample_rate, channels, dtype="float32",
                             quality="HQ")
