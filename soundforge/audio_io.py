@@ -167,7 +167,8 @@ def probe(
         raise AudioError(f"{path}: {container or 'audio'} file is truncated (data chunk cut short)")
     frames = int(info.frames)
     sample_bytes = PCM_SAMPLE_BYTES.get(str(info.subtype))
-    if sample_bytes and str(info.format) in PCM_CONTAINERS:  # the file size bounds the frames
+    if sample_bytes and info.channels > 0 and str(info.format) in PCM_CONTAINERS:
+        # Uncompressed: whatever the header says, the file size bounds the frames.
         frames = min(frames, path.stat().st_size // (sample_bytes * int(info.channels)))
     limits.check_header(str(path), int(info.samplerate), int(info.channels), frames)
     return AudioInfo(
