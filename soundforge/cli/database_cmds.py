@@ -28,7 +28,9 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(handler=run_delete)
 
     parser = subparsers.add_parser(
-        "cleanup", help="remove stored files that no row references (older than the grace period)"
+        "cleanup",
+        help="remove files in downloads/ and stems/ that no row needs (older than the grace "
+        "period) and leaked temporaries; nothing else under the storage root",
     )
     parser.add_argument("--dry-run", action="store_true", help="list, do not remove")
     add_json_flag(parser)
