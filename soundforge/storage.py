@@ -34,6 +34,8 @@ DOWNLOADS_DIR = "downloads"
 STEMS_DIR = "stems"
 OWNED_AREAS = (DOWNLOADS_DIR, STEMS_DIR)
 _UUID_TEXT = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+IMPORTS_DIR = "imports"
+"""The default import root (`SOUNDFORGE_IMPORT_ROOTS`): users' files, never walked here."""
 
 
 @dataclass(frozen=True)
@@ -296,10 +298,13 @@ class Storage:
     # -- inventory ---------------------------------------------------------------------------
 
     def walk_files(self) -> Iterator[Path]:
-        """Every regular file under the root (symlinks are not followed)."""
+        """Every regular file under the root (symlinks are not followed), except the users'
+        files waiting in `imports/`."""
         if not self.root.is_dir():
             return
-        for dirpath, _dirnames, filenames in os.walk(self.root):
+        for dirpath, dirnames, filenames in os.walk(self.root):
+            if dirpath == str(self.root) and IMPORTS_DIR in dirnames:
+                dirnames.remove(IMPORTS_DIR)
             for name in filenames:
                 path = Path(dirpath) / name
                 if path.is_file() and not path.is_symlink():

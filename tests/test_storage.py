@@ -128,6 +128,18 @@ def test_cleanup_candidates_follow_each_kind_of_grace(storage: Storage) -> None:
     assert not storage.remove_owned("downloads/old.wav")
 
 
+def test_cleanup_never_touches_the_default_import_root(storage: Storage) -> None:
+    """`imports/` holds the users' files waiting to be imported (the default
+    SOUNDFORGE_IMPORT_ROOTS): referenced by no row, and still never SoundForge's to delete."""
+    waiting = _write(storage, "imports/song.flac", 10, 7200)
+    nested = _write(storage, "imports/album/track.flac", 10, 7200)
+    assert storage.cleanup_candidates(3600, 3600, now=lambda: NOW) == []
+    assert not is_owned_key("imports/song.flac")
+    with pytest.raises(StorageError):
+        storage.remove_owned("imports/album/track.flac")
+    assert waiting.exists() and nested.exists()
+
+
 def test_stats_counts_files_per_area(storage: Storage) -> None:
     _write(storage, "downloads/a.wav", 10, 0)
     _write(storage, "stems/t/j/vocals.flac", 20, 0)
