@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from soundforge import music
+from soundforge import maintenance, music
 from soundforge.cli.common import (
     add_json_flag,
     analysis_summary,
@@ -16,6 +16,7 @@ from soundforge.cli.common import (
     storage,
     track_listing,
 )
+from soundforge.cli.output import safe, say
 from soundforge.migrations import migrate, migration_status
 
 
@@ -40,7 +41,9 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(handler=run_delete)
 
     parser = subparsers.add_parser(
-        "cleanup", help="remove stored files that no row references (older than the grace period)"
+        "cleanup",
+        help="remove files in downloads/ and stems/ that no row needs (older than the grace "
+        "period) and leaked temporaries; nothing else under the storage root",
     )
     parser.add_argument("--dry-run", action="store_true", help="list, do not remove")
     add_json_flag(parser)
@@ -75,9 +78,9 @@ def run_tracks(args: argparse.Namespace) -> int:
         print_json([track_listing(row) for row in page.rows])
         return 0
     for row in page.rows:
-        artist = f"{row['artist']} - " if row["artist"] else ""
-        print(f"{row['id']}  {row['inserted_at']:%Y-%m-%d %H:%M}  {analysis_summary(row):24}  "
-              f"{artist}{row['title']}")  # fmt: skip
+        artist = f"{safe(row['artist'])} - " if row["artist"] else ""
+        say(f"{row['id']}  {row['inserted_at']:%Y-%m-%d %H:%M}  {analysis_summary(row):24}  "
+            f"{artist}{safe(row['title'])}")  # fmt: skip
     return 0
 
 
@@ -95,15 +98,12 @@ def run_delete(args: argparse.Namespace) -> int:
 def run_cleanup(args: argparse.Namespace) -> int:
     config = settings()
     with database(config) as conn:
-        referenced = music.referenced_paths(conn)
-    report = storage(config).cleanup_orphaned(
-        referenced, dry_run=args.dry_run, grace_s=config.storage_orphan_grace_s
-    )
+        report = maintenance.cleanup_orphaned(conn, config, dry_run=args.dry_run)
     if args.json:
         print_json(report.__dict__)
         return 0
     verb = "would remove" if args.dry_run else "removed"
     for path in report.paths:
-        print(f"{verb} {path}")
+        say(f"{verb} {safe(path)}")
     print(f"{verb} {report.count} orphaned file(s), {human_size(report.bytes)}")
     return 0
