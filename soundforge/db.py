@@ -31,6 +31,23 @@ def describe_dsn(conninfo: str) -> str:
     return f"{described} user={user}" if user else described
 
 
+def masked_url(conninfo: str) -> str:
+    """The database as a `postgresql://user@host:port/dbname` URL for messages, whatever form
+    it was given in; the password (and every other parameter) is left out."""
+    try:
+        parts = conninfo_to_dict(conninfo)
+    except psycopg.ProgrammingError:
+        return "an unparsable database URL"
+    user = f"{parts['user']}@" if parts.get("user") else ""
+    host = str(parts.get("host") or "")
+    if host.startswith("/"):  # a Unix socket folder: the URL form puts it in the query
+        host_part, socket = "", f"?host={host}"
+    else:
+        host_part, socket = host, ""
+    port = f":{parts['port']}" if parts.get("port") else ""
+    return f"postgresql://{user}{host_part}{port}/{parts.get('dbname') or ''}{socket}"
+
+
 def _unavailable(conninfo: str, error: Exception) -> DatabaseUnavailableError:
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     reason = " ".join(lines) if lines else type(error).__name__

@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from soundforge.errors import AbortCheck, ProgressCallback
 from soundforge.models import Stage
@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from soundforge.storage import Storage
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,28 @@ class Engines:
     separate: SeparateFn
     analyze: AnalyzeFn
     warm_up: Callable[[Iterable[Stage]], None] = field(default=lambda stages: None)
+
+
+def with_fetched_weights(
+    settings: Settings, model: str, load: Callable[[], T],
+    fetch: Callable[[str], object] | None = None,
+) -> T:  # fmt: skip
+    """`load()`; when the model's weights are missing and SOUNDFORGE_FETCH_MODELS allows it,
+    fetch them from the weight host (once; `fetch` may show progress) and load again."""
+    from soundforge.separation import ModelNotFoundError
+    from soundforge.separation.weights import fetch_model
+
+    try:
+        return load()
+    except ModelNotFoundError:
+        if not settings.fetch_models:
+            raise
+    log.info("weights for %s are missing; fetching them from %s", model, settings.models_url)
+    if fetch is None:
+        fetch_model(model, repo=settings.demucs_repo, base_url=settings.models_url)
+    else:
+        fetch(model)
+    return load()
 
 
 def default_engines(settings: Settings) -> Engines:
@@ -78,18 +101,21 @@ def default_engines(settings: Settings) -> Engines:
     def separator(model: str) -> Separator:
         from soundforge.separation import Separator
 
+        def build() -> Separator:
+            return Separator(
+                model,
+                repo=settings.demucs_repo,
+                device=settings.device,
+                precision=settings.precision,
+                shifts=settings.shifts,
+                overlap=settings.overlap,
+                stem_format=settings.stem_format,
+                torch_threads=settings.torch_threads,
+            )
+
         with separators_lock:
             if model not in separators:
-                separators[model] = Separator(
-                    model,
-                    repo=settings.demucs_repo,
-                    device=settings.device,
-                    precision=settings.precision,
-                    shifts=settings.shifts,
-                    overlap=settings.overlap,
-                    stem_format=settings.stem_format,
-                    torch_threads=settings.torch_threads,
-                )
+                separators[model] = with_fetched_weights(settings, model, build)
             return separators[model]
 
     def separate(

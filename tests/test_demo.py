@@ -9,8 +9,6 @@ import re
 import shutil
 import stat
 import subprocess
-import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,50 +23,29 @@ from soundforge.embedded_pg import (
     running_as_root,
 )
 from tests.cli_runner import run_cli
+from tests.support.own_postgres import (
+    have_server_binaries,
+    stop_servers_under,
+    world_traversable_dir,
+)
+from tests.support.plain_user import interpreter_for, python_path
 
 DEMO_TIMEOUT_S = 300
 STEM_LINE = re.compile(r"^\s+(vocals|drums|bass|other)\s+[\d.]+ (B|KiB|MiB)\s+(/\S+)$", re.M)
 
 
-def _have_server_binaries() -> bool:
-    try:
-        find_binaries()
-    except EmbeddedPostgresError:
-        return False
-    return True
-
-
-pytestmark = pytest.mark.skipif(not _have_server_binaries(),
+pytestmark = pytest.mark.skipif(not have_server_binaries(),
                                 reason="no PostgreSQL server binaries (initdb/pg_ctl)")  # fmt: skip
-
-
-def _world_traversable_dir(prefix: str) -> Path:
-    """A temporary folder every account can traverse: as root, the embedded server runs as an
-    unprivileged account that must reach its cluster (pytest's own tmp folders are 0700)."""
-    path = Path(tempfile.mkdtemp(prefix=prefix, dir=tempfile.gettempdir()))
-    path.chmod(0o755)
-    return path
-
-
-def _stop_servers_under(base: Path) -> None:
-    """Teardown after a failure: no server may outlive its test."""
-    left_running = list(base.rglob("postgres-*/postmaster.pid"))
-    pg_ctl = find_binaries().program("pg_ctl") if left_running else ""
-    for version_file in left_running:
-        owner = version_file.parent.stat().st_uid
-        subprocess.run([pg_ctl, "stop", "-D", str(version_file.parent), "-m", "immediate"],
-                       capture_output=True, check=False,
-                       user=owner if running_as_root() else None)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def demo_base() -> Iterator[Path]:
-    base = _world_traversable_dir("sf-demo-test-")
+    base = world_traversable_dir("sf-demo-test-")
     (base / "empty.env").write_text("")
     try:
         yield base
     finally:
-        _stop_servers_under(base)
+        stop_servers_under(base)
         shutil.rmtree(base, ignore_errors=True)
 
 
@@ -86,6 +63,7 @@ def demo_env(base: Path, **extra: str) -> dict[str, str]:
         HF_HUB_OFFLINE="1",
         SOUNDFORGE_ENV_FILE=str(base / "empty.env"),
         SOUNDFORGE_LOG_LEVEL="INFO",
+        SOUNDFORGE_FETCH_MODELS="false",
     )
     env.update(extra)
     return env
@@ -123,7 +101,7 @@ def test_demo_with_a_local_model_repo_prints_four_stems_with_sizes(
     pytest.importorskip("demucs")
     from soundforge.separation import write_local_repo
 
-    repo = _world_traversable_dir("sf-demo-repo-")
+    repo = world_traversable_dir("sf-demo-repo-")
     try:
         write_local_repo(repo, "htdemucs", size="tiny")
         result = run_cli("demo", "--timeout", str(DEMO_TIMEOUT_S - 60),
@@ -141,7 +119,7 @@ def test_demo_with_a_local_model_repo_prints_four_stems_with_sizes(
 
 
 def test_embedded_postgres_stops_at_exit_and_reuses_its_cluster() -> None:
-    base = _world_traversable_dir("sf-embedded-pg-")
+    base = world_traversable_dir("sf-embedded-pg-")
     try:
         with EmbeddedPostgres(base) as server:
             assert base in server.pgdata.parents
@@ -165,7 +143,7 @@ def test_embedded_postgres_stops_at_exit_and_reuses_its_cluster() -> None:
         assert again.running_address() is None
         assert (server.pgdata / "PG_VERSION").stat().st_mtime_ns == initialised_at
     finally:
-        _stop_servers_under(base)
+        stop_servers_under(base)
         shutil.rmtree(base, ignore_errors=True)
 
 
@@ -183,20 +161,6 @@ def test_as_root_a_cluster_the_service_account_cannot_reach_goes_to_var_lib(
     server = EmbeddedPostgres(private / "demo")
     assert server.account is not None and server.account.uid != 0
     assert server.pgdata == ROOT_FALLBACK_DIR / f"postgres-{server.binaries.major_version}"
-
-
-def _interpreter_for(account: str) -> str | None:
-    """A Python of this version the account can run (a root-only pyenv one is not)."""
-    version = f"python{sys.version_info[0]}.{sys.version_info[1]}"
-    for candidate in (sys.executable, f"/usr/bin/{version}", f"/usr/local/bin/{version}"):
-        try:
-            check = subprocess.run([candidate, "-c", "import sys"], capture_output=True,
-                                   check=False, user=account, cwd="/")  # fmt: skip
-        except OSError:  # not executable by the account
-            continue
-        if check.returncode == 0:
-            return candidate
-    return None
 
 
 ORDINARY_USER_SCRIPT = """
@@ -222,18 +186,16 @@ def test_embedded_postgres_runs_as_an_ordinary_user_as_that_user() -> None:
         nobody = pwd.getpwnam("nobody")
     except KeyError:
         pytest.skip("no `nobody` account")
-    interpreter = _interpreter_for("nobody")
+    interpreter = interpreter_for("nobody")
     if interpreter is None:
         pytest.skip("no Python the `nobody` account can run")
-    site_paths = [path for path in sys.path if path.endswith("site-packages")]
-    repo_root = str(Path(__file__).resolve().parent.parent)
-    base = _world_traversable_dir("sf-demo-user-")
+    base = world_traversable_dir("sf-demo-user-")
     try:
         home = base / "home"
         home.mkdir()
         os.chown(home, nobody.pw_uid, nobody.pw_gid)
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home),
-               "PYTHONPATH": os.pathsep.join([repo_root, *site_paths])}  # fmt: skip
+               "PYTHONPATH": python_path()}  # fmt: skip
         result = subprocess.run(
             [interpreter, "-c", ORDINARY_USER_SCRIPT, str(home / "demo")], env=env,
             user=nobody.pw_uid, group=nobody.pw_gid, extra_groups=[], cwd=str(home),
@@ -248,7 +210,7 @@ def test_embedded_postgres_runs_as_an_ordinary_user_as_that_user() -> None:
         assert pgdata.stat().st_uid == nobody.pw_uid
         assert stat.S_IMODE(pgdata.stat().st_mode) == 0o700
     finally:
-        _stop_servers_under(base)
+        stop_servers_under(base)
         shutil.rmtree(base, ignore_errors=True)
 
 

@@ -20,6 +20,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "soundforge.cli.pipeline_cmds",
     "soundforge.cli.demo_cmd",
     "soundforge.cli.service_cmds",
+    "soundforge.cli.models_cmd",
 )
 
 

@@ -140,6 +140,7 @@ def run_watch(args: argparse.Namespace) -> int:
     config = settings()
     wanted = str(music.parse_uuid(args.track_id, "track id")) if args.track_id else None
     seen = 0
+    database(config).close()  # the schema check: one line when it is missing or old
     with live.open_listener(config.database_url) as listener:
         print("watching soundforge_progress (Ctrl-C to stop)", file=sys.stderr, flush=True)
         for event in live.events(listener, timeout_s=1.0):
@@ -177,6 +178,7 @@ def run_retry(args: argparse.Namespace) -> int:
 
 def run_worker(args: argparse.Namespace) -> int:
     from soundforge.app import build_app
+    from soundforge.preflight import check_service_start
     from soundforge.runtime import build_runtime, set_runtime
     from soundforge.worker_hooks import WorkerHooks, worker_options
 
@@ -188,6 +190,7 @@ def run_worker(args: argparse.Namespace) -> int:
             f"unknown queue(s) {', '.join(unknown)}; choose from {', '.join(ALL_QUEUES)}"
         )
     logging.getLogger().setLevel(config.log_level.upper())
+    check_service_start(config)  # no schema or unwritable storage: one line, before any job
     runtime = build_runtime(config)
     set_runtime(runtime)
     runtime.pool  # noqa: B018 - connect now: an unreachable database fails here, clearly

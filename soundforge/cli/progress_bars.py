@@ -1,5 +1,9 @@
-"""`soundforge add --wait`: one progress bar per track and stage, driven by NOTIFY events and
-the pipeline view, until every pipeline has ended."""
+"""`soundforge add --wait` (and the demo): one progress bar per track and stage, driven by
+NOTIFY events and the pipeline view, until every pipeline has ended.
+
+Every row is one terminal line whatever the console width: the track title and stage name keep
+fixed widths, and only the status column gives way, shortening a long error with an ellipsis
+(its first line only); the full error is printed in the summary below the bars."""
 
 from __future__ import annotations
 
@@ -10,10 +14,14 @@ from typing import Any
 import psycopg
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn
+from rich.table import Column
 
 from soundforge import live
 
 POLL_S = 1.0
+TITLE_WIDTH = 24
+STAGE_WIDTH = 9
+BAR_WIDTH = 20
 
 
 def follow(
@@ -24,14 +32,7 @@ def follow(
 ) -> list[dict[str, Any]]:
     """Show bars until each track's pipeline ends; returns the final pipeline rows."""
     bars: dict[tuple[str, str], TaskID] = {}
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        TextColumn("{task.percentage:>3.0f}%"),
-        TextColumn("{task.fields[status]}"),
-        console=console,
-        transient=False,
-    ) as progress:
+    with Progress(*_columns(), console=console, transient=False) as progress:
         for _event in live.events(listener, POLL_S):
             rows = live.pipeline_rows(reader, track_ids, limit=len(track_ids))
             for row in rows:
@@ -41,16 +42,40 @@ def follow(
     return []
 
 
+def _columns() -> tuple[TextColumn | BarColumn, ...]:
+    """Title and stage (fixed, never wrapped), bar, percentage, and the status, which alone
+    shrinks (ellipsis) to keep the row on one line; nothing is read as rich markup."""
+
+    def fixed(width: int) -> Column:
+        return Column(width=width, min_width=width, no_wrap=True, overflow="ellipsis")
+
+    return (
+        TextColumn("{task.fields[title]}", markup=False, table_column=fixed(TITLE_WIDTH)),
+        TextColumn("{task.fields[stage]}", markup=False, table_column=fixed(STAGE_WIDTH)),
+        BarColumn(bar_width=BAR_WIDTH),
+        TextColumn("{task.percentage:>3.0f}%", table_column=fixed(4)),
+        TextColumn("{task.fields[status]}", markup=False,
+                   table_column=Column(no_wrap=True, overflow="ellipsis", min_width=6)),
+    )  # fmt: skip
+
+
+def _status_label(status: str, error: str | None) -> str:
+    if status != "failed" or not error:
+        return status
+    first_line = error.strip().splitlines()[0] if error.strip() else error
+    return f"failed: {first_line}"
+
+
 def _update_bars(
     progress: Progress, bars: dict[tuple[str, str], TaskID], row: dict[str, Any]
 ) -> None:
-    title = (row["title"] or str(row["track_id"]))[:32]
+    title = " ".join(str(row["title"] or row["track_id"]).split())
     for stage in live.STAGES:
         status, percent, error = live.stage_state(row, stage)
         if status is None:
             continue
         key = (str(row["track_id"]), stage)
         if key not in bars:
-            bars[key] = progress.add_task(f"{title:32} {stage:9}", total=100, status=status)
-        label = f"failed: {error}" if status == "failed" and error else status
-        progress.update(bars[key], completed=percent, status=label)
+            bars[key] = progress.add_task("", total=100, title=title, stage=stage,
+                                          status=status)  # fmt: skip
+        progress.update(bars[key], completed=percent, status=_status_label(status, error))
