@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shutil
 import sys
 from typing import Any
 
@@ -149,14 +150,25 @@ def run_watch(args: argparse.Namespace) -> int:
             if args.json:
                 print_json(event.__dict__)
             else:
-                error = f"  {event.error}" if event.error and event.status == "failed" else ""
                 print(f"{event.track_id}  {event.stage:9} {event.status:12} "
-                      f"{event.progress:3d}%  job {event.job_id}{error}")  # fmt: skip
+                      f"{event.progress:3d}%  job {event.job_id}")  # fmt: skip
+                if event.error and event.status == "failed":
+                    print(_fit_terminal(f"    error: {event.error}"))
             sys.stdout.flush()
             seen += 1
             if args.max_events and seen >= args.max_events:
                 return 0
     return 0
+
+
+def _fit_terminal(line: str) -> str:
+    """On a terminal, a long error is cut to one line with an ellipsis (the whole text is in
+    `soundforge status` and `watch --json`); piped output is left whole."""
+    line = " ".join(line.splitlines())
+    if not sys.stdout.isatty():
+        return line
+    width = shutil.get_terminal_size().columns
+    return line if len(line) <= width else line[: width - 1] + "…"
 
 
 def run_cancel(args: argparse.Namespace) -> int:

@@ -19,9 +19,12 @@ from rich.table import Column
 from soundforge import live
 
 POLL_S = 1.0
-TITLE_WIDTH = 24
+TITLE_WIDTH = (8, 24)  # narrowest, widest
 STAGE_WIDTH = 9
-BAR_WIDTH = 20
+PERCENT_WIDTH = 4
+BAR_WIDTH = (10, 20)  # on consoles narrower than WIDE_CONSOLE, wider ones
+WIDE_CONSOLE = 100
+STATUS_MIN_WIDTH = 24
 
 
 def follow(
@@ -32,7 +35,8 @@ def follow(
 ) -> list[dict[str, Any]]:
     """Show bars until each track's pipeline ends; returns the final pipeline rows."""
     bars: dict[tuple[str, str], TaskID] = {}
-    with Progress(*_columns(), console=console, transient=False) as progress:
+    with Progress(*_columns(console.width), console=console, transient=False,
+                  expand=True) as progress:  # fmt: skip
         for _event in live.events(listener, POLL_S):
             rows = live.pipeline_rows(reader, track_ids, limit=len(track_ids))
             for row in rows:
@@ -42,20 +46,24 @@ def follow(
     return []
 
 
-def _columns() -> tuple[TextColumn | BarColumn, ...]:
-    """Title and stage (fixed, never wrapped), bar, percentage, and the status, which alone
-    shrinks (ellipsis) to keep the row on one line; nothing is read as rich markup."""
+def _columns(console_width: int) -> tuple[TextColumn | BarColumn, ...]:
+    """Title and stage (fixed widths, never wrapped), bar, percentage, and the status, which
+    takes the rest of the line and alone is cut (ellipsis) to keep the row on one line; on a
+    narrow console the bar and then the title get narrower first. Nothing is read as markup."""
 
     def fixed(width: int) -> Column:
         return Column(width=width, min_width=width, no_wrap=True, overflow="ellipsis")
 
+    bar = BAR_WIDTH[1] if console_width >= WIDE_CONSOLE else BAR_WIDTH[0]
+    spare = console_width - STAGE_WIDTH - bar - PERCENT_WIDTH - STATUS_MIN_WIDTH - 4  # 4 gaps
+    title = max(TITLE_WIDTH[0], min(TITLE_WIDTH[1], spare))
     return (
-        TextColumn("{task.fields[title]}", markup=False, table_column=fixed(TITLE_WIDTH)),
+        TextColumn("{task.fields[title]}", markup=False, table_column=fixed(title)),
         TextColumn("{task.fields[stage]}", markup=False, table_column=fixed(STAGE_WIDTH)),
-        BarColumn(bar_width=BAR_WIDTH),
-        TextColumn("{task.percentage:>3.0f}%", table_column=fixed(4)),
+        BarColumn(bar_width=bar),
+        TextColumn("{task.percentage:>3.0f}%", table_column=fixed(PERCENT_WIDTH)),
         TextColumn("{task.fields[status]}", markup=False,
-                   table_column=Column(no_wrap=True, overflow="ellipsis", min_width=6)),
+                   table_column=Column(no_wrap=True, overflow="ellipsis", ratio=1)),
     )  # fmt: skip
 
 
