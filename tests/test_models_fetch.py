@@ -16,14 +16,14 @@ import pytest
 
 pytest.importorskip("demucs")
 
-import torch  # noqa: E402
+import torch
 
-from soundforge.separation import loading, weights  # noqa: E402
-from soundforge.separation.local_repo import write_local_repo  # noqa: E402
-from tests.cli_runner import run_cli  # noqa: E402
-from tests.support.audio import tone_bytes  # noqa: E402
-from tests.support.loopback_http import LoopbackServer, loopback_server  # noqa: E402
-from tests.support.pipeline import ServiceProcesses, service_env  # noqa: E402
+from soundforge.separation import loading, weights
+from soundforge.separation.local_repo import write_local_repo
+from tests.cli_runner import run_cli
+from tests.support.audio import tone_bytes
+from tests.support.loopback_http import LoopbackServer, loopback_server
+from tests.support.pipeline import ServiceProcesses, service_env
 
 HTDEMUCS = weights.model_files("htdemucs")[0]  # demucs' real released file for htdemucs
 
