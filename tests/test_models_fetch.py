@@ -77,7 +77,7 @@ def test_a_cut_off_transfer_leaves_nothing_behind(tmp_path: Path, host: Loopback
     served = next((tmp_path / "built").glob("*.th")).read_bytes()
     host.serve_bytes(f"/tiny/{name}", served, drop_after=1000)  # drops mid-body
     repo = tmp_path / "repo"
-    with pytest.raises(weights.WeightsFetchError, match="ended after|RemoteProtocolError"):
+    with pytest.raises(weights.WeightsFetchError, match=r"ended after|RemoteProtocolError"):
         weights.fetch_model("htdemucs", repo=repo, base_url=host.base_url, catalog=catalog)
     assert list(repo.iterdir()) == []  # no partial file, no temporary, no yaml
 
