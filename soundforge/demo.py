@@ -76,9 +76,14 @@ def demo_database(
 
 def shell_environment(database_url: str, storage: Path) -> dict[str, str]:
     """The caller's environment with the demo's database and storage in it (and no
-    SOUNDFORGE_DATABASE_URL, which would win over DATABASE_URL)."""
+    SOUNDFORGE_DATABASE_URL, which would win over DATABASE_URL), and this installation's
+    `soundforge` first on PATH (a virtualenv's bin folder is often not on it)."""
+    bin_dir = str(Path(sys.executable).parent)
+    path = os.environ.get("PATH", "/usr/bin:/bin")
     environment = {**os.environ, "DATABASE_URL": database_url,
-                   "SOUNDFORGE_STORAGE_PATH": str(storage)}  # fmt: skip
+                   "SOUNDFORGE_STORAGE_PATH": str(storage),
+                   "PATH": path if path.split(os.pathsep)[0] == bin_dir
+                   else os.pathsep.join([bin_dir, path])}  # fmt: skip
     environment.pop("SOUNDFORGE_DATABASE_URL", None)
     return environment
 

@@ -4,6 +4,7 @@ life cycle: start, stop, reuse, adopting a server left running, one demo at a ti
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -93,6 +94,39 @@ def test_demo_without_weights_completes_download_and_analysis_and_says_how_to_ge
     assert "stems  not made:" in output
     assert "SOUNDFORGE_DEMUCS_REPO" in output
     assert STEM_LINE.search(output) is None
+    track_id = re.search(r"\(track ([0-9a-f-]{36})\)", output)
+    assert track_id is not None, output
+    assert output.rstrip().splitlines()[-1] == (
+        f"look at it: soundforge demo --shell   (a shell on the demo's database: soundforge "
+        f"status {track_id.group(1)}, psql \"$DATABASE_URL\")"
+    )
+
+
+SHELL_SCRIPT = """soundforge status --json > {out}/status.json
+psql "$DATABASE_URL" -Atc 'SELECT count(*) FROM tracks' > {out}/count.txt
+echo "storage=$SOUNDFORGE_STORAGE_PATH"
+exit 7
+"""
+
+
+def test_demo_shell_opens_a_shell_on_the_demo_database_and_stops_it_after(
+    demo_base: Path, tmp_path: Path
+) -> None:
+    """What the demo's last line tells a user to run (after the demo above, its track is
+    there; alone, the database is merely empty)."""
+    out = world_traversable_dir("sf-demo-shell-")
+    try:
+        result = run_cli("demo", "--shell", env=demo_env(demo_base, SHELL="/bin/sh"),
+                         input_text=SHELL_SCRIPT.format(out=out), timeout=120)  # fmt: skip
+        assert result.returncode == 7, result.stdout + result.stderr  # the shell's own
+        assert "DATABASE_URL is the demo's database" in result.stdout
+        demo_dir = demo_base / "share" / "soundforge" / "demo"
+        assert f"storage={demo_dir / 'storage'}" in result.stdout
+        tracks = json.loads((out / "status.json").read_text())
+        assert int((out / "count.txt").read_text()) == len(tracks)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    assert not list(demo_dir.rglob("postgres-*/postmaster.pid")), "the server must stop"
 
 
 def test_demo_with_a_local_model_repo_prints_four_stems_with_sizes(
