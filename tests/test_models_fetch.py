@@ -145,3 +145,29 @@ def test_a_worker_fetches_missing_weights_on_first_use_unless_told_not_to(
         assert requests == []
         assert "are not in demucs' download cache" in result.stdout, result.stdout
         assert "soundforge models fetch htdemucs" in result.stdout
+
+
+def test_the_demo_fetches_missing_weights_and_says_why_stems_are_skipped_when_refused(
+    tmp_path: Path, host: LoopbackServer
+) -> None:
+    from soundforge.demo import stems_unavailable_reason
+    from soundforge.settings import load_settings
+
+    host.serve_bytes(f"/{HTDEMUCS.relative_url}", b"not the weights " * 5000)
+    config = load_settings(demucs_repo=tmp_path / "repo", fetch_models=True,
+                           models_url=host.base_url)  # fmt: skip
+    fetched: list[str] = []
+
+    def fetch(name: str) -> None:  # what the demo passes: the bars of `models fetch`
+        fetched.append(name)
+        weights.fetch_model(name, repo=config.demucs_repo, base_url=config.models_url)
+
+    reason = stems_unavailable_reason(config, "htdemucs", fetch)
+
+    assert fetched == ["htdemucs"]
+    assert reason is not None and "refused" in reason, reason
+    assert list((tmp_path / "repo").iterdir()) == []
+    airgapped = load_settings(demucs_repo=tmp_path / "repo", fetch_models=False,
+                              models_url=host.base_url)  # fmt: skip
+    reason = stems_unavailable_reason(airgapped, "htdemucs", fetch)
+    assert fetched == ["htdemucs"] and reason is not None and "not found" in reason, reason
