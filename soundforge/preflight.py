@@ -5,6 +5,9 @@ of jobs failing one by one later with a message that blames their source."""
 
 from __future__ import annotations
 
+import getpass
+import os
+
 from soundforge.errors import ConfigError, StorageError
 from soundforge.migrations import check_schema
 from soundforge.settings import Settings
@@ -32,11 +35,7 @@ def check_service_start(settings: Settings) -> None:
 
 
 def _user() -> str:
-    import getpass
-
     try:
         return getpass.getuser()
     except (KeyError, OSError):
-        import os
-
         return f"uid {os.getuid()}"
