@@ -138,6 +138,8 @@ class PipelineProcesses:
         self.log_path = log_path
         self.environment = shell_environment(config.database_url, config.storage_path)
         self.environment.update(CHILD_SETTINGS)
+        self.environment["SOUNDFORGE_IMPORT_ROOTS"] = ",".join(
+            str(root) for root in config.import_root_paths)  # fmt: skip
         self.processes: list[subprocess.Popen[bytes]] = []
         self._log_file: IO[bytes] | None = None
 

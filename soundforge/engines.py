@@ -22,6 +22,7 @@ from soundforge.models import Stage
 
 if TYPE_CHECKING:
     from soundforge.separation import Separator
+    from soundforge.separation.weights import FileProgress
     from soundforge.settings import Settings
     from soundforge.sources import StoredAudio, TrackMetadata
     from soundforge.storage import Storage
@@ -60,7 +61,6 @@ def with_fetched_weights(
     """`load()`; when the model's weights are missing and SOUNDFORGE_FETCH_MODELS allows it,
     fetch them from the weight host (once; `fetch` may show progress) and load again."""
     from soundforge.separation import ModelNotFoundError
-    from soundforge.separation.weights import fetch_model
 
     try:
         return load()
@@ -68,11 +68,21 @@ def with_fetched_weights(
         if not settings.fetch_models:
             raise
     log.info("weights for %s are missing; fetching them from %s", model, settings.models_url)
-    if fetch is None:
-        fetch_model(model, repo=settings.demucs_repo, base_url=settings.models_url)
-    else:
-        fetch(model)
+    (fetch or (lambda name: fetch_weights(settings, name)))(model)
     return load()
+
+
+def fetch_weights(
+    settings: Settings, model: str, progress: FileProgress | None = None
+) -> list[Path]:
+    """Fetch what `model` is missing from SOUNDFORGE_MODELS_URL into the loader's folder,
+    through the destination policy of SOUNDFORGE_ALLOWED_NETWORKS."""
+    from soundforge.separation.weights import fetch_model
+    from soundforge.source_policy import DestinationPolicy
+
+    return fetch_model(model, repo=settings.demucs_repo, base_url=settings.models_url,
+                       policy=DestinationPolicy.allowing(settings.allowed_networks),
+                       progress=progress)  # fmt: skip
 
 
 def default_engines(settings: Settings) -> Engines:

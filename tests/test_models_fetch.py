@@ -18,11 +18,17 @@ pytest.importorskip("demucs")
 
 import torch
 
+from soundforge.errors import DestinationRefusedError
 from soundforge.separation import loading, weights
 from soundforge.separation.local_repo import write_local_repo
 from tests.cli_runner import run_cli
 from tests.support.audio import tone_bytes
-from tests.support.loopback_http import LoopbackServer, loopback_server
+from tests.support.loopback_http import (
+    LOOPBACK_NETWORKS,
+    LOOPBACK_POLICY,
+    LoopbackServer,
+    loopback_server,
+)
 from tests.support.pipeline import ServiceProcesses, service_env
 
 HTDEMUCS = weights.model_files("htdemucs")[0]  # demucs' real released file for htdemucs
@@ -57,7 +63,7 @@ def test_fetch_writes_verified_weights_once_where_the_loader_reads_them(
     seen: list[tuple[str, int, int | None]] = []
 
     written = weights.fetch_model(
-        "htdemucs", repo=repo, base_url=host.base_url, catalog=catalog,
+        "htdemucs", repo=repo, base_url=host.base_url, catalog=catalog, policy=LOOPBACK_POLICY,
         progress=lambda file, done, total: seen.append((file.name, done, total)),
     )  # fmt: skip
 
@@ -68,7 +74,7 @@ def test_fetch_writes_verified_weights_once_where_the_loader_reads_them(
     assert loaded.sources == ("drums", "bass", "other", "vocals")
     loading.clear_cache()
     assert weights.fetch_model("htdemucs", repo=repo, base_url=host.base_url,
-                               catalog=catalog) == []  # fmt: skip
+                               catalog=catalog, policy=LOOPBACK_POLICY) == []  # fmt: skip
     assert len(host.requests_for(f"/tiny/{name}")) == 1  # once
 
 
@@ -78,7 +84,8 @@ def test_a_cut_off_transfer_leaves_nothing_behind(tmp_path: Path, host: Loopback
     host.serve_bytes(f"/tiny/{name}", served, drop_after=1000)  # drops mid-body
     repo = tmp_path / "repo"
     with pytest.raises(weights.WeightsFetchError, match=r"ended after|RemoteProtocolError"):
-        weights.fetch_model("htdemucs", repo=repo, base_url=host.base_url, catalog=catalog)
+        weights.fetch_model("htdemucs", repo=repo, base_url=host.base_url, catalog=catalog,
+                            policy=LOOPBACK_POLICY)  # fmt: skip
     assert list(repo.iterdir()) == []  # no partial file, no temporary, no yaml
 
 
@@ -151,16 +158,18 @@ def test_the_demo_fetches_missing_weights_and_says_why_stems_are_skipped_when_re
     tmp_path: Path, host: LoopbackServer
 ) -> None:
     from soundforge.demo import stems_unavailable_reason
+    from soundforge.engines import fetch_weights
     from soundforge.settings import load_settings
 
     host.serve_bytes(f"/{HTDEMUCS.relative_url}", b"not the weights " * 5000)
     config = load_settings(demucs_repo=tmp_path / "repo", fetch_models=True,
-                           models_url=host.base_url)  # fmt: skip
+                           models_url=host.base_url,
+                           allowed_networks=LOOPBACK_NETWORKS)  # fmt: skip
     fetched: list[str] = []
 
     def fetch(name: str) -> None:  # what the demo passes: the bars of `models fetch`
         fetched.append(name)
-        weights.fetch_model(name, repo=config.demucs_repo, base_url=config.models_url)
+        fetch_weights(config, name)
 
     reason = stems_unavailable_reason(config, "htdemucs", fetch)
 
@@ -171,3 +180,13 @@ def test_the_demo_fetches_missing_weights_and_says_why_stems_are_skipped_when_re
                               models_url=host.base_url)  # fmt: skip
     reason = stems_unavailable_reason(airgapped, "htdemucs", fetch)
     assert fetched == ["htdemucs"] and reason is not None and "not found" in reason, reason
+
+
+def test_the_weight_host_passes_the_destination_policy(tmp_path: Path, host: LoopbackServer
+                                                       ) -> None:  # fmt: skip
+    catalog, _name = _released_tiny_model(tmp_path, host)
+    with pytest.raises(DestinationRefusedError):  # loopback, not allowed by default
+        weights.fetch_model("htdemucs", repo=tmp_path / "repo", base_url=host.base_url,
+                            catalog=catalog)  # fmt: skip
+    assert (host.requests == [] and not (tmp_path / "repo").exists()) or not any(
+        (tmp_path / "repo").iterdir())

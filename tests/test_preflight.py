@@ -42,7 +42,7 @@ def _database_name(url: str) -> str:
 def _assert_schema_line(result: subprocess.CompletedProcess[str], url: str, problem: str) -> None:
     assert result.returncode == 2, (result.stdout, result.stderr)
     lines = result.stderr.strip().splitlines()
-    where = f"postgresql://postgres@127.0.0.1:5432/{_database_name(url)}"
+    where = f"postgresql://127.0.0.1:5432/{_database_name(url)}"
     assert lines == [f"soundforge: error: the database at {where} {problem}: run "
                      "`soundforge migrate`"], lines  # fmt: skip
     assert "Traceback" not in result.stderr
@@ -149,7 +149,9 @@ def test_a_copy_into_unwritable_storage_names_the_storage_folder_not_the_source(
         (unwritable_dir / "downloads").chmod(0o555)
     try:
         result = run_python_as_plain_user(["-c", COPY_SCRIPT, str(song), str(unwritable_dir)],
-                                          env={**os.environ, "HOME": "/tmp"})  # fmt: skip
+                                          env={**os.environ, "HOME": "/tmp",
+                                               "SOUNDFORGE_IMPORT_ROOTS": str(song.parent)},
+                                          )  # fmt: skip
     finally:
         song.unlink()
     assert result.stdout.strip() == (

@@ -17,6 +17,7 @@ from rich.progress import (
 )
 
 from soundforge.cli.common import add_json_flag, print_json
+from soundforge.engines import fetch_weights
 from soundforge.separation.registry import DEFAULT_MODEL, MODEL_NAMES, check_model_name
 from soundforge.settings import Settings, load_settings
 
@@ -82,8 +83,7 @@ def fetch_with_progress(config: Settings, name: str, console: Console) -> None:
                 bars[file.name] = progress.add_task(f"{name} {file.name}", total=total)
             progress.update(bars[file.name], completed=done)
 
-        written = weights.fetch_model(name, repo=config.demucs_repo, base_url=config.models_url,
-                                      progress=on_bytes)  # fmt: skip
+        written = fetch_weights(config, name, progress=on_bytes)
     folder = weights.weights_dir(config.demucs_repo)
     if written:
         console.print(f"{name}: fetched {len(written)} file(s) into {folder}", markup=False,

@@ -10,8 +10,9 @@ partial or corrupted fetch leaves nothing a loader could pick up.
 
 The destination is the loader's: `SOUNDFORGE_DEMUCS_REPO` when set (then `<model>.yaml` is
 written there too, after its weights), else torch hub's `checkpoints/` folder, demucs' own
-download cache. Written with plain httpx; `_stream` is the only function that opens a
-connection, so a destination policy can wrap it.
+download cache. Every connection passes the destination policy (`DestinationPolicy`, from
+`SOUNDFORGE_ALLOWED_NETWORKS`), like every other fetcher's: a mirror on a private network must
+be allowed there.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from typing import BinaryIO
 from soundforge.errors import TransientError
 from soundforge.separation.errors import ModelLoadError, SeparationError
 from soundforge.separation.registry import check_model_name
+from soundforge.source_policy import DestinationPolicy
 
 log = logging.getLogger(__name__)
 
@@ -128,13 +130,16 @@ def fetch_model(
     *,
     repo: Path | None,
     base_url: str = DEFAULT_WEIGHTS_URL,
+    policy: DestinationPolicy | None = None,
     catalog: Path | None = None,
     progress: FileProgress | None = None,
     timeout_s: float = 30.0,
 ) -> list[Path]:
     """Download every missing file of model `name` into the loader's folder; returns the paths
-    written (empty: all were there). Raises `WeightsFetchError` (network; retry) or
-    `WeightsChecksumError` (a corrupted file; refused); either way nothing is half-written."""
+    written (empty: all were there). Raises `WeightsFetchError` (network; retry),
+    `WeightsChecksumError` (a corrupted file; refused) or `DestinationRefusedError` (the policy
+    refuses the host; default policy: public addresses only); nothing is ever half-written."""
+    policy = policy or DestinationPolicy()
     folder = weights_dir(repo)
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -145,7 +150,8 @@ def fetch_model(
     for weight in missing_files(name, repo, catalog):
         url = base_url.rstrip("/") + "/" + weight.relative_url
         log.info("fetching %s weights %s from %s", name, weight.name, url)
-        written.append(_fetch_file(url, folder / weight.name, weight, progress, timeout_s))
+        written.append(_fetch_file(url, folder / weight.name, weight, progress,
+                                   _Connection(policy, timeout_s)))  # fmt: skip
     if repo is not None and not (repo / f"{name}.yaml").is_file():
         with _atomic(repo / f"{name}.yaml") as handle:
             handle.write(bag_text(name, catalog).encode())
@@ -153,13 +159,19 @@ def fetch_model(
     return written
 
 
+@dataclass(frozen=True)
+class _Connection:
+    policy: DestinationPolicy
+    timeout_s: float
+
+
 def _fetch_file(
     url: str, destination: Path, weight: WeightFile, progress: FileProgress | None,
-    timeout_s: float,
+    connection: _Connection,
 ) -> Path:  # fmt: skip
     digest = hashlib.sha256()
     with _atomic(destination) as handle:
-        for done, total, chunk in _stream(url, timeout_s):
+        for done, total, chunk in _stream(url, connection):
             handle.write(chunk)
             digest.update(chunk)
             if progress is not None:
@@ -173,14 +185,20 @@ def _fetch_file(
     return destination
 
 
-def _stream(url: str, timeout_s: float) -> Iterator[tuple[int, int | None, bytes]]:
-    """(bytes so far, total or None, chunk) of one GET; a broken transfer (including a body
-    shorter than its Content-Length) raises `WeightsFetchError`."""
+def _stream(url: str, connection: _Connection) -> Iterator[tuple[int, int | None, bytes]]:
+    """(bytes so far, total or None, chunk) of one GET through the destination policy (each
+    redirect hop checked again); a broken transfer (including a body shorter than its
+    Content-Length) raises `WeightsFetchError`."""
     import httpx
 
+    from soundforge.sources.pinned_http import policy_client
+
+    connection.policy.check_url(url)
     done = 0
     try:
-        with httpx.stream("GET", url, timeout=timeout_s, follow_redirects=True) as response:
+        with policy_client(connection.policy, timeout=connection.timeout_s,
+                           follow_redirects=True) as client, \
+                client.stream("GET", url) as response:  # fmt: skip
             if response.status_code != 200:
                 raise WeightsFetchError(f"{url}: the weight host answered HTTP "
                                         f"{response.status_code}")  # fmt: skip

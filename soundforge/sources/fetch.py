@@ -4,6 +4,7 @@ at `downloads/<track_id>.<ext>`, with nothing left behind when it fails."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
@@ -14,7 +15,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 
-from soundforge.errors import ProgressCallback, SourceError, StorageError
+from soundforge.errors import ImportRootError, ProgressCallback, SourceError, StorageError
+from soundforge.redact import mask_url
 from soundforge.sources import spotdl_resolver, ytdlp_resolver
 from soundforge.sources.config import SourceConfig
 from soundforge.sources.errors import SourceNotFoundError
@@ -43,10 +45,11 @@ def expand_source(
     """The tracks a source stands for: one for a file, a URL or a Spotify track; one per entry
     for a Spotify album or playlist. Spotify needs credentials and the network."""
     if isinstance(source, LocalFileSource):
-        _check_local_file(source.path)
+        _check_local_file(source.path, config)
         return [_plain_metadata(source.path.stem or source.path.name, str(source.path),
                                 source_key(source))]  # fmt: skip
     if isinstance(source, HttpSource):
+        config.destinations.check_url(source.url)  # a literal refused address fails at `add`
         return [_plain_metadata(_title_from_url(source.url), source.url, source_key(source))]
     client = spotify or spotify_client(config)
     tracks = client.expand(source)
@@ -71,11 +74,11 @@ def fetch_audio(
     log_extra = {"track_id": str(track_id)}
     with _staging(storage, track_id) as staging:
         if isinstance(source, LocalFileSource):
-            _check_local_file(source.path)
-            produced, label = _link_or_copy(source.path, staging), str(source.path)
+            resolved = _check_local_file(source.path, config)
+            produced, label = _link_or_copy(resolved, staging), str(source.path)
         elif isinstance(source, HttpSource):
             download_http(source.url, staging, config, byte_progress)
-            produced, label = staging, source.url
+            produced, label = staging, mask_url(source.url)
         else:
             produced = _resolve_spotify(
                 source, metadata, staging,
@@ -144,34 +147,51 @@ def _staging(storage: Storage, track_id: uuid.UUID | str) -> Iterator[Path]:
 
 
 def _link_or_copy(source: Path, destination: Path) -> Path:
-    """Hard-link when on the same filesystem, else copy; the source is never moved. A failure
-    names the side that failed: reading the source, or writing into the storage folder."""
+    """Hard-link when on the same filesystem, else copy; the source is never moved. Neither
+    follows a symlink: one swapped in since the import-root check is refused, not read."""
     try:
-        os.link(source, destination)
-        return destination
+        os.link(source, destination, follow_symlinks=False)
     except OSError:
-        pass
+        _copy_without_following(source, destination)
+    if destination.is_symlink():
+        destination.unlink()
+        raise _became_symlink(source)
+    return destination
+
+
+def _copy_without_following(source: Path, destination: Path) -> None:
+    """Copy `source` (refusing a symlink) to the new file `destination`; a failure names the
+    side that failed: reading the source, or writing into the storage folder."""
     try:
-        reader = open(source, "rb")  # noqa: SIM115 - closed below
+        descriptor = os.open(source, os.O_RDONLY | os.O_NOFOLLOW)
     except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise _became_symlink(source) from None
         raise SourceError(f"{source}: cannot read ({error.strerror})") from None
-    with reader:
+    with open(descriptor, "rb") as reader:
         try:
             with open(destination, "xb") as writer:
                 shutil.copyfileobj(reader, writer)
         except OSError as error:
             raise StorageError(f"cannot copy {source.name} into the storage folder "
                                f"{destination.parent} ({error.strerror})") from None  # fmt: skip
-    return destination
 
 
-def _check_local_file(path: Path) -> None:
+def _became_symlink(source: Path) -> ImportRootError:
+    return ImportRootError(f"{source}: became a symbolic link while it was imported")
+
+
+def _check_local_file(path: Path, config: SourceConfig) -> Path:
+    """The file a local source names, symlinks and `..` resolved, once it is known to lie
+    under an import root and to be a readable regular file."""
+    path = config.import_roots.check(path)
     if not path.exists():
         raise SourceNotFoundError(f"{path}: no such file")
     if not path.is_file():
         raise SourceError(f"{path}: not a regular file")
     if not os.access(path, os.R_OK):
         raise SourceError(f"{path}: not readable (permission denied)")
+    return path
 
 
 def source_key(source: LocalFileSource | HttpSource) -> str:
