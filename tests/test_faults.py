@@ -6,6 +6,7 @@ picks everything up). In every one, no job row ever moves backwards."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -17,6 +18,7 @@ import psycopg
 import pytest
 
 from soundforge.sd_notify import NotifyReceiver
+from tests.cli_runner import run_cli
 from tests.support.audio import tone_bytes
 from tests.support.loopback_http import loopback_server
 from tests.support.own_postgres import have_server_binaries, throwaway_cluster
@@ -127,9 +129,13 @@ def test_postgresql_restarting_while_jobs_run_loses_nothing(
         env = service_env(cli_env | {"DATABASE_URL": database_url}, processing_processes=0)
         with loopback_server() as http:
             supervisor = _started(services, env, tmp_path)
-            urls = [serve_slowly(http, f"/song{n}.wav", tone_bytes(2.0), seconds=4.0)
+            # Slow enough that all three are still downloading when the server restarts, on a
+            # busy machine too (one `add` for the three).
+            urls = [serve_slowly(http, f"/song{n}.wav", tone_bytes(2.0), seconds=15.0)
                     for n in range(3)]  # fmt: skip
-            tracks = [add_track(env, url, "--no-stems") for url in urls]
+            added = run_cli("add", "--json", "--no-stems", *urls, env=env)
+            assert added.returncode == 0, added.stderr
+            tracks = [str(item["track_id"]) for item in json.loads(added.stdout)]
             for track_id in tracks:
                 wait_for_stage_status(database_url, track_id, "download", "downloading")
 
