@@ -86,6 +86,9 @@ def fetch_weights(
 
 
 def default_engines(settings: Settings) -> Engines:
+    from soundforge.audio_limits import AudioLimits
+
+    limits = AudioLimits.from_settings(settings)
     separators: dict[str, Separator] = {}
     separators_lock = threading.Lock()
 
@@ -121,6 +124,7 @@ def default_engines(settings: Settings) -> Engines:
                 overlap=settings.overlap,
                 stem_format=settings.stem_format,
                 torch_threads=settings.torch_threads,
+                limits=limits,
             )
 
         with separators_lock:
@@ -136,7 +140,7 @@ def default_engines(settings: Settings) -> Engines:
     def analyze(audio: Path, progress: ProgressCallback) -> AnalysisOutcome:
         from soundforge.analysis import analyze as analyze_file
 
-        report = analyze_file(audio, progress=progress)
+        report = analyze_file(audio, progress=progress, limits=limits)
         return AnalysisOutcome(columns=report.result_columns(), features=report.to_dict())
 
     def warm_up(stages: Iterable[Stage]) -> None:

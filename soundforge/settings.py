@@ -18,6 +18,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from soundforge.errors import ConfigError
 from soundforge.separation.weights import DEFAULT_WEIGHTS_URL
 from soundforge.source_policy import parse_networks
+from soundforge.storage import IMPORTS_DIR
 
 DEFAULT_ENV_FILE = Path("/etc/soundforge/soundforge.env")
 ENV_PREFIX = "SOUNDFORGE_"
@@ -41,6 +42,12 @@ class Settings(BaseSettings):
     db_pool_max_size: int = Field(default=10, ge=1)
     storage_path: Path = Path("/var/lib/soundforge")
     storage_orphan_grace_s: float = Field(default=3600.0, ge=0)
+    # SoundForge's own temporary files (partial downloads, separation scratch) left by a crash.
+    storage_temp_grace_s: float = Field(default=6 * 3600.0, ge=0)
+
+    # Limits on every decoded input (see soundforge.audio_limits).
+    max_duration_s: float = Field(default=7200.0, gt=0)
+    max_decoded_bytes: int = Field(default=4 << 30, ge=1 << 20)
 
     # Queue: attempts per stage (1 = no retry) and backoff base.
     download_attempts: int = Field(default=3, ge=1, le=50)
@@ -126,7 +133,7 @@ class Settings(BaseSettings):
     def import_root_paths(self) -> tuple[Path, ...]:
         """The import roots as paths (the default when the setting is not given)."""
         if self.import_roots is None:
-            return (self.storage_path / "imports",)
+            return (self.storage_path / IMPORTS_DIR,)
         return tuple(Path(part.strip()) for part in self.import_roots.split(",") if part.strip())
 
     @field_validator("database_url")

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from soundforge import music
+from soundforge import maintenance, music
 from soundforge.cli.common import add_json_flag, database, human_size, print_json, settings, storage
+from soundforge.cli.output import safe, say
 from soundforge.migrations import migrate, migration_status
 from soundforge.models import Track
 from soundforge.settings import Settings
@@ -32,7 +33,9 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(handler=run_delete)
 
     parser = subparsers.add_parser(
-        "cleanup", help="remove stored files that no row references (older than the grace period)"
+        "cleanup",
+        help="remove files in downloads/ and stems/ that no row needs (older than the grace "
+        "period) and leaked temporaries; nothing else under the storage root",
     )
     parser.add_argument("--dry-run", action="store_true", help="list, do not remove")
     add_json_flag(parser)
@@ -69,13 +72,13 @@ def run_tracks(args: argparse.Namespace) -> int:
         print_json([track.to_dict() for track in tracks])
         return 0
     for track in tracks:
-        print(_track_line(track))
+        say(_track_line(track))
     return 0
 
 
 def _track_line(track: Track) -> str:
-    artist = f"{track.artist} - " if track.artist else ""
-    return f"{track.id}  {track.inserted_at:%Y-%m-%d %H:%M}  {artist}{track.title}"
+    artist = f"{safe(track.artist)} - " if track.artist else ""
+    return f"{track.id}  {track.inserted_at:%Y-%m-%d %H:%M}  {artist}{safe(track.title)}"
 
 
 def _print_duplicates(config: Settings, args: argparse.Namespace) -> int:
@@ -87,9 +90,9 @@ def _print_duplicates(config: Settings, args: argparse.Namespace) -> int:
     previous = None
     for digest, track in duplicates:
         if digest != previous:
-            print(f"audio sha256 {digest}")
+            say(f"audio sha256 {digest}")
             previous = digest
-        print(f"  {_track_line(track)}")
+        say(f"  {_track_line(track)}")
     return 0
 
 
@@ -107,15 +110,12 @@ def run_delete(args: argparse.Namespace) -> int:
 def run_cleanup(args: argparse.Namespace) -> int:
     config = settings()
     with database(config) as conn:
-        referenced = music.referenced_paths(conn)
-    report = storage(config).cleanup_orphaned(
-        referenced, dry_run=args.dry_run, grace_s=config.storage_orphan_grace_s
-    )
+        report = maintenance.cleanup_orphaned(conn, config, dry_run=args.dry_run)
     if args.json:
         print_json(report.__dict__)
         return 0
     verb = "would remove" if args.dry_run else "removed"
     for path in report.paths:
-        print(f"{verb} {path}")
+        say(f"{verb} {safe(path)}")
     print(f"{verb} {report.count} orphaned file(s), {human_size(report.bytes)}")
     return 0

@@ -17,6 +17,7 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn
 from rich.table import Column
 
 from soundforge import live
+from soundforge.cli.output import safe
 
 POLL_S = 1.0
 TITLE_WIDTH = (8, 24)  # narrowest, widest
@@ -68,16 +69,13 @@ def _columns(console_width: int) -> tuple[TextColumn | BarColumn, ...]:
 
 
 def _status_label(status: str, error: str | None) -> str:
-    if status != "failed" or not error:
-        return status
-    first_line = error.strip().splitlines()[0] if error.strip() else error
-    return f"failed: {first_line}"
+    return f"failed: {safe(error)}" if status == "failed" and error else status
 
 
 def _update_bars(
     progress: Progress, bars: dict[tuple[str, str], TaskID], row: dict[str, Any]
 ) -> None:
-    title = " ".join(str(row["title"] or row["track_id"]).split())
+    title = safe(row["title"] or str(row["track_id"]))
     for stage in live.STAGES:
         status, percent, error = live.stage_state(row, stage)
         if status is None:
