@@ -35,8 +35,12 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--shifts", type=int, metavar="N",
                         help="random-shift passes averaged (0 = deterministic)")
     parser.add_argument("--overlap", type=float, metavar="F", help="segment overlap, 0 <= F < 1")
-    parser.add_argument("--precision", choices=("fp32", "bf16"),
-                        help="fp32 (matches demucs) or bf16 (faster on CPUs with AVX512-BF16)")
+    parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"),
+                        help="fp32 (matches demucs), bf16 (faster on CPUs with AVX512-BF16 and "
+                        "on GPUs) or fp16 (GPU)")
+    parser.add_argument("--batch", type=int, metavar="N",
+                        help="segments per model call (0 = by device: 1 on CPU, by free memory "
+                        "on a GPU)")
     parser.add_argument("--device", choices=("cpu", "cuda", "auto"), help="torch device")
     parser.add_argument("--threads", type=int, metavar="N", help="torch threads (0 = default)")
     parser.add_argument("--json", action="store_true", help="print {stem: path} as JSON")
@@ -61,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
         overlap=pick(args.overlap, settings.overlap),
         stem_format=pick(args.stem_format, settings.stem_format),
         torch_threads=pick(args.threads, settings.torch_threads),
+        batch_size=pick(args.batch, settings.separation_batch),
     )
     stems = separator.separate(args.file, args.out)
     if args.json:

@@ -1,8 +1,11 @@
 """`Separator`: one loaded model and its settings; `separate(path, out_dir)` turns an audio file
-into stem files, reporting progress per segment and stopping between segments when asked.
+into stem files, reporting progress per segment and stopping between segments when asked. A
+`Separator` is built once and reused for every job of a process (the model stays loaded).
 
 Memory stays flat with track length: the mix is decoded to a temporary file and read window by
-window, the stems are overlap-added in a window of about one segment and spooled to disk.
+window, the stems are overlap-added in a window of about one batch of segments and spooled to
+disk. The batch size comes from the setting, or (0) from the device: a small fixed batch on the
+CPU, on a GPU as many segments as the free memory holds (measured with one probe segment).
 """
 
 from __future__ import annotations
@@ -19,15 +22,25 @@ import torch
 from soundforge import audio_io
 from soundforge.errors import AbortCheck, ConfigError, JobAbortedError, ProgressCallback
 from soundforge.separation import loading
+from soundforge.separation.loading import LoadedModel
 from soundforge.separation.mix import MixReader, prepare_mix
 from soundforge.separation.registry import DEFAULT_MODEL, check_model_name
 from soundforge.separation.stem_files import StemFormat, StemWriter, new_token, temp_name
-from soundforge.separation.streaming import separate_stream
+from soundforge.separation.streaming import (
+    BatchLimit,
+    precision_context,
+    separate_stream,
+    valid_length,
+)
 
 logger = logging.getLogger(__name__)
 
 Device = Literal["cpu", "cuda", "auto"]
-Precision = Literal["fp32", "bf16"]
+Precision = Literal["fp32", "bf16", "fp16"]
+PRECISIONS: tuple[Precision, ...] = ("fp32", "bf16", "fp16")
+CPU_BATCH = 1  # segments per model call on the CPU (see the README's performance notes)
+GPU_BATCH_CAP = 32  # more gains little (shared/gpu/model_batch.py) and grows host memory
+GPU_MEMORY_SHARE = 0.7  # of the free device memory the auto batch size may plan for
 SEGMENTS_SHARE = 99.0  # percent reported as segments complete; the last 1 is writing the files
 
 
@@ -40,6 +53,44 @@ def resolve_device(device: Device) -> torch.device:
     if device not in ("cpu", "cuda"):
         raise ConfigError(f"unknown device {device!r}; use cpu, cuda or auto")
     return torch.device(device)
+
+
+def reduced_precision(precision: Precision, device: torch.device) -> Precision:
+    """The precision that will run: bf16 needs native support, fp16 a CUDA device; otherwise
+    fp32 (with a warning)."""
+    if precision == "bf16" and not bf16_supported(device):
+        logger.warning("bf16 is not supported on %s; separating in fp32", device)
+        return "fp32"
+    if precision == "fp16" and device.type != "cuda":
+        logger.warning("fp16 needs a CUDA device (it is far slower on CPUs); separating in fp32")
+        return "fp32"
+    return precision
+
+
+def auto_batch_size(loaded: LoadedModel, precision: Precision) -> int:
+    """Segments per model call: `CPU_BATCH` on the CPU; on a GPU, what `GPU_MEMORY_SHARE` of the
+    free memory holds, from the peak memory of one probe segment (capped at `GPU_BATCH_CAP`)."""
+    device = loaded.device
+    if device.type != "cuda":
+        return CPU_BATCH
+    per_item = max(probe_segment_bytes(loaded, member, precision) for member in loaded.members)
+    free, _ = torch.cuda.mem_get_info(device)
+    return max(1, min(GPU_BATCH_CAP, int(free * GPU_MEMORY_SHARE) // max(per_item, 1)))
+
+
+def probe_segment_bytes(loaded: LoadedModel, member: torch.nn.Module, precision: Precision) -> int:
+    """Device memory one segment's forward pass needs beyond what is already allocated."""
+    device = loaded.device
+    segment_length = int(loaded.sample_rate * member.__dict__["segment"])
+    length = valid_length(member, segment_length)
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    probe = torch.zeros(1, loaded.audio_channels, length, device=device)
+    with torch.inference_mode(), precision_context(device, precision):
+        member(probe)
+    torch.cuda.synchronize(device)
+    return int(torch.cuda.max_memory_allocated(device) - before)
 
 
 def bf16_supported(device: torch.device) -> bool:
@@ -67,13 +118,16 @@ class Separator:
         overlap: float = 0.25,
         stem_format: StemFormat = "flac",
         torch_threads: int = 0,
+        batch_size: int = 0,
         rng: random.Random | None = None,
     ) -> None:
         """`repo`: a folder in demucs' `--repo` layout, or None for demucs' download cache.
         `precision`: fp32 matches the demucs CLI; bf16 autocasts the model (faster on CPUs with
-        AVX512-BF16/AMX, deviates ~1e-3), falling back to fp32 where unsupported. `shifts`,
-        `overlap`: as demucs' options. `torch_threads`: 0 keeps torch's default (it is a
-        process-wide setting). `rng`: draws the shift offsets (seed it to reproduce a run)."""
+        AVX512-BF16/AMX and on recent GPUs, deviates ~1e-3), fp16 autocasts on a GPU; both fall
+        back to fp32 where unsupported. `shifts`, `overlap`: as demucs' options.
+        `torch_threads`: 0 keeps torch's default (it is a process-wide setting). `batch_size`:
+        segments per model call, 0 for the device's default (`auto_batch_size`). `rng`: draws
+        the shift offsets (seed it to reproduce a run)."""
         check_model_name(model)
         if shifts < 0:
             raise ConfigError(f"shifts must be 0 or more, not {shifts}")
@@ -81,21 +135,24 @@ class Separator:
             raise ConfigError(f"overlap must be in [0, 1), not {overlap}")
         if stem_format not in ("flac", "wav"):
             raise ConfigError(f"unknown stem format {stem_format!r}; use flac or wav")
-        if precision not in ("fp32", "bf16"):
-            raise ConfigError(f"unknown precision {precision!r}; use fp32 or bf16")
+        if precision not in PRECISIONS:
+            raise ConfigError(f"unknown precision {precision!r}; use {', '.join(PRECISIONS)}")
+        if batch_size < 0:
+            raise ConfigError(f"batch size must be 0 (automatic) or more, not {batch_size}")
         if torch_threads < 0:
             raise ConfigError(f"torch threads must be 0 (default) or more, not {torch_threads}")
         if torch_threads:
             torch.set_num_threads(torch_threads)
         self.device = resolve_device(device)
-        self.bf16 = precision == "bf16" and bf16_supported(self.device)
-        if precision == "bf16" and not self.bf16:
-            logger.warning("bf16 is not supported on %s; separating in fp32", self.device)
+        self.precision = reduced_precision(precision, self.device)
         self.shifts = shifts
         self.overlap = overlap
         self.stem_format: StemFormat = stem_format
         self.rng = rng if rng is not None else random.Random()
         self.model = loading.load(model, Path(repo) if repo is not None else None, self.device)
+        self.batch = BatchLimit(batch_size or auto_batch_size(self.model, self.precision))
+        logger.info("separating with %s on %s in %s, %d segment(s) per batch",
+                    model, self.device, self.precision, self.batch.size)
 
     @property
     def stem_names(self) -> tuple[str, ...]:
@@ -148,8 +205,8 @@ class Separator:
             mean, std = mix.mean, mix.std
             for block in separate_stream(
                 self.model, reader, shifts=self.shifts, overlap=self.overlap, rng=self.rng,
-                bf16=self.bf16, denormalize=lambda block: block * std + mean,
-                after_segment=after_segment,
+                precision=self.precision, limit=self.batch,
+                denormalize=lambda block: block * std + mean, after_segment=after_segment,
             ):  # fmt: skip
                 writer.append(block)
             stems = writer.finish(self.model.sample_rate, self.stem_format, check_abort)
