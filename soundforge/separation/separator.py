@@ -13,9 +13,12 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -23,7 +26,7 @@ from soundforge import audio_io
 from soundforge.errors import AbortCheck, ConfigError, JobAbortedError, ProgressCallback
 from soundforge.separation import loading
 from soundforge.separation.loading import LoadedModel
-from soundforge.separation.mix import MixReader, prepare_mix
+from soundforge.separation.mix import MixReader, PreparedMix, prepare_mix
 from soundforge.separation.registry import DEFAULT_MODEL, check_model_name
 from soundforge.separation.stem_files import StemFormat, StemWriter, new_token, temp_name
 from soundforge.separation.streaming import (
@@ -175,8 +178,7 @@ class Separator:
         before decoding, between segments and between stem files, and True raises
         `JobAbortedError` (no stem file is left behind). Non-audio input raises `AudioError`.
         """
-        source, out_dir = Path(path), Path(out_dir)
-        started = time.monotonic()
+        source, started = Path(path), time.monotonic()
 
         def check_abort() -> None:
             if should_abort is not None and should_abort():
@@ -190,10 +192,59 @@ class Separator:
         if progress is not None:
             progress(0.0)
         check_abort()
-        audio_io.probe(source)  # AudioError before anything is created
+        job = self._open(source, Path(out_dir))
+        with job.cleanup:
+            self._infer(job, after_segment)
+            stems = self._finish(job, check_abort)
+        if progress is not None:
+            progress(100.0)
+        self._log_done(job, stems, started)
+        return stems
+
+    def separate_many(
+        self, items: Sequence[tuple[Path | str, Path | str]]
+    ) -> list[dict[str, Path]]:
+        """Separate several `(file, out_dir)` pairs, in order, with the model kept busy: the next
+        file is decoded and the previous one's stems are encoded on threads while the current one
+        goes through the network. Returns each file's stems; the first error stops the rest (no
+        temporary file is left behind)."""
+        pending = [(Path(path), Path(out_dir)) for path, out_dir in items]
+        results: list[dict[str, Path]] = []
+        with ThreadPoolExecutor(2, thread_name_prefix="separation-io") as io:
+            opening: Future[_Job] | None = None
+            finishing: Future[dict[str, Path]] | None = None
+            try:
+                for index, (source, out_dir) in enumerate(pending):
+                    started = time.monotonic()
+                    job = opening.result() if opening else self._open(source, out_dir)
+                    opening = None
+                    if index + 1 < len(pending):
+                        opening = io.submit(self._open, *pending[index + 1])
+                    try:
+                        self._infer(job, lambda done, total: None)
+                        if finishing is not None:
+                            previous, finishing = finishing, None
+                            results.append(previous.result())
+                    except BaseException:
+                        job.cleanup.close()
+                        raise
+                    finishing = io.submit(self._finish_and_close, job, started)
+                if finishing is not None:
+                    last, finishing = finishing, None
+                    results.append(last.result())
+            finally:
+                for future in (opening, finishing):
+                    _discard(future)
+        return results
+
+    def _open(self, source: Path, out_dir: Path) -> _Job:
+        """Probe and decode `source` into a temporary mix file in `out_dir`; `AudioError` before
+        anything is created when it is not audio."""
+        audio_io.probe(source)
         out_dir.mkdir(parents=True, exist_ok=True)
         token = new_token()
-        with ExitStack() as cleanup:
+        cleanup = ExitStack()
+        try:
             raw_path = out_dir / temp_name(token, "mix.f32")
             cleanup.callback(raw_path.unlink, missing_ok=True)
             mix = prepare_mix(source, raw_path, self.model.sample_rate,
@@ -202,17 +253,53 @@ class Separator:
             cleanup.callback(reader.close)
             writer = StemWriter(out_dir, self.model.sources, mix.channels, token)
             cleanup.callback(writer.close)
-            mean, std = mix.mean, mix.std
-            for block in separate_stream(
-                self.model, reader, shifts=self.shifts, overlap=self.overlap, rng=self.rng,
-                precision=self.precision, limit=self.batch,
-                denormalize=lambda block: block * std + mean, after_segment=after_segment,
-            ):  # fmt: skip
-                writer.append(block)
-            stems = writer.finish(self.model.sample_rate, self.stem_format, check_abort)
-        if progress is not None:
-            progress(100.0)
-        logger.info("separated %s (%.1f s of audio) into %d stems in %.1f s",
-                    source.name, mix.frames / mix.sample_rate, len(stems),
-                    time.monotonic() - started)
+        except BaseException:
+            cleanup.close()
+            raise
+        return _Job(source, mix, reader, writer, cleanup)
+
+    def _infer(self, job: _Job, after_segment: Callable[[int, int], None]) -> None:
+        mean, std = job.mix.mean, job.mix.std
+        for block in separate_stream(
+            self.model, job.reader, shifts=self.shifts, overlap=self.overlap, rng=self.rng,
+            precision=self.precision, limit=self.batch,
+            denormalize=lambda block: block * std + mean, after_segment=after_segment,
+        ):  # fmt: skip
+            job.writer.append(block)
+
+    def _finish(self, job: _Job, check_abort: Callable[[], None]) -> dict[str, Path]:
+        return job.writer.finish(self.model.sample_rate, self.stem_format, check_abort)
+
+    def _finish_and_close(self, job: _Job, started: float) -> dict[str, Path]:
+        with job.cleanup:
+            stems = self._finish(job, lambda: None)
+        self._log_done(job, stems, started)
         return stems
+
+    def _log_done(self, job: _Job, stems: dict[str, Path], started: float) -> None:
+        logger.info("separated %s (%.1f s of audio) into %d stems in %.1f s",
+                    job.source.name, job.mix.frames / job.mix.sample_rate, len(stems),
+                    time.monotonic() - started)
+
+
+@dataclass
+class _Job:
+    """One file between decoding and its final stem files; `cleanup` removes its temporaries."""
+
+    source: Path
+    mix: PreparedMix
+    reader: MixReader
+    writer: StemWriter
+    cleanup: ExitStack
+
+
+def _discard(future: Future[Any] | None) -> None:
+    """Wait for a background step of an abandoned `separate_many` and drop what it made."""
+    if future is None:
+        return
+    try:
+        result = future.result()
+    except Exception:  # the error that stopped the run is already propagating
+        return
+    if isinstance(result, _Job):
+        result.cleanup.close()
