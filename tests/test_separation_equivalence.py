@@ -8,6 +8,7 @@ from __future__ import annotations
 import random
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from fractions import Fraction
 from pathlib import Path
 
@@ -128,6 +129,7 @@ class _Windows:
 
 def _stream(models: list[_StandInModel], weights: list[list[float]], mix: torch.Tensor, *,
             shifts: int, overlap: float, limit: BatchLimit, seed: int = 5,
+            workers: ThreadPoolExecutor | None = None,
             ) -> tuple[list[torch.Tensor], list[tuple[int, int]]]:
     loaded = LoadedModel("stand-in", tuple(models), tuple(map(tuple, weights)), ("a", "b", "c"),
                          44100, 2, torch.device("cpu"))
@@ -135,7 +137,7 @@ def _stream(models: list[_StandInModel], weights: list[list[float]], mix: torch.
     blocks = list(separate_stream(
         loaded, _Windows(mix), shifts=shifts, overlap=overlap, rng=random.Random(seed),
         precision="fp32", limit=limit, denormalize=lambda block: block,
-        after_segment=lambda done, total: calls.append((done, total)),
+        after_segment=lambda done, total: calls.append((done, total)), workers=workers,
     ))  # fmt: skip
     return blocks, calls
 
@@ -151,19 +153,23 @@ def _apply_model(models: list[_StandInModel], weights: list[list[float]], mix: t
 
 
 @pytest.mark.parametrize(
-    ("members", "shifts", "overlap", "batch_size", "extra_frames"),
-    [(1, 0, 0.25, 1, 123), (1, 0, 0.25, 2, 0), (1, 1, 0.25, 5, 4567), (2, 2, 0.4, 1, 123),
-     (2, 2, 0.4, 3, 1), (1, 0, 0.5, 64, 99)],
+    ("members", "shifts", "overlap", "batch_size", "extra_frames", "threads"),
+    [(1, 0, 0.25, 1, 123, 0), (1, 0, 0.25, 2, 0, 2), (1, 1, 0.25, 5, 4567, 0),
+     (1, 1, 0.25, 5, 4567, 3), (2, 2, 0.4, 1, 123, 0), (2, 2, 0.4, 3, 1, 3),
+     (1, 0, 0.5, 64, 99, 0)],
 )  # fmt: skip
 def test_batched_streaming_overlap_add_equals_apply_model_on_a_long_track(
-    members: int, shifts: int, overlap: float, batch_size: int, extra_frames: int
+    members: int, shifts: int, overlap: float, batch_size: int, extra_frames: int, threads: int
 ) -> None:
+    """`threads`: 0 stacks a batch into one call (GPU style), else one call per item on that
+    many worker threads (CPU style)."""
     models = [_StandInModel(3, Fraction(1, 2), seed) for seed in range(members)]
     weights = [[1.0, 0.5, 0.25], [0.0, 0.5, 1.0]][:members]
     mix = torch.randn(2, 44100 * 7 + extra_frames, generator=torch.Generator().manual_seed(0))
     expected = _apply_model(models, weights, mix, shifts=shifts, overlap=overlap)
-    blocks, calls = _stream(models, weights, mix, shifts=shifts, overlap=overlap,
-                            limit=BatchLimit(batch_size))
+    with ThreadPoolExecutor(threads or 1) as pool:
+        blocks, calls = _stream(models, weights, mix, shifts=shifts, overlap=overlap,
+                                limit=BatchLimit(batch_size), workers=pool if threads else None)
     ours = torch.cat(blocks, dim=-1)
     assert ours.shape == expected.shape
     assert float((ours - expected).abs().max()) <= 1e-5
@@ -173,8 +179,10 @@ def test_batched_streaming_overlap_add_equals_apply_model_on_a_long_track(
     assert [done for done, _ in calls] == list(range(1, calls[-1][1] + 1))
     batches = [size for model in models for size in model.batches]
     assert sum(batches) == calls[-1][1]
-    # Batches as large as allowed (the shorter last chunks of a pass take another input length).
-    assert max(batches) <= batch_size and (batch_size == 1 or max(batches) > 1)
+    if threads:  # every call takes one item
+        assert max(batches) == 1
+    else:  # as large as allowed (the shorter last chunks of a pass take another input length)
+        assert max(batches) <= batch_size and (batch_size == 1 or max(batches) > 1)
 
 
 def test_a_batch_that_runs_out_of_memory_is_split_and_the_smaller_size_sticks() -> None:
