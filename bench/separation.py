@@ -241,7 +241,7 @@ def main() -> None:
                         help="speed --device: length of each batch song")
     parser.add_argument("--durations", type=float, nargs="+", default=[60.0, 600.0],
                         help="memory: track lengths in seconds")
-    parser.add_argument("--precision", nargs="+", choices=("fp32", "bf16"),
+    parser.add_argument("--precision", nargs="+", choices=("fp32", "bf16", "fp16"),
                         default=["fp32", "bf16"])
     parser.add_argument("--size", choices=("full", "tiny"), default="full")
     parser.add_argument("--shifts", type=int, default=1)
