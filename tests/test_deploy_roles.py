@@ -6,6 +6,8 @@ nothing. Roles are cluster-wide, so each run uses role names of its own and drop
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import shutil
 import subprocess
 import uuid
@@ -23,6 +25,7 @@ from soundforge import jobs, music, queue
 from soundforge.migrations import migrate
 from soundforge.models import Stage
 from soundforge.status import Status
+from tests.cli_runner import SOUNDFORGE, run_cli
 from tests.conftest import ADMIN_URL, database_url_for, drop_database
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
@@ -264,13 +267,34 @@ def test_readonly_role_selects_every_inspection_view(deployment: Deployment) -> 
     assert row == {"download_status": "queued"}
 
 
+def test_readonly_role_sees_no_download_credential(deployment: Deployment) -> None:
+    """A URL's password and signature stay in download_credentials, which the application
+    role reads to fetch and no view (so not the read-only role) shows."""
+    secret_url = "http://carol:R0-PASSWORD@203.0.113.9/a.flac?sig=R0-SIGNATURE"
+    with connect_as(deployment, deployment.app_role) as writer:
+        track = music.create_track(writer, music.TrackFields(title="Signed"))
+        job = queue.create_queued_job(writer, Stage.DOWNLOAD, track.id, {}, source=secret_url)
+        assert job is not None
+        kept = writer.execute(
+            "SELECT source FROM download_credentials WHERE download_job_id = %s", (job.id,)
+        ).fetchone()
+    assert kept == {"source": secret_url}
+    with connect_as(deployment, deployment.readonly_role) as reader:
+        for view in sorted(v for v in public_relations(deployment, ("v",))
+                           if v.startswith("soundforge_")):  # fmt: skip
+            rows = reader.execute(sql.SQL("SELECT * FROM {}").format(sql.Identifier(view)))
+            assert "R0-" not in repr(rows.fetchall()), view
+        reader.execute("SET default_transaction_read_only = off")
+        assert_denied(reader, "SELECT * FROM download_credentials")
+
+
 def test_readonly_role_cannot_write_or_read_any_table(deployment: Deployment) -> None:
     """Denied by the grants themselves: the session first turns off the read-only default it
     starts with, which any role may do."""
     tables = public_relations(deployment, ("r",))
     sequences = public_relations(deployment, ("S",))
     views = public_relations(deployment, ("v",))
-    assert {"tracks", "download_jobs", "procrastinate_jobs"} <= set(tables)
+    assert {"tracks", "download_jobs", "download_credentials", "procrastinate_jobs"} <= set(tables)
     with connect_as(deployment, deployment.readonly_role) as conn:
         starts = conn.execute("SHOW default_transaction_read_only").fetchone()
         assert starts == {"default_transaction_read_only": "on"}
@@ -315,3 +339,45 @@ def test_readonly_role_listens_to_progress_notifications(deployment: Deployment)
         heard = next(listener.notifies(timeout=30, stop_after=1))
     assert heard.channel == "soundforge_progress"
     assert str(job.id) in heard.payload
+
+
+def _cli_env(deployed: Deployment, role: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SOUNDFORGE_")}
+    return env | {"DATABASE_URL": deployed.url(role)}
+
+
+def test_migrate_as_the_app_role_names_the_role_and_the_migration_setting(
+    deployment: Deployment,
+) -> None:
+    result = run_cli("migrate", env=_cli_env(deployment, deployment.app_role))
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert f"role '{deployment.app_role}' may not change the schema" in line
+    assert "SOUNDFORGE_MIGRATION_DATABASE_URL" in line
+
+
+def test_watch_as_the_readonly_role_prints_rows_not_a_forged_notify(
+    deployment: Deployment,
+) -> None:
+    with connect_as(deployment, deployment.app_role) as writer:
+        track = music.create_track(writer, music.TrackFields(title="Watched"))
+        job = jobs.create_job(writer, Stage.DOWNLOAD, track.id)
+    watcher = subprocess.Popen(
+        [SOUNDFORGE, "watch", "--max-events", "1"],
+        env=_cli_env(deployment, deployment.readonly_role),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert watcher.stderr is not None
+        assert "watching" in watcher.stderr.readline()
+        forged = json.dumps({"track_id": str(track.id), "stage": "download",
+                             "job_id": str(job.id), "status": "failed", "progress": 100,
+                             "error": "PWNED: the read-only role wrote this"})  # fmt: skip
+        with connect_as(deployment, deployment.readonly_role) as forger:
+            forger.execute("SELECT pg_notify('soundforge_progress', %s)", (forged,))
+        stdout, stderr = watcher.communicate(timeout=30)
+    finally:
+        watcher.kill()
+    assert watcher.returncode == 0, stderr
+    assert stdout.split()[:4] == [str(track.id), "download", "queued", "0%"]
+    assert "PWNED" not in stdout

@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from soundforge import audio_io
+from soundforge.audio_limits import AudioLimits
+from soundforge.cli.output import safe, say
 from soundforge.errors import ConfigError
 from soundforge.separation.registry import MODEL_NAMES
 from soundforge.settings import load_settings
@@ -55,8 +57,9 @@ def run(args: argparse.Namespace) -> int:
     from soundforge.separation import Separator  # torch is imported only when separating
 
     settings = load_settings()
-    for file in args.files:
-        audio_io.probe(file)  # a bad input fails before the model loads
+    limits = AudioLimits.from_settings(settings)
+    for file in args.files:  # a bad input fails before the model loads
+        audio_io.probe(file, count_frames=False, limits=limits)
     names = [file.stem for file in args.files]
     if len(set(names)) < len(names):
         raise ConfigError("two input files have the same name; they would share an output folder")
@@ -74,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
         stem_format=pick(args.stem_format, settings.stem_format),
         torch_threads=pick(args.threads, settings.torch_threads),
         batch_size=pick(args.batch, settings.separation_batch),
+        limits=limits,
     )
     if len(args.files) == 1:
         stems = separator.separate(args.files[0], args.out)
@@ -81,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
             print(json.dumps({stem: str(path) for stem, path in stems.items()}))
         else:
             for stem, path in stems.items():
-                print(f"{stem}\t{path}")
+                say(f"{stem}\t{safe(path)}")
     else:
         results = separator.separate_many([(file, args.out / file.stem) for file in args.files])
         if args.json:
@@ -90,6 +94,6 @@ def run(args: argparse.Namespace) -> int:
         else:
             for file, stems in zip(args.files, results, strict=True):
                 for stem, path in stems.items():
-                    print(f"{file}\t{stem}\t{path}")
+                    say(f"{safe(file)}\t{stem}\t{safe(path)}")
     sys.stdout.flush()
     return 0

@@ -25,6 +25,7 @@ from typing import Any, Literal
 import torch
 
 from soundforge import audio_io
+from soundforge.audio_limits import DEFAULT_LIMITS, AudioLimits
 from soundforge.errors import AbortCheck, ConfigError, JobAbortedError, ProgressCallback
 from soundforge.separation import loading
 from soundforge.separation.loading import LoadedModel
@@ -134,6 +135,7 @@ class Separator:
         torch_threads: int = 0,
         batch_size: int = 0,
         rng: random.Random | None = None,
+        limits: AudioLimits = DEFAULT_LIMITS,
     ) -> None:
         """`repo`: a folder in demucs' `--repo` layout, or None for demucs' download cache.
         `precision`: fp32 matches the demucs CLI; bf16 autocasts the model (faster on CPUs with
@@ -141,7 +143,8 @@ class Separator:
         back to fp32 where unsupported. `shifts`, `overlap`: as demucs' options.
         `torch_threads`: 0 keeps torch's default (it is a process-wide setting). `batch_size`:
         segments per model call, 0 for the device's default (`auto_batch_size`). `rng`: draws
-        the shift offsets (seed it to reproduce a run)."""
+        the shift offsets (seed it to reproduce a run). `limits`: what an input may ask the
+        decoder for (checked before anything is written)."""
         check_model_name(model)
         if shifts < 0:
             raise ConfigError(f"shifts must be 0 or more, not {shifts}")
@@ -163,6 +166,7 @@ class Separator:
         self.overlap = overlap
         self.stem_format: StemFormat = stem_format
         self.rng = rng if rng is not None else random.Random()
+        self.limits = limits
         self.model = loading.load(model, Path(repo) if repo is not None else None, self.device)
         self.batch = BatchLimit(batch_size or auto_batch_size(self.model, self.precision))
         self.workers: ThreadPoolExecutor | None = None
@@ -256,16 +260,17 @@ class Separator:
 
     def _open(self, source: Path, out_dir: Path) -> _Job:
         """Probe and decode `source` into a temporary mix file in `out_dir`; `AudioError` before
-        anything is created when it is not audio."""
-        audio_io.probe(source)
+        anything is created when it is not audio or over the limits."""
+        info = audio_io.probe(source, count_frames=False, limits=self.limits)
+        info.limits.check_budget(str(source), info.frames, info.sample_rate,
+                                 self.model.sample_rate, self.model.audio_channels)
         out_dir.mkdir(parents=True, exist_ok=True)
         token = new_token()
         cleanup = ExitStack()
         try:
             raw_path = out_dir / temp_name(token, "mix.f32")
             cleanup.callback(raw_path.unlink, missing_ok=True)
-            mix = prepare_mix(source, raw_path, self.model.sample_rate,
-                              self.model.audio_channels)
+            mix = prepare_mix(info, raw_path, self.model.sample_rate, self.model.audio_channels)
             reader = MixReader(mix)
             cleanup.callback(reader.close)
             writer = StemWriter(out_dir, self.model.sources, mix.channels, token)
