@@ -124,6 +124,7 @@ def default_engines(settings: Settings) -> Engines:
                 overlap=settings.overlap,
                 stem_format=settings.stem_format,
                 torch_threads=settings.torch_threads,
+                batch_size=settings.separation_batch,
                 limits=limits,
             )
 

@@ -61,7 +61,9 @@ class Settings(BaseSettings):
     demucs_repo: Path | None = None
     torch_threads: int = Field(default=0, ge=0, description="0 = torch's default")
     device: Literal["cpu", "cuda", "auto"] = "cpu"
-    precision: Literal["fp32", "bf16"] = "fp32"
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    separation_batch: int = Field(default=0, ge=0, le=1024,
+                                  description="segments per model call; 0 = by device")
     shifts: int = Field(default=1, ge=0, le=20)
     overlap: float = Field(default=0.25, ge=0.0, lt=1.0)
     stem_format: Literal["flac", "wav"] = "flac"
