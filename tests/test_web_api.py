@@ -79,6 +79,7 @@ def test_track_detail_and_analysis_download_and_clear_json_errors(
         assert invalid.status_code == 404 and "not a valid UUID" in invalid.json()["error"]
         models = client.get("/api/models").json()
         assert {m["name"] for m in models["models"]} >= {"htdemucs", "htdemucs_6s"}
+        assert all(isinstance(m["present"], bool) and m["stems"] for m in models["models"])
 
 
 def test_every_answer_carries_the_security_headers(web: WebServer) -> None:

@@ -18,6 +18,8 @@ from soundforge.cli.common import (
 )
 from soundforge.cli.output import safe, say
 from soundforge.migrations import migrate, migration_status
+from soundforge.models import Track
+from soundforge.settings import Settings
 
 
 def register(subparsers: Any) -> None:
@@ -33,6 +35,9 @@ def register(subparsers: Any) -> None:
                         help="musical key from the newest analysis: 'A minor', 'Am' or '8A'")
     parser.add_argument("--limit", type=int, default=50)
     parser.add_argument("--offset", type=int, default=0)
+    parser.add_argument("--duplicates", action="store_true",
+                        help="only tracks whose downloaded audio is identical (same SHA-256) to "
+                        "another track's, grouped")  # fmt: skip
     add_json_flag(parser)
     parser.set_defaults(handler=run_tracks)
 
@@ -69,6 +74,8 @@ def run_migrate(args: argparse.Namespace) -> int:
 
 def run_tracks(args: argparse.Namespace) -> int:
     config = settings()
+    if args.duplicates:
+        return _print_duplicates(config, args)
     tempo_min, tempo_max = music.parse_tempo_range(args.tempo) if args.tempo else (None, None)
     wanted = music.TrackQuery(search=args.search, tempo_min=tempo_min, tempo_max=tempo_max,
                               key=args.key, limit=args.limit, offset=args.offset)  # fmt: skip
@@ -81,6 +88,26 @@ def run_tracks(args: argparse.Namespace) -> int:
         artist = f"{safe(row['artist'])} - " if row["artist"] else ""
         say(f"{row['id']}  {row['inserted_at']:%Y-%m-%d %H:%M}  {analysis_summary(row):24}  "
             f"{artist}{safe(row['title'])}")  # fmt: skip
+    return 0
+
+
+def _track_line(track: Track) -> str:
+    artist = f"{safe(track.artist)} - " if track.artist else ""
+    return f"{track.id}  {track.inserted_at:%Y-%m-%d %H:%M}  {artist}{safe(track.title)}"
+
+
+def _print_duplicates(config: Settings, args: argparse.Namespace) -> int:
+    with database(config) as conn:
+        duplicates = music.duplicate_audio_tracks(conn, args.limit, args.offset)
+    if args.json:
+        print_json([track.to_dict() | {"audio_sha256": digest} for digest, track in duplicates])
+        return 0
+    previous = None
+    for digest, track in duplicates:
+        if digest != previous:
+            say(f"audio sha256 {digest}")
+            previous = digest
+        say(f"  {_track_line(track)}")
     return 0
 
 

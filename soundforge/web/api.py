@@ -16,8 +16,7 @@ from soundforge import music, operations, workflow
 from soundforge.cli.common import track_listing
 from soundforge.keys import camelot
 from soundforge.models import json_value
-from soundforge.separation.presence import model_presence
-from soundforge.separation.registry import MODEL_NAMES
+from soundforge.separation.registry import MODEL_NAMES, stem_names
 from soundforge.web.context import (
     BadRequestError,
     WebContext,
@@ -216,10 +215,19 @@ def analysis_json(request: Request) -> Response:
 
 
 def models(request: Request) -> Response:
-    ctx = context(request)
-    return JSON({"models": [model_presence(name, ctx.settings.demucs_repo)
-                            for name in MODEL_NAMES],
-                 "default": ctx.settings.demucs_model})  # fmt: skip
+    """The separation models, their stems and whether their weights are here (the same check
+    as `soundforge models list`; the first call may import torch to find its cache folder)."""
+    from soundforge.separation import weights
+
+    repo = context(request).settings.demucs_repo
+    return JSON({
+        "folder": str(weights.weights_dir(repo)),
+        "default": context(request).settings.demucs_model,
+        "models": [{"name": name, "stems": list(stem_names(name)),
+                    "present": weights.model_present(name, repo),
+                    "missing": [file.name for file in weights.missing_files(name, repo)]}
+                   for name in MODEL_NAMES],
+    })  # fmt: skip
 
 
 def queues(request: Request) -> Response:
