@@ -177,6 +177,26 @@ class Storage:
     def ensure_root(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
 
+    def check_writable(self) -> None:
+        """Create the root if needed and prove a file can be written and renamed in it (what
+        every stored file needs); `StorageError` with the root and the cause otherwise."""
+        try:
+            self.ensure_root()
+        except OSError as error:
+            raise StorageError(f"cannot create the storage folder {self.root} "
+                               f"({error.strerror})") from None  # fmt: skip
+        probe = self.root / f"{TEMP_PREFIX}probe-{uuid.uuid4().hex}"
+        try:
+            with open(probe, "xb") as handle:
+                handle.write(b"soundforge")
+            os.replace(probe, probe.with_name(probe.name + "-renamed"))
+            probe.with_name(probe.name + "-renamed").unlink()
+        except OSError as error:
+            raise StorageError(f"cannot write into the storage folder {self.root} "
+                               f"({error.strerror})") from None  # fmt: skip
+        finally:
+            probe.unlink(missing_ok=True)
+
     # -- paths -------------------------------------------------------------------------------
 
     def resolve(self, relative: str | Path) -> Path:
