@@ -6,6 +6,8 @@ nothing. Roles are cluster-wide, so each run uses role names of its own and drop
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import shutil
 import subprocess
 import uuid
@@ -23,11 +25,18 @@ from soundforge import jobs, music, queue
 from soundforge.migrations import migrate
 from soundforge.models import Stage
 from soundforge.status import Status
+from tests.cli_runner import SOUNDFORGE, run_cli
 from tests.conftest import ADMIN_URL, database_url_for, drop_database
+from tests.support.pipeline import ServiceProcesses
+from tests.support.web import start_web
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 ROLES_SQL = DEPLOY / "postgres-roles.sql"
 GRANTS_SQL = DEPLOY / "postgres-grants.sql"
+DASHBOARD_TABLES = {"tracks", "stems", "analysis_results", "download_jobs", "processing_jobs",
+                    "analysis_jobs", "soundforge_stage_outcomes", "soundforge_worker_queues",
+                    "soundforge_schema_migrations", "procrastinate_jobs",
+                    "procrastinate_workers", "procrastinate_events"}  # fmt: skip
 INSPECTION_VIEWS = {
     "soundforge_jobs",
     "soundforge_queue_overview",
@@ -285,7 +294,9 @@ def test_readonly_role_sees_no_download_credential(deployment: Deployment) -> No
         assert_denied(reader, "SELECT * FROM download_credentials")
 
 
-def test_readonly_role_cannot_write_or_read_any_table(deployment: Deployment) -> None:
+def test_readonly_role_cannot_write_any_table_and_reads_only_the_dashboards(
+    deployment: Deployment,
+) -> None:
     """Denied by the grants themselves: the session first turns off the read-only default it
     starts with, which any role may do."""
     tables = public_relations(deployment, ("r",))
@@ -303,7 +314,10 @@ def test_readonly_role_cannot_write_or_read_any_table(deployment: Deployment) ->
             assert_denied(conn, f"UPDATE {table} SET {column} = {column}")
             assert_denied(conn, f"DELETE FROM {table}")
             assert_denied(conn, f"TRUNCATE {table}")
-            assert_denied(conn, f"SELECT * FROM {table}")
+            if name in DASHBOARD_TABLES:
+                conn.execute(f"SELECT * FROM {table} LIMIT 1".encode())
+            else:
+                assert_denied(conn, f"SELECT * FROM {table}")
         for name in sequences:
             assert_denied(conn, f"SELECT nextval('{name}')")
         # A view made of several tables cannot take a write at all; the grant says no too.
@@ -312,6 +326,22 @@ def test_readonly_role_cannot_write_or_read_any_table(deployment: Deployment) ->
                 "SELECT has_table_privilege(%s, 'INSERT, UPDATE, DELETE, TRUNCATE')", (name,)
             ).fetchone()
             assert writable == {"has_table_privilege": False}, name
+
+
+def test_readonly_role_is_enough_for_a_read_only_dashboard(
+    deployment: Deployment, services: ServiceProcesses, cli_env: dict[str, str]
+) -> None:
+    with connect_as(deployment, deployment.app_role) as writer:
+        track = music.create_track(writer, music.TrackFields(title="Shown"))
+        jobs.create_job(writer, Stage.DOWNLOAD, track.id)
+    env = {**cli_env, "DATABASE_URL": deployment.url(deployment.readonly_role)}
+    web = start_web(services, env, token=None)
+    with web.client() as client:
+        for path in ("/", f"/tracks/{track.id}", "/queues", "/api/tracks", "/metrics"):
+            answer = client.get(path)
+            assert answer.status_code == 200, (path, answer.text)
+        assert "Shown" in client.get("/").text
+        assert client.get("/healthz").json()["checks"]["database"] == "reachable"
 
 
 def test_readonly_role_cannot_create_tables_or_defer_jobs(deployment: Deployment) -> None:
@@ -336,3 +366,45 @@ def test_readonly_role_listens_to_progress_notifications(deployment: Deployment)
         heard = next(listener.notifies(timeout=30, stop_after=1))
     assert heard.channel == "soundforge_progress"
     assert str(job.id) in heard.payload
+
+
+def _cli_env(deployed: Deployment, role: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SOUNDFORGE_")}
+    return env | {"DATABASE_URL": deployed.url(role)}
+
+
+def test_migrate_as_the_app_role_names_the_role_and_the_migration_setting(
+    deployment: Deployment,
+) -> None:
+    result = run_cli("migrate", env=_cli_env(deployment, deployment.app_role))
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert f"role '{deployment.app_role}' may not change the schema" in line
+    assert "SOUNDFORGE_MIGRATION_DATABASE_URL" in line
+
+
+def test_watch_as_the_readonly_role_prints_rows_not_a_forged_notify(
+    deployment: Deployment,
+) -> None:
+    with connect_as(deployment, deployment.app_role) as writer:
+        track = music.create_track(writer, music.TrackFields(title="Watched"))
+        job = jobs.create_job(writer, Stage.DOWNLOAD, track.id)
+    watcher = subprocess.Popen(
+        [SOUNDFORGE, "watch", "--max-events", "1"],
+        env=_cli_env(deployment, deployment.readonly_role),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert watcher.stderr is not None
+        assert "watching" in watcher.stderr.readline()
+        forged = json.dumps({"track_id": str(track.id), "stage": "download",
+                             "job_id": str(job.id), "status": "failed", "progress": 100,
+                             "error": "PWNED: the read-only role wrote this"})  # fmt: skip
+        with connect_as(deployment, deployment.readonly_role) as forger:
+            forger.execute("SELECT pg_notify('soundforge_progress', %s)", (forged,))
+        stdout, stderr = watcher.communicate(timeout=30)
+    finally:
+        watcher.kill()
+    assert watcher.returncode == 0, stderr
+    assert stdout.split()[:4] == [str(track.id), "download", "queued", "0%"]
+    assert "PWNED" not in stdout

@@ -13,10 +13,12 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from soundforge.analysis.engine import analyze
 from soundforge.analysis.report import AnalysisReport
+from soundforge.audio_limits import DEFAULT_LIMITS, AudioLimits
 from soundforge.errors import SoundForgeError
 
 AUDIO_SUFFIXES = frozenset(
@@ -46,10 +48,11 @@ def expand(paths: Iterable[Path]) -> list[Path]:
     return files
 
 
-def analyze_one(path: Path) -> FileOutcome:
-    """`analyze(path)` with a user-caused error (unreadable, corrupt, missing) as the outcome."""
+def analyze_one(path: Path, limits: AudioLimits = DEFAULT_LIMITS) -> FileOutcome:
+    """`analyze(path)` with a user-caused error (unreadable, corrupt, missing, over the limits)
+    as the outcome."""
     try:
-        return FileOutcome(path, analyze(path))
+        return FileOutcome(path, analyze(path, limits=limits))
     except SoundForgeError as error:
         return FileOutcome(path, None, str(error))
 
@@ -60,19 +63,22 @@ def default_jobs() -> int:
 
 
 def analyze_many(
-    paths: list[Path], jobs: int, on_done: Callable[[FileOutcome], None] | None = None
+    paths: list[Path],
+    jobs: int,
+    limits: AudioLimits = DEFAULT_LIMITS,
+    on_done: Callable[[FileOutcome], None] | None = None,
 ) -> Iterator[FileOutcome]:
     """Outcomes in the order of `paths`; `jobs` processes (1: in this process)."""
     if jobs <= 1 or len(paths) <= 1:
         for path in paths:
-            outcome = analyze_one(path)
+            outcome = analyze_one(path, limits)
             if on_done is not None:
                 on_done(outcome)
             yield outcome
         return
     context = multiprocessing.get_context("fork")
     with ProcessPoolExecutor(max_workers=min(jobs, len(paths)), mp_context=context) as pool:
-        for outcome in pool.map(analyze_one, paths):
+        for outcome in pool.map(partial(analyze_one, limits=limits), paths):
             if on_done is not None:
                 on_done(outcome)
             yield outcome

@@ -16,16 +16,18 @@ from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from soundforge import audio_io
-from soundforge.analysis import curves, notes, spectral
+from soundforge.analysis import notes, spectral
 from soundforge.analysis.frontend import HOP_LENGTH, N_FFT, FrameChunk, StftFrontend, real_fft
 from soundforge.analysis.key import KeyEstimate, estimate_key, key_profile_input
 from soundforge.analysis.report import AnalysisReport
 from soundforge.analysis.rhythm import BeatResult, align_onsets, rectified_rise, track_beats
+from soundforge.audio_limits import DEFAULT_LIMITS, AudioLimits
 from soundforge.errors import AbortCheck, JobAbortedError, ProgressCallback
 
 logger = logging.getLogger(__name__)
@@ -42,6 +44,7 @@ MIN_KEY_CONFIDENCE = 0.3  # noise and drones correlate about 0.2 with their best
 MIN_TONALITY = 0.45
 TUNING_FRAME_STEP = 4
 DECODE_PROGRESS = 90.0  # share of the progress bar the decode + STFT pass covers
+CURVE_STEP_S = 0.5  # the pictures' resolution: about two points a second
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -161,6 +164,32 @@ def _variances(values: npt.NDArray[np.floating], width: int) -> list[float]:
     return [float(value) for value in np.var(values, axis=0, dtype=np.float64)]
 
 
+def _downsampled(values: npt.NDArray[np.floating], frames_per_point: int,
+                 digits: int) -> list[Any]:  # fmt: skip
+    """Means of consecutive runs of `frames_per_point` frames, rounded, never NaN."""
+    if values.shape[0] == 0:
+        return []
+    points = -(-values.shape[0] // frames_per_point)
+    padded = np.full((points * frames_per_point, *values.shape[1:]), np.nan, np.float64)
+    padded[: values.shape[0]] = values
+    means = np.nanmean(padded.reshape(points, frames_per_point, *values.shape[1:]), axis=1)
+    rounded: list[Any] = np.round(np.nan_to_num(means), digits).tolist()
+    return rounded
+
+
+def _curves(rms: FloatArray, features: _FrameFeatures, chroma: FloatArray,
+            mfcc: FloatArray) -> dict[str, Any]:  # fmt: skip
+    frames_per_point = max(1, round(CURVE_STEP_S * ANALYSIS_SAMPLE_RATE / HOP_LENGTH))
+    return {
+        "step_s": round(frames_per_point * HOP_LENGTH / ANALYSIS_SAMPLE_RATE, 4),
+        "rms": _downsampled(rms, frames_per_point, 5),
+        "centroid": _downsampled(features.joined("centroid"), frames_per_point, 1),
+        "rolloff": _downsampled(features.joined("rolloff"), frames_per_point, 1),
+        "chroma": _downsampled(chroma, frames_per_point, 3),
+        "mfcc": _downsampled(mfcc, frames_per_point, 2),
+    }
+
+
 def _tempo(mel: MelSummary, duration: float, pitched: bool, warnings: list[str]) -> BeatResult:
     """Tempo and beats of audio that is not silent: always an estimate for music (a weak pulse
     only lowers the confidence); none for a clip too short or for noise (no pitched content
@@ -268,12 +297,6 @@ def _analyze_stream(
     warnings.extend(key_warnings)
     tempo, beat_frames = beats.tempo, beats.beat_frames
 
-    plot_curves = curves.feature_curves(
-        HOP_LENGTH / ANALYSIS_SAMPLE_RATE,
-        {"energy": rms, "spectral_centroid": features.joined("centroid"),
-         "spectral_rolloff": features.joined("rolloff"), "chroma": chroma, "mfcc": mel.mfcc},
-        {"energy": 5, "spectral_centroid": 1, "spectral_rolloff": 1, "chroma": 3, "mfcc": 2},
-    )  # fmt: skip
     beat_times = [
         round(float(frame) * HOP_LENGTH / ANALYSIS_SAMPLE_RATE, 4) for frame in beat_frames
     ]
@@ -301,8 +324,8 @@ def _analyze_stream(
         chroma=mean_chroma,
         key_chroma=key_chroma,
         tuning=round(note_chroma.tuning, 3),
-        curves=plot_curves,
         warnings=warnings,
+        curves=_curves(rms, features, chroma, mel.mfcc),
     ).sanitised()
     progress.update(100.0)
     return report
@@ -312,11 +335,14 @@ def analyze(
     path: Path | str,
     progress: ProgressCallback | None = None,
     should_abort: AbortCheck | None = None,
+    limits: AudioLimits = DEFAULT_LIMITS,
 ) -> AnalysisReport:
     """Analyse one audio file. `progress` gets percentages 0..100, never decreasing;
     `should_abort` is polled between decode blocks (True raises `JobAbortedError`).
-    Raises `AudioError` (or `FfmpegMissingError`) for input that cannot be decoded."""
-    info = audio_io.probe(path, count_frames=False)
+    Raises `AudioError` (or `FfmpegMissingError`) for input that cannot be decoded or that asks
+    for more than `limits` allow."""
+    info = audio_io.probe(path, count_frames=False, limits=limits)
+    limits.check_budget(str(info.path), info.frames, info.sample_rate, ANALYSIS_SAMPLE_RATE, 1)
     reporter = _Progress(progress)
     reporter.update(0.0)
     blocks = audio_io.iter_decoded(info, ANALYSIS_SAMPLE_RATE, mono=True)

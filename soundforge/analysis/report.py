@@ -45,10 +45,10 @@ class AnalysisReport:
     tempo_confidence: float | None = None  # 0..1: how clear the pulse is (None: no tempo)
     key_chroma: list[float] = field(default_factory=list)  # 12, C..B: transcribed notes, sum 1
     tuning: float | None = None  # semitones from A440
-    # ~2 points per second for plots: {"hop_s", "energy", "spectral_centroid",
-    # "spectral_rolloff", "chroma" (12 per point), "mfcc" (13 per point)}
-    curves: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    curves: dict[str, Any] = field(default_factory=dict)
+    """Per-frame features downsampled to about two points a second, for pictures: `step_s`,
+    `rms`, `centroid`, `rolloff` (one value a point), `chroma` (12 a point), `mfcc` (13)."""
 
     def to_dict(self) -> dict[str, Any]:
         """Every field by its name: the JSON report and the stored `features` document."""

@@ -13,7 +13,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from soundforge.audio_limits import AudioLimits
+from soundforge.cli.output import safe, say
 from soundforge.errors import ConfigError
+from soundforge.settings import load_settings
 
 if TYPE_CHECKING:
     from soundforge.analysis import AnalysisReport
@@ -54,9 +57,10 @@ def run(args: argparse.Namespace) -> int:
             f"audio analysis needs the analysis extra ({error.name} is missing): "
             "pip install 'soundforge[analysis]'"
         ) from None
+    limits = AudioLimits.from_settings(load_settings())
     if len(args.files) == 1 and not args.files[0].is_dir():
-        report = analyze(args.files[0])  # one file: its error is the command's error
-        sys.stdout.write(_format(args.files[0], report, args.json, with_path=False))
+        report = analyze(args.files[0], limits=limits)  # one file: its error is the command's
+        _write(_format(args.files[0], report, args.json, with_path=False), args.json)
         return 0
     files = batch.expand(args.files)
     if not files:
@@ -64,14 +68,24 @@ def run(args: argparse.Namespace) -> int:
     jobs = args.jobs or batch.default_jobs()
     failed = 0
     with _progress_bar(len(files)) as advance:
-        for outcome in batch.analyze_many(files, jobs, on_done=lambda _: advance()):
+        for outcome in batch.analyze_many(files, jobs, limits, on_done=lambda _: advance()):
             if outcome.report is not None:
-                sys.stdout.write(_format(outcome.path, outcome.report, args.json, with_path=True))
+                _write(_format(outcome.path, outcome.report, args.json, with_path=True), args.json)
             else:
                 failed += 1
                 _report_error(outcome.path, outcome.error or "failed", args.json)
             sys.stdout.flush()
     return 1 if failed else 0
+
+
+def _write(text: str, as_json: bool) -> None:
+    """JSON as it is (escaped by json.dumps); a summary line by line through `say`, which
+    strips terminal escapes from names and warnings."""
+    if as_json:
+        sys.stdout.write(text)
+        return
+    for line in text.splitlines():
+        say(line)
 
 
 def _format(path: Path, report: AnalysisReport, as_json: bool, with_path: bool) -> str:
@@ -86,7 +100,7 @@ def _report_error(path: Path, message: str, as_json: bool) -> None:
         sys.stdout.write(json.dumps({"file": str(path), "error": message}) + "\n")
     else:
         named = message if str(path) in message or path.name in message else f"{path}: {message}"
-        print(f"soundforge: error: {named}", file=sys.stderr)
+        say(f"soundforge: error: {safe(named)}", file=sys.stderr)
 
 
 @contextmanager
@@ -116,7 +130,7 @@ def summary(path: Path, report: AnalysisReport) -> str:
     key = (f"{report.key} (confidence {report.key_confidence:.2f})"
            if report.key is not None and report.key_confidence is not None else "none")  # fmt: skip
     lines = [
-        f"{path.name}: {_clock(report.duration)} ({report.duration:.1f} s), "
+        f"{safe(path.name)}: {_clock(report.duration)} ({report.duration:.1f} s), "
         f"{report.sample_rate} Hz",
         f"  tempo     {tempo}",
         f"  key       {key}",
@@ -126,6 +140,6 @@ def summary(path: Path, report: AnalysisReport) -> str:
         f"{report.spectral_rolloff:.0f} Hz, bandwidth {report.spectral_bandwidth:.0f} Hz, "
         f"flatness {report.spectral_flatness:.4f}",
         f"  zcr       {report.zero_crossing_rate:.4f}",
-        *(f"  warning:  {warning}" for warning in report.warnings),
+        *(f"  warning:  {safe(warning)}" for warning in report.warnings),
     ]
     return "\n".join(lines) + "\n"

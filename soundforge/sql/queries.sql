@@ -31,6 +31,10 @@ INSERT INTO soundforge_schema_migrations (name, checksum) VALUES (%(name)s, %(ch
 -- True once any migration has run.
 SELECT to_regclass('soundforge_schema_migrations') IS NOT NULL AS present;
 
+-- name: list_applied_migration_names
+-- The names of the recorded schema files (for the schema check every data command makes).
+SELECT name FROM soundforge_schema_migrations;
+
 -- name: procrastinate_schema_present
 -- True when Procrastinate's tables exist already (installed before we recorded it).
 SELECT to_regclass('procrastinate_jobs') IS NOT NULL AS present;
@@ -40,38 +44,102 @@ SELECT to_regclass('procrastinate_jobs') IS NOT NULL AS present;
 -- name: insert_track
 -- Create a track.
 INSERT INTO tracks (id, spotify_id, spotify_url, title, artist, album, album_art_url, duration,
-                    inserted_at, updated_at)
+                    source_key, inserted_at, updated_at)
 VALUES (%(id)s, %(spotify_id)s, %(spotify_url)s, %(title)s, %(artist)s, %(album)s,
-        %(album_art_url)s, %(duration)s, timezone('utc', now()), timezone('utc', now()))
+        %(album_art_url)s, %(duration)s, %(source_key)s, timezone('utc', now()),
+        timezone('utc', now()))
 RETURNING *;
 
--- name: insert_track_unless_spotify_id_exists
--- Create a track unless one has this spotify_id; returns nothing when it exists.
+-- name: insert_track_unless_known
+-- Create a track unless one has this spotify_id or source_key; returns nothing when it exists.
 INSERT INTO tracks (id, spotify_id, spotify_url, title, artist, album, album_art_url, duration,
-                    inserted_at, updated_at)
+                    source_key, inserted_at, updated_at)
 VALUES (%(id)s, %(spotify_id)s, %(spotify_url)s, %(title)s, %(artist)s, %(album)s,
-        %(album_art_url)s, %(duration)s, timezone('utc', now()), timezone('utc', now()))
-ON CONFLICT (spotify_id) DO NOTHING
+        %(album_art_url)s, %(duration)s, %(source_key)s, timezone('utc', now()),
+        timezone('utc', now()))
+ON CONFLICT DO NOTHING
 RETURNING *;
 
 -- name: get_track
 -- One track by id.
 SELECT * FROM tracks WHERE id = %(id)s;
 
--- name: get_track_by_spotify_id
--- One track by its Spotify id.
-SELECT * FROM tracks WHERE spotify_id = %(spotify_id)s;
+-- name: get_known_track
+-- The track with this Spotify id, else the one with this source key.
+SELECT * FROM tracks WHERE spotify_id = %(spotify_id)s OR source_key = %(source_key)s
+ORDER BY (spotify_id = %(spotify_id)s) DESC NULLS LAST LIMIT 1;
 
--- name: list_tracks
--- Tracks, newest first (served by tracks_inserted_at_index), a page at a time.
-SELECT * FROM tracks ORDER BY insert_order DESC LIMIT %(limit)s OFFSET %(offset)s;
-
--- name: search_tracks
--- Tracks whose title or artist contains the pattern, case-insensitively (trigram indexes).
-SELECT * FROM tracks
-WHERE title ILIKE %(pattern)s OR artist ILIKE %(pattern)s
-ORDER BY insert_order DESC
+-- name: duplicate_audio_tracks
+-- Tracks whose newest completed download has the same audio (SHA-256) as another track's,
+-- grouped by that digest, oldest track first in each group.
+WITH newest AS (
+    SELECT DISTINCT ON (job.track_id) job.track_id, job.audio_sha256
+    FROM download_jobs job
+    WHERE job.status = 'completed' AND job.audio_sha256 IS NOT NULL
+    ORDER BY job.track_id, job.insert_order DESC
+), shared AS (
+    SELECT audio_sha256 FROM newest GROUP BY audio_sha256 HAVING count(*) > 1
+)
+SELECT newest.audio_sha256, track.*
+FROM newest JOIN shared USING (audio_sha256) JOIN tracks track ON track.id = newest.track_id
+ORDER BY newest.audio_sha256, track.insert_order
 LIMIT %(limit)s OFFSET %(offset)s;
+
+-- name: track_page
+-- One page of the track list, newest first, for the CLI (`tracks`, `status`) and the web
+-- (Tracks page, GET /api/tracks) alike: optionally some track ids, a title/artist search
+-- (trigram indexes), a tempo range (tempo index) and a key, both on the newest analysis; each
+-- row carries that analysis' columns and each stage's newest job (from the soundforge_pipeline
+-- view). The page's ids are chosen first, so a deep page costs the rows it
+-- skips, not their joins. Run unprepared: a NULL filter then drops out of the plan. Fetch
+-- `limit` + 1 rows to know whether another page follows.
+WITH page AS (
+    SELECT track.id, track.insert_order FROM tracks track
+    WHERE (%(track_ids)s::uuid[] IS NULL OR track.id = ANY(%(track_ids)s::uuid[]))
+      AND (%(pattern)s::text IS NULL
+           OR track.title ILIKE %(pattern)s::text OR track.artist ILIKE %(pattern)s::text)
+      AND (%(tempo_min)s::double precision IS NULL AND %(tempo_max)s::double precision IS NULL
+           AND %(key)s::text IS NULL
+           OR track.id IN (
+               SELECT candidate.track_id FROM analysis_results candidate
+               WHERE (%(tempo_min)s::double precision IS NULL
+                      OR candidate.tempo >= %(tempo_min)s::double precision)
+                 AND (%(tempo_max)s::double precision IS NULL
+                      OR candidate.tempo <= %(tempo_max)s::double precision)
+                 AND (%(key)s::text IS NULL OR candidate.key = %(key)s::text))
+              AND EXISTS (
+               SELECT FROM (
+                   SELECT newest.tempo, newest.key FROM analysis_results newest
+                   WHERE newest.track_id = track.id ORDER BY newest.insert_order DESC LIMIT 1
+               ) latest
+               WHERE (%(tempo_min)s::double precision IS NULL
+                      OR latest.tempo >= %(tempo_min)s::double precision)
+                 AND (%(tempo_max)s::double precision IS NULL
+                      OR latest.tempo <= %(tempo_max)s::double precision)
+                 AND (%(key)s::text IS NULL OR latest.key = %(key)s::text)))
+    ORDER BY track.insert_order DESC
+    LIMIT %(limit)s OFFSET %(offset)s
+)
+SELECT track.id AS track_id, track.id, track.title, track.artist, track.album,
+       track.album_art_url, track.duration, track.spotify_id, track.spotify_url,
+       track.inserted_at, track.updated_at,
+       analysis.id AS analysis_result_id, analysis.tempo, analysis.key,
+       (analysis.features ->> 'key_confidence')::double precision AS key_confidence,
+       analysis.energy, analysis.spectral_centroid, analysis.spectral_rolloff,
+       analysis.zero_crossing_rate,
+       pipeline.download_job_id, pipeline.download_status, pipeline.download_progress,
+       pipeline.download_error, pipeline.separate_job_id, pipeline.separate_status,
+       pipeline.separate_progress, pipeline.separate_error, pipeline.analyze_job_id,
+       pipeline.analyze_status, pipeline.analyze_progress, pipeline.analyze_error
+FROM page JOIN tracks track ON track.id = page.id
+JOIN soundforge_pipeline pipeline ON pipeline.track_id = page.id
+LEFT JOIN LATERAL (
+    SELECT result.id, result.tempo, result.key, result.features, result.energy,
+           result.spectral_centroid, result.spectral_rolloff, result.zero_crossing_rate
+    FROM analysis_results result WHERE result.track_id = track.id
+    ORDER BY result.insert_order DESC LIMIT 1
+) analysis ON true
+ORDER BY page.insert_order DESC;
 
 -- name: update_track_metadata
 -- Fill metadata learnt later (e.g. the title of a downloaded file); NULLs keep what is there.
@@ -101,12 +169,6 @@ WITH files AS (
 )
 SELECT (SELECT count(*) FROM deleted) AS deleted, array(SELECT path FROM files) AS paths;
 
--- name: referenced_paths
--- Every stored path a row still points at (for the orphan cleaner).
-SELECT output_path AS path FROM download_jobs WHERE output_path IS NOT NULL
-UNION
-SELECT file_path FROM stems WHERE file_path IS NOT NULL;
-
 -- ---------------------------------------------------------------- stems and results
 
 -- name: insert_stem
@@ -121,6 +183,10 @@ RETURNING *;
 -- A track's stems, newest run first, then by stem name.
 SELECT stem.* FROM stems stem JOIN processing_jobs job ON job.id = stem.processing_job_id
 WHERE stem.track_id = %(track_id)s ORDER BY job.insert_order DESC, stem.stem_type;
+
+-- name: get_stem
+-- One stem row by id.
+SELECT * FROM stems WHERE id = %(id)s;
 
 -- name: list_stems_for_job
 -- The stems one separation run wrote.
@@ -140,6 +206,21 @@ RETURNING *;
 -- The newest analysis of a track (several may exist after re-analysis).
 SELECT * FROM analysis_results WHERE track_id = %(track_id)s
 ORDER BY insert_order DESC LIMIT 1;
+
+-- name: track_jobs
+-- Every job row of a track, each stage's rows oldest first (the track page's history)
+SELECT 'download' AS stage, id, status, progress, error, attempts, inserted_at, started_at,
+       finished_at, insert_order, NULL::text AS model
+FROM download_jobs WHERE track_id = %(track_id)s
+UNION ALL
+SELECT 'separate', id, status, progress, error, attempts, inserted_at, started_at,
+       finished_at, insert_order, model
+FROM processing_jobs WHERE track_id = %(track_id)s
+UNION ALL
+SELECT 'analyze', id, status, progress, error, attempts, inserted_at, started_at, finished_at,
+       insert_order, NULL
+FROM analysis_jobs WHERE track_id = %(track_id)s
+ORDER BY insert_order;
 
 -- ---------------------------------------------------------------- job rows ({table})
 
@@ -175,13 +256,14 @@ WHERE job.id IS NOT NULL;
 
 -- name: insert_track_with_queued_download
 -- A new track and its queued download in one statement; no row when a track with this
--- spotify_id exists already (the caller then takes the existing track's path).
+-- spotify_id or source_key exists already (the caller then takes the existing track's path).
 WITH track AS (
     INSERT INTO tracks (id, spotify_id, spotify_url, title, artist, album, album_art_url,
-                        duration, inserted_at, updated_at)
+                        duration, source_key, inserted_at, updated_at)
     VALUES (%(track_id)s, %(spotify_id)s, %(spotify_url)s, %(title)s, %(artist)s, %(album)s,
-            %(album_art_url)s, %(duration)s, timezone('utc', now()), timezone('utc', now()))
-    ON CONFLICT (spotify_id) DO NOTHING
+            %(album_art_url)s, %(duration)s, %(source_key)s, timezone('utc', now()),
+            timezone('utc', now()))
+    ON CONFLICT DO NOTHING
     RETURNING id, inserted_at, updated_at
 )
 SELECT track.inserted_at AS track_inserted_at, track.updated_at AS track_updated_at, job.*
@@ -277,10 +359,11 @@ RETURNING *;
 -- name: complete_download_and_fan_out
 -- A download finished: record the stored file, complete the row, learn the track's duration
 -- when the source did not say, and create and enqueue the follow-ups, in one statement (see
--- soundforge_complete_download_v1). No rows: the row changed since it was read.
+-- soundforge_complete_download_v1), recording the file's SHA-256 (v2). No rows: the row
+-- changed since it was read.
 SELECT stage, created_id
-FROM soundforge_complete_download_v1(%(id)s, %(lock_version)s, %(output_path)s,
-                                     %(file_size)s, %(duration)s, %(follow_ups)s);
+FROM soundforge_complete_download_v2(%(id)s, %(lock_version)s, %(output_path)s,
+                                     %(file_size)s, %(duration)s, %(follow_ups)s, %(sha256)s);
 
 -- name: complete_processing_job
 -- A separation finished: record its stem files and where they are, and complete the row, in
@@ -329,9 +412,7 @@ SELECT soundforge_defer_stage_v1(%(queue)s, %(task_name)s, %(queueing_lock)s, %(
 -- Cancel a waiting Procrastinate job, or ask a running one to abort.
 SELECT procrastinate_cancel_job_v1(%(id)s, true, false) AS id;
 
--- name: pipeline_for_tracks
--- The soundforge_pipeline view for some tracks (all when the list is NULL), newest first.
-SELECT * FROM soundforge_pipeline
-WHERE %(track_ids)s::uuid[] IS NULL OR track_id = ANY(%(track_ids)s::uuid[])
-ORDER BY inserted_at DESC, track_id
-LIMIT %(limit)s;
+-- name: job_state
+-- One job row's state from the soundforge_jobs view (readable by the read-only role): what `watch` shows for an event, whatever the event's payload said.
+SELECT stage, id AS job_id, track_id, status, progress, error FROM soundforge_jobs
+WHERE id = %(job_id)s AND stage = %(stage)s;
