@@ -28,6 +28,7 @@ JOB_FINISHED = "X_SOUNDFORGE_JOB_FINISHED"
 TASK = "X_SOUNDFORGE_TASK"
 JOBS_DONE = "X_SOUNDFORGE_JOBS_DONE"
 RECYCLING = "X_SOUNDFORGE_RECYCLING"
+WORKER_ID = "X_SOUNDFORGE_WORKER_ID"  # its row in procrastinate_workers, sent with READY=1
 
 
 class WorkerHooks:
@@ -47,7 +48,7 @@ class WorkerHooks:
 
         async def register_and_notify() -> int:
             worker_id = await register()
-            self.notifier.ready()
+            self.notifier.send(READY=1, MAINPID=_pid(), **{WORKER_ID: worker_id})
             log.info("worker registered as %d", worker_id)
             return worker_id
 

@@ -10,10 +10,11 @@ from typing import Any
 from procrastinate import JobContext
 
 from soundforge import music, workflow
+from soundforge.engine_process import EngineCall
 from soundforge.engines import AnalysisOutcome
 from soundforge.models import DownloadJob, Job, Stage
 from soundforge.runtime import Runtime, get_runtime
-from soundforge.stage_runner import Connection, ProgressWriter, StageRetryStrategy, run_stage
+from soundforge.stage_runner import Connection, StageRetryStrategy, run_stage
 from tasks.blueprint import blueprint
 
 
@@ -59,21 +60,19 @@ def download(
 ) -> None:
     options = _options(stems, analysis, model)
 
-    def work(
-        runtime: Runtime, conn: Connection, started: workflow.StartedStage,
-        progress: ProgressWriter,
-    ) -> Any:  # fmt: skip
+    def prepare(runtime: Runtime, conn: Connection, started: workflow.StartedStage) -> EngineCall:
         job = started.job
         assert isinstance(job, DownloadJob)
         metadata = workflow.download_metadata(conn, music.require_track(conn, job.track_id), job)
-        return runtime.engines.fetch(metadata, runtime.storage, job.track_id, progress)
+        return EngineCall("fetch", (metadata, runtime.storage, job.track_id))
 
-    def finish(runtime: Runtime, conn: Connection, job: Job, stored: Any) -> object:
+    def finish(runtime: Runtime, conn: Connection, job: Job, call: EngineCall,
+               stored: Any) -> object:  # fmt: skip
         return workflow.complete_download(conn, job, stored, options)
 
     run_stage(
         context, Stage.DOWNLOAD, track_id=track_id, job_id=job_id, force=force,
-        work=work, finish=finish, requeue_args=options.as_args(),
+        prepare=prepare, finish=finish, requeue_args=options.as_args(),
     )  # fmt: skip
 
 
@@ -88,22 +87,19 @@ def separate(
     model: str = "htdemucs",
     force: bool = False,
 ) -> None:
-    def work(
-        runtime: Runtime, conn: Connection, started: workflow.StartedStage,
-        progress: ProgressWriter,
-    ) -> dict[str, Path]:  # fmt: skip
+    def prepare(runtime: Runtime, conn: Connection, started: workflow.StartedStage) -> EngineCall:
         job = started.job
         audio = workflow.downloaded_audio(conn, runtime.storage, started)
         job_model = getattr(job, "model", None) or model
-        out_dir = workflow.stems_dir(runtime.storage, job)
-        return runtime.engines.separate(audio, out_dir, job_model, progress, progress.should_abort)
+        return EngineCall("separate", (audio, workflow.stems_dir(runtime.storage, job), job_model))
 
-    def finish(runtime: Runtime, conn: Connection, job: Job, stems: dict[str, Path]) -> object:
+    def finish(runtime: Runtime, conn: Connection, job: Job, call: EngineCall,
+               stems: dict[str, Path]) -> object:  # fmt: skip
         return workflow.complete_separation(conn, job, runtime.storage, stems)
 
     run_stage(
         context, Stage.SEPARATE, track_id=track_id, job_id=job_id, force=force, model=model,
-        work=work, finish=finish, requeue_args={"model": model},
+        prepare=prepare, finish=finish, requeue_args={"model": model},
     )  # fmt: skip
 
 
@@ -114,22 +110,15 @@ def separate(
 def analyze(
     context: JobContext, track_id: str, job_id: str | None = None, force: bool = False
 ) -> None:
-    def work(
-        runtime: Runtime, conn: Connection, started: workflow.StartedStage,
-        progress: ProgressWriter,
-    ) -> tuple[AnalysisOutcome, str]:  # fmt: skip
-        audio = workflow.downloaded_audio(conn, runtime.storage, started)
-        return runtime.engines.analyze(audio, progress), runtime.storage.relative(audio)
+    def prepare(runtime: Runtime, conn: Connection, started: workflow.StartedStage) -> EngineCall:
+        return EngineCall("analyze", (workflow.downloaded_audio(conn, runtime.storage, started),))
 
-    def finish(
-        runtime: Runtime, conn: Connection, job: Job, result: tuple[AnalysisOutcome, str]
-    ) -> object:
-        outcome, audio_relpath = result
-        return workflow.complete_analysis(conn, job, outcome, audio_relpath)
+    def finish(runtime: Runtime, conn: Connection, job: Job, call: EngineCall,
+               outcome: AnalysisOutcome) -> object:  # fmt: skip
+        [audio] = call.args
+        return workflow.complete_analysis(conn, job, outcome, runtime.storage.relative(audio))
 
     run_stage(
         context, Stage.ANALYZE, track_id=track_id, job_id=job_id, force=force,
-        work=work, finish=finish, requeue_args={},
+        prepare=prepare, finish=finish, requeue_args={},
     )  # fmt: skip
-
-
