@@ -242,10 +242,11 @@ class EngineProcesses:
         self._checkin(child)
         return result
 
-    def pids(self) -> list[int]:
-        """The children alive now (tests, status)."""
+    def pids(self, *, busy_only: bool = False) -> list[int]:
+        """The children alive now, or only those running an engine call (tests, status)."""
         with self._lock:
-            return [child.pid for child in [*self._idle, *self._busy]]
+            children = list(self._busy) if busy_only else [*self._idle, *self._busy]
+            return [child.pid for child in children]
 
     def _checkout(self) -> EngineChild:
         with self._lock:

@@ -5,7 +5,7 @@ The script is a JSON file named by `SOUNDFORGE_TEST_ENGINE_FAULTS` (the child in
 test's environment): `{"analyze": [step, ...], ...}`, one step per call of that engine, after
 which the real engine runs. A step is `{"raise": "message", "progress": 40}` (report progress,
 then raise OSError), `{"block": "progress" | "silent", "grandchild": true}` (run until killed,
-reporting progress or not; optionally with a `sleep` grandchild in the same process group, as
+reporting progress or not; optionally with a sleeping grandchild in the same process group, as
 ffmpeg would be) or `{"pass": true}`. Calls are counted in files beside the script, so the count
 holds across child processes."""
 
@@ -15,6 +15,7 @@ import dataclasses
 import json
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -48,7 +49,8 @@ def _play(step: dict[str, Any], progress: Any) -> None:
         raise OSError(step["raise"])
     if "block" in step:
         if step.get("grandchild"):
-            subprocess.Popen(["sleep", "1000", GRANDCHILD_MARK])
+            subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1000)",
+                              GRANDCHILD_MARK])  # fmt: skip
         percent = 0.0
         while True:
             if step["block"] == "progress":
