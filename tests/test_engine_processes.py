@@ -128,12 +128,14 @@ def _assert_cancelled_promptly(conn: Connection, job: Job, child: int) -> None:
     row = wait_for(lambda: (r := jobs.reload(conn, job)).status is Status.FAILED and r,
                    timeout_s=PROMPT_S, message="the row to fail")  # fmt: skip
     assert row.error == workflow.CANCELLED
-    queue_row = conn.execute("SELECT status FROM procrastinate_jobs WHERE id = %s",
-                             (row.procrastinate_job_id,)).fetchone()  # fmt: skip
-    wait_for(lambda: conn.execute("SELECT status FROM procrastinate_jobs WHERE id = %s",
-                                  (row.procrastinate_job_id,)).fetchone()["status"] == "aborted",
+    wait_for(lambda: _queue_status(conn, row.procrastinate_job_id) == "aborted",
              timeout_s=PROMPT_S, message="the queue job to end aborted")  # fmt: skip
-    assert queue_row is not None
+
+
+def _queue_status(conn: Connection, procrastinate_job_id: int | None) -> str | None:
+    row = conn.execute("SELECT status FROM procrastinate_jobs WHERE id = %s",
+                       (procrastinate_job_id,)).fetchone()  # fmt: skip
+    return row["status"] if row else None
 
 
 def _next_job_gets_a_fresh_child(conn: Connection, runtime: Runtime, song: Path,
