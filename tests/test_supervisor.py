@@ -126,6 +126,43 @@ def test_a_killed_worker_is_restarted(
     assert services.stop(supervisor) == 0
 
 
+def test_the_jobs_of_a_worker_killed_with_sigkill_go_back_to_the_queue_at_once(
+    conn: Connection, cli_env: dict[str, str], systemd: NotifyReceiver,
+    services: ServiceProcesses, database_url: str,
+) -> None:  # fmt: skip
+    # The periodic rescue is off and its threshold is long: only the supervisor can do it.
+    env = _download_only(cli_env, systemd, download_concurrency=4, stalled_after_s=600,
+                         rescue_cron=NEVER)  # fmt: skip
+    with loopback_server() as server:
+        urls = [serve_slowly(server, f"/song-{n}.wav", tone_bytes(2.0), seconds=8.0)
+                for n in range(4)]  # fmt: skip
+        supervisor = services.supervisor(env)
+        _messages_until(systemd, "READY")
+        worker = services.wait_worker(supervisor, "download-0")
+        tracks = [add_track(env, url, "--no-stems", "--no-analysis") for url in urls]
+        for track_id in tracks:
+            wait_for_stage_status(database_url, track_id, "download", "downloading")
+        running = conn.execute("SELECT id FROM procrastinate_jobs WHERE status = 'doing'"
+                               " AND task_name = 'soundforge.download'").fetchall()  # fmt: skip
+        assert len(running) == 4
+
+        os.kill(worker, signal.SIGKILL)
+
+        def requeued() -> bool:  # back to todo, or already taken again by the new worker
+            rows = conn.execute(
+                "SELECT status, attempts FROM procrastinate_jobs WHERE id = ANY(%s)",
+                ([row["id"] for row in running],),
+            ).fetchall()  # fmt: skip
+            return all(row["attempts"] == 1 and row["status"] in ("todo", "doing", "succeeded")
+                       for row in rows)  # fmt: skip
+
+        wait_for(requeued, timeout_s=30, message="the 4 jobs back in the queue")
+        for track_id in tracks:
+            wait_for_stage_status(database_url, track_id, "download", "completed")
+    assert "4 job(s) put back" in services.log_text(supervisor)
+    assert services.stop(supervisor) == 0
+
+
 def test_a_worker_recycles_itself_after_n_jobs(
     conn: Connection, cli_env: dict[str, str], systemd: NotifyReceiver,
     services: ServiceProcesses,
