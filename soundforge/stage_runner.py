@@ -212,10 +212,13 @@ def _finish(
 
 
 def _record_attempt(conn: Connection, job: Job, attempt: int, message: str) -> None:
+    """Record a failed attempt, unless the row ended meanwhile (a cancel wins)."""
     try:
         workflow.record_failed_attempt(conn, job, attempt, message)
     except StaleRowError:
-        workflow.record_failed_attempt(conn, jobs.reload(conn, job), attempt, message)
+        job = jobs.reload(conn, job)
+        if not is_terminal(job.status):
+            workflow.record_failed_attempt(conn, job, attempt, message)
 
 
 def _aborted(

@@ -235,6 +235,8 @@ def test_retry_of_a_failed_stage_makes_a_new_row_and_keeps_the_old_one(
                  and live.pipeline_finished(rows[0]), message="the retried pipeline")  # fmt: skip
     old, new = jobs.list_jobs_for_track(conn, Stage.DOWNLOAD, imported.track.id)
     assert old.id == imported.download_job.id and old.status is Status.FAILED  # history kept
+    # the retry kept the pipeline options it was added with (--no-stems): no separation
+    assert jobs.list_jobs_for_track(conn, Stage.SEPARATE, imported.track.id) == []
     assert new.status is Status.COMPLETED
     [analysis] = jobs.list_jobs_for_track(conn, Stage.ANALYZE, imported.track.id)
     assert analysis.status is Status.COMPLETED

@@ -255,9 +255,11 @@ WHERE id = %(id)s AND lock_version = %(lock_version)s
 RETURNING *;
 
 -- name: record_failed_attempt
--- An attempt failed and will be retried: the row keeps its status and records the attempt.
+-- An attempt failed and will be retried: the row keeps its status and records the attempt;
+-- a row that has ended (completed, or failed by a cancel) is left alone.
 UPDATE {table} SET attempts = %(attempts)s, error = %(error)s
 WHERE id = %(id)s AND lock_version = %(lock_version)s
+  AND status NOT IN ('completed', 'failed')
 RETURNING *;
 
 -- name: complete_download_and_fan_out
@@ -310,6 +312,15 @@ SELECT * FROM job;
 -- Enqueue one Procrastinate job in the caller's transaction; NULL when a job holding the same
 -- queueing lock is already waiting.
 SELECT soundforge_defer_stage_v1(%(queue)s, %(task_name)s, %(queueing_lock)s, %(args)s) AS id;
+
+-- name: queue_job_args
+-- The arguments a queue job was deferred with (a retry repeats a download's pipeline options).
+SELECT args FROM procrastinate_jobs WHERE id = %(id)s;
+
+-- name: set_queue_job_attempts
+-- Start a waiting queue job's attempt count where an earlier queue job for the same row left
+-- off (Procrastinate has no function for it; `attempts` is what its retry strategy reads).
+UPDATE procrastinate_jobs SET attempts = %(attempts)s WHERE id = %(id)s AND status = 'todo';
 
 -- name: cancel_queue_job
 -- Cancel a waiting Procrastinate job, or ask a running one to abort.
