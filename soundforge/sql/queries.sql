@@ -35,6 +35,11 @@ SELECT to_regclass('soundforge_schema_migrations') IS NOT NULL AS present;
 -- True when Procrastinate's tables exist already (installed before we recorded it).
 SELECT to_regclass('procrastinate_jobs') IS NOT NULL AS present;
 
+-- name: procrastinate_functions
+-- The Procrastinate functions the database has (to tell how far an unrecorded schema got).
+SELECT proname AS name FROM pg_proc
+WHERE proname LIKE 'procrastinate\_%%' AND pg_function_is_visible(oid);
+
 -- ---------------------------------------------------------------- tracks
 
 -- name: insert_track
