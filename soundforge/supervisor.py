@@ -43,6 +43,7 @@ from soundforge.queries import query
 from soundforge.queue import MAINTENANCE_QUEUE
 from soundforge.sd_notify import (
     NOTIFY_SOCKET,
+    SENDER_PID,
     WATCHDOG_PID,
     WATCHDOG_USEC,
     Notifier,
@@ -176,6 +177,7 @@ class Supervisor:
         self.stop_requested = 0
         self.stop_deadline: float | None = None
         self.announced_ready = False
+        self._ready_logged = False
         self.unclean_stop = False
         self._last_status = ""
         self._last_status_at = 0.0
@@ -266,7 +268,10 @@ class Supervisor:
                 self._handle_message(message)
 
     def _handle_message(self, message: dict[str, str]) -> None:
-        worker = self._worker_by_pid(message.get("MAINPID"))
+        assert self.receiver is not None
+        # Who sent it, as the kernel says; MAINPID in the body only where no credentials exist
+        sender = SENDER_PID if self.receiver.passes_credentials else "MAINPID"
+        worker = self._worker_by_pid(message.get(sender))
         if worker is None:
             return
         if worker_hooks.WORKER_ID in message and message[worker_hooks.WORKER_ID].isdigit():
@@ -379,12 +384,16 @@ class Supervisor:
     # -- sd_notify --------------------------------------------------------------------------
 
     def _maybe_announce_ready(self) -> None:
+        """READY=1 once every worker is ready; sent again on the next tick when the send was
+        dropped (the manager's queue was full)."""
         if self.announced_ready or self.stop_requested:
             return
         if all(worker.ready for worker in self.workers):
-            self.announced_ready = True
-            log.info("all %d worker process(es) ready", len(self.workers))
-            self.notifier.ready(self._status_line())
+            if not self._ready_logged:
+                self._ready_logged = True
+                log.info("all %d worker process(es) ready", len(self.workers))
+            sent = self.notifier.ready(self._status_line())
+            self.announced_ready = sent or not self.notifier.enabled
 
     def _status_line(self) -> str:
         up = sum(1 for w in self.workers if w.ready)
