@@ -36,6 +36,7 @@ from soundforge.errors import (
     StaleRowError,
 )
 from soundforge.models import Job, Stage
+from soundforge.redact import mask_text
 from soundforge.runtime import Runtime, get_runtime
 from soundforge.status import is_terminal
 
@@ -71,12 +72,12 @@ def time_limit_message(stage: Stage, limit_s: float) -> str:
 
 
 def describe(error: BaseException) -> str:
-    """A readable one-line error for a job row."""
+    """A readable one-line error for a job row, secrets masked (it is shown to every reader)."""
     if isinstance(error, SoundForgeError):
         text = str(error)
     else:
         text = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
-    return " ".join(text.split())[:2000]
+    return mask_text(" ".join(text.split()))[:2000]
 
 
 class ProgressWriter:

@@ -163,7 +163,8 @@ def test_cancelling_a_download_without_content_length_kills_its_engine_at_once(
 def test_cancelling_the_analysis_of_a_20_minute_file_kills_its_engine_at_once(
     conn: Connection, database_url: str, tmp_path: Path, song: Path, long_song: Path
 ) -> None:
-    settings = settings_for(database_url, tmp_path / "store")
+    settings = settings_for(database_url, tmp_path / "store",
+                            import_roots=f"{tmp_path},{long_song.parent}")  # fmt: skip
     with running_worker(settings) as runtime:
         download = _import(conn, runtime, str(long_song), stems=False)
         analysis = wait_for(lambda: (r := _stage_row(conn, Stage.ANALYZE, download.track_id))
@@ -219,6 +220,7 @@ def test_each_engine_is_stopped_at_its_stage_time_limit(
     limit = {Stage.DOWNLOAD: 1.0, Stage.ANALYZE: 1.0, Stage.SEPARATE: 0.5}[stage]
     settings = settings_for(
         database_url, tmp_path / "store", demucs_repo=tiny_repo,
+        import_roots=f"{tmp_path},{long_song.parent}",
         **{f"{stage.value}_time_limit_s": limit, f"{stage.value}_attempts": 1},
     )  # fmt: skip
     with loopback_server() as server, running_worker(settings, concurrency=1) as runtime:
