@@ -78,18 +78,6 @@ WHERE title ILIKE %(pattern)s OR artist ILIKE %(pattern)s
 ORDER BY insert_order DESC
 LIMIT %(limit)s OFFSET %(offset)s;
 
--- name: update_track_metadata
--- Fill metadata learnt later (e.g. the title of a downloaded file); NULLs keep what is there.
-UPDATE tracks SET
-    title = coalesce(%(title)s, title),
-    artist = coalesce(%(artist)s, artist),
-    album = coalesce(%(album)s, album),
-    album_art_url = coalesce(%(album_art_url)s, album_art_url),
-    duration = coalesce(%(duration)s, duration),
-    updated_at = timezone('utc', now())
-WHERE id = %(id)s
-RETURNING *;
-
 -- name: delete_track
 -- Delete a track; the foreign keys cascade to its jobs, stems and results.
 DELETE FROM tracks WHERE id = %(id)s RETURNING id;
@@ -126,10 +114,6 @@ RETURNING *;
 -- A track's stems, newest run first, then by stem name.
 SELECT stem.* FROM stems stem JOIN processing_jobs job ON job.id = stem.processing_job_id
 WHERE stem.track_id = %(track_id)s ORDER BY job.insert_order DESC, stem.stem_type;
-
--- name: list_stems_for_job
--- The stems one separation run wrote.
-SELECT * FROM stems WHERE processing_job_id = %(processing_job_id)s ORDER BY stem_type;
 
 -- name: insert_analysis_result
 -- Record the analysis of one analysis job (at most one per job).
