@@ -12,7 +12,7 @@ from procrastinate import JobContext
 from soundforge import music, workflow
 from soundforge.engine_process import EngineCall
 from soundforge.engines import AnalysisOutcome
-from soundforge.models import DownloadJob, Job, Stage
+from soundforge.models import IMPORT_TASK, DownloadJob, Job, Stage
 from soundforge.runtime import Runtime, get_runtime
 from soundforge.stage_runner import Connection, StageRetryStrategy, run_stage
 from tasks.blueprint import blueprint
@@ -23,7 +23,7 @@ def _options(stems: bool, analysis: bool, model: str) -> workflow.PipelineOption
 
 
 @blueprint.task(
-    name="soundforge.import", queue="download", pass_context=True,
+    name=IMPORT_TASK, queue=Stage.DOWNLOAD.queue, pass_context=True,
     retry=StageRetryStrategy(Stage.DOWNLOAD),
 )  # fmt: skip
 def import_source(
@@ -46,7 +46,7 @@ def import_source(
 
 
 @blueprint.task(
-    name="soundforge.download", queue="download", pass_context=True,
+    name=Stage.DOWNLOAD.task_name, queue=Stage.DOWNLOAD.queue, pass_context=True,
     retry=StageRetryStrategy(Stage.DOWNLOAD),
 )  # fmt: skip
 def download(
@@ -77,7 +77,7 @@ def download(
 
 
 @blueprint.task(
-    name="soundforge.separate", queue="processing", pass_context=True,
+    name=Stage.SEPARATE.task_name, queue=Stage.SEPARATE.queue, pass_context=True,
     retry=StageRetryStrategy(Stage.SEPARATE),
 )  # fmt: skip
 def separate(
@@ -104,7 +104,7 @@ def separate(
 
 
 @blueprint.task(
-    name="soundforge.analyze", queue="analysis", pass_context=True,
+    name=Stage.ANALYZE.task_name, queue=Stage.ANALYZE.queue, pass_context=True,
     retry=StageRetryStrategy(Stage.ANALYZE),
 )  # fmt: skip
 def analyze(
