@@ -27,7 +27,7 @@ from soundforge.status import Status
 from tests.audio_synth import write_test_song
 from tests.support.engines import FACTORY, FAULTS_VARIABLE, GRANDCHILD_MARK, write_script
 from tests.support.loopback_http import LoopbackServer, loopback_server
-from tests.support.pipeline import pid_alive
+from tests.support.pipeline import child_pids, command_line, pid_alive
 from tests.support.worker_thread import running_worker, settings_for, wait_for
 
 pytestmark = pytest.mark.timeout(300)
@@ -147,6 +147,19 @@ def _next_job_gets_a_fresh_child(conn: Connection, runtime: Runtime, song: Path,
     assert pids and killed not in pids
 
 
+def _cancel_when_running(conn: Connection, runtime: Runtime, audio: Path, stage: Stage,
+                         song: Path, **options: Any) -> None:  # fmt: skip
+    """Import `audio`, cancel its `stage` once running, check the engine is gone at once and
+    the next job runs on a fresh engine process."""
+    download = _import(conn, runtime, str(audio), **options)
+    row = wait_for(lambda: (r := _stage_row(conn, stage, download.track_id))
+                   and r.status is Status.PROCESSING and r,
+                   timeout_s=120, message=f"the {stage.value} to start")  # fmt: skip
+    child = _busy_child(runtime)
+    _assert_cancelled_promptly(conn, row, child)
+    _next_job_gets_a_fresh_child(conn, runtime, song, child)
+
+
 def test_cancelling_a_download_without_content_length_kills_its_engine_at_once(
     conn: Connection, database_url: str, tmp_path: Path, song: Path
 ) -> None:
@@ -166,13 +179,7 @@ def test_cancelling_the_analysis_of_a_20_minute_file_kills_its_engine_at_once(
     settings = settings_for(database_url, tmp_path / "store",
                             import_roots=f"{tmp_path},{long_song.parent}")  # fmt: skip
     with running_worker(settings) as runtime:
-        download = _import(conn, runtime, str(long_song), stems=False)
-        analysis = wait_for(lambda: (r := _stage_row(conn, Stage.ANALYZE, download.track_id))
-                            and r.status is Status.PROCESSING and r,
-                            timeout_s=120, message="the analysis to start")  # fmt: skip
-        child = _busy_child(runtime)
-        _assert_cancelled_promptly(conn, analysis, child)
-        _next_job_gets_a_fresh_child(conn, runtime, song, child)
+        _cancel_when_running(conn, runtime, long_song, Stage.ANALYZE, song, stems=False)
 
 
 def test_cancelling_a_separation_kills_its_engine_at_once(
@@ -185,13 +192,7 @@ def test_cancelling_a_separation_kills_its_engine_at_once(
         out.setparams(source.getparams())
         out.writeframes(source.readframes(source.getframerate() * 180))
     with running_worker(settings, concurrency=1) as runtime:
-        download = _import(conn, runtime, str(minutes), analysis=False)
-        separation = wait_for(lambda: (r := _stage_row(conn, Stage.SEPARATE, download.track_id))
-                              and r.status is Status.PROCESSING and r,
-                              timeout_s=120, message="the separation to start")  # fmt: skip
-        child = _busy_child(runtime)
-        _assert_cancelled_promptly(conn, separation, child)
-        _next_job_gets_a_fresh_child(conn, runtime, song, child)
+        _cancel_when_running(conn, runtime, minutes, Stage.SEPARATE, song, analysis=False)
 
 
 def test_a_silent_engine_with_a_grandchild_is_killed_with_its_whole_group(
@@ -238,18 +239,8 @@ def test_each_engine_is_stopped_at_its_stage_time_limit(
 
 
 def _engine_children(parent: int) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-            command = Path(f"/proc/{entry}/cmdline").read_bytes()
-        except OSError:
-            continue
-        if int(stat[1]) == parent and b"soundforge.engine_process" in command and stat[0] != "Z":
-            found.append(int(entry))
-    return found
+    return [pid for pid in child_pids(parent)
+            if "soundforge.engine_process" in command_line(pid) and pid_alive(pid)]  # fmt: skip
 
 
 @pytest.fixture
