@@ -22,19 +22,26 @@ from typing import Any
 import psycopg
 from procrastinate.schema import SchemaManager
 
-from soundforge.db import connect
+from soundforge.db import connect, masked_url
 from soundforge.errors import SoundForgeError
 from soundforge.queries import query
 
 log = logging.getLogger(__name__)
 
 MIGRATION_LOCK_KEY = 0x50F7_0001
+MIGRATION_URL_SETTING = "SOUNDFORGE_MIGRATION_DATABASE_URL"  # the owner role's URL (deploy/)
 PROCRASTINATE_PREFIX = "procrastinate/"
 PROCRASTINATE_SCHEMA = PROCRASTINATE_PREFIX + "schema.sql"
 
 
 class MigrationError(SoundForgeError):
     """A schema file failed or an applied one changed on disk."""
+
+
+class SchemaNotCurrentError(SoundForgeError):
+    """The database was never migrated, or misses schema files this version needs."""
+
+    exit_code = 2
 
 
 @dataclass(frozen=True)
@@ -94,6 +101,8 @@ def _apply(conn: psycopg.Connection[Any], schema_file: SchemaFile) -> None:
                 query("record_migration"),
                 {"name": schema_file.name, "checksum": schema_file.checksum},
             )
+    except psycopg.errors.InsufficientPrivilege:
+        raise  # `migrate` names the role and the setting
     except psycopg.Error as error:
         raise MigrationError(f"{schema_file.name} failed: {error}".strip()) from None
 
@@ -170,6 +179,13 @@ def migrate(conninfo: str, directory: Path | None = None) -> list[str]:
                     _apply(conn, schema_file)
                     done.append(schema_file.name)
             return done
+        except psycopg.errors.InsufficientPrivilege as error:
+            raise MigrationError(
+                f"role {conn.info.user!r} may not change the schema "
+                f"({str(error).splitlines()[0]}); migrations run as the owner role: "
+                f"run `soundforge migrate` with DATABASE_URL set to the URL in "
+                f"{MIGRATION_URL_SETTING} (see deploy/postgres-roles.sql)"
+            ) from None
         finally:
             if not conn.closed:
                 conn.execute(query("unlock_migrations"), {"key": MIGRATION_LOCK_KEY})
@@ -197,3 +213,42 @@ def migration_status(conninfo: str, directory: Path | None = None) -> list[Migra
             MigrationState(schema_file.name, row["applied_at"] if row else None, changed)
         )
     return states
+
+
+def known_migration_names(directory: Path | None = None) -> list[str]:
+    """The name of every schema file this version expects applied (names only: cheap)."""
+    ours = sorted(path.name for path in (directory or schema_dir()).glob("*.sql")
+                  if path.name[:3].isdigit())  # fmt: skip
+    upgrades = sorted(path.name for path in Path(SchemaManager.get_migrations_path()).glob("*.sql"))
+    return [PROCRASTINATE_SCHEMA, *(PROCRASTINATE_PREFIX + name for name in upgrades), *ours]
+
+
+def pending_migrations(conn: psycopg.Connection[Any]) -> list[str] | None:
+    """The expected schema files not applied to this database; None when it has no
+    SoundForge schema at all (never migrated)."""
+    present = conn.execute(query("migrations_table_present")).fetchone()
+    if not present or not present["present"]:
+        return None
+    applied = {row["name"] for row in conn.execute(query("list_applied_migration_names"))}
+    return [name for name in known_migration_names() if name not in applied]
+
+
+def require_current_schema(conn: psycopg.Connection[Any], conninfo: str) -> None:
+    """Raise `SchemaNotCurrentError` (one line saying to run `soundforge migrate`) unless every
+    schema file this version knows is applied."""
+    pending = pending_migrations(conn)
+    if pending == []:
+        return
+    where = f"the database at {masked_url(conninfo)}"
+    if pending is None:
+        problem = f"{where} has no SoundForge schema"
+    else:
+        plural = "migration" if len(pending) == 1 else "migrations"
+        problem = f"{where} is {len(pending)} {plural} behind"
+    raise SchemaNotCurrentError(f"{problem}: run `soundforge migrate`")
+
+
+def check_schema(conninfo: str) -> None:
+    """`require_current_schema` over a connection of its own (for process starts)."""
+    with connect(conninfo, autocommit=True) as conn:
+        require_current_schema(conn, conninfo)

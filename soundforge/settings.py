@@ -16,6 +16,7 @@ from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from soundforge.errors import ConfigError
+from soundforge.separation.weights import DEFAULT_WEIGHTS_URL
 from soundforge.source_policy import parse_networks
 from soundforge.storage import IMPORTS_DIR
 
@@ -41,6 +42,12 @@ class Settings(BaseSettings):
     db_pool_max_size: int = Field(default=10, ge=1)
     storage_path: Path = Path("/var/lib/soundforge")
     storage_orphan_grace_s: float = Field(default=3600.0, ge=0)
+    # SoundForge's own temporary files (partial downloads, separation scratch) left by a crash.
+    storage_temp_grace_s: float = Field(default=6 * 3600.0, ge=0)
+
+    # Limits on every decoded input (see soundforge.audio_limits).
+    max_duration_s: float = Field(default=7200.0, gt=0)
+    max_decoded_bytes: int = Field(default=4 << 30, ge=1 << 20)
 
     # Queue: attempts per stage (1 = no retry) and backoff base.
     download_attempts: int = Field(default=3, ge=1, le=50)
@@ -54,10 +61,16 @@ class Settings(BaseSettings):
     demucs_repo: Path | None = None
     torch_threads: int = Field(default=0, ge=0, description="0 = torch's default")
     device: Literal["cpu", "cuda", "auto"] = "cpu"
-    precision: Literal["fp32", "bf16"] = "fp32"
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    separation_batch: int = Field(default=0, ge=0, le=1024,
+                                  description="segments per model call; 0 = by device")
     shifts: int = Field(default=1, ge=0, le=20)
     overlap: float = Field(default=0.25, ge=0.0, lt=1.0)
     stem_format: Literal["flac", "wav"] = "flac"
+    fetch_models: bool = True
+    """Fetch missing released weights on first use (False: air-gapped, fail with a message)."""
+    models_url: str = DEFAULT_WEIGHTS_URL
+    """The weight host's root (demucs' own, or a mirror in the same layout)."""
 
     # Sources.
     spotify_client_id: str | None = None

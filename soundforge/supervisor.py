@@ -39,7 +39,7 @@ from types import FrameType
 from soundforge import maintenance, worker_hooks
 from soundforge.db import connect
 from soundforge.errors import ConfigError
-from soundforge.queries import query
+from soundforge.preflight import check_service_start
 from soundforge.queue import MAINTENANCE_QUEUE
 from soundforge.sd_notify import (
     NOTIFY_SOCKET,
@@ -187,14 +187,10 @@ class Supervisor:
     # -- start ------------------------------------------------------------------------------
 
     def preflight(self) -> None:
-        """Fail early, in one clear line: bad thresholds, no database, no schema."""
+        """Fail early, in one clear line: bad thresholds, no database, an old or missing schema,
+        storage this user cannot write."""
         maintenance.check_rescue_threshold(self.settings)
-        with connect(self.settings.database_url, connect_timeout=5) as conn:
-            row = conn.execute(query("procrastinate_schema_present")).fetchone()
-        if not row or not row["present"]:
-            raise ConfigError(
-                "the database has no SoundForge schema yet; run `soundforge migrate` first"
-            )
+        check_service_start(self.settings)
 
     def run(self) -> int:
         self.preflight()

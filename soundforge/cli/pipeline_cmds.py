@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shutil
 import sys
 from typing import Any
 
@@ -12,6 +13,7 @@ from rich.console import Console
 from soundforge import live, music, workflow
 from soundforge.cli import progress_bars
 from soundforge.cli.common import add_json_flag, database, print_json, settings, storage
+from soundforge.cli.output import safe, say
 from soundforge.engines import default_engines
 from soundforge.errors import PermanentError
 from soundforge.models import Stage
@@ -44,10 +46,12 @@ def register(subparsers: Any) -> None:
     add_json_flag(parser)
     parser.set_defaults(handler=run_status)
 
-    parser = subparsers.add_parser("watch", help="print progress events live (LISTEN)")
+    parser = subparsers.add_parser(
+        "watch", help="print job rows as they change, live (LISTEN; states read from the rows)"
+    )
     parser.add_argument("track_id", nargs="?", metavar="TRACK_ID")
     parser.add_argument("--max-events", type=int, default=0, metavar="N",
-                        help="exit after N events (default: run until interrupted)")
+                        help="exit after N lines (default: run until interrupted)")
     add_json_flag(parser)
     parser.set_defaults(handler=run_watch)
 
@@ -82,7 +86,7 @@ def run_add(args: argparse.Namespace) -> int:
         if not args.json:
             for item in imported:
                 note = "queued" if item.new_download else f"already {item.download_job.status}"
-                print(f"track {item.track.id}  {item.track.title}  (download {note})")
+                say(f"track {item.track.id}  {safe(item.track.title)}  (download {note})")
         if listener is None:
             if args.json:
                 print_json([{"track_id": i.track.id, "download_job_id": i.download_job.id,
@@ -109,9 +113,10 @@ def _print_outcome(
         return
     for item in summaries:
         tempo = f"{item.tempo_bpm:.1f} BPM" if item.tempo_bpm else "-"
-        print(f"{item.title}: tempo {tempo}, key {item.key or '-'}, {len(item.stems)} stems")
+        say(f"{safe(item.title)}: tempo {tempo}, key {safe(item.key or '-')}, "
+            f"{len(item.stems)} stems")
         for stage, error in item.errors.items():
-            print(f"  {stage} failed: {error}")
+            say(f"  {stage} failed: {safe(error)}")
 
 
 def run_status(args: argparse.Namespace) -> int:
@@ -125,35 +130,52 @@ def run_status(args: argparse.Namespace) -> int:
         print_json(rows)
         return 0
     for row in rows:
-        print(f"{row['track_id']}  {row['title']}")
+        say(f"{row['track_id']}  {safe(row['title'])}")
         for stage in live.STAGES:
             status, percent, error = live.stage_state(row, stage)
             if status is not None:
-                detail = f"  {error}" if error else ""
-                print(f"    {stage:9} {status:12} {percent:3d}%{detail}")
+                detail = f"  {safe(error)}" if error else ""
+                say(f"    {stage:9} {status:12} {percent:3d}%{detail}")
     return 0
 
 
 def run_watch(args: argparse.Namespace) -> int:
     config = settings()
     wanted = str(music.parse_uuid(args.track_id, "track id")) if args.track_id else None
-    seen = 0
-    with live.open_listener(config.database_url) as listener:
+    shown: dict[str, live.JobState] = {}
+    printed = 0
+    with live.open_listener(config.database_url) as listener, \
+            database(config, autocommit=True) as reader:  # fmt: skip
         print("watching soundforge_progress (Ctrl-C to stop)", file=sys.stderr, flush=True)
         for event in live.events(listener, timeout_s=1.0):
-            if event is None or (wanted and event.track_id != wanted):
+            state = live.job_state(reader, event) if event is not None else None
+            if state is None or (wanted and state.track_id != wanted):
                 continue
+            if shown.get(state.job_id) == state:
+                continue  # the row did not change since it was shown (coalesced events)
+            shown[state.job_id] = state
             if args.json:
-                print_json(event.__dict__)
+                print_json(state.__dict__)
             else:
-                error = f"  {event.error}" if event.error and event.status == "failed" else ""
-                print(f"{event.track_id}  {event.stage:9} {event.status:12} "
-                      f"{event.progress:3d}%  job {event.job_id}{error}")  # fmt: skip
+                say(f"{state.track_id}  {state.stage:9} {state.status:12} "
+                    f"{state.progress:3d}%  job {state.job_id}")  # fmt: skip
+                if state.error and state.status == "failed":
+                    say(_fit_terminal(f"    error: {safe(state.error)}"))
             sys.stdout.flush()
-            seen += 1
-            if args.max_events and seen >= args.max_events:
+            printed += 1
+            if args.max_events and printed >= args.max_events:
                 return 0
     return 0
+
+
+def _fit_terminal(line: str) -> str:
+    """On a terminal, a long error is cut to one line with an ellipsis (the whole text is in
+    `soundforge status` and `watch --json`); piped output is left whole."""
+    line = " ".join(line.splitlines())
+    if not sys.stdout.isatty():
+        return line
+    width = shutil.get_terminal_size().columns
+    return line if len(line) <= width else line[: width - 1] + "…"
 
 
 def run_cancel(args: argparse.Namespace) -> int:
@@ -175,6 +197,7 @@ def run_retry(args: argparse.Namespace) -> int:
 
 def run_worker(args: argparse.Namespace) -> int:
     from soundforge.app import build_app
+    from soundforge.preflight import check_service_start
     from soundforge.runtime import build_runtime, set_runtime
     from soundforge.worker_hooks import WorkerHooks, worker_options
 
@@ -186,6 +209,7 @@ def run_worker(args: argparse.Namespace) -> int:
             f"unknown queue(s) {', '.join(unknown)}; choose from {', '.join(ALL_QUEUES)}"
         )
     logging.getLogger().setLevel(config.log_level.upper())
+    check_service_start(config)  # no schema or unwritable storage: one line, before any job
     runtime = build_runtime(config)
     set_runtime(runtime)
     runtime.pool  # noqa: B018 - connect now: an unreachable database fails here, clearly
