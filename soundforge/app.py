@@ -31,7 +31,7 @@ def _bind_blueprint(app: App, blueprint: Blueprint) -> None:
 def build_app(settings: Settings | None = None) -> App:
     settings = settings or load_settings()
     install_log_redaction()  # any worker (`procrastinate worker` too) logs URLs masked
-    from tasks import blueprint
+    from soundforge.tasks import blueprint
 
     procrastinate_app = App(
         connector=PsycopgConnector(

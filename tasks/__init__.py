@@ -3,7 +3,7 @@
 moves its job row through the status machine (`soundforge.stage_runner`) around one engine
 call."""
 
-from tasks import maintenance, stages  # noqa: F401  (registers the tasks)
-from tasks.blueprint import blueprint
+from soundforge.tasks import maintenance, stages  # noqa: F401  (registers the tasks)
+from soundforge.tasks.blueprint import blueprint
 
 __all__ = ["blueprint"]

@@ -16,7 +16,7 @@ from soundforge import maintenance
 from soundforge.queue import MAINTENANCE_QUEUE
 from soundforge.runtime import get_runtime
 from soundforge.settings import load_settings
-from tasks.blueprint import blueprint
+from soundforge.tasks.blueprint import blueprint
 
 _schedule = load_settings()
 

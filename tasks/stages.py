@@ -15,7 +15,7 @@ from soundforge.engines import AnalysisOutcome
 from soundforge.models import IMPORT_TASK, DownloadJob, Job, Stage
 from soundforge.runtime import Runtime, get_runtime
 from soundforge.stage_runner import Connection, StageRetryStrategy, run_stage
-from tasks.blueprint import blueprint
+from soundforge.tasks.blueprint import blueprint
 
 
 def _options(stems: bool, analysis: bool, model: str) -> workflow.PipelineOptions:
