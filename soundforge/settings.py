@@ -181,7 +181,8 @@ def _variable_name(field_name: str) -> str:
 def load_settings(**overrides: Any) -> Settings:
     """Read the settings from the environment and the env file; keyword overrides win.
 
-    An invalid value raises `ConfigError` naming the variable.
+    An invalid value raises `ConfigError` naming the variable, with no chained pydantic error
+    (raised outside the handler), so tools that print every cause still print one line.
     """
     try:
         return Settings(_env_file=_env_file_path(), **overrides)  # type: ignore[call-arg]
@@ -190,4 +191,4 @@ def load_settings(**overrides: Any) -> Settings:
         for detail in error.errors():
             field = str(detail["loc"][0]) if detail["loc"] else "?"
             problems.append(f"{_variable_name(field)}: {detail['msg']}")
-        raise ConfigError("invalid setting " + "; ".join(problems)) from None
+    raise ConfigError("invalid setting " + "; ".join(problems))
