@@ -3,7 +3,17 @@ storage root, the engines (in this process, for quick calls such as expanding a 
 engine child processes (for the stage engines, see `soundforge.engine_process`). Procrastinate
 calls module-level task functions, so the tasks reach it through `get_runtime()`; the worker
 command, the supervisor and tests install one explicitly with `set_runtime()`, and a bare
-`procrastinate worker` gets one built from the environment on first use."""
+`procrastinate worker` gets one built from the environment on first use.
+
+Pools: a worker process holds two, not one, and this is deliberate. Procrastinate's worker only
+runs on an async connector (`PsycopgConnector`, an `AsyncConnectionPool` on the worker's event
+loop: LISTEN, fetching, finishing and aborting queue jobs), while the tasks are sync functions
+run in worker threads that borrow one connection per statement from `Runtime.pool` (a sync
+`ConnectionPool`). An async pool cannot lend a connection to a thread without blocking on the
+loop that owns it, and the sync connector Procrastinate offers cannot run a worker, so sharing
+would mean routing every task statement through the event loop. Both are bounded by the
+settings: the queue pool by `max(4, download_concurrency + 2)` (`soundforge.app`), this one by
+`max(db_pool_max_size, download_concurrency + 2)`, so one process opens at most the sum."""
 
 from __future__ import annotations
 
