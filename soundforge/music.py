@@ -11,11 +11,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
-from psycopg.types.json import Jsonb
 
 from soundforge.errors import InvalidIdError, PermanentError
 from soundforge.keys import normalize_key
-from soundforge.models import ANALYSIS_RESULT_COLUMNS, AnalysisResult, Stem, Track
+from soundforge.models import AnalysisResult, Stem, Track
 from soundforge.queries import query
 from soundforge.storage import Storage
 
@@ -173,12 +172,6 @@ def list_tracks(conn: Connection, limit: int = 50, offset: int = 0) -> list[Trac
     return [Track.from_row(row) for row in page.rows]
 
 
-def search_tracks(conn: Connection, text: str, limit: int = 50, offset: int = 0) -> list[Track]:
-    """Tracks whose title or artist contains `text`, case-insensitively, newest first."""
-    page = track_page(conn, TrackQuery(search=text, limit=limit, offset=offset))
-    return [Track.from_row(row) for row in page.rows]
-
-
 def duplicate_audio_tracks(
     conn: Connection, limit: int = 50, offset: int = 0
 ) -> list[tuple[str, Track]]:
@@ -221,54 +214,6 @@ def list_stems_for_track(conn: Connection, track_id: uuid.UUID | str) -> list[St
 def get_stem(conn: Connection, stem_id: uuid.UUID | str) -> Stem | None:
     row = conn.execute(query("get_stem"), {"id": parse_uuid(stem_id, "stem id")}).fetchone()
     return Stem.from_row(row) if row else None
-
-
-def create_stem(
-    conn: Connection,
-    *,
-    processing_job_id: uuid.UUID,
-    track_id: uuid.UUID,
-    stem_type: str,
-    file_path: str,
-    file_size: int,
-) -> Stem:
-    row = conn.execute(
-        query("insert_stem"),
-        {
-            "id": uuid.uuid4(),
-            "processing_job_id": processing_job_id,
-            "track_id": track_id,
-            "stem_type": stem_type,
-            "file_path": file_path,
-            "file_size": file_size,
-        },
-    ).fetchone()
-    assert row is not None
-    return Stem.from_row(row)
-
-
-def create_analysis_result(
-    conn: Connection,
-    *,
-    track_id: uuid.UUID,
-    analysis_job_id: uuid.UUID,
-    columns: dict[str, Any],
-    features: dict[str, Any],
-) -> AnalysisResult:
-    """`columns`: tempo, key, energy, spectral_centroid, spectral_rolloff, zero_crossing_rate."""
-    params = {name: columns.get(name) for name in ANALYSIS_RESULT_COLUMNS}
-    row = conn.execute(
-        query("insert_analysis_result"),
-        {
-            "id": uuid.uuid4(),
-            "track_id": track_id,
-            "analysis_job_id": analysis_job_id,
-            "features": Jsonb(features),
-            **params,
-        },
-    ).fetchone()
-    assert row is not None
-    return AnalysisResult.from_row(row)
 
 
 def get_analysis_result_for_track(

@@ -203,7 +203,8 @@ def test_app_role_creates_tracks_defers_and_advances_jobs(deployment: Deployment
         job = jobs.advance(conn, job, Status.DOWNLOADING, progress=40)
         job = jobs.advance(conn, job, Status.COMPLETED)
         assert job.status == Status.COMPLETED and job.lock_version == 3
-        assert music.search_tracks(conn, "role song")[0].id == track.id
+        found = music.track_page(conn, music.TrackQuery(search="role song")).rows
+        assert found[0]["id"] == track.id
         assert queue.cancel(conn, procrastinate_id)
         pipeline = conn.execute(
             "SELECT download_status FROM soundforge_pipeline WHERE track_id = %s", (track.id,)

@@ -9,12 +9,13 @@ from typing import Any
 import psycopg
 import pytest
 
-from soundforge import jobs, music
+from soundforge import jobs, music, workflow
 from soundforge.db import connect
-from soundforge.errors import InvalidIdError
+from soundforge.engines import AnalysisOutcome
+from soundforge.errors import InvalidIdError, StaleRowError
 from soundforge.models import Stage
-from soundforge.storage import Storage, download_relpath, stem_relpath
-from tests.factories import make_job, make_track
+from soundforge.storage import Storage, download_relpath
+from tests.factories import analysed, make_job, make_track, separated
 
 
 def test_create_and_get_track_round_trips_every_field(conn: psycopg.Connection[Any]) -> None:
@@ -39,19 +40,24 @@ def test_list_tracks_is_newest_first_and_paginates(conn: psycopg.Connection[Any]
     assert titles == ["t4", "t3", "t2", "t1", "t0"]
 
 
+def _titles(conn: psycopg.Connection[Any], text: str) -> list[str]:
+    """The track list's search, as `soundforge tracks --search` and the web API run it."""
+    return [row["title"] for row in music.track_page(conn, music.TrackQuery(search=text)).rows]
+
+
 def test_search_is_case_insensitive_on_title_and_artist_and_escapes_wildcards(
     conn: psycopg.Connection[Any],
 ) -> None:
     make_track(conn, "Bohemian Rhapsody", artist="Queen")
     make_track(conn, "Under Pressure", artist="Queen & David Bowie")
     make_track(conn, "100% Pure", artist="Someone")
-    assert {t.title for t in music.search_tracks(conn, "queen")} == {
+    assert set(_titles(conn, "queen")) == {
         "Bohemian Rhapsody",
         "Under Pressure",
     }
-    assert [t.title for t in music.search_tracks(conn, "RHAPS")] == ["Bohemian Rhapsody"]
-    assert [t.title for t in music.search_tracks(conn, "100%")] == ["100% Pure"]
-    assert music.search_tracks(conn, "_") == []
+    assert _titles(conn, "RHAPS") == ["Bohemian Rhapsody"]
+    assert _titles(conn, "100%") == ["100% Pure"]
+    assert _titles(conn, "_") == []
 
 
 def test_search_uses_the_trigram_index(conn: psycopg.Connection[Any]) -> None:
@@ -95,14 +101,10 @@ def test_find_or_create_under_a_50_caller_race_makes_one_row(database_url: str) 
             cleanup.execute("DELETE FROM tracks WHERE spotify_id = %s", (spotify_id,))
 
 
-def test_stems_are_listed_per_track(conn: psycopg.Connection[Any]) -> None:
+def test_stems_are_listed_per_track(conn: psycopg.Connection[Any], storage: Storage) -> None:
     track = make_track(conn)
-    job = make_job(conn, Stage.SEPARATE, track)
-    for stem in ("vocals", "drums", "bass", "other"):
-        music.create_stem(
-            conn, processing_job_id=job.id, track_id=track.id, stem_type=stem,
-            file_path=stem_relpath(track.id, job.id, stem, "flac"), file_size=10,
-        )  # fmt: skip
+    separated(conn, storage, track, {stem: b"x" * 10 for stem in ("vocals", "drums", "bass",
+                                                                   "other")})  # fmt: skip
     stems = music.list_stems_for_track(conn, track.id)
     assert sorted(s.stem_type for s in stems) == ["bass", "drums", "other", "vocals"]
     assert music.list_stems_for_track(conn, make_track(conn).id) == []
@@ -115,45 +117,34 @@ def test_newest_analysis_result_wins_and_several_never_fail(
     assert music.get_analysis_result_for_track(conn, track.id) is None
     results = []
     for tempo in (100.0, 120.0, 140.0):
-        job = make_job(conn, Stage.ANALYZE, track)
-        results.append(
-            music.create_analysis_result(
-                conn, track_id=track.id, analysis_job_id=job.id,
-                columns={"tempo": tempo, "key": "C major"}, features={"tempo": tempo},
-            )
-        )
+        columns = {"tempo": tempo, "key": "C major"}
+        results.append(analysed(conn, track, columns=columns, features={"tempo": tempo}))
     # All three land in the same second: creation order decides, not the timestamp.
     newest = music.get_analysis_result_for_track(conn, track.id)
-    assert newest is not None and newest.id == results[-1].id
+    assert newest is not None and newest.id == results[-1]
     assert newest.tempo == 140.0 and newest.features == {"tempo": 140.0}
 
 
 def test_at_most_one_analysis_result_per_analysis_job(conn: psycopg.Connection[Any]) -> None:
     track = make_track(conn)
     job = make_job(conn, Stage.ANALYZE, track)
-    music.create_analysis_result(
-        conn, track_id=track.id, analysis_job_id=job.id, columns={}, features={}
-    )
-    with pytest.raises(psycopg.errors.UniqueViolation):
-        music.create_analysis_result(
-            conn, track_id=track.id, analysis_job_id=job.id, columns={}, features={}
-        )
+    outcome = AnalysisOutcome(columns={}, features={})
+    done = workflow.complete_analysis(conn, job, outcome, "downloads/song.wav")
+    with pytest.raises(StaleRowError):  # the completion of a row that moved on stores nothing
+        workflow.complete_analysis(conn, job, outcome, "downloads/song.wav")
+    with pytest.raises(psycopg.errors.UniqueViolation):  # and the table holds one per job
+        workflow.complete_analysis(conn, done, outcome, "downloads/song.wav")
 
 
-def test_delete_track_cascades_to_jobs_stems_and_results(conn: psycopg.Connection[Any]) -> None:
+def test_delete_track_cascades_to_jobs_stems_and_results(
+    conn: psycopg.Connection[Any], storage: Storage
+) -> None:
     track = make_track(conn)
     other = make_track(conn, "kept")
     make_job(conn, Stage.DOWNLOAD, track)
     make_job(conn, Stage.DOWNLOAD, other)
-    separation = make_job(conn, Stage.SEPARATE, track)
-    analysis = make_job(conn, Stage.ANALYZE, track)
-    music.create_stem(
-        conn, processing_job_id=separation.id, track_id=track.id, stem_type="vocals",
-        file_path="stems/x/y/vocals.flac", file_size=1,
-    )  # fmt: skip
-    music.create_analysis_result(
-        conn, track_id=track.id, analysis_job_id=analysis.id, columns={}, features={}
-    )
+    separated(conn, storage, track, {"vocals": b"x"})
+    analysed(conn, track, columns={}, features={})
     assert music.delete_track(conn, track.id)
     assert not music.delete_track(conn, track.id)
     for table in ("download_jobs", "processing_jobs", "analysis_jobs", "stems",
@@ -170,19 +161,15 @@ def test_delete_track_with_files_removes_rows_then_files(
 ) -> None:
     track = make_track(conn)
     download = make_job(conn, Stage.DOWNLOAD, track)
-    separation = make_job(conn, Stage.SEPARATE, track)
     audio_rel = download_relpath(track.id, "wav")
-    stem_rel = stem_relpath(track.id, separation.id, "vocals", "flac")
-    for rel in (audio_rel, stem_rel):
-        with storage.atomic_write(rel) as handle:
-            handle.write(b"x" * 100)
+    with storage.atomic_write(audio_rel) as handle:
+        handle.write(b"x" * 100)
     conn.execute(
         "UPDATE download_jobs SET output_path = %s WHERE id = %s", (audio_rel, download.id)
     )
-    music.create_stem(
-        conn, processing_job_id=separation.id, track_id=track.id, stem_type="vocals",
-        file_path=stem_rel, file_size=100,
-    )  # fmt: skip
+    _, stems = separated(conn, storage, track, {"vocals": b"x" * 100})
+    stem_rel = stems["vocals"].file_path
+    assert stem_rel is not None
     keeper = storage.resolve("downloads/unrelated.wav")
     keeper.write_bytes(b"y")
     deleted, removed = music.delete_track_with_files(conn, storage, track.id)

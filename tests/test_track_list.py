@@ -13,9 +13,8 @@ import pytest
 from soundforge import music
 from soundforge.errors import PermanentError
 from soundforge.keys import InvalidKeyError, camelot, normalize_key
-from soundforge.models import Stage
 from tests.cli_runner import run_cli
-from tests.factories import make_job, make_track
+from tests.factories import analysed, make_track
 from tests.support.web import analysed_track
 
 
@@ -43,9 +42,7 @@ def test_track_page_filters_tempo_and_key_on_the_newest_analysis(
     wanted = analysed_track(conn, "Wanted", 125.0, "A minor")
     analysed_track(conn, "Other key", 126.0, "C major")
     changed = analysed_track(conn, "Re-analysed", 124.0, "A minor")
-    job = make_job(conn, Stage.ANALYZE, changed)  # a newer analysis says 140 BPM
-    music.create_analysis_result(conn, track_id=changed.id, analysis_job_id=job.id,
-                                 columns={"tempo": 140.0, "key": "A minor"}, features={})
+    analysed(conn, changed, columns={"tempo": 140.0, "key": "A minor"}, features={})  # newer
     make_track(conn, "Not analysed")
     page = music.track_page(conn, music.TrackQuery(tempo_min=120, tempo_max=130, key="8A"))
     assert [row["title"] for row in page.rows] == ["Wanted"]
@@ -80,7 +77,7 @@ def test_tracks_and_status_commands_show_and_filter_tempo_and_key(
     rows = json.loads(as_json.stdout)
     assert [(row["title"], row["tempo"], row["key"], row["key_camelot"]) for row in rows] == [
         ("Ballad", 72.0, "A minor", "8A"), ("Groove", 128.0, "A minor", "8A")]
-    assert rows[0]["stages"]["analyze"]["status"] == "queued"
+    assert rows[0]["stages"]["analyze"]["status"] == "completed"
     status = run_cli("status", env=cli_env)
     assert status.returncode == 0 and "72.0 BPM" in status.stdout
     status_json = json.loads(run_cli("status", "--json", env=cli_env).stdout)

@@ -21,9 +21,9 @@ from psycopg.types.json import Jsonb
 from soundforge import music
 from soundforge.models import Stage
 from soundforge.queries import query
-from soundforge.storage import stem_relpath
+from soundforge.storage import Storage
 from tests.cli_runner import run_cli
-from tests.factories import make_job, make_track
+from tests.factories import make_job, make_track, separated
 from tests.support.pipeline import ServiceProcesses, service_env
 from tests.support.web import TOKEN, WebServer, analysed_track, start_web
 from tests.support.worker_thread import wait_for
@@ -172,20 +172,16 @@ def test_stems_are_served_with_ranges_and_only_from_inside_the_storage_root(
     conn: psycopg.Connection[Any], web: WebServer, cli_env: dict[str, str], tmp_path: Path
 ) -> None:
     track = make_track(conn, "Stems")
-    job = make_job(conn, Stage.SEPARATE, track)
-    root = Path(cli_env["SOUNDFORGE_STORAGE_PATH"])
-    relative = stem_relpath(track.id, job.id, "vocals", "flac")
-    (root / relative).parent.mkdir(parents=True)
-    (root / relative).write_bytes(bytes(range(256)) * 40)
-    stem = music.create_stem(conn, processing_job_id=job.id, track_id=track.id,
-                             stem_type="vocals", file_path=relative, file_size=10240)  # fmt: skip
+    storage = Storage(Path(cli_env["SOUNDFORGE_STORAGE_PATH"]))
+    storage.ensure_root()
+    _, stems = separated(conn, storage, track, {"vocals": bytes(range(256)) * 40,
+                                                "drums": b"x" * 9, "bass": b"x" * 9})  # fmt: skip
+    stem, crafted, absolute = stems["vocals"], stems["drums"], stems["bass"]
     secret = tmp_path / "outside.flac"
     secret.write_bytes(b"not yours")
-    crafted = music.create_stem(conn, processing_job_id=job.id, track_id=track.id,
-                                stem_type="drums", file_path="../outside.flac",
-                                file_size=9)  # fmt: skip
-    absolute = music.create_stem(conn, processing_job_id=job.id, track_id=track.id,
-                                 stem_type="bass", file_path=str(secret), file_size=9)  # fmt: skip
+    # rows a separation never writes (paths outside the root) must still not be served
+    for row, path in ((crafted, "../outside.flac"), (absolute, str(secret))):
+        conn.execute("UPDATE stems SET file_path = %s WHERE id = %s", (path, row.id))
     with web.client() as client:
         part = client.get(f"/api/stems/{stem.id}", headers={"range": "bytes=256-511"})
         assert part.status_code == 206 and part.content == bytes(range(256))

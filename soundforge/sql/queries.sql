@@ -164,14 +164,6 @@ SELECT (SELECT count(*) FROM deleted) AS deleted, array(SELECT path FROM files) 
 
 -- ---------------------------------------------------------------- stems and results
 
--- name: insert_stem
--- Record one stem file of a separation run.
-INSERT INTO stems (id, processing_job_id, track_id, stem_type, file_path, file_size,
-                   inserted_at, updated_at)
-VALUES (%(id)s, %(processing_job_id)s, %(track_id)s, %(stem_type)s, %(file_path)s,
-        %(file_size)s, timezone('utc', now()), timezone('utc', now()))
-RETURNING *;
-
 -- name: list_stems_for_track
 -- A track's stems, newest run first, then by stem name.
 SELECT stem.* FROM stems stem JOIN processing_jobs job ON job.id = stem.processing_job_id
@@ -180,16 +172,6 @@ WHERE stem.track_id = %(track_id)s ORDER BY job.insert_order DESC, stem.stem_typ
 -- name: get_stem
 -- One stem row by id.
 SELECT * FROM stems WHERE id = %(id)s;
-
--- name: insert_analysis_result
--- Record the analysis of one analysis job (at most one per job).
-INSERT INTO analysis_results (id, track_id, analysis_job_id, tempo, key, energy,
-                              spectral_centroid, spectral_rolloff, zero_crossing_rate, features,
-                              inserted_at, updated_at)
-VALUES (%(id)s, %(track_id)s, %(analysis_job_id)s, %(tempo)s, %(key)s, %(energy)s,
-        %(spectral_centroid)s, %(spectral_rolloff)s, %(zero_crossing_rate)s, %(features)s,
-        timezone('utc', now()), timezone('utc', now()))
-RETURNING *;
 
 -- name: newest_analysis_result_for_track
 -- The newest analysis of a track (several may exist after re-analysis).

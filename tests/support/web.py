@@ -11,9 +11,8 @@ from typing import Any
 import httpx
 import psycopg
 
-from soundforge import music
-from soundforge.models import Stage, Track
-from tests.factories import make_job, make_track
+from soundforge.models import Track
+from tests.factories import analysed, make_track
 from tests.support.pipeline import ServiceProcesses
 from tests.support.worker_thread import wait_for
 
@@ -66,12 +65,10 @@ def start_web(services: ServiceProcesses, env: dict[str, str], token: str | None
 
 def analysed_track(conn: psycopg.Connection[Any], title: str, tempo: float, key: str,
                    artist: str | None = None) -> Track:  # fmt: skip
-    """A track with a (queued) analysis job and a stored analysis result."""
+    """A track with a completed analysis job and its stored result."""
     track = make_track(conn, title, artist=artist)
-    job = make_job(conn, Stage.ANALYZE, track)
-    music.create_analysis_result(
-        conn, track_id=track.id, analysis_job_id=job.id,
-        columns={"tempo": tempo, "key": key, "energy": 0.1},
+    analysed(
+        conn, track, columns={"tempo": tempo, "key": key, "energy": 0.1},
         features={"key_confidence": 0.75, "beats": [0.5, 1.0], "duration": 2.0,
                   "chroma": [0.1] * 12, "mfcc": [1.0] * 13},
     )  # fmt: skip
