@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import shutil
 import stat
 import time
 import uuid
@@ -283,16 +282,6 @@ class Storage:
             self.commit(temp_path, relative)
         finally:
             temp_path.unlink(missing_ok=True)
-
-    def store_copy(self, source: Path, relative: str | Path) -> Path:
-        """Put a copy of `source` at `relative`: a hard link when on the same filesystem, else
-        a byte copy; the source is never moved or changed."""
-        with self.atomic_path(relative) as temp_path:
-            try:
-                os.link(source, temp_path)
-            except OSError:
-                shutil.copyfile(source, temp_path)
-        return self.resolve(relative)
 
     def remove(self, relative: str | Path) -> bool:
         """Remove one stored file; True if it existed. Empty parent folders go too."""
