@@ -42,6 +42,7 @@ from soundforge import queue, workflow
 from soundforge.app import build_app
 from soundforge.db import connect
 from soundforge.engines import AnalysisOutcome, Engines, default_engines
+from soundforge.file_store import FileStore
 from soundforge.migrations import migrate
 from soundforge.runtime import build_runtime, set_runtime
 from soundforge.settings import load_settings
@@ -164,7 +165,7 @@ def bench_bare(
 
 
 def noop_engines(real: Engines, audio_relpath: str) -> Engines:
-    def fetch(metadata: TrackMetadata, storage: Storage, track_id: uuid.UUID,
+    def fetch(metadata: TrackMetadata, storage: FileStore, track_id: uuid.UUID,
               progress: Any) -> StoredAudio:  # fmt: skip
         started_at[str(track_id)] = time.perf_counter()
         return StoredAudio(relative_path=audio_relpath, file_size=2048, ext="wav",

@@ -9,16 +9,15 @@ import json
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import psycopg
 
 from soundforge import music
 from soundforge.db import connect
+from soundforge.file_store import FileStore
 from soundforge.models import Stage
 from soundforge.queries import query
-from soundforge.storage import Storage
 
 CHANNEL = "soundforge_progress"
 STAGES = tuple(stage.value for stage in Stage)
@@ -97,8 +96,9 @@ def pipeline_failed(row: dict[str, Any]) -> bool:
 class StoredStem:
     stem_type: str
     file_path: str | None
-    """As stored: relative to the storage root."""
-    path: Path | None
+    """As stored: the key, relative to the storage root."""
+    location: str | None
+    """Where it is: an absolute path, or an s3:// URL."""
     size_bytes: int | None
 
 
@@ -123,7 +123,7 @@ class PipelineSummary:
 
 
 def summarize(
-    conn: psycopg.Connection[Any], row: dict[str, Any], storage: Storage
+    conn: psycopg.Connection[Any], row: dict[str, Any], storage: FileStore
 ) -> PipelineSummary:
     """The summary of one finished pipeline row (from `pipeline_rows`)."""
     track_id = row["track_id"]
@@ -131,11 +131,8 @@ def summarize(
     result = music.get_analysis_result_for_track(conn, track_id)
     stems = []
     for stem in music.list_stems_for_track(conn, track_id):
-        path = storage.resolve(stem.file_path) if stem.file_path else None
-        size = stem.file_size
-        if size is None and path is not None and path.is_file():
-            size = path.stat().st_size
-        stems.append(StoredStem(stem.stem_type, stem.file_path, path, size))
+        location = storage.location(stem.file_path) if stem.file_path else None
+        stems.append(StoredStem(stem.stem_type, stem.file_path, location, stem.file_size))
     return PipelineSummary(
         track_id=track_id,
         title=row["title"] or str(track_id),

@@ -1,7 +1,7 @@
 """Periodic maintenance of the queue: rescue the jobs of workers that died (a running queue job
 whose worker's heartbeat is older than `stalled_after_s` is retried, or failed once its stage's
 attempts are used up), and prune finished queue jobs after `prune_after_days`. Orphan-file
-cleanup is `Storage.cleanup_orphaned` over `music.referenced_paths`, called from here too.
+cleanup is `FileStore.cleanup_orphaned` over `music.referenced_paths`, called from here too.
 
 Procrastinate 3.x has no built-in rescue, and its worker stops heartbeating when it starts to
 drain; SoundForge's workers keep heartbeating while any job runs (`soundforge.worker_hooks`),
@@ -21,10 +21,11 @@ import psycopg
 
 from soundforge import jobs, music, workflow
 from soundforge.errors import ConfigError
+from soundforge.file_store import open_storage
 from soundforge.models import Stage
 from soundforge.queries import query
 from soundforge.settings import Settings
-from soundforge.storage import CleanupReport, Storage
+from soundforge.storage import CleanupReport
 
 log = logging.getLogger(__name__)
 Connection = psycopg.Connection[Any]
@@ -219,6 +220,6 @@ def cleanup_orphaned(conn: Connection, settings: Settings, *, dry_run: bool = Fa
                      ) -> CleanupReport:  # fmt: skip
     """Remove stored files no row references (older than the grace period)."""
     referenced = music.referenced_paths(conn)
-    return Storage(settings.storage_path).cleanup_orphaned(
+    return open_storage(settings).cleanup_orphaned(
         referenced, dry_run=dry_run, grace_s=settings.storage_orphan_grace_s
     )

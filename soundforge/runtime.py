@@ -1,5 +1,5 @@
 """The per-process context a worker runs with: settings (read once), a connection pool, the
-storage root and the engines. Procrastinate calls module-level task functions, so the tasks
+file store and the engines. Procrastinate calls module-level task functions, so the tasks
 reach it through `get_runtime()`; the worker command, the supervisor and tests install one
 explicitly with `set_runtime()`, and a bare `procrastinate worker` gets one built from the
 environment on first use."""
@@ -14,21 +14,21 @@ from psycopg_pool import ConnectionPool
 
 from soundforge.db import create_pool
 from soundforge.engines import Engines, default_engines
+from soundforge.file_store import FileStore, open_storage
 from soundforge.models import Stage
 from soundforge.settings import Settings, load_settings
-from soundforge.storage import Storage
 
 
 @dataclass
 class Runtime:
     settings: Settings
     engines: Engines
-    storage: Storage = field(init=False)
+    storage: FileStore = field(init=False)
     _pool: ConnectionPool[Any] | None = field(default=None, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self.storage = Storage(self.settings.storage_path)
+        self.storage = open_storage(self.settings)
 
     @property
     def pool(self) -> ConnectionPool[Any]:

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from soundforge.errors import ConfigError
@@ -39,6 +39,41 @@ class Settings(BaseSettings):
     db_pool_max_size: int = Field(default=10, ge=1)
     storage_path: Path = Path("/var/lib/soundforge")
     storage_orphan_grace_s: float = Field(default=3600.0, ge=0)
+    # Where files live: `file:///var/lib/soundforge` or `s3://bucket/prefix` (default: the
+    # local folder `storage_path`). S3 settings left unset come from the usual AWS variables.
+    storage_url: str | None = None
+    s3_endpoint_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("SOUNDFORGE_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3",
+                                      "AWS_ENDPOINT_URL", "s3_endpoint_url"),
+    )  # fmt: skip
+    s3_region: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("SOUNDFORGE_S3_REGION", "AWS_REGION", "AWS_DEFAULT_REGION",
+                                      "s3_region"),
+    )  # fmt: skip
+    s3_access_key_id: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("SOUNDFORGE_S3_ACCESS_KEY_ID", "AWS_ACCESS_KEY_ID",
+                                      "s3_access_key_id"),
+    )  # fmt: skip
+    s3_secret_access_key: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("SOUNDFORGE_S3_SECRET_ACCESS_KEY", "AWS_SECRET_ACCESS_KEY",
+                                      "s3_secret_access_key"),
+    )  # fmt: skip
+    s3_session_token: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("SOUNDFORGE_S3_SESSION_TOKEN", "AWS_SESSION_TOKEN",
+                                      "s3_session_token"),
+    )  # fmt: skip
+    s3_max_retries: int = Field(default=5, ge=0)
+    s3_retry_timeout_s: float = Field(default=60.0, gt=0)
+    s3_part_size_bytes: int = Field(default=8 * 1024 * 1024, ge=5 * 1024 * 1024)
+    s3_upload_concurrency: int = Field(default=4, ge=1)
+    # The local cache of stored files on a host that uses object storage (LRU, size-bounded).
+    cache_path: Path = Path("/var/cache/soundforge")
+    cache_max_bytes: int = Field(default=20 * 1024**3, ge=0)
 
     # Queue: attempts per stage (1 = no retry) and backoff base.
     download_attempts: int = Field(default=3, ge=1, le=50)
@@ -94,6 +129,13 @@ class Settings(BaseSettings):
     restart_backoff_max_s: float = Field(default=60.0, ge=0)
     hard_time_limit_grace_s: float = Field(default=300.0, ge=0)
     log_level: str = "INFO"
+
+    @field_validator("storage_url")
+    @classmethod
+    def _storage_url_scheme(cls, value: str | None) -> str | None:
+        if value and not value.startswith(("file://", "s3://")):
+            raise ValueError("must be file:///path or s3://bucket[/prefix]")
+        return value or None
 
     @field_validator("database_url")
     @classmethod

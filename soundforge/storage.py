@@ -19,13 +19,14 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 from soundforge.errors import StorageError
 
 TEMP_PREFIX = ".sf-tmp-"
 DOWNLOADS_DIR = "downloads"
 STEMS_DIR = "stems"
+READ_CHUNK_BYTES = 256 * 1024
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,26 @@ class CleanupReport:
     bytes: int
     paths: list[str] = field(default_factory=list)
     dry_run: bool = False
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    """One stored file, by its key (the POSIX path relative to the root)."""
+
+    relative: str
+    size: int
+    mtime: float
+
+
+@dataclass
+class ByteRange:
+    """A byte range of a stored file (`start` to `end`, exclusive) and the file's size; the
+    bytes come as chunks, never whole in memory."""
+
+    start: int
+    end: int
+    size: int
+    chunks: Iterator[bytes]
 
 
 @dataclass(frozen=True)
@@ -227,25 +248,20 @@ class Storage:
                 if path.is_file() and not path.is_symlink():
                     yield path
 
+    def list_files(self) -> Iterator[StoredFile]:
+        """Every stored file by key, with its size and modification time."""
+        for path in self.walk_files():
+            info = path.stat()
+            yield StoredFile(path.relative_to(self.root).as_posix(), info.st_size, info.st_mtime)
+
     def find_orphans(
         self,
         referenced: Iterable[str],
         grace_s: float,
         now: Callable[[], float] = time.time,
-    ) -> list[Path]:
+    ) -> list[StoredFile]:
         """Files no row references, older than the grace period, temporaries excluded."""
-        keep = {PurePosixPath(path).as_posix() for path in referenced if path}
-        cutoff = now() - grace_s
-        orphans = []
-        for path in self.walk_files():
-            if is_temp_name(path.name):
-                continue
-            if path.relative_to(self.root).as_posix() in keep:
-                continue
-            if path.stat().st_mtime > cutoff:
-                continue
-            orphans.append(path)
-        return sorted(orphans)
+        return find_orphans(self.list_files(), referenced, grace_s, now)
 
     def cleanup_orphaned(
         self,
@@ -256,40 +272,125 @@ class Storage:
         now: Callable[[], float] = time.time,
     ) -> CleanupReport:
         """Remove (or, dry run, list) the files `find_orphans` returns."""
-        count = 0
-        total = 0
-        removed = []
-        for path in self.find_orphans(referenced, grace_s, now):
-            size = path.stat().st_size
-            if not dry_run:
-                path.unlink(missing_ok=True)
-                self._prune_empty_dirs(path.parent)
-            count += 1
-            total += size
-            removed.append(path.relative_to(self.root).as_posix())
-        return CleanupReport(count=count, bytes=total, paths=removed, dry_run=dry_run)
+        return cleanup_orphaned(self, referenced, dry_run=dry_run, grace_s=grace_s, now=now)
 
     def stats(self) -> StorageStats:
-        counts = {"files": 0, "bytes": 0, DOWNLOADS_DIR: [0, 0], STEMS_DIR: [0, 0], "temp": 0}
-        for path in self.walk_files():
+        return stats_of(self.list_files())
+
+    # -- the interface every backend offers (see soundforge.file_store) ---------------------
+
+    def location(self, relative: str) -> str:
+        """Where a stored file is, for people: its absolute path."""
+        return str(self.resolve(relative))
+
+    def check(self) -> None:
+        """The root exists (created) and is a folder."""
+        self.ensure_root()
+
+    @contextlib.contextmanager
+    def local_file(self, relative: str) -> Iterator[Path]:
+        """A readable local path of a stored file (here: the file itself)."""
+        path = self.resolve(relative)
+        if not path.is_file():
+            raise StorageError(f"stored file {relative} is missing: {path}")
+        yield path
+
+    def output_dir(self, relative: str) -> Path:
+        """A local folder whose files become stored under `relative/` once `publish`ed (here:
+        the destination folder itself)."""
+        path = self.resolve(relative)
+        path.mkdir(parents=True, exist_ok=True)
+        self.resolve(relative)  # the new folder could be a symlink planted meanwhile
+        return path
+
+    def publish(self, paths: Iterable[Path]) -> None:
+        """Store files written into an `output_dir` (here they already are)."""
+
+    def open_range(self, relative: str, start: int = 0, end: int | None = None) -> ByteRange:
+        """Bytes `start`..`end` (exclusive; None: to the end) of a stored file, streamed."""
+        path = self.resolve(relative)
+        try:
             size = path.stat().st_size
-            counts["files"] += 1  # type: ignore[operator]
-            counts["bytes"] += size  # type: ignore[operator]
-            if is_temp_name(path.name):
-                counts["temp"] += 1  # type: ignore[operator]
-            top = path.relative_to(self.root).parts[0]
-            if top in (DOWNLOADS_DIR, STEMS_DIR):
-                area = counts[top]
-                area[0] += 1  # type: ignore[index]
-                area[1] += size  # type: ignore[index]
-        downloads = counts[DOWNLOADS_DIR]
-        stems = counts[STEMS_DIR]
-        return StorageStats(
-            files=counts["files"],  # type: ignore[arg-type]
-            bytes=counts["bytes"],  # type: ignore[arg-type]
-            download_files=downloads[0],  # type: ignore[index]
-            download_bytes=downloads[1],  # type: ignore[index]
-            stem_files=stems[0],  # type: ignore[index]
-            stem_bytes=stems[1],  # type: ignore[index]
-            temp_files=counts["temp"],  # type: ignore[arg-type]
-        )
+        except FileNotFoundError:
+            raise StorageError(f"stored file {relative} is missing: {path}") from None
+        first, stop = clamp_range(start, end, size)
+
+        def chunks() -> Iterator[bytes]:
+            with open(path, "rb") as handle:
+                handle.seek(first)
+                left = stop - first
+                while left > 0:
+                    data = handle.read(min(READ_CHUNK_BYTES, left))
+                    if not data:
+                        return
+                    left -= len(data)
+                    yield data
+
+        return ByteRange(first, stop, size, chunks())
+
+
+def find_orphans(
+    files: Iterable[StoredFile],
+    referenced: Iterable[str],
+    grace_s: float,
+    now: Callable[[], float] = time.time,
+) -> list[StoredFile]:
+    """The rule cleanup follows on any backend: files no row references, older than the grace
+    period, temporaries excluded."""
+    keep = {PurePosixPath(path).as_posix() for path in referenced if path}
+    cutoff = now() - grace_s
+    orphans = [
+        file for file in files
+        if not is_temp_name(PurePosixPath(file.relative).name)
+        and file.relative not in keep and file.mtime <= cutoff
+    ]  # fmt: skip
+    return sorted(orphans, key=lambda file: file.relative)
+
+
+class RemovableStore(Protocol):
+    def list_files(self) -> Iterator[StoredFile]: ...
+    def remove(self, relative: str) -> bool: ...
+
+
+def cleanup_orphaned(
+    store: RemovableStore,
+    referenced: Iterable[str],
+    *,
+    dry_run: bool = False,
+    grace_s: float = 3600.0,
+    now: Callable[[], float] = time.time,
+) -> CleanupReport:
+    """Remove (or, dry run, list) a backend's orphans (`find_orphans`)."""
+    removed = [
+        file for file in find_orphans(store.list_files(), referenced, grace_s, now)
+        if dry_run or store.remove(file.relative)
+    ]  # fmt: skip
+    return CleanupReport(count=len(removed), bytes=sum(file.size for file in removed),
+                         paths=[file.relative for file in removed], dry_run=dry_run)  # fmt: skip
+
+
+def stats_of(files: Iterable[StoredFile]) -> StorageStats:
+    """File counts and sizes per top-level area of a backend's listing."""
+    areas = {DOWNLOADS_DIR: [0, 0], STEMS_DIR: [0, 0]}
+    count = total = temps = 0
+    for file in files:
+        count += 1
+        total += file.size
+        temps += is_temp_name(PurePosixPath(file.relative).name)
+        area = areas.get(file.relative.split("/", 1)[0])
+        if area is not None:
+            area[0] += 1
+            area[1] += file.size
+    return StorageStats(
+        files=count, bytes=total,
+        download_files=areas[DOWNLOADS_DIR][0], download_bytes=areas[DOWNLOADS_DIR][1],
+        stem_files=areas[STEMS_DIR][0], stem_bytes=areas[STEMS_DIR][1], temp_files=temps,
+    )  # fmt: skip
+
+
+def clamp_range(start: int, end: int | None, size: int) -> tuple[int, int]:
+    """A requested byte range cut to the file; refused when it starts past the end."""
+    stop = size if end is None else min(end, size)
+    if start < 0 or (start >= size > 0) or stop < start:
+        raise StorageError(f"byte range {start}-{end} is outside the file ({size} bytes)")
+    return start, stop

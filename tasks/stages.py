@@ -93,10 +93,13 @@ def separate(
         progress: ProgressWriter,
     ) -> dict[str, Path]:  # fmt: skip
         job = started.job
-        audio = workflow.downloaded_audio(conn, runtime.storage, started)
         job_model = getattr(job, "model", None) or model
         out_dir = workflow.stems_dir(runtime.storage, job)
-        return runtime.engines.separate(audio, out_dir, job_model, progress, progress.should_abort)
+        with runtime.storage.local_file(workflow.downloaded_audio(conn, started)) as audio:
+            stems = runtime.engines.separate(audio, out_dir, job_model, progress,
+                                             progress.should_abort)  # fmt: skip
+        runtime.storage.publish(stems.values())
+        return stems
 
     def finish(runtime: Runtime, conn: Connection, job: Job, stems: dict[str, Path]) -> object:
         return workflow.complete_separation(conn, job, runtime.storage, stems)
@@ -118,8 +121,9 @@ def analyze(
         runtime: Runtime, conn: Connection, started: workflow.StartedStage,
         progress: ProgressWriter,
     ) -> tuple[AnalysisOutcome, str]:  # fmt: skip
-        audio = workflow.downloaded_audio(conn, runtime.storage, started)
-        return runtime.engines.analyze(audio, progress), runtime.storage.relative(audio)
+        audio_key = workflow.downloaded_audio(conn, started)
+        with runtime.storage.local_file(audio_key) as audio:
+            return runtime.engines.analyze(audio, progress), audio_key
 
     def finish(
         runtime: Runtime, conn: Connection, job: Job, result: tuple[AnalysisOutcome, str]

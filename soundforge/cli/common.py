@@ -1,5 +1,5 @@
 """What every CLI command shares: settings read once, a database connection with a clear
-failure line, JSON output, and the storage root."""
+failure line, JSON output, and the file store."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from typing import Any
 import psycopg
 
 from soundforge.db import connect
+from soundforge.file_store import FileStore, open_storage
 from soundforge.models import json_value
 from soundforge.settings import Settings, load_settings
-from soundforge.storage import Storage
 
 
 def settings() -> Settings:
@@ -24,8 +24,8 @@ def database(config: Settings, *, autocommit: bool = False) -> psycopg.Connectio
     return connect(config.database_url, autocommit=autocommit)
 
 
-def storage(config: Settings) -> Storage:
-    return Storage(config.storage_path)
+def storage(config: Settings) -> FileStore:
+    return open_storage(config)
 
 
 def print_json(data: Any) -> None:

@@ -16,9 +16,9 @@ from soundforge.cli.common import database, human_size
 from soundforge.db import describe_dsn
 from soundforge.embedded_pg import EmbeddedPostgres
 from soundforge.engines import default_engines
+from soundforge.file_store import open_storage
 from soundforge.migrations import migrate
 from soundforge.settings import load_settings
-from soundforge.storage import Storage
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ def _run_pipeline(args: argparse.Namespace, config: Any, demo_dir: Path, song: P
     finally:
         processes.stop()
     print("pipeline: stopped")
-    storage = Storage(config.storage_path)
+    storage = open_storage(config)
     with database(config, autocommit=True) as conn:
         summary = live.summarize(conn, rows[0], storage)
     _print_summary(summary, missing_stems)
@@ -118,7 +118,8 @@ def _print_summary(summary: live.PipelineSummary, missing_stems: str | None) -> 
     if summary.stems:
         print(f"  stems  {len(summary.stems)}")
         for stem in summary.stems:
-            print(f"    {stem.stem_type:8} {human_size(stem.size_bytes):>10}  {stem.path or '-'}")
+            size = human_size(stem.size_bytes)
+            print(f"    {stem.stem_type:8} {size:>10}  {stem.location or '-'}")
     elif missing_stems:
         print(f"  stems  not made: {missing_stems}")
     for stage, error in summary.errors.items():

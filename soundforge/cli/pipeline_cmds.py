@@ -14,10 +14,10 @@ from soundforge.cli import progress_bars
 from soundforge.cli.common import add_json_flag, database, print_json, settings, storage
 from soundforge.engines import default_engines
 from soundforge.errors import PermanentError
+from soundforge.file_store import FileStore
 from soundforge.models import Stage
 from soundforge.queue import MAINTENANCE_QUEUE
 from soundforge.separation.registry import DEFAULT_MODEL, MODEL_NAMES
-from soundforge.storage import Storage
 
 QUEUE_STAGES = {"download": Stage.DOWNLOAD, "processing": Stage.SEPARATE,
                 "analysis": Stage.ANALYZE}  # fmt: skip
@@ -99,7 +99,7 @@ def run_add(args: argparse.Namespace) -> int:
 
 
 def _print_outcome(
-    conn: Any, rows: list[dict[str, Any]], store: Storage, as_json: bool
+    conn: Any, rows: list[dict[str, Any]], store: FileStore, as_json: bool
 ) -> None:
     summaries = [live.summarize(conn, row, store) for row in rows]
     if as_json:
@@ -107,6 +107,7 @@ def _print_outcome(
             "track_id": item.track_id, "title": item.title, "stages": item.stages,
             "errors": item.errors, "tempo": item.tempo_bpm, "key": item.key,
             "stems": {stem.stem_type: stem.file_path for stem in item.stems},
+            "stem_locations": {stem.stem_type: stem.location for stem in item.stems},
         } for item in summaries])  # fmt: skip
         return
     for item in summaries:

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 
 from soundforge.errors import ProgressCallback, SourceError
+from soundforge.file_store import FileStore
 from soundforge.sources import spotdl_resolver, ytdlp_resolver
 from soundforge.sources.config import SourceConfig
 from soundforge.sources.errors import SourceNotFoundError
@@ -29,7 +30,7 @@ from soundforge.sources.model import (
 from soundforge.sources.parse import parse_source
 from soundforge.sources.spotify import SpotifyClient, spotify_client
 from soundforge.sources.validate import validate_audio_file
-from soundforge.storage import Storage, download_relpath
+from soundforge.storage import download_relpath
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ def expand_source(
 
 def fetch_audio(
     metadata: TrackMetadata,
-    storage: Storage,
+    storage: FileStore,
     track_id: uuid.UUID | str,
     config: SourceConfig,
     progress: ProgressCallback | None = None,
@@ -121,7 +122,7 @@ def _resolve_spotify(
 
 
 @contextmanager
-def _staging(storage: Storage, track_id: uuid.UUID | str) -> Iterator[Path]:
+def _staging(storage: FileStore, track_id: uuid.UUID | str) -> Iterator[Path]:
     """A hidden temporary path in `downloads/`; on exit everything named after it (partial
     downloads, yt-dlp's `.part` files, spotdl's folder) is removed."""
     staging = storage.temp_path_for(download_relpath(track_id, "part"))
