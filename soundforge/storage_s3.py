@@ -183,7 +183,7 @@ class S3Storage:
         self.cache.forget(key)
         try:
             obstore.head(self.store, key)
-        except NotFoundError:
+        except (NotFoundError, FileNotFoundError):
             return False
         obstore.delete(self.store, key)
         return True
@@ -204,7 +204,7 @@ class S3Storage:
             with open(destination, "xb") as sink:
                 for chunk in result.stream(min_chunk_size=READ_CHUNK_BYTES):
                     sink.write(chunk)
-        except NotFoundError:
+        except (NotFoundError, FileNotFoundError):
             raise StorageError(f"stored file {relative} is missing: {self.location(relative)}"
                                ) from None  # fmt: skip
         except (OSError, obstore.exceptions.BaseError) as error:
@@ -222,7 +222,7 @@ class S3Storage:
             if stop == first:
                 return ByteRange(first, stop, size, iter(()))
             result = obstore.get(self.store, key, options={"range": (first, stop)})
-        except NotFoundError:
+        except (NotFoundError, FileNotFoundError):
             raise StorageError(f"stored file {relative} is missing: {self.location(relative)}"
                                ) from None  # fmt: skip
         chunks = (bytes(chunk) for chunk in result.stream(min_chunk_size=READ_CHUNK_BYTES))
