@@ -21,6 +21,8 @@ from soundforge.queries import query
 
 Connection = psycopg.Connection[Any]
 MAINTENANCE_QUEUE = "maintenance"
+# The supervisor's worker groups, one per stage queue (`soundforge run --processes`).
+GROUP_NAMES = ("download", "processing", "analysis")
 
 
 def queueing_lock(stage: Stage, track_id: uuid.UUID) -> str:

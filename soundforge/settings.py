@@ -123,6 +123,9 @@ class Settings(BaseSettings):
     rescue_cron: str = "*/5 * * * *"
     prune_cron: str = "30 3 * * *"
     maintenance_group: Literal["download", "processing", "analysis"] = "download"
+    # This host's role: the queues its supervisor serves (a GPU host: `processing`; a CPU
+    # host: `download,analysis,maintenance`); a group not named here runs no process.
+    queues: str = "download,processing,analysis,maintenance"
     heartbeat_interval_s: float = Field(default=10.0, gt=0)
     poll_interval_s: float = Field(default=5.0, gt=0)
     restart_backoff_s: float = Field(default=1.0, ge=0)

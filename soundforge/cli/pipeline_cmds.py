@@ -192,6 +192,7 @@ def run_worker(args: argparse.Namespace) -> int:
     runtime = build_runtime(config)
     set_runtime(runtime)
     runtime.pool  # noqa: B018 - connect now: an unreachable database fails here, clearly
+    runtime.storage.check()  # an unreachable or read-only store fails here too
     runtime.engines.warm_up([QUEUE_STAGES[q] for q in queues if q in QUEUE_STAGES])
     hooks = WorkerHooks(config)  # supervisor protocol, job heartbeats, recycling
     app = build_app(config)
