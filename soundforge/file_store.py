@@ -36,9 +36,6 @@ class FileStore(Protocol):
     def commit(self, temp_path: Path, relative: str) -> Path:
         """Store a finished temporary file as `relative` (visible only when whole)."""
 
-    def atomic_path(self, relative: str) -> AbstractContextManager[Path]:
-        """A local path to write; stored as `relative` on a clean exit."""
-
     def output_dir(self, relative: str) -> Path:
         """A local folder for a stage's outputs under `relative/` (stored by `publish`)."""
 

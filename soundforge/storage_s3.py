@@ -133,18 +133,6 @@ class S3Storage:
         self.upload(temp_path, relative)
         return self.cache.adopt(temp_path, relative)
 
-    @contextlib.contextmanager
-    def atomic_path(self, relative: str) -> Iterator[Path]:
-        """A local path to write; on a clean exit it is stored as `relative`."""
-        temp_path = self.temp_path_for(relative)
-        try:
-            yield temp_path
-            if not temp_path.exists():
-                raise StorageError(f"nothing was written for {relative}")
-            self.commit(temp_path, relative)
-        finally:
-            temp_path.unlink(missing_ok=True)
-
     def output_dir(self, relative: str) -> Path:
         """The cache folder a stage writes `relative/`'s files into before `publish`."""
         return self.cache.directory(relative)

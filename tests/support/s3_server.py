@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import logging
 import socket
 import threading
 import uuid
@@ -55,6 +56,7 @@ class S3Server:
 
 
 def _start(port: int) -> ThreadedMotoServer:
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # a line per request otherwise
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     return server
