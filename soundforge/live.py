@@ -144,6 +144,21 @@ def summarize(
     )
 
 
+def stored_files(
+    conn: psycopg.Connection[Any], track_id: uuid.UUID, storage: FileStore
+) -> dict[str, str]:
+    """Where a track's files are (its downloaded audio, then the stems of its newest
+    separation), as paths or s3:// URLs."""
+    files = {}
+    row = conn.execute(query("newest_completed_download"), {"track_id": track_id}).fetchone()
+    if row and row["output_path"]:
+        files["download"] = storage.location(row["output_path"])
+    for stem in music.list_stems_for_track(conn, track_id):
+        if stem.file_path and stem.stem_type not in files:  # newest run first
+            files[stem.stem_type] = storage.location(stem.file_path)
+    return files
+
+
 def open_listener(conninfo: str) -> psycopg.Connection[Any]:
     conn = connect(conninfo, autocommit=True)
     listen(conn)

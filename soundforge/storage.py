@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO, Protocol
 
-from soundforge.errors import StorageError
+from soundforge.errors import ConfigError, StorageError
 
 TEMP_PREFIX = ".sf-tmp-"
 DOWNLOADS_DIR = "downloads"
@@ -285,7 +285,10 @@ class Storage:
 
     def check(self) -> None:
         """The root exists (created) and is a folder."""
-        self.ensure_root()
+        try:
+            self.ensure_root()
+        except OSError as error:
+            raise ConfigError(f"storage {self.root} is not usable: {error.strerror}") from None
 
     @contextlib.contextmanager
     def local_file(self, relative: str) -> Iterator[Path]:

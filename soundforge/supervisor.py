@@ -34,6 +34,7 @@ from types import FrameType
 from soundforge import maintenance, worker_hooks
 from soundforge.db import connect
 from soundforge.errors import ConfigError
+from soundforge.file_store import open_storage
 from soundforge.models import Stage
 from soundforge.queries import query
 from soundforge.queue import GROUP_NAMES, MAINTENANCE_QUEUE
@@ -200,7 +201,8 @@ class Supervisor:
     # -- start ------------------------------------------------------------------------------
 
     def preflight(self) -> None:
-        """Fail early, in one clear line: bad thresholds, no database, no schema."""
+        """Fail early, in one clear line: bad thresholds, no database, no schema, a file store
+        that cannot be written."""
         maintenance.check_rescue_threshold(self.settings)
         with connect(self.settings.database_url, connect_timeout=5) as conn:
             row = conn.execute(query("procrastinate_schema_present")).fetchone()
@@ -208,6 +210,7 @@ class Supervisor:
             raise ConfigError(
                 "the database has no SoundForge schema yet; run `soundforge migrate` first"
             )
+        open_storage(self.settings).check()
 
     def run(self) -> int:
         self.preflight()

@@ -19,6 +19,7 @@ import pytest
 
 from soundforge import jobs, live, music, workflow
 from soundforge.models import DownloadJob, Stage
+from soundforge.settings import load_settings
 from soundforge.storage import download_relpath
 from soundforge.storage_s3 import S3Storage
 from tests.audio_synth import write_test_song
@@ -185,3 +186,13 @@ def test_two_hosts_share_the_bucket_and_a_dead_hosts_job_is_rescued_by_another(
         ).fetchone()
     assert doubled == [] and rescues is not None and rescues[0] > 1  # once per tick
     assert services.stop(cpu_host) == 0 and services.stop(replacement) == 0
+    status = run_cli("status", "--json", track_id, env=shared)
+    files = json.loads(status.stdout)[0]["files"]
+    assert sorted(files) == ["bass", "download", "drums", "other", "vocals"], files
+    assert all(location.startswith("s3://") for location in files.values())
+    assert run_cli("delete", track_id, env=shared).returncode == 0
+    cleanup = run_cli("cleanup", "--json", env=shared)
+    assert cleanup.returncode == 0 and json.loads(cleanup.stdout)["count"] == 0
+    bucket = S3Storage(shared["SOUNDFORGE_STORAGE_URL"], load_settings(
+        **s3_settings(s3_server.endpoint, "unused"), cache_path=tmp_path / "check"))  # fmt: skip
+    assert _keys(bucket) == []

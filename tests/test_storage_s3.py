@@ -5,6 +5,8 @@ bucket, and an upload cut mid-transfer."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -188,3 +190,40 @@ def test_the_storage_url_chooses_the_backend(tmp_path: Path) -> None:
         load_settings(storage_url="ftp://host/x")
     with pytest.raises(ConfigError, match="credentials"):
         open_storage(load_settings(storage_url="s3://key:secret@bucket/x"))
+
+
+STREAMING_SCRIPT = """
+import os, sys
+from pathlib import Path
+from soundforge.settings import load_settings
+from soundforge.storage_s3 import S3Storage
+endpoint, bucket, cache, size = sys.argv[1], sys.argv[2], Path(sys.argv[3]), int(sys.argv[4])
+store = S3Storage(f"s3://{bucket}/sf", load_settings(
+    storage_url=f"s3://{bucket}/sf", s3_endpoint_url=endpoint, s3_region="us-east-1",
+    s3_access_key_id="k", s3_secret_access_key="s", cache_path=cache))
+temp = store.temp_path_for("downloads/big.wav")
+with open(temp, "wb") as handle:
+    for _ in range(size // (1 << 20)):
+        handle.write(os.urandom(1 << 20))
+store.commit(temp, "downloads/big.wav")
+store.cache.forget("downloads/big.wav")
+with store.local_file("downloads/big.wav") as path:
+    assert path.stat().st_size == size
+# VmHWM: this process's peak RSS (ru_maxrss would start from the parent's at the fork)
+print(next(int(line.split()[1]) // 1024 for line in open("/proc/self/status")
+           if line.startswith("VmHWM")))
+"""
+
+
+def test_a_large_file_is_uploaded_and_fetched_without_being_held_in_memory(
+    s3_server: S3Server, tmp_path: Path
+) -> None:
+    size = 160 * MIB
+    result = subprocess.run(
+        [sys.executable, "-c", STREAMING_SCRIPT, s3_server.endpoint, s3_server.bucket(),
+         str(tmp_path / "cache"), str(size)],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    peak_mib = int(result.stdout.strip())
+    assert peak_mib < 130, f"peak RSS {peak_mib} MiB for a {size // MIB} MiB file"

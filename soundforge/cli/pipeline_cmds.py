@@ -121,11 +121,13 @@ def run_status(args: argparse.Namespace) -> int:
     config = settings()
     track_ids = [music.parse_uuid(args.track_id, "track id")] if args.track_id else None
     with database(config, autocommit=True) as conn:
+        files: dict[str, str] = {}
         if track_ids:
             music.require_track(conn, track_ids[0])
+            files = live.stored_files(conn, track_ids[0], storage(config))
         rows = live.pipeline_rows(conn, track_ids, limit=args.limit)
     if args.json:
-        print_json(rows)
+        print_json([{**row, "files": files} for row in rows] if track_ids else rows)
         return 0
     for row in rows:
         print(f"{row['track_id']}  {row['title']}")
@@ -134,6 +136,8 @@ def run_status(args: argparse.Namespace) -> int:
             if status is not None:
                 detail = f"  {error}" if error else ""
                 print(f"    {stage:9} {status:12} {percent:3d}%{detail}")
+    for name, location in files.items():  # one track asked for: where its files are
+        print(f"    {name:9} {location}")
     return 0
 
 
