@@ -125,7 +125,7 @@ def run_hosts(hosts: int, tracks: int, song: Path, repo: Path, workdir: Path) ->
         env = {k: v for k, v in os.environ.items() if not k.startswith("SOUNDFORGE_")}
         env.update(s3_env(s3.endpoint, s3.bucket()), DATABASE_URL=database_url,
                    SOUNDFORGE_DEMUCS_REPO=str(repo), SOUNDFORGE_SHIFTS="0",
-                   SOUNDFORGE_POLL_INTERVAL_S="1", SOUNDFORGE_LOG_LEVEL="WARNING")  # fmt: skip
+                   SOUNDFORGE_LOG_LEVEL="WARNING")  # fmt: skip
         supervisors = []
         meter = DatabaseMeter(database_url)
         try:

@@ -53,6 +53,14 @@ class LocalCache:
         self.max_bytes = max_bytes
         self._trim_lock = threading.Lock()
 
+    def __getstate__(self) -> dict[str, object]:
+        """Picklable (an engine child process gets the store): the lock stays behind."""
+        return {name: value for name, value in self.__dict__.items() if name != "_trim_lock"}
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__dict__.update(state)
+        self._trim_lock = threading.Lock()
+
     def path_for(self, key: str) -> Path:
         """Where the cached copy of `key` lives (whether or not it is there)."""
         return self.objects.joinpath(*PurePosixPath(check_key(key)).parts)

@@ -5,6 +5,7 @@ bucket, and an upload cut mid-transfer."""
 from __future__ import annotations
 
 import os
+import pickle
 import subprocess
 import sys
 import time
@@ -66,6 +67,15 @@ def test_a_committed_file_is_stored_whole_under_its_key_and_nothing_else_is_left
     cached.unlink()  # not cached any more: read from the bucket
     with store.local_file(key) as path:
         assert path.read_bytes() == data
+
+
+def test_the_store_survives_pickling_for_an_engine_child_process(store: S3Storage) -> None:
+    key = download_relpath(uuid.uuid4(), "wav")
+    _write(store, key, b"audio" * 500)
+    copy = pickle.loads(pickle.dumps(store))
+    copy.cache.forget(key)
+    with copy.local_file(key) as path:
+        assert path.read_bytes() == b"audio" * 500
 
 
 def test_another_host_reads_the_object_into_its_own_cache(
