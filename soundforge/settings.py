@@ -68,6 +68,10 @@ class Settings(BaseSettings):
                                       "s3_session_token"),
     )  # fmt: skip
     s3_max_retries: int = Field(default=5, ge=0)
+    # A stalled transfer fails after `s3_read_timeout_s` without a byte; one request (a whole
+    # object's GET, one upload part) may take at most `s3_request_timeout_s`.
+    s3_read_timeout_s: float = Field(default=60.0, gt=0)
+    s3_request_timeout_s: float = Field(default=1800.0, gt=0)
     s3_retry_timeout_s: float = Field(default=60.0, gt=0)
     s3_part_size_bytes: int = Field(default=8 * 1024 * 1024, ge=5 * 1024 * 1024)
     s3_upload_concurrency: int = Field(default=4, ge=1)

@@ -99,7 +99,13 @@ class S3Storage:
             self.bucket,
             prefix=self.prefix or None,
             config=config,  # type: ignore[arg-type]
-            client_options={"allow_http": allow_http, "connect_timeout": timedelta(seconds=10)},
+            client_options={
+                "allow_http": allow_http,
+                "connect_timeout": timedelta(seconds=10),
+                # the client's default (30 s for a whole request) would fail a large GET
+                "timeout": timedelta(seconds=settings.s3_request_timeout_s),
+                "read_timeout": timedelta(seconds=settings.s3_read_timeout_s),
+            },
             retry_config={"max_retries": settings.s3_max_retries, "retry_timeout": retry},
         )
 
