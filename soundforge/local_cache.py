@@ -4,9 +4,10 @@
 
 A file in use is held with a shared `flock` for as long as a stage reads it; eviction takes an
 exclusive non-blocking lock before it unlinks, so it never removes a file a stage is about to
-open or is reading (a held file may keep the cache over its bound for a while). Last use is the
-file's mtime, touched on every use. Fills and new files are written to a temporary name beside
-the destination and renamed into place, so a reader never sees half a file.
+open or is reading; nor a file written or used in the last `min_age_s` (a stage's outputs
+between their writing and their upload). Either may keep the cache over its bound a while.
+Last use is the file's mtime, touched on every use. Fills and new files are written to a
+temporary name beside the destination and renamed into place: no reader sees half a file.
 
 Written here rather than taken from a library: `diskcache` and friends keep values in SQLite or
 pickles, not as plain files that demucs, soundfile and ffmpeg can open by path, and none locks
@@ -47,10 +48,11 @@ class LocalCache:
     """Files of a remote store kept on this host, at most `max_bytes` of them (0 = keep only
     what is in use)."""
 
-    def __init__(self, root: Path | str, max_bytes: int) -> None:
+    def __init__(self, root: Path | str, max_bytes: int, min_age_s: float = 300.0) -> None:
         self.root = Path(root).absolute()
         self.objects = self.root / OBJECTS_DIR
         self.max_bytes = max_bytes
+        self.min_age_s = min_age_s
         self._trim_lock = threading.Lock()
 
     def __getstate__(self) -> dict[str, object]:
@@ -169,8 +171,9 @@ class LocalCache:
             entries = self._entries()
             total = sum(size for _mtime, size, _path in entries)
             freed = 0
-            for _mtime, size, path in sorted(entries, key=lambda entry: entry[0]):
-                if total - freed <= self.max_bytes:
+            fresh_after = time.time() - self.min_age_s
+            for mtime, size, path in sorted(entries, key=lambda entry: entry[0]):
+                if total - freed <= self.max_bytes or mtime > fresh_after:
                     break
                 if self._evict(path):
                     freed += size

@@ -98,7 +98,7 @@ def test_another_host_reads_the_object_into_its_own_cache(
 def test_the_cache_keeps_under_its_bound_evicting_the_least_recently_used_but_not_a_held_file(
     tmp_path: Path,
 ) -> None:
-    cache = LocalCache(tmp_path / "cache", max_bytes=2500)
+    cache = LocalCache(tmp_path / "cache", max_bytes=2500, min_age_s=0)
     keys = [f"downloads/{index}.wav" for index in range(4)]
 
     def filler(fill_byte: bytes) -> Callable[[Path], None]:
@@ -117,6 +117,8 @@ def test_the_cache_keeps_under_its_bound_evicting_the_least_recently_used_but_no
     with cache.held(keys[3], filler(b"3")):
         pass
     assert cache.size_bytes() <= 2500
+    recent = LocalCache(tmp_path / "cache", max_bytes=0)  # files used lately are kept
+    assert recent.trim() == 0 and cache.path_for(keys[3]).exists()
     assert not cache.path_for(keys[0]).exists() and cache.path_for(keys[3]).exists()
 
 
