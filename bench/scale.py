@@ -39,7 +39,7 @@ from tests.support.s3_server import moto_s3, s3_env
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 GROUPS_PER_HOST = 3
-IDLE_S = 6.0
+IDLE_S = 15.0
 STAGE_JOBS_PER_TRACK = 3
 
 
