@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from procrastinate import App, Blueprint, PsycopgConnector
 
+from soundforge.redact import install_log_redaction
 from soundforge.settings import Settings, load_settings
 
 
@@ -29,6 +30,7 @@ def _bind_blueprint(app: App, blueprint: Blueprint) -> None:
 
 def build_app(settings: Settings | None = None) -> App:
     settings = settings or load_settings()
+    install_log_redaction()  # any worker (`procrastinate worker` too) logs URLs masked
     from tasks import blueprint
 
     procrastinate_app = App(

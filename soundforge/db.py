@@ -13,6 +13,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from soundforge.errors import ConfigError, DatabaseUnavailableError
+from soundforge.redact import mask_database_text, mask_url
 
 APPLICATION_NAME = "soundforge"
 
@@ -34,20 +35,26 @@ def describe_dsn(conninfo: str) -> str:
 def _unavailable(conninfo: str, error: Exception) -> DatabaseUnavailableError:
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     reason = " ".join(lines) if lines else type(error).__name__
-    password = conninfo_to_dict(conninfo).get("password")
-    if password:
-        reason = reason.replace(str(password), "***")
     return DatabaseUnavailableError(
-        f"cannot connect to PostgreSQL at {describe_dsn(conninfo)}: {reason}"
+        f"cannot connect to PostgreSQL at {describe_dsn(conninfo)}: "
+        + mask_database_text(conninfo, reason)
     )
 
 
 def connect(conninfo: str, *, autocommit: bool = False, **kwargs: Any) -> psycopg.Connection[Any]:
     """One connection with dict rows; `DatabaseUnavailableError` when it cannot be had."""
     try:
-        conninfo_to_dict(conninfo)
+        host = str(conninfo_to_dict(conninfo).get("host") or "")
     except psycopg.ProgrammingError as error:
-        raise ConfigError(f"DATABASE_URL is not a valid connection string: {error}") from None
+        raise ConfigError(
+            "DATABASE_URL is not a valid connection string: "
+            + mask_database_text(conninfo, str(error))
+        ) from None
+    if "@" in host:  # an unescaped '@' in the password: libpq took part of it for the host
+        raise ConfigError(
+            f"DATABASE_URL is not a valid connection string ({mask_url(conninfo)}): "
+            "percent-encode special characters in the password ('@' as %40)"
+        )
     try:
         return psycopg.connect(
             conninfo,

@@ -116,7 +116,9 @@ class PipelineProcesses:
         self.log_path = log_path
         self.environment = {**os.environ, **CHILD_SETTINGS,
                             "DATABASE_URL": config.database_url,
-                            "SOUNDFORGE_STORAGE_PATH": str(config.storage_path)}  # fmt: skip
+                            "SOUNDFORGE_STORAGE_PATH": str(config.storage_path),
+                            "SOUNDFORGE_IMPORT_ROOTS": ",".join(
+                                str(root) for root in config.import_root_paths)}  # fmt: skip
         self.environment.pop("SOUNDFORGE_DATABASE_URL", None)
         self.processes: list[subprocess.Popen[bytes]] = []
         self._log_file: IO[bytes] | None = None

@@ -58,6 +58,15 @@ class SourceError(PermanentError):
     """A source (path, URL, Spotify link) is malformed, unsupported or does not exist."""
 
 
+class DestinationRefusedError(SourceError):
+    """The destination policy refuses an address (loopback, private, metadata...): permanent;
+    the message names the rule and never quotes a reply."""
+
+
+class ImportRootError(SourceError):
+    """A local source lies outside every folder in `SOUNDFORGE_IMPORT_ROOTS`."""
+
+
 class InvalidIdError(PermanentError):
     """A track or job id given by a user is not a UUID."""
 

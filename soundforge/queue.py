@@ -18,6 +18,7 @@ from psycopg.types.json import Jsonb
 
 from soundforge.models import JOB_MODELS, Job, Stage
 from soundforge.queries import query
+from soundforge.redact import mask_url
 
 Connection = psycopg.Connection[Any]
 MAINTENANCE_QUEUE = "maintenance"
@@ -70,7 +71,8 @@ def queued_job_params(
     options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Parameters of the statements that create a stage's row with its queue job: a new row
-    id, the stage's queue, task and queueing lock, and the task's arguments (with the row id)."""
+    id, the stage's queue, task and queueing lock, and the task's arguments (with the row id).
+    A download's `source` is stored masked for display; `fetch_source` keeps the full one."""
     job_id = uuid.uuid4()
     return {
         "id": job_id,
@@ -79,7 +81,8 @@ def queued_job_params(
         "task_name": stage.task_name,
         "queueing_lock": queueing_lock(stage, track_id),
         "args": Jsonb({"track_id": str(track_id), "job_id": str(job_id), **args}),
-        "source": source,
+        "source": mask_url(source) if source is not None else None,
+        "fetch_source": source,
         "model": model or "htdemucs",
         "options": Jsonb(options or {}),
     }

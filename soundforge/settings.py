@@ -16,6 +16,7 @@ from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_vali
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from soundforge.errors import ConfigError
+from soundforge.source_policy import parse_networks
 
 DEFAULT_ENV_FILE = Path("/etc/soundforge/soundforge.env")
 ENV_PREFIX = "SOUNDFORGE_"
@@ -108,6 +109,11 @@ class Settings(BaseSettings):
     read_timeout_s: float = Field(default=30.0, gt=0)
     max_redirects: int = Field(default=5, ge=0)
     duration_tolerance_s: float = Field(default=5.0, ge=0)
+    allowed_networks: str = ""
+    """Comma-separated CIDRs that outgoing connections may reach although the destination
+    policy refuses their kind (loopback, private, link-local...): a LAN NAS, tests' servers."""
+    import_roots: str | None = None
+    """Comma-separated folders local sources may come from; default `<storage_path>/imports`."""
 
     # Supervisor.
     download_processes: int = Field(default=1, ge=0)
@@ -143,6 +149,29 @@ class Settings(BaseSettings):
         if value and not value.startswith(("file://", "s3://")):
             raise ValueError("must be file:///path or s3://bucket[/prefix]")
         return value or None
+
+    @field_validator("allowed_networks")
+    @classmethod
+    def _allowed_networks_are_cidrs(cls, value: str) -> str:
+        parse_networks(value)  # ValueError names the bad entry
+        return value
+
+    @field_validator("import_roots")
+    @classmethod
+    def _import_roots_are_absolute(cls, value: str | None) -> str | None:
+        if value is not None:
+            relative = [part for part in value.split(",") if part.strip()
+                        and not Path(part.strip()).is_absolute()]  # fmt: skip
+            if relative:
+                raise ValueError(f"{relative[0].strip()!r} is not an absolute folder")
+        return value
+
+    @property
+    def import_root_paths(self) -> tuple[Path, ...]:
+        """The import roots as paths (the default when the setting is not given)."""
+        if self.import_roots is None:
+            return (self.storage_path / "imports",)
+        return tuple(Path(part.strip()) for part in self.import_roots.split(",") if part.strip())
 
     @field_validator("database_url")
     @classmethod

@@ -34,6 +34,7 @@ from soundforge.errors import (
     TransientError,
 )
 from soundforge.models import Job, Stage
+from soundforge.redact import mask_text
 from soundforge.runtime import Runtime, get_runtime
 from soundforge.settings import Settings
 from soundforge.status import is_terminal
@@ -101,12 +102,12 @@ class TimeLimit:
 
 
 def describe(error: BaseException) -> str:
-    """A readable one-line error for a job row."""
+    """A readable one-line error for a job row, secrets masked (it is shown to every reader)."""
     if isinstance(error, SoundForgeError):
         text = str(error)
     else:
         text = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
-    return " ".join(text.split())[:2000]
+    return mask_text(" ".join(text.split()))[:2000]
 
 
 class ProgressWriter:

@@ -26,6 +26,7 @@ from soundforge.models import (
     Track,
 )
 from soundforge.queries import query
+from soundforge.redact import MASK
 from soundforge.status import Status, is_terminal
 from soundforge.storage import stems_relpath
 
@@ -158,7 +159,7 @@ def download_metadata(conn: Connection, track: Track, job: DownloadJob) -> Track
     """Rebuild what the sources engine needs to fetch a track's audio from its rows."""
     from soundforge.sources import TrackMetadata
 
-    origin = job.source
+    origin = fetch_source(conn, job)
     if origin is None:
         previous = conn.execute(
             query("newest_download_source"), {"track_id": track.id}
@@ -173,6 +174,16 @@ def download_metadata(conn: Connection, track: Track, job: DownloadJob) -> Track
         album_art_url=track.album_art_url, duration=track.duration,
         spotify_id=track.spotify_id, spotify_url=track.spotify_url, origin=origin,
     )  # fmt: skip
+
+
+def fetch_source(conn: Connection, job: Job) -> str | None:
+    """The source a download fetches: its row shows it masked; the credential it needs, when
+    masking changed it, is read from `download_credentials` (not visible to any view)."""
+    shown: str | None = getattr(job, "source", None)
+    if shown is None or MASK not in shown:
+        return shown
+    row = conn.execute(query("download_fetch_source"), {"id": job.id}).fetchone()
+    return str(row["source"]) if row and row["source"] is not None else shown
 
 
 def begin_stage(
@@ -359,7 +370,7 @@ def retry_job(conn: Connection, job_id: uuid.UUID | str, options: PipelineOption
         elif stage is Stage.SEPARATE:
             args = {"model": model or options.model}
         new = queue.create_queued_job(
-            conn, stage, old.track_id, args, source=getattr(old, "source", None),
+            conn, stage, old.track_id, args, source=fetch_source(conn, old),
             model=model, options=getattr(old, "options", None),
         )  # fmt: skip
         if new is None:

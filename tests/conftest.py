@@ -16,6 +16,7 @@ from psycopg import sql
 from soundforge.db import connect
 from soundforge.migrations import migrate
 from soundforge.storage import Storage
+from tests.support.loopback_http import LOOPBACK_NETWORKS
 from tests.support.pipeline import ServiceProcesses
 
 ADMIN_URL = os.environ.get(
@@ -94,6 +95,8 @@ def cli_env(database_url: str, tmp_path: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SOUNDFORGE_")}
     env["DATABASE_URL"] = database_url
     env["SOUNDFORGE_STORAGE_PATH"] = str(tmp_path / "store")
+    env["SOUNDFORGE_ALLOWED_NETWORKS"] = LOOPBACK_NETWORKS  # the tests' loopback servers
+    env["SOUNDFORGE_IMPORT_ROOTS"] = str(tmp_path)  # local sources: the test's own files
     return env
 
 

@@ -264,13 +264,34 @@ def test_readonly_role_selects_every_inspection_view(deployment: Deployment) -> 
     assert row == {"download_status": "queued"}
 
 
+def test_readonly_role_sees_no_download_credential(deployment: Deployment) -> None:
+    """A URL's password and signature stay in download_credentials, which the application
+    role reads to fetch and no view (so not the read-only role) shows."""
+    secret_url = "http://carol:R0-PASSWORD@203.0.113.9/a.flac?sig=R0-SIGNATURE"
+    with connect_as(deployment, deployment.app_role) as writer:
+        track = music.create_track(writer, music.TrackFields(title="Signed"))
+        job = queue.create_queued_job(writer, Stage.DOWNLOAD, track.id, {}, source=secret_url)
+        assert job is not None
+        kept = writer.execute(
+            "SELECT source FROM download_credentials WHERE download_job_id = %s", (job.id,)
+        ).fetchone()
+    assert kept == {"source": secret_url}
+    with connect_as(deployment, deployment.readonly_role) as reader:
+        for view in sorted(v for v in public_relations(deployment, ("v",))
+                           if v.startswith("soundforge_")):  # fmt: skip
+            rows = reader.execute(sql.SQL("SELECT * FROM {}").format(sql.Identifier(view)))
+            assert "R0-" not in repr(rows.fetchall()), view
+        reader.execute("SET default_transaction_read_only = off")
+        assert_denied(reader, "SELECT * FROM download_credentials")
+
+
 def test_readonly_role_cannot_write_or_read_any_table(deployment: Deployment) -> None:
     """Denied by the grants themselves: the session first turns off the read-only default it
     starts with, which any role may do."""
     tables = public_relations(deployment, ("r",))
     sequences = public_relations(deployment, ("S",))
     views = public_relations(deployment, ("v",))
-    assert {"tracks", "download_jobs", "procrastinate_jobs"} <= set(tables)
+    assert {"tracks", "download_jobs", "download_credentials", "procrastinate_jobs"} <= set(tables)
     with connect_as(deployment, deployment.readonly_role) as conn:
         starts = conn.execute("SHOW default_transaction_read_only").fetchone()
         assert starts == {"default_transaction_read_only": "on"}

@@ -232,3 +232,5 @@ def test_sysusers_and_tmpfiles_snippets_create_the_user_and_private_directories(
         info = (tmp_path / relative).stat()
         assert (info.st_uid, info.st_gid) == (owner, group), relative
         assert stat.S_IMODE(info.st_mode) == 0o750, relative
+    imports = (tmp_path / "var/lib/soundforge/imports").stat()  # the default import root
+    assert (imports.st_uid, imports.st_gid, stat.S_IMODE(imports.st_mode)) == (uid, gid, 0o2770)

@@ -122,6 +122,7 @@ EXPECTED_FOREIGN_KEYS = {
     ("stems", "track_id", "tracks"),
     ("analysis_results", "track_id", "tracks"),
     ("analysis_results", "analysis_job_id", "analysis_jobs"),
+    ("download_credentials", "download_job_id", "download_jobs"),  # 010: secrets apart
 }
 
 

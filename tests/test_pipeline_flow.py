@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from soundforge.engines import AnalysisOutcome, Engines, default_engines
 from soundforge.errors import ProgressCallback
 from soundforge.models import DownloadJob, Stage
 from soundforge.settings import Settings
+from soundforge.sources import TrackMetadata
 from soundforge.storage import Storage
 from tests.audio_synth import write_test_song
 from tests.support.loopback_http import loopback_server
@@ -46,6 +48,11 @@ def _import(conn: psycopg.Connection[Any], engines: Engines, source: str,
             **options: Any) -> workflow.ImportedTrack:  # fmt: skip
     [metadata] = engines.expand(source)
     return workflow.import_track(conn, metadata, workflow.PipelineOptions(**options))
+
+
+def _plain(source: str) -> TrackMetadata:
+    return TrackMetadata(title="queued by hand", artist=None, album=None, album_art_url=None,
+                         duration=None, spotify_id=None, spotify_url=None, origin=source)
 
 
 def _finished_row(conn: psycopg.Connection[Any], track_id: uuid.UUID) -> dict[str, Any] | None:
@@ -103,6 +110,34 @@ def test_bad_input_fails_the_download_at_once_with_a_readable_error(
     assert download.attempts == 1  # permanent: no retry
     assert row["separate_status"] is None and row["analyze_status"] is None
     assert list((tmp_path / "store" / "downloads").glob("*")) == []
+
+
+def test_a_refused_destination_fails_the_download_at_once_naming_the_rule(
+    conn: psycopg.Connection[Any], database_url: str, tmp_path: Path, song: Path
+) -> None:
+    """An octal IP, the metadata address and a redirect to loopback: each a permanent
+    failure on the first attempt (no retry), the server never asked."""
+    settings = _settings(database_url, tmp_path, download_attempts=3, allowed_networks="")
+    with loopback_server() as server:
+        port = server.base_url.rsplit(":", 1)[1]
+        server.serve_bytes("/song.wav", song.read_bytes(), "audio/wav")
+        sources = {
+            f"http://0177.0.0.1:{port}/song.wav": "non-canonical IPv4",
+            "http://169.254.169.254/latest/meta-data/": "cloud metadata",
+            f"http://[::ffff:127.0.0.1]:{port}/song.wav": "loopback (IPv4-mapped",
+        }
+        with running_worker(settings):
+            # Queued as SQL or `procrastinate defer` would: nothing checked before the worker.
+            track_ids = [workflow.import_track(conn, _plain(source), workflow.PipelineOptions())
+                         .track.id for source in sources]  # fmt: skip
+            rows = [wait_for(partial(_finished_row, conn, track_id), message="failure")
+                    for track_id in track_ids]  # fmt: skip
+        assert server.requests == []
+    for row, (source, rule) in zip(rows, sources.items(), strict=True):
+        assert row["download_status"] == "failed", source
+        assert "destination refused" in row["download_error"] and rule in row["download_error"]
+        [download] = jobs.list_jobs_for_track(conn, Stage.DOWNLOAD, row["track_id"])
+        assert download.attempts == 1, source  # permanent: no retry
 
 
 def test_a_transient_download_error_is_retried_then_completes(

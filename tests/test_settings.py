@@ -50,3 +50,29 @@ def test_a_missing_named_env_file_is_an_error(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv("SOUNDFORGE_ENV_FILE", "/nonexistent/soundforge.env")
     with pytest.raises(ConfigError, match="no such file"):
         load_settings()
+
+
+def test_allowed_networks_and_import_roots_are_checked_and_defaulted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from soundforge.sources import SourceConfig
+
+    monkeypatch.setenv("SOUNDFORGE_STORAGE_PATH", "/srv/sf")
+    defaults = SourceConfig.from_settings(load_settings())
+    assert defaults.destinations.allowed_networks == ()
+    assert defaults.import_roots.roots == (Path("/srv/sf/imports"),)
+
+    monkeypatch.setenv("SOUNDFORGE_ALLOWED_NETWORKS", "192.168.1.20/32, 10.8.0.0/16")
+    monkeypatch.setenv("SOUNDFORGE_IMPORT_ROOTS", "/srv/music,/mnt/nas")
+    configured = SourceConfig.from_settings(load_settings())
+    assert [str(n) for n in configured.destinations.allowed_networks] == [
+        "192.168.1.20/32", "10.8.0.0/16"]  # fmt: skip
+    assert configured.import_roots.roots == (Path("/srv/music"), Path("/mnt/nas"))
+
+    monkeypatch.setenv("SOUNDFORGE_ALLOWED_NETWORKS", "192.168.1.0/24,lan")
+    with pytest.raises(ConfigError, match=r"SOUNDFORGE_ALLOWED_NETWORKS.*'lan' is not a CIDR"):
+        load_settings()
+    monkeypatch.delenv("SOUNDFORGE_ALLOWED_NETWORKS")
+    monkeypatch.setenv("SOUNDFORGE_IMPORT_ROOTS", "music")
+    with pytest.raises(ConfigError, match=r"SOUNDFORGE_IMPORT_ROOTS.*not an absolute folder"):
+        load_settings()

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from soundforge.errors import FfmpegMissingError, SourceError
+from soundforge.source_policy import ImportRoots
 from soundforge.sources import (
     NoMatchError,
     NotAudioError,
@@ -46,12 +47,17 @@ def stored_files(storage: Storage) -> list[str]:
 # -- local files ------------------------------------------------------------------------------
 
 
+def local_config(import_root: Path) -> SourceConfig:
+    """Local sources allowed from the test's own folder only."""
+    return SourceConfig(import_roots=ImportRoots((import_root,)))
+
+
 def test_local_file_is_stored_as_a_copy_and_the_source_is_kept(
     tmp_path: Path, storage: Storage
 ) -> None:
     source_file = tmp_path / "Some Artist - Song.flac"
     source_file.write_bytes(tone_bytes(2.0, "flac"))
-    config = SourceConfig()
+    config = local_config(tmp_path)
     (metadata,) = expand_source(parse_source(str(source_file)), config)
     assert metadata.title == "Some Artist - Song"
     assert metadata.origin == str(source_file)
@@ -66,14 +72,14 @@ def test_local_file_is_stored_as_a_copy_and_the_source_is_kept(
 def test_local_file_on_the_same_filesystem_is_hard_linked(tmp_path: Path, storage: Storage) -> None:
     source_file = tmp_path / "song.wav"
     source_file.write_bytes(tone_bytes(1.0, "wav"))
-    metadata = expand_source(parse_source(f"file://{source_file}"), SourceConfig())[0]
-    stored = fetch_audio(metadata, storage, TRACK_ID, SourceConfig())
+    metadata = expand_source(parse_source(f"file://{source_file}"), local_config(tmp_path))[0]
+    stored = fetch_audio(metadata, storage, TRACK_ID, local_config(tmp_path))
     assert os.path.samefile(source_file, storage.resolve(stored.relative_path))
 
 
 def test_missing_local_file_is_not_found(tmp_path: Path) -> None:
     with pytest.raises(SourceNotFoundError, match="no such file"):
-        expand_source(parse_source(str(tmp_path / "nope.mp3")), SourceConfig())
+        expand_source(parse_source(str(tmp_path / "nope.mp3")), local_config(tmp_path))
 
 
 def test_local_non_audio_is_refused_and_the_source_is_untouched(
@@ -82,9 +88,9 @@ def test_local_non_audio_is_refused_and_the_source_is_untouched(
     source_file = tmp_path / "notes.mp3"
     source_file.write_bytes(b"just some text, not audio\n" * 100)
     source_file.chmod(stat.S_IRUSR)
-    (metadata,) = expand_source(parse_source(str(source_file)), SourceConfig())
+    (metadata,) = expand_source(parse_source(str(source_file)), local_config(tmp_path))
     with pytest.raises(NotAudioError, match=f"{source_file}: no known audio signature"):
-        fetch_audio(metadata, storage, TRACK_ID, SourceConfig())
+        fetch_audio(metadata, storage, TRACK_ID, local_config(tmp_path))
     assert source_file.exists() and source_file.stat().st_size == 2600
     assert stored_files(storage) == []
 

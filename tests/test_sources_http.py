@@ -29,7 +29,7 @@ from soundforge.sources import (
 from soundforge.sources.http_download import download_http
 from soundforge.storage import Storage
 from tests.support.audio import tone_bytes
-from tests.support.loopback_http import LoopbackServer
+from tests.support.loopback_http import LOOPBACK_POLICY, LoopbackServer
 
 TRACK_ID = uuid.UUID("00000000-0000-4000-8000-000000000001")
 
@@ -52,7 +52,8 @@ def storage(tmp_path: Path) -> Storage:
 
 def config(**overrides: Any) -> SourceConfig:
     values: dict[str, Any] = {"connect_timeout_s": 2.0, "read_timeout_s": 5.0,
-                              "max_redirects": 3, "resume_attempts": 2}  # fmt: skip
+                              "max_redirects": 3, "resume_attempts": 2,
+                              "destinations": LOOPBACK_POLICY}  # fmt: skip
     values.update(overrides)
     return SourceConfig(**values)
 

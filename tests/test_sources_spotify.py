@@ -23,6 +23,7 @@ from soundforge.sources import (
     parse_source,
 )
 from tests.support.fake_spotify import FakeSpotify
+from tests.support.loopback_http import LOOPBACK_POLICY
 
 
 class FakeClock:
@@ -183,7 +184,7 @@ def test_spotify_link_without_network_says_so() -> None:
     config = SourceConfig(
         spotify_client_id="id", spotify_client_secret="secret",
         spotify_api_url=f"{dead}/v1", spotify_auth_url=f"{dead}/api/token",
-        connect_timeout_s=1.0, read_timeout_s=1.0,
+        connect_timeout_s=1.0, read_timeout_s=1.0, destinations=LOOPBACK_POLICY,
     )  # fmt: skip
     with pytest.raises(SpotifyUnavailableError, match="no network connection") as caught:
         SpotifyClient(config).track("4cOdK2wGLETKBW3PvgPWqT")

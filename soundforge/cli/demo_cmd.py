@@ -52,8 +52,11 @@ def run_demo(args: argparse.Namespace) -> int:
         applied = migrate(database_url)
         print(f"database: {len(applied)} migration(s) applied" if applied
               else "database: schema up to date")  # fmt: skip
+        # The song is the one file this command was given (or made): its folder is the
+        # import root; the demo's jobs run in this process, as this user.
         config = load_settings(database_url=database_url,
-                               storage_path=demo.storage_path(config, demo_dir))  # fmt: skip
+                               storage_path=demo.storage_path(config, demo_dir),
+                               import_roots=str(song.resolve().parent))  # fmt: skip
         return _run_pipeline(args, config, demo_dir, song)
 
 

@@ -10,6 +10,7 @@ import sys
 from collections.abc import Sequence
 
 from soundforge.errors import SoundForgeError
+from soundforge.redact import install_log_redaction, mask_text
 
 # Each module defines `register(subparsers)`, which adds its sub-commands and sets `handler`
 # (a callable taking the parsed namespace and returning an exit code) on each.
@@ -43,10 +44,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    install_log_redaction()
     try:
         return int(args.handler(args))
     except SoundForgeError as error:
-        print(f"soundforge: error: {error}", file=sys.stderr)
+        print(f"soundforge: error: {mask_text(str(error))}", file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt:
         print("soundforge: interrupted", file=sys.stderr)

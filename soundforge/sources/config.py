@@ -8,6 +8,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
+from soundforge.source_policy import DestinationPolicy, ImportRoots
+
 if TYPE_CHECKING:
     from soundforge.settings import Settings
 
@@ -37,6 +39,10 @@ class SourceConfig:
     """A longer `Retry-After` is not slept through: the job is retried later by the queue."""
     spotdl_timeout_s: float = 900.0
     """How long one `spotdl download` may run."""
+    destinations: DestinationPolicy = field(default_factory=DestinationPolicy)
+    """Where downloads, resolvers and the Spotify client may connect (one policy for all)."""
+    import_roots: ImportRoots = field(default_factory=ImportRoots)
+    """The folders local sources may come from; the default allows none."""
     sleep: Callable[[float], None] = field(default=time.sleep, repr=False, compare=False)
     clock: Callable[[], float] = field(default=time.monotonic, repr=False, compare=False)
 
@@ -54,6 +60,8 @@ class SourceConfig:
             read_timeout_s=settings.read_timeout_s,
             max_redirects=settings.max_redirects,
             duration_tolerance_s=settings.duration_tolerance_s,
+            destinations=DestinationPolicy.allowing(settings.allowed_networks),
+            import_roots=ImportRoots(settings.import_root_paths),
         )
 
     @property

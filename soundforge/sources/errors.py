@@ -3,7 +3,13 @@ fail the job now) or `TransientError` (network trouble: let the queue retry)."""
 
 from __future__ import annotations
 
-from soundforge.errors import AudioError, SourceError, TransientError
+from soundforge.errors import (  # noqa: F401 (re-exported with the other source errors)
+    AudioError,
+    DestinationRefusedError,
+    ImportRootError,
+    SourceError,
+    TransientError,
+)
 
 
 class UnsupportedSourceError(SourceError):

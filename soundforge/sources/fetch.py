@@ -13,8 +13,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 
-from soundforge.errors import ProgressCallback, SourceError
+from soundforge.errors import ImportRootError, ProgressCallback, SourceError
 from soundforge.file_store import FileStore
+from soundforge.redact import mask_url
 from soundforge.sources import spotdl_resolver, ytdlp_resolver
 from soundforge.sources.config import SourceConfig
 from soundforge.sources.errors import SourceNotFoundError
@@ -43,9 +44,10 @@ def expand_source(
     """The tracks a source stands for: one for a file, a URL or a Spotify track; one per entry
     for a Spotify album or playlist. Spotify needs credentials and the network."""
     if isinstance(source, LocalFileSource):
-        _check_local_file(source.path)
+        _check_local_file(source.path, config)
         return [_plain_metadata(source.path.stem or source.path.name, str(source.path))]
     if isinstance(source, HttpSource):
+        config.destinations.check_url(source.url)  # a literal refused address fails at `add`
         return [_plain_metadata(_title_from_url(source.url), source.url)]
     client = spotify or spotify_client(config)
     tracks = client.expand(source)
@@ -70,11 +72,11 @@ def fetch_audio(
     log_extra = {"track_id": str(track_id)}
     with _staging(storage, track_id) as staging:
         if isinstance(source, LocalFileSource):
-            _check_local_file(source.path)
-            produced, label = _link_or_copy(source.path, staging), str(source.path)
+            resolved = _check_local_file(source.path, config)
+            produced, label = _link_or_copy(resolved, staging), str(source.path)
         elif isinstance(source, HttpSource):
             download_http(source.url, staging, config, byte_progress)
-            produced, label = staging, source.url
+            produced, label = staging, mask_url(source.url)
         else:
             produced = _resolve_spotify(
                 source, metadata, staging,
@@ -137,24 +139,32 @@ def _staging(storage: FileStore, track_id: uuid.UUID | str) -> Iterator[Path]:
 
 
 def _link_or_copy(source: Path, destination: Path) -> Path:
-    """Hard-link when on the same filesystem, else copy; the source is never moved."""
+    """Hard-link when on the same filesystem, else copy; the source is never moved. Neither
+    follows a symlink: one swapped in since the import-root check is refused, not read."""
     try:
-        os.link(source, destination)
+        os.link(source, destination, follow_symlinks=False)
     except OSError:
         try:
-            shutil.copyfile(source, destination)
+            shutil.copyfile(source, destination, follow_symlinks=False)
         except OSError as error:
             raise SourceError(f"{source}: cannot read ({error.strerror})") from None
+    if destination.is_symlink():
+        destination.unlink()
+        raise ImportRootError(f"{source}: became a symbolic link while it was imported")
     return destination
 
 
-def _check_local_file(path: Path) -> None:
+def _check_local_file(path: Path, config: SourceConfig) -> Path:
+    """The file a local source names, symlinks and `..` resolved, once it is known to lie
+    under an import root and to be a readable regular file."""
+    path = config.import_roots.check(path)
     if not path.exists():
         raise SourceNotFoundError(f"{path}: no such file")
     if not path.is_file():
         raise SourceError(f"{path}: not a regular file")
     if not os.access(path, os.R_OK):
         raise SourceError(f"{path}: not readable (permission denied)")
+    return path
 
 
 def _plain_metadata(title: str, origin: str) -> TrackMetadata:

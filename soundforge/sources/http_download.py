@@ -6,12 +6,18 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable
+import urllib.parse
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from functools import partial
+from http import HTTPStatus
 from pathlib import Path
 from typing import BinaryIO
 
 import httpx
 
+from soundforge.errors import DestinationRefusedError
+from soundforge.redact import mask_text, mask_url
 from soundforge.sources.config import SourceConfig
 from soundforge.sources.errors import (
     DownloadError,
@@ -20,6 +26,7 @@ from soundforge.sources.errors import (
     NotAudioError,
     SourceNotFoundError,
 )
+from soundforge.sources.pinned_http import policy_client
 from soundforge.sources.validate import SNIFF_BYTES, describe_non_audio, sniff_extension
 
 logger = logging.getLogger(__name__)
@@ -29,6 +36,7 @@ ByteProgress = Callable[[int, int | None], None]
 
 USER_AGENT = "SoundForge/0.1 (+https://github.com/soundforge)"
 CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 RETRYABLE_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 
 
@@ -41,17 +49,21 @@ class _DroppedError(Exception):
 
 
 def build_client(config: SourceConfig) -> httpx.Client:
-    """An httpx client with the configured timeouts and redirect limit."""
+    """An httpx client with the configured timeouts and redirect limit, whose every connection
+    (each redirect hop and resumed request too) passes the destination policy."""
     timeout = httpx.Timeout(
         connect=config.connect_timeout_s,
         read=config.read_timeout_s,
         write=config.read_timeout_s,
         pool=config.connect_timeout_s,
     )
-    return httpx.Client(
+    return policy_client(
+        config.destinations,
         timeout=timeout,
-        follow_redirects=True,
-        max_redirects=config.max_redirects,
+        follow_redirects=False,  # `_follow` does it, checking every hop with the policy
+        # httpx parses a Location header before handing back the response: check it first, so
+        # an odd host form is the policy's refusal, not a parse error taken for a dropped link.
+        event_hooks={"response": [partial(_check_location, config)]},
         headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
     )
 
@@ -88,6 +100,7 @@ def _download(
     config: SourceConfig,
     progress: ByteProgress | None,
 ) -> int:
+    shown = mask_url(url)  # every message and log line names the URL masked
     written = 0
     total: int | None = None
     validator: str | None = None  # ETag or Last-Modified, sent as If-Range when resuming
@@ -99,12 +112,12 @@ def _download(
             if validator:
                 headers["If-Range"] = validator
         try:
-            with http.stream("GET", url, headers=headers) as response:
-                _check_status(response, url)
+            with _follow(http, url, headers, config) as response:
+                _check_status(response, shown)
                 if written and response.status_code == 206:
-                    _check_resumed_range(response, written, url)
+                    _check_resumed_range(response, written, shown)
                 elif written:
-                    logger.info("%s: server ignored Range, restarting from byte 0", url)
+                    logger.info("%s: server ignored Range, restarting from byte 0", shown)
                     output.seek(0)
                     output.truncate()
                     written = 0
@@ -112,10 +125,10 @@ def _download(
                     total = _content_length(response)
                     validator = _range_validator(response)
                     if total is not None and total > config.max_download_bytes:
-                        raise _too_large(url, config, total)
+                        raise _too_large(shown, config, total)
                 written = _copy_body(
                     response, output,
-                    written=written, total=total, url=url, config=config, progress=progress,
+                    written=written, total=total, shown=shown, config=config, progress=progress,
                 )  # fmt: skip
             if total is not None and written < total:
                 raise _DroppedError(f"connection closed after {written} of {total} bytes")
@@ -124,39 +137,77 @@ def _download(
             reason = f"timed out after {config.read_timeout_s:g} s without data ({error})"
         except httpx.ConnectTimeout:
             raise DownloadNetworkError(
-                f"{url}: connection timed out after {config.connect_timeout_s:g} s"
+                f"{shown}: connection timed out after {config.connect_timeout_s:g} s"
             ) from None
         except httpx.ConnectError as error:
-            raise DownloadNetworkError(f"{url}: cannot connect ({error})") from None
-        except httpx.TooManyRedirects:
+            raise DownloadNetworkError(f"{shown}: cannot connect ({error})") from None
+        except _TooManyRedirectsError:
             raise DownloadError(
-                f"{url}: more than {config.max_redirects} redirects (SOUNDFORGE_MAX_REDIRECTS)"
+                f"{shown}: more than {config.max_redirects} redirects (SOUNDFORGE_MAX_REDIRECTS)"
             ) from None
         except (httpx.RemoteProtocolError, httpx.ReadError) as error:
             reason = f"connection dropped after {written} bytes ({error})"
         except _DroppedError as dropped:
             reason = dropped.reason
+        except DestinationRefusedError as error:  # this URL or a redirect hop
+            raise DestinationRefusedError(f"{shown}: {error}") from None
         except httpx.HTTPError as error:  # e.g. an invalid redirect target
-            raise DownloadError(f"{url}: {error}") from None
+            raise DownloadError(f"{shown}: {mask_text(str(error))}") from None
         written = output.tell()  # what reached the file before the failure
         failures += 1
         if failures > config.resume_attempts:
             raise DownloadNetworkError(
-                f"{url}: {reason}; gave up after {config.resume_attempts} resume attempts"
+                f"{shown}: {reason}; gave up after {config.resume_attempts} resume attempts"
             )
-        logger.warning("%s: %s; resuming at byte %d (attempt %d)", url, reason, written, failures)
+        logger.warning("%s: %s; resuming at byte %d (attempt %d)", shown, reason, written, failures)
 
 
-def _check_status(response: httpx.Response, url: str) -> None:
+class _TooManyRedirectsError(Exception):
+    """More redirects than `max_redirects`."""
+
+
+@contextmanager
+def _follow(
+    http: httpx.Client, url: str, headers: dict[str, str], config: SourceConfig
+) -> Iterator[httpx.Response]:
+    """GET `url`, following redirects one hop at a time: each target is checked by the
+    destination policy (its form here, its address when the connection is made) before any
+    request goes there. The final response is streamed."""
+    current = url
+    for _hop in range(config.max_redirects + 1):
+        config.destinations.check_url(current)
+        with http.stream("GET", current, headers=headers) as response:
+            location = response.headers.get("location")
+            if response.status_code not in REDIRECT_STATUSES or not location:
+                yield response
+                return
+        current = urllib.parse.urljoin(current, location)
+    raise _TooManyRedirectsError
+
+
+def _check_location(config: SourceConfig, response: httpx.Response) -> None:
+    location = response.headers.get("location")
+    if response.status_code in REDIRECT_STATUSES and location:
+        config.destinations.check_url(urllib.parse.urljoin(str(response.url), location))
+
+
+def _check_status(response: httpx.Response, shown: str) -> None:
     status = response.status_code
     if status in (200, 206):
         return
-    phrase = f"HTTP {status} {response.reason_phrase}".strip()
+    phrase = f"HTTP {status} {_standard_phrase(status)}".strip()  # not the server's words
     if status in (404, 410):
-        raise SourceNotFoundError(f"{url}: {phrase} (no file at this URL)")
+        raise SourceNotFoundError(f"{shown}: {phrase} (no file at this URL)")
     if status in RETRYABLE_STATUSES or status >= 500:
-        raise DownloadNetworkError(f"{url}: {phrase} (server trouble, worth a retry)")
-    raise DownloadError(f"{url}: {phrase}")
+        raise DownloadNetworkError(f"{shown}: {phrase} (server trouble, worth a retry)")
+    raise DownloadError(f"{shown}: {phrase}")
+
+
+def _standard_phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return ""
 
 
 def _range_validator(response: httpx.Response) -> str | None:
@@ -173,19 +224,19 @@ def _content_length(response: httpx.Response) -> int | None:
     return int(value) if value and value.isdigit() else None
 
 
-def _check_resumed_range(response: httpx.Response, written: int, url: str) -> None:
+def _check_resumed_range(response: httpx.Response, written: int, shown: str) -> None:
     match = CONTENT_RANGE.match(response.headers.get("content-range", ""))
     if match is None or int(match[1]) != written:
         raise DownloadError(
-            f"{url}: resumed download came back with a wrong range "
-            f"({response.headers.get('content-range')!r}, wanted from byte {written})"
+            f"{shown}: resumed download came back with a wrong range "
+            f"(wanted from byte {written})"
         )
 
 
-def _too_large(url: str, config: SourceConfig, size: int | None) -> DownloadTooLargeError:
+def _too_large(shown: str, config: SourceConfig, size: int | None) -> DownloadTooLargeError:
     told = f"{size} bytes" if size is not None else "the body"
     return DownloadTooLargeError(
-        f"{url}: {told} exceeds the download limit of {config.max_download_bytes} bytes "
+        f"{shown}: {told} exceeds the download limit of {config.max_download_bytes} bytes "
         "(SOUNDFORGE_MAX_DOWNLOAD_BYTES)"
     )
 
@@ -196,7 +247,7 @@ def _copy_body(
     *,
     written: int,
     total: int | None,
-    url: str,
+    shown: str,
     config: SourceConfig,
     progress: ByteProgress | None,
 ) -> int:
@@ -204,21 +255,21 @@ def _copy_body(
     sniffing = written == 0
     for chunk in response.iter_raw():  # as it arrives: a drop keeps every byte received
         if written + len(chunk) > config.max_download_bytes:
-            raise _too_large(url, config, total)
+            raise _too_large(shown, config, total)
         if sniffing:
             head += chunk
             if len(head) >= SNIFF_BYTES:
-                _check_head(head, url)
+                _check_head(head, shown)
                 sniffing = False
         output.write(chunk)
         written += len(chunk)
         if progress is not None:
             progress(written, total)
     if sniffing and head:
-        _check_head(head, url)
+        _check_head(head, shown)
     return written
 
 
-def _check_head(head: bytes, url: str) -> None:
+def _check_head(head: bytes, shown: str) -> None:
     if sniff_extension(head) is None:
-        raise NotAudioError(f"{url}: {describe_non_audio(head)}")
+        raise NotAudioError(f"{shown}: {describe_non_audio(head)}")

@@ -30,6 +30,7 @@ from soundforge.sources.errors import (
     SpotifyUnavailableError,
 )
 from soundforge.sources.model import SpotifySource, TrackMetadata
+from soundforge.sources.pinned_http import policy_client
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +60,8 @@ class SpotifyClient:
             raise SpotifyCredentialsMissingError(NO_CREDENTIALS)
         self._config = config
         self._api_url = config.spotify_api_url.rstrip("/")
-        self._http = http or httpx.Client(
+        self._http = http or policy_client(
+            config.destinations,
             timeout=httpx.Timeout(config.read_timeout_s, connect=config.connect_timeout_s),
             headers={"Accept": "application/json"},
         )
@@ -250,8 +252,8 @@ def _retry_after_s(response: httpx.Response) -> float:
 def _error_message(response: httpx.Response) -> str:
     try:
         body = response.json()
-    except ValueError:
-        return response.text[:200] or f"HTTP {response.status_code}"
+    except ValueError:  # not Spotify's JSON: say nothing of what came back
+        return f"HTTP {response.status_code}, not a Spotify API answer"
     error = body.get("error") if isinstance(body, dict) else None
     if isinstance(error, dict):
         return str(error.get("message") or error)

@@ -60,7 +60,7 @@ def describe_non_audio(head: bytes) -> str:
         return "an XML/HTML document, not audio"
     if text.startswith((b"{", b"[")):
         return "JSON text, not audio"
-    return f"no known audio signature (first bytes {head[:8].hex(' ')}; expected {MAGIC_NAMES})"
+    return f"no known audio signature (expected {MAGIC_NAMES})"  # never the bytes themselves
 
 
 def validate_audio_file(path: Path, label: str | None = None) -> ValidatedAudio:

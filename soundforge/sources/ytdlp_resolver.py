@@ -17,6 +17,7 @@ import yt_dlp
 from yt_dlp.utils import DownloadError as YtDlpDownloadError
 
 from soundforge.errors import FfmpegMissingError
+from soundforge.redact import mask_text, mask_url
 from soundforge.sources.config import SourceConfig
 from soundforge.sources.errors import (
     DownloadTooLargeError,
@@ -26,6 +27,7 @@ from soundforge.sources.errors import (
 )
 from soundforge.sources.http_download import ByteProgress
 from soundforge.sources.model import TrackMetadata
+from soundforge.sources.policy_proxy import PolicyProxy
 
 logger = logging.getLogger(__name__)
 
@@ -103,18 +105,38 @@ def _base_options(config: SourceConfig) -> dict[str, Any]:
         "noplaylist": True,
         "retries": config.resume_attempts,
         "continuedl": True,
+        # Every transfer in this process, through the policy proxy: no external downloader
+        # (which would do its own networking), and no live streams (those need ffmpeg).
+        "external_downloader": {"default": "native"},
+        "match_filter": yt_dlp.utils.match_filter_func("!is_live"),
     }
+
+
+def _run(
+    config: SourceConfig, options: dict[str, Any], what: str,
+    call: Callable[[yt_dlp.YoutubeDL], dict[str, Any]],
+) -> dict[str, Any]:  # fmt: skip
+    """Run `call` on a YoutubeDL whose every connection goes through a `PolicyProxy`; maps
+    yt-dlp's failures to the engine's errors (a policy refusal first: it is permanent)."""
+    with PolicyProxy(config.destinations, connect_timeout_s=config.connect_timeout_s,
+                     idle_timeout_s=config.read_timeout_s) as proxy:  # fmt: skip
+        ydl_options = {**_base_options(config), **options, "proxy": proxy.url}
+        with yt_dlp.YoutubeDL(ydl_options) as ydl:
+            try:
+                return call(ydl)
+            except _TooLargeError as error:  # yt-dlp re-raises a hook's exception as it is
+                raise _too_large(what, error) from None
+            except YtDlpDownloadError as error:
+                proxy.raise_if_refused()
+                raise _map_error(error, what) from None
 
 
 def search(config: SourceConfig, query: str) -> list[Candidate]:
     """Run the search without downloading; every listed entry becomes a candidate."""
     target = search_target(config, query)
-    options = {**_base_options(config), "extract_flat": "in_playlist", "noplaylist": False}
-    with yt_dlp.YoutubeDL(options) as ydl:
-        try:
-            info = ydl.extract_info(target, download=False)
-        except YtDlpDownloadError as error:
-            raise _map_error(error, f"search {query!r}") from None
+    options = {"extract_flat": "in_playlist", "noplaylist": False}
+    info = _run(config, options, f"search {query!r}",
+                lambda ydl: ydl.extract_info(target, download=False))  # fmt: skip
     entries = info.get("entries") if info.get("_type") == "playlist" else [info]
     candidates = []
     for entry in entries or []:
@@ -154,18 +176,15 @@ def download_entry(
 ) -> Path:
     """Download one search entry's best audio to `staging_prefix.<ext>`."""
     options = {
-        **_base_options(config),
         "format": "bestaudio/best",
         "outtmpl": f"{staging_prefix}.%(ext)s",
         "max_filesize": config.max_download_bytes,
         "progress_hooks": [_progress_hook(config, progress)],
         "overwrites": True,
     }
-    with yt_dlp.YoutubeDL(options) as ydl:
-        try:
-            result = ydl.process_ie_result(dict(entry), download=True)
-        except YtDlpDownloadError as error:
-            raise _map_error(error, str(entry.get("title") or entry.get("url"))) from None
+    what = str(entry.get("title") or mask_url(str(entry.get("url"))))
+    result = _run(config, options, what,
+                  lambda ydl: ydl.process_ie_result(dict(entry), download=True))  # fmt: skip
     downloads = result.get("requested_downloads") or []
     path = Path(downloads[0]["filepath"]) if downloads and downloads[0].get("filepath") else None
     if path is None or not path.is_file():
@@ -190,14 +209,18 @@ def _progress_hook(
     return hook
 
 
+def _too_large(what: str, error: _TooLargeError) -> DownloadTooLargeError:
+    return DownloadTooLargeError(
+        f"{what}: exceeds the download limit of {error.args[0]} bytes "
+        "(SOUNDFORGE_MAX_DOWNLOAD_BYTES)"
+    )
+
+
 def _map_error(error: YtDlpDownloadError, what: str) -> Exception:
     cause = error.exc_info[1] if error.exc_info else None
-    message = str(error).removeprefix("ERROR: ")
+    message = mask_text(str(error).removeprefix("ERROR: "))
     if isinstance(cause, _TooLargeError):
-        return DownloadTooLargeError(
-            f"{what}: exceeds the download limit of {cause.args[0]} bytes "
-            "(SOUNDFORGE_MAX_DOWNLOAD_BYTES)"
-        )
+        return _too_large(what, cause)
     if "ffmpeg" in message.lower() and ("not installed" in message or "not found" in message):
         return FfmpegMissingError(f"{what}: extracting this audio stream")
     if "HTTP Error 404" in message or "HTTP Error 410" in message or "Unsupported URL" in message:

@@ -152,8 +152,9 @@ RETURNING *;
 -- name: insert_queued_download_job
 -- Create a download row and its queue job in one statement (no row when the queueing lock is
 -- held by a waiting job).
-SELECT job.* FROM soundforge_queue_download_job_v1(
-    %(id)s, %(track_id)s, %(source)s, %(queue)s, %(task_name)s, %(queueing_lock)s, %(args)s
+SELECT job.* FROM soundforge_queue_download_job_v2(
+    %(id)s, %(track_id)s, %(source)s, %(fetch_source)s, %(queue)s, %(task_name)s,
+    %(queueing_lock)s, %(args)s
 ) job
 WHERE job.id IS NOT NULL;
 
@@ -184,8 +185,9 @@ WITH track AS (
     RETURNING id, inserted_at, updated_at
 )
 SELECT track.inserted_at AS track_inserted_at, track.updated_at AS track_updated_at, job.*
-FROM track CROSS JOIN LATERAL soundforge_queue_download_job_v1(
-    %(id)s, track.id, %(source)s, %(queue)s, %(task_name)s, %(queueing_lock)s, %(args)s
+FROM track CROSS JOIN LATERAL soundforge_queue_download_job_v2(
+    %(id)s, track.id, %(source)s, %(fetch_source)s, %(queue)s, %(task_name)s,
+    %(queueing_lock)s, %(args)s
 ) job;
 
 -- name: insert_processing_job
@@ -231,9 +233,21 @@ ORDER BY insert_order DESC;
 SELECT soundforge_track_audio_v1(%(track_id)s) AS output_path;
 
 -- name: newest_download_source
--- Where a track's audio came from last time (for a download deferred by track id alone).
-SELECT source FROM download_jobs WHERE track_id = %(track_id)s AND source IS NOT NULL
-ORDER BY insert_order DESC LIMIT 1;
+-- Where a track's audio came from last time (for a download deferred by track id alone), in
+-- the form a download fetches (with the credential kept apart in download_credentials).
+SELECT coalesce(credential.source, job.source) AS source
+FROM download_jobs job
+LEFT JOIN download_credentials credential ON credential.download_job_id = job.id
+WHERE job.track_id = %(track_id)s AND job.source IS NOT NULL
+ORDER BY job.insert_order DESC LIMIT 1;
+
+-- name: download_fetch_source
+-- The source one download fetches: the credential-bearing form kept in download_credentials
+-- when masking changed it, else the row's own source.
+SELECT coalesce(credential.source, job.source) AS source
+FROM download_jobs job
+LEFT JOIN download_credentials credential ON credential.download_job_id = job.id
+WHERE job.id = %(id)s;
 
 -- name: start_job
 -- A worker takes a queued (or rescued, still active) row: active status, its queue job id and

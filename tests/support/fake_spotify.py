@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from soundforge.sources.config import SourceConfig
-from tests.support.loopback_http import LoopbackServer
+from tests.support.loopback_http import LOOPBACK_POLICY, LoopbackServer
 
 JSON = dict[str, Any]
 BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
@@ -94,6 +94,7 @@ class FakeSpotify:
             "spotify_auth_url": self.auth_url,
             "connect_timeout_s": 2.0,
             "read_timeout_s": 5.0,
+            "destinations": LOOPBACK_POLICY,
         }
         values.update(overrides)
         return SourceConfig(**values)

@@ -13,6 +13,12 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+from soundforge.source_policy import DestinationPolicy
+
+LOOPBACK_NETWORKS = "127.0.0.0/8"
+"""What tests allow (SOUNDFORGE_ALLOWED_NETWORKS) so the destination policy lets them reach
+their loopback servers; tests of the policy itself allow nothing."""
+LOOPBACK_POLICY = DestinationPolicy.allowing(LOOPBACK_NETWORKS)
 RANGE = re.compile(r"^bytes=(\d+)-$")
 Handler = Callable[["http.server.BaseHTTPRequestHandler"], None]
 LAST_MODIFIED = email.utils.formatdate(1_700_000_000, usegmt=True)
@@ -48,6 +54,10 @@ class _QuietServer(http.server.ThreadingHTTPServer):
 class LoopbackServer:
     """`with LoopbackServer() as server:` gives a running server at `server.base_url`."""
 
+    host: str = "127.0.0.1"
+    """Any 127/8 address works on Linux: a second server on 127.0.0.2 stands for an internal
+    service beside a 'public' one (give `port` to share the first one's port)."""
+    port: int = 0
     routes: dict[str, Handler] = field(default_factory=dict)
     prefix_routes: dict[str, Handler] = field(default_factory=dict)
     requests: list[RecordedRequest] = field(default_factory=list)
@@ -73,7 +83,7 @@ class LoopbackServer:
             def do_POST(self) -> None:
                 owner._dispatch(self)
 
-        self._server = _QuietServer(("127.0.0.1", 0), RequestHandler)
+        self._server = _QuietServer((self.host, self.port), RequestHandler)
         threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
         ).start()

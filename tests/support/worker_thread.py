@@ -16,6 +16,7 @@ from soundforge.app import build_app
 from soundforge.engines import Engines
 from soundforge.runtime import Runtime, build_runtime, set_runtime
 from soundforge.settings import Settings, load_settings
+from tests.support.loopback_http import LOOPBACK_NETWORKS
 
 ALL_QUEUES = ("download", "processing", "analysis", "maintenance")
 
@@ -26,6 +27,8 @@ def settings_for(database_url: str, storage_path: Path, **overrides: Any) -> Set
         "storage_path": storage_path,
         "retry_wait_s": 0.0,
         "shifts": 0,
+        "allowed_networks": LOOPBACK_NETWORKS,  # the tests' loopback servers
+        "import_roots": str(storage_path.parent),  # the test's own folder
     }
     values.update(overrides)
     return load_settings(**values)
