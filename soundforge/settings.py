@@ -17,6 +17,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from soundforge.errors import ConfigError
 from soundforge.source_policy import parse_networks
+from soundforge.storage import IMPORTS_DIR
 
 DEFAULT_ENV_FILE = Path("/etc/soundforge/soundforge.env")
 ENV_PREFIX = "SOUNDFORGE_"
@@ -170,7 +171,7 @@ class Settings(BaseSettings):
     def import_root_paths(self) -> tuple[Path, ...]:
         """The import roots as paths (the default when the setting is not given)."""
         if self.import_roots is None:
-            return (self.storage_path / "imports",)
+            return (self.storage_path / IMPORTS_DIR,)
         return tuple(Path(part.strip()) for part in self.import_roots.split(",") if part.strip())
 
     @field_validator("database_url")

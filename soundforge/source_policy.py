@@ -57,11 +57,12 @@ _V6_RULES: tuple[tuple[str, str], ...] = (
     ("ff00::/8", "multicast"),
     ("fec0::/10", "site-local (deprecated, private)"),
     ("2001::/32", "a Teredo tunnel address"),
+    ("64:ff9b:1::/48", "local-use NAT64 (RFC 8215)"),
 )
 _RULES: tuple[tuple[IPNetwork, str], ...] = tuple(
     (ipaddress.ip_network(cidr), name) for cidr, name in _V4_RULES + _V6_RULES
 )
-_NAT64 = (ipaddress.IPv6Network("64:ff9b::/96"), ipaddress.IPv6Network("64:ff9b:1::/48"))
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")  # the well-known prefix: IPv4 in the low bits
 _IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")
 _NUMERIC_LABEL = re.compile(r"^(0x[0-9a-f]*|[0-9]+)$")
 
@@ -75,7 +76,7 @@ def embedded_ipv4(address: IPAddress) -> tuple[ipaddress.IPv4Address, str] | Non
         return address.ipv4_mapped, "IPv4-mapped"
     if address in _IPV4_COMPATIBLE and int(address) > 1:
         return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF), "IPv4-compatible"
-    if any(address in network for network in _NAT64):
+    if address in _NAT64:
         return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF), "NAT64"
     if address.sixtofour is not None:
         return address.sixtofour, "6to4"

@@ -27,6 +27,8 @@ TEMP_PREFIX = ".sf-tmp-"
 DOWNLOADS_DIR = "downloads"
 STEMS_DIR = "stems"
 READ_CHUNK_BYTES = 256 * 1024
+IMPORTS_DIR = "imports"
+"""The default import root (`SOUNDFORGE_IMPORT_ROOTS`): users' files, never walked here."""
 
 
 @dataclass(frozen=True)
@@ -239,10 +241,13 @@ class Storage:
     # -- inventory ---------------------------------------------------------------------------
 
     def walk_files(self) -> Iterator[Path]:
-        """Every regular file under the root (symlinks are not followed)."""
+        """Every regular file under the root (symlinks are not followed), except the users'
+        files waiting in `imports/`."""
         if not self.root.is_dir():
             return
-        for dirpath, _dirnames, filenames in os.walk(self.root):
+        for dirpath, dirnames, filenames in os.walk(self.root):
+            if dirpath == str(self.root) and IMPORTS_DIR in dirnames:
+                dirnames.remove(IMPORTS_DIR)
             for name in filenames:
                 path = Path(dirpath) / name
                 if path.is_file() and not path.is_symlink():

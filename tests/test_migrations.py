@@ -255,3 +255,56 @@ def test_migrate_applies_a_new_file_and_rolls_back_a_broken_one(
     assert [s.name for s in migration_status(fresh_database, directory) if s.pending] == [
         "900_broken.sql"
     ]
+
+
+def test_secrets_stored_before_010_are_kept_apart_and_masked(
+    fresh_database: str, tmp_path: Path
+) -> None:
+    """An installation upgraded from 009: its stored URLs keep working (the whole URL moves
+    to download_credentials) and no longer show their password or signature."""
+    old_schema = tmp_path / "schema"
+    old_schema.mkdir()
+    for schema_file in sorted(schema_dir().glob("*.sql")):
+        if schema_file.name < "010":
+            (old_schema / schema_file.name).write_text(schema_file.read_text())
+    migrate(fresh_database, old_schema)
+    secret_url = "http://dan:OLDPW@cdn.example/a.flac?X-Amz-Signature=OLDSIG&x=1"
+    plain_url = "http://cdn.example/b.flac"
+    with connect(fresh_database, autocommit=True) as conn:
+        track = conn.execute(
+            "INSERT INTO tracks (id, title, inserted_at, updated_at) "
+            "VALUES (gen_random_uuid(), 't', now(), now()) RETURNING id"
+        ).fetchone()
+        assert track is not None
+        for source, status, error in (
+            (secret_url, "failed", f"{secret_url}: HTTP 403 Forbidden"),
+            (plain_url, "completed", None),
+        ):
+            conn.execute(
+                "INSERT INTO download_jobs (id, track_id, source, status, progress, error, "
+                "inserted_at, updated_at) VALUES (gen_random_uuid(), %s, %s, 'queued', 0, "
+                "NULL, now(), now())", (track["id"], source),
+            )  # fmt: skip
+            conn.execute(
+                "UPDATE download_jobs SET status = %s, error = %s WHERE source = %s",
+                (status, error, source),
+            )
+        before = conn.execute(
+            "SELECT source, lock_version, updated_at FROM download_jobs ORDER BY source"
+        ).fetchall()
+
+    migrate(fresh_database)
+
+    with connect(fresh_database, autocommit=True) as conn:
+        after = conn.execute(
+            "SELECT job.source, job.error, job.lock_version, job.updated_at, "
+            "credential.source AS kept FROM download_jobs job LEFT JOIN download_credentials "
+            "credential ON credential.download_job_id = job.id ORDER BY job.source"
+        ).fetchall()
+        failures = conn.execute("SELECT error FROM soundforge_failures").fetchall()
+    assert [row["source"] for row in after] == ["http://***@cdn.example/a.flac?***", plain_url]
+    assert after[0]["error"] == "http://***@cdn.example/a.flac?*** HTTP 403 Forbidden"
+    assert [row["kept"] for row in after] == [secret_url, None]
+    unchanged = {(r["lock_version"], r["updated_at"]) for r in before}
+    assert {(r["lock_version"], r["updated_at"]) for r in after} == unchanged  # no status change
+    assert "OLD" not in repr(failures) and "OLD" not in repr(after[1:])

@@ -134,6 +134,7 @@ OTHER_FORMS = [
     ("[::]", "unspecified"),
     ("[::ffff:10.0.0.1]", "private network (RFC 1918) (IPv4-mapped"),
     ("[2001:0:4136:e378:8000:63bf:3fff:fdd2]", "Teredo"),
+    ("[64:ff9b:1::a00:1]", "local-use NAT64"),
 ]
 LOOPBACK_FORMS = [
     ("127.0.0.1", "loopback"),
@@ -481,3 +482,98 @@ def test_a_file_swapped_for_a_symlink_after_the_check_is_not_read(tmp_path: Path
     with pytest.raises(ImportRootError, match="became a symbolic link"):
         _link_or_copy(swapped, staging)
     assert not staging.exists() and not staging.is_symlink()
+
+
+@pytest.fixture
+def tls_server(tmp_path: Path, flac_bytes: bytes) -> Iterator[tuple[int, list[str]]]:
+    """An https server on 127.0.0.1 with a throwaway self-signed certificate for `localhost`
+    (openssl), at `tmp_path / "cert.pem"`; yields its port and the paths it was asked for."""
+    import http.server
+    import shutil
+    import ssl
+    import subprocess
+    import threading
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost",
+                    "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)  # fmt: skip
+    seen: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append(self.path)
+            self.send_response(200)
+            self.send_header("Content-Type", "audio/flac")
+            self.send_header("Content-Length", str(len(flac_bytes)))
+            self.end_headers()
+            self.wfile.write(flac_bytes)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield int(server.server_address[1]), seen
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_ytdlp_https_goes_through_a_checked_connect_tunnel(
+    tls_server: tuple[int, list[str]], tmp_path: Path, flac_bytes: bytes
+) -> None:
+    """The real yt-dlp fetching https through the proxy: TLS end to end (the certificate is
+    for `localhost`, the name in the URL), the tunnel opened only where the policy allows."""
+    import yt_dlp
+
+    port, seen = tls_server
+    url = f"https://localhost:{port}/tone.flac"
+    for allowed in ("", "127.0.0.0/8"):
+        policy = DestinationPolicy.allowing(allowed)
+        with PolicyProxy(policy, connect_timeout_s=2, idle_timeout_s=5) as proxy:
+            options = {"proxy": proxy.url, "nocheckcertificate": True, "quiet": True,
+                       "no_warnings": True, "noprogress": True, "overwrites": True,
+                       "outtmpl": str(tmp_path / "out.%(ext)s")}  # fmt: skip
+            with yt_dlp.YoutubeDL(options) as ydl:
+                if not allowed:
+                    with pytest.raises(yt_dlp.utils.DownloadError):
+                        ydl.extract_info(url, download=True)
+                    with pytest.raises(DestinationRefusedError, match="localhost resolves"):
+                        proxy.raise_if_refused()
+                    assert seen == []
+                else:
+                    ydl.extract_info(url, download=True)
+                    assert (tmp_path / "out.flac").read_bytes() == flac_bytes
+
+
+def test_https_download_is_pinned_yet_checks_the_certificate_against_the_url_name(
+    tls_server: tuple[int, list[str]], tmp_path: Path, flac_bytes: bytes
+) -> None:
+    """The socket goes to the checked 127.0.0.1; TLS still verifies the certificate, and
+    against `localhost`, the URL's name: the same server by its address fails the check."""
+    import ssl
+
+    from soundforge.sources.http_download import download_http
+    from soundforge.sources.pinned_http import policy_client
+
+    port, seen = tls_server
+    trusting = ssl.create_default_context(cafile=str(tmp_path / "cert.pem"))
+    allowed = config("127.0.0.0/8")
+    with policy_client(allowed.destinations, verify=trusting) as client:
+        size = download_http(f"https://localhost:{port}/a.flac", tmp_path / "a", allowed,
+                             client=client)  # fmt: skip
+        assert size == len(flac_bytes) and seen == ["/a.flac"]
+        with pytest.raises(DownloadNetworkError, match=r"CERTIFICATE_VERIFY_FAILED|match"):
+            download_http(f"https://127.0.0.1:{port}/b.flac", tmp_path / "b", allowed,
+                          client=client)  # fmt: skip
+    with pytest.raises(DownloadNetworkError, match="CERTIFICATE_VERIFY_FAILED"):
+        download_http(f"https://localhost:{port}/c.flac", tmp_path / "c", allowed)
+    assert seen == ["/a.flac"]

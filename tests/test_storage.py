@@ -96,6 +96,15 @@ def test_cleanup_orphaned_removes_only_old_unreferenced_non_temporary_files(
     assert referenced.exists() and temporary.exists() and fresh.exists()
 
 
+def test_cleanup_never_touches_the_default_import_root(storage: Storage) -> None:
+    """`imports/` holds the users' files waiting to be imported (the default
+    SOUNDFORGE_IMPORT_ROOTS): referenced by no row, and still never SoundForge's to delete."""
+    waiting = _write(storage, "imports/song.flac", 10, 7200)
+    nested = _write(storage, "imports/album/track.flac", 10, 7200)
+    report = storage.cleanup_orphaned(set(), grace_s=3600, now=lambda: NOW)
+    assert report.count == 0 and waiting.exists() and nested.exists()
+
+
 def test_stats_counts_files_per_area(storage: Storage) -> None:
     _write(storage, "downloads/a.wav", 10, 0)
     _write(storage, "stems/t/j/vocals.flac", 20, 0)

@@ -7,6 +7,7 @@ resolve the name again, out of the policy's sight."""
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Iterable
 from typing import Any
 
@@ -51,12 +52,12 @@ class _PolicyBackend(httpcore.SyncBackend):
 class PolicyTransport(httpx.HTTPTransport):
     """`httpx.HTTPTransport` over `_PolicyBackend` (HTTP/1.1, certificate checks on)."""
 
-    def __init__(self, policy: DestinationPolicy) -> None:
+    def __init__(self, policy: DestinationPolicy, verify: ssl.SSLContext | bool = True) -> None:
         super().__init__(trust_env=False)
         limits = httpx.Limits()
         # The parent builds its pool without a way to pass a network backend: replace it.
         self._pool = httpcore.ConnectionPool(
-            ssl_context=httpx.create_ssl_context(),
+            ssl_context=httpx.create_ssl_context(verify=verify),
             max_connections=limits.max_connections,
             max_keepalive_connections=limits.max_keepalive_connections,
             keepalive_expiry=limits.keepalive_expiry,
@@ -64,6 +65,9 @@ class PolicyTransport(httpx.HTTPTransport):
         )
 
 
-def policy_client(policy: DestinationPolicy, **options: Any) -> httpx.Client:
-    """An `httpx.Client` (options as for httpx) whose connections all pass `policy`."""
-    return httpx.Client(transport=PolicyTransport(policy), trust_env=False, **options)
+def policy_client(
+    policy: DestinationPolicy, *, verify: ssl.SSLContext | bool = True, **options: Any
+) -> httpx.Client:
+    """An `httpx.Client` (options as for httpx) whose connections all pass `policy`;
+    `verify` is the TLS verification (a context trusting a test's own certificate)."""
+    return httpx.Client(transport=PolicyTransport(policy, verify), trust_env=False, **options)
