@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from typing import Any
 
 from soundforge import maintenance
@@ -60,7 +61,10 @@ def run_supervisor(args: argparse.Namespace) -> int:
     config = load_settings(**overrides)
     if not args.verbose:
         logging.getLogger().setLevel(config.log_level.upper())
-    return Supervisor(config).run()
+    # the workers read their settings too (pool sizes follow the concurrency): pass the flags on
+    environ = {**os.environ, **{f"SOUNDFORGE_{name.upper()}": str(value)
+                                for name, value in overrides.items()}}  # fmt: skip
+    return Supervisor(config, environ=environ).run()
 
 
 def _group_counts(text: str | None, flag: str) -> dict[str, int]:
