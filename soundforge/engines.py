@@ -53,6 +53,9 @@ class Engines:
 
 
 def default_engines(settings: Settings) -> Engines:
+    from soundforge.audio_limits import AudioLimits
+
+    limits = AudioLimits.from_settings(settings)
     separators: dict[str, Separator] = {}
     separators_lock = threading.Lock()
 
@@ -89,6 +92,7 @@ def default_engines(settings: Settings) -> Engines:
                     overlap=settings.overlap,
                     stem_format=settings.stem_format,
                     torch_threads=settings.torch_threads,
+                    limits=limits,
                 )
             return separators[model]
 
@@ -100,7 +104,7 @@ def default_engines(settings: Settings) -> Engines:
     def analyze(audio: Path, progress: ProgressCallback) -> AnalysisOutcome:
         from soundforge.analysis import analyze as analyze_file
 
-        report = analyze_file(audio, progress=progress)
+        report = analyze_file(audio, progress=progress, limits=limits)
         return AnalysisOutcome(columns=report.result_columns(), features=report.to_dict())
 
     def warm_up(stages: Iterable[Stage]) -> None:

@@ -17,7 +17,7 @@ from typing import Protocol
 
 from soundforge.errors import ConfigError
 from soundforge.settings import Settings
-from soundforge.storage import ByteRange, CleanupReport, Storage, StorageStats, StoredFile
+from soundforge.storage import ByteRange, Storage, StorageStats, StoredFile
 
 
 class FileStore(Protocol):
@@ -54,14 +54,17 @@ class FileStore(Protocol):
     def remove(self, relative: str) -> bool:
         """Delete one stored file; True if it existed."""
 
-    def list_files(self) -> Iterator[StoredFile]:
-        """Stored files with their sizes and times (cleanup's and stats' input)."""
+    def owned_files(self) -> Iterator[StoredFile]:
+        """The files of SoundForge's own areas (`downloads/`, `stems/`), with sizes and
+        times: what cleanup and stats look at; nothing else is listed."""
 
-    def cleanup_orphaned(
-        self, referenced: Iterable[str], *, dry_run: bool = ..., grace_s: float = ...,
-        now: Callable[[], float] = ...,
-    ) -> CleanupReport:  # fmt: skip
-        """Remove (or list) stored files no row references, older than the grace period."""
+    def cleanup_candidates(
+        self, orphan_grace_s: float, temp_grace_s: float, now: Callable[[], float] = ...
+    ) -> list[StoredFile]:
+        """Owned files old enough for cleanup (`soundforge.storage.cleanup_candidates`)."""
+
+    def remove_owned(self, relative: str) -> bool:
+        """Remove one file of SoundForge's own areas (anything else is refused)."""
 
     def stats(self) -> StorageStats:
         """Counts and sizes per area."""

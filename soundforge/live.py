@@ -46,18 +46,51 @@ class ProgressEvent:
         )
 
 
+@dataclass(frozen=True)
+class JobState:
+    """A job row as the database has it (the `soundforge_jobs` view)."""
+
+    track_id: str
+    stage: str
+    job_id: str
+    status: str
+    progress: int
+    error: str | None
+
+
+def job_state(conn: psycopg.Connection[Any], event: ProgressEvent) -> JobState | None:
+    """The current state of the row an event names, read from the database; None when the
+    event names no such row. Only the event's stage and job id are used: anyone who can
+    connect can send a NOTIFY, so its status, progress and error are never shown."""
+    try:
+        job_id = uuid.UUID(event.job_id)
+        Stage(event.stage)
+    except ValueError:
+        return None
+    row = conn.execute(query("job_state"), {"job_id": job_id, "stage": event.stage}).fetchone()
+    if row is None:
+        return None
+    return JobState(track_id=str(row["track_id"]), stage=row["stage"], job_id=str(job_id),
+                    status=str(row["status"]), progress=int(row["progress"] or 0),
+                    error=row["error"])  # fmt: skip
+
+
 def listen(conn: psycopg.Connection[Any]) -> None:
     """Start listening on an autocommit connection (before creating the work to follow)."""
     conn.execute(f"LISTEN {CHANNEL}")
 
 
 def events(conn: psycopg.Connection[Any], timeout_s: float) -> Iterator[ProgressEvent | None]:
-    """Events as they arrive; None after `timeout_s` seconds without one (a chance to poll)."""
+    """Events as they arrive; None after `timeout_s` seconds without one (a chance to poll),
+    and for a payload that is no progress event (anyone can NOTIFY the channel)."""
     while True:
         received = False
         for notify in conn.notifies(timeout=timeout_s, stop_after=1):
             received = True
-            yield ProgressEvent.parse(notify.payload)
+            try:
+                yield ProgressEvent.parse(notify.payload)
+            except (ValueError, KeyError, TypeError):
+                yield None
         if not received:
             yield None
 

@@ -1,7 +1,7 @@
 """Periodic maintenance of the queue: rescue the jobs of workers that died (a running queue job
 whose worker's heartbeat is older than `stalled_after_s` is retried, or failed once its stage's
-attempts are used up), and prune finished queue jobs after `prune_after_days`. Orphan-file
-cleanup is `FileStore.cleanup_orphaned` over `music.referenced_paths`, called from here too.
+attempts are used up), and prune finished queue jobs after `prune_after_days`; remove the files
+of SoundForge's own storage areas that no row needs (`cleanup_orphaned`).
 
 Procrastinate 3.x has no built-in rescue, and its worker stops heartbeating when it starts to
 drain; SoundForge's workers keep heartbeating while any job runs (`soundforge.worker_hooks`),
@@ -11,21 +11,25 @@ worker, draining or not, is never robbed of its job.
 
 from __future__ import annotations
 
+import itertools
 import logging
+import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
 import psycopg
 
-from soundforge import jobs, music, workflow
+from soundforge import jobs, workflow
 from soundforge.errors import ConfigError
 from soundforge.file_store import open_storage
 from soundforge.models import Stage
 from soundforge.queries import query
 from soundforge.settings import Settings
-from soundforge.storage import CleanupReport
+from soundforge.status import Status, is_terminal
+from soundforge.storage import STEMS_DIR, CleanupReport, StoredFile
 
 log = logging.getLogger(__name__)
 Connection = psycopg.Connection[Any]
@@ -216,10 +220,76 @@ def prune_finished_jobs(conn: Connection, days: int) -> dict[str, int]:
     return counts
 
 
-def cleanup_orphaned(conn: Connection, settings: Settings, *, dry_run: bool = False
-                     ) -> CleanupReport:  # fmt: skip
-    """Remove stored files no row references (older than the grace period)."""
-    referenced = music.referenced_paths(conn)
-    return open_storage(settings).cleanup_orphaned(
-        referenced, dry_run=dry_run, grace_s=settings.storage_orphan_grace_s
+def cleanup_orphaned(
+    conn: Connection, settings: Settings, *, dry_run: bool = False,
+    now: Callable[[], float] = time.time,
+) -> CleanupReport:  # fmt: skip
+    """Remove the files of SoundForge's own areas that no row needs: stored files older than
+    `storage_orphan_grace_s` that no row references, temporaries older than
+    `storage_temp_grace_s`, in both cases only when no live job row owns them. Each track's
+    files are decided and removed in one transaction holding the track's and its job rows'
+    locks (the locks a completion takes), so a row that commits meanwhile keeps its file,
+    whatever the file's age; a track busy at that moment is left for the next run."""
+    storage = open_storage(settings)
+    candidates = storage.cleanup_candidates(
+        settings.storage_orphan_grace_s, settings.storage_temp_grace_s, now
     )
+    removed: list[StoredFile] = []
+    for track_id, group in itertools.groupby(
+        sorted(candidates, key=_track_key), key=lambda file: _track_key(file)[0]
+    ):
+        files = list(group)
+        try:
+            with conn.transaction():
+                unneeded = _unneeded_files(conn, uuid.UUID(track_id) if track_id else None, files)
+                for file in unneeded:
+                    if dry_run or storage.remove_owned(file.relative):
+                        removed.append(file)
+                if dry_run:
+                    raise psycopg.Rollback
+        except psycopg.errors.LockNotAvailable:
+            log.info("cleanup: track %s is busy; its files wait for the next run", track_id,
+                     extra={"track_id": track_id})  # fmt: skip
+    log.info("cleanup %s %d file(s)", "would remove" if dry_run else "removed", len(removed))
+    return CleanupReport(
+        count=len(removed), bytes=sum(file.size for file in removed),
+        paths=[file.relative for file in removed], dry_run=dry_run,
+    )  # fmt: skip
+
+
+def _track_key(file: StoredFile) -> tuple[str, str]:
+    owner = file.owner
+    return (str(owner.track_id) if owner else "", file.relative)
+
+
+def _unneeded_files(
+    conn: Connection, track_id: uuid.UUID | None, files: list[StoredFile]
+) -> list[StoredFile]:
+    """The files no row needs, read under the locks that a completion of one of the track's
+    job rows takes (`LockNotAvailable` when one is held right now)."""
+    live_download = False
+    live_runs: set[uuid.UUID] = set()
+    if track_id is not None:
+        params = {"track_id": track_id}
+        conn.execute(query("lock_track_for_cleanup"), params)
+        downloads = conn.execute(query("lock_download_rows_for_cleanup"), params).fetchall()
+        runs = conn.execute(query("lock_processing_rows_for_cleanup"), params).fetchall()
+        live_download = any(not is_terminal(Status(row["status"])) for row in downloads)
+        live_runs = {row["id"] for row in runs if not is_terminal(Status(row["status"]))}
+    unneeded = []
+    for file in files:
+        owner = file.owner
+        in_use = owner is not None and (
+            owner.processing_job_id in live_runs if owner.area == STEMS_DIR else live_download
+        )
+        if in_use:
+            continue  # a job still running may write, read or record it
+        if not file.temp and _referenced(conn, file.relative):
+            continue
+        unneeded.append(file)
+    return unneeded
+
+
+def _referenced(conn: Connection, relative: str) -> bool:
+    row = conn.execute(query("path_referenced"), {"path": relative}).fetchone()
+    return bool(row and row["referenced"])

@@ -28,6 +28,7 @@ from soundforge.queries import query
 log = logging.getLogger(__name__)
 
 MIGRATION_LOCK_KEY = 0x50F7_0001
+MIGRATION_URL_SETTING = "SOUNDFORGE_MIGRATION_DATABASE_URL"  # the owner role's URL (deploy/)
 PROCRASTINATE_PREFIX = "procrastinate/"
 PROCRASTINATE_SCHEMA = PROCRASTINATE_PREFIX + "schema.sql"
 
@@ -93,6 +94,8 @@ def _apply(conn: psycopg.Connection[Any], schema_file: SchemaFile) -> None:
                 query("record_migration"),
                 {"name": schema_file.name, "checksum": schema_file.checksum},
             )
+    except psycopg.errors.InsufficientPrivilege:
+        raise  # `migrate` names the role and the setting
     except psycopg.Error as error:
         raise MigrationError(f"{schema_file.name} failed: {error}".strip()) from None
 
@@ -151,6 +154,13 @@ def migrate(conninfo: str, directory: Path | None = None) -> list[str]:
                     _apply(conn, schema_file)
                     done.append(schema_file.name)
             return done
+        except psycopg.errors.InsufficientPrivilege as error:
+            raise MigrationError(
+                f"role {conn.info.user!r} may not change the schema "
+                f"({str(error).splitlines()[0]}); migrations run as the owner role: "
+                f"run `soundforge migrate` with DATABASE_URL set to the URL in "
+                f"{MIGRATION_URL_SETTING} (see deploy/postgres-roles.sql)"
+            ) from None
         finally:
             if not conn.closed:
                 conn.execute(query("unlock_migrations"), {"key": MIGRATION_LOCK_KEY})

@@ -217,8 +217,3 @@ def delete_track_with_files(
     conn.commit()
     removed = [path for path in row["paths"] if storage.remove(path)]
     return True, removed
-
-
-def referenced_paths(conn: Connection) -> set[str]:
-    """Every stored path a download job or stem row points at."""
-    return {row["path"] for row in conn.execute(query("referenced_paths"))}

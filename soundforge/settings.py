@@ -80,6 +80,12 @@ class Settings(BaseSettings):
     # The local cache of stored files on a host that uses object storage (LRU, size-bounded).
     cache_path: Path = Path("/var/cache/soundforge")
     cache_max_bytes: int = Field(default=20 * 1024**3, ge=0)
+    # SoundForge's own temporary files (partial downloads, separation scratch) left by a crash.
+    storage_temp_grace_s: float = Field(default=6 * 3600.0, ge=0)
+
+    # Limits on every decoded input (see soundforge.audio_limits).
+    max_duration_s: float = Field(default=7200.0, gt=0)
+    max_decoded_bytes: int = Field(default=4 << 30, ge=1 << 20)
 
     # Queue: attempts per stage (1 = no retry) and backoff base.
     download_attempts: int = Field(default=3, ge=1, le=50)

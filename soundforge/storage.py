@@ -4,14 +4,20 @@ from row ids, written atomically and recorded in the database relative to the ro
 Layout: `downloads/<track_id>.<ext>` and `stems/<track_id>/<processing_job_id>/<stem>.<ext>`.
 Writes go to a hidden temporary name in the destination folder, are fsynced and renamed into
 place, so a reader never sees half a file. Every path is confined under the root: `..`,
-absolute paths and symlinks that lead out are refused. This module knows nothing of the
-database: callers pass in the set of referenced paths when they ask for orphans.
+absolute paths and symlinks that lead out are refused.
+
+SoundForge owns only `downloads/` and `stems/` (temporaries included) under the root; cleanup
+lists and removes nothing else. The ownership rules work on keys (`is_owned_key`,
+`is_temp_key`, `owner_of`, `StoredFile.old_enough`), so another backend can reuse them. This
+module knows nothing of the database: `soundforge.maintenance` decides, under the rows' locks,
+which candidates no row needs.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import stat
 import time
@@ -19,7 +25,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO, Protocol
+from typing import BinaryIO
 
 from soundforge.errors import ConfigError, StorageError
 
@@ -27,13 +33,15 @@ TEMP_PREFIX = ".sf-tmp-"
 DOWNLOADS_DIR = "downloads"
 STEMS_DIR = "stems"
 READ_CHUNK_BYTES = 256 * 1024
+OWNED_AREAS = (DOWNLOADS_DIR, STEMS_DIR)
+_UUID_TEXT = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 IMPORTS_DIR = "imports"
 """The default import root (`SOUNDFORGE_IMPORT_ROOTS`): users' files, never walked here."""
 
 
 @dataclass(frozen=True)
 class CleanupReport:
-    """What `cleanup_orphaned` removed (or would remove, in a dry run)."""
+    """What orphan cleanup removed (or would remove, in a dry run)."""
 
     count: int
     bytes: int
@@ -43,11 +51,32 @@ class CleanupReport:
 
 @dataclass(frozen=True)
 class StoredFile:
-    """One stored file, by its key (the POSIX path relative to the root)."""
+    """One file of SoundForge's own areas, by its key (the POSIX path relative to the root)."""
 
     relative: str
     size: int
     mtime: float
+
+    @property
+    def temp(self) -> bool:
+        return is_temp_key(self.relative)
+
+    @property
+    def owner(self) -> FileOwner | None:
+        return owner_of(self.relative)
+
+    def old_enough(self, now: float, orphan_grace_s: float, temp_grace_s: float) -> bool:
+        """Whether its age passed the grace period of its kind (temporary or stored)."""
+        return self.mtime <= now - (temp_grace_s if self.temp else orphan_grace_s)
+
+
+@dataclass(frozen=True)
+class FileOwner:
+    """The rows a file's key names: its track, and for a stem file its separation run."""
+
+    area: str  # DOWNLOADS_DIR or STEMS_DIR
+    track_id: uuid.UUID
+    processing_job_id: uuid.UUID | None = None
 
 
 @dataclass
@@ -103,6 +132,43 @@ def _clean_ext(ext: str) -> str:
 def is_temp_name(name: str) -> bool:
     """True for the hidden names atomic writes use before the rename."""
     return name.startswith(TEMP_PREFIX)
+
+
+# -- ownership: the rules cleanup follows, on keys, so any storage backend can apply them -----
+
+def is_owned_key(relative: str) -> bool:
+    """Whether a key lies in SoundForge's own areas (`downloads/`, `stems/`); cleanup never
+    touches anything else under the root (a user's files, a model cache)."""
+    parts = PurePosixPath(relative).parts
+    return len(parts) >= 2 and parts[0] in OWNED_AREAS and ".." not in parts
+
+
+def is_temp_key(relative: str) -> bool:
+    """Whether an owned key is a temporary (a partial download, separation scratch, an
+    unfinished atomic write, or anything inside a temporary folder)."""
+    return is_owned_key(relative) and any(
+        is_temp_name(part) for part in PurePosixPath(relative).parts[1:]
+    )
+
+
+def owner_of(relative: str) -> FileOwner | None:
+    """The track (and separation run) an owned key belongs to, read from its name:
+    `downloads/<track>.<ext>` and its temporaries (`.sf-tmp-<token>-<track>...`), and
+    `stems/<track>/<run>/...`. None when the name names none."""
+    if not is_owned_key(relative):
+        return None
+    parts = PurePosixPath(relative).parts
+    if parts[0] == DOWNLOADS_DIR:
+        found = _UUID_TEXT.search(parts[1])
+        return FileOwner(DOWNLOADS_DIR, uuid.UUID(found[0])) if found else None
+    ids = [_parse_uuid(part) for part in parts[1:3]]
+    if len(ids) == 2 and ids[0] is not None and ids[1] is not None:
+        return FileOwner(STEMS_DIR, ids[0], ids[1])
+    return None
+
+
+def _parse_uuid(text: str) -> uuid.UUID | None:
+    return uuid.UUID(text) if _UUID_TEXT.fullmatch(text) else None
 
 
 def fsync_dir(directory: Path) -> None:
@@ -230,8 +296,11 @@ class Storage:
         self._prune_empty_dirs(path.parent)
         return True
 
-    def _prune_empty_dirs(self, directory: Path) -> None:
-        while directory != self.root and directory.is_relative_to(self.root):
+    def _prune_empty_dirs(self, directory: Path, stop: Path | None = None) -> None:
+        """Remove `directory` and its parents while they are empty, up to (not including)
+        `stop` (default: the root)."""
+        stop = stop or self.root
+        while directory != stop and directory.is_relative_to(stop):
             try:
                 directory.rmdir()
             except OSError:
@@ -253,34 +322,45 @@ class Storage:
                 if path.is_file() and not path.is_symlink():
                     yield path
 
-    def list_files(self) -> Iterator[StoredFile]:
-        """Every stored file by key, with its size and modification time."""
-        for path in self.walk_files():
-            info = path.stat()
-            yield StoredFile(path.relative_to(self.root).as_posix(), info.st_size, info.st_mtime)
+    def owned_files(self) -> Iterator[StoredFile]:
+        """Every regular file in SoundForge's own areas (`downloads/`, `stems/`), temporaries
+        included; nothing else under the root is listed (symlinks are not followed)."""
+        for area in OWNED_AREAS:
+            top = self.root / area
+            if top.is_symlink() or not top.is_dir():
+                continue
+            for dirpath, _dirnames, filenames in os.walk(top):
+                for name in filenames:
+                    path = Path(dirpath) / name
+                    try:
+                        info = path.lstat()
+                    except FileNotFoundError:
+                        continue
+                    if stat.S_ISREG(info.st_mode):
+                        relative = path.relative_to(self.root).as_posix()
+                        yield StoredFile(relative, info.st_size, info.st_mtime)
 
-    def find_orphans(
-        self,
-        referenced: Iterable[str],
-        grace_s: float,
-        now: Callable[[], float] = time.time,
+    def cleanup_candidates(
+        self, orphan_grace_s: float, temp_grace_s: float, now: Callable[[], float] = time.time
     ) -> list[StoredFile]:
-        """Files no row references, older than the grace period, temporaries excluded."""
-        return find_orphans(self.list_files(), referenced, grace_s, now)
+        """Owned files old enough that cleanup may remove them if no row needs them."""
+        return cleanup_candidates(self.owned_files(), orphan_grace_s, temp_grace_s, now)
 
-    def cleanup_orphaned(
-        self,
-        referenced: Iterable[str],
-        *,
-        dry_run: bool = False,
-        grace_s: float = 3600.0,
-        now: Callable[[], float] = time.time,
-    ) -> CleanupReport:
-        """Remove (or, dry run, list) the files `find_orphans` returns."""
-        return cleanup_orphaned(self, referenced, dry_run=dry_run, grace_s=grace_s, now=now)
+    def remove_owned(self, relative: str) -> bool:
+        """Remove one file of SoundForge's own areas (anything else is refused); True if it
+        existed. Empty folders inside the area go too."""
+        if not is_owned_key(relative):
+            raise StorageError(f"{relative!r} is not in SoundForge's own storage areas")
+        path = self.resolve(relative)
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return False
+        self._prune_empty_dirs(path.parent, stop=self.root / relative.split("/", 1)[0])
+        return True
 
     def stats(self) -> StorageStats:
-        return stats_of(self.list_files())
+        return stats_of(self.owned_files())
 
     # -- the interface every backend offers (see soundforge.file_store) ---------------------
 
@@ -337,44 +417,19 @@ class Storage:
         return ByteRange(first, stop, size, chunks())
 
 
-def find_orphans(
+def cleanup_candidates(
     files: Iterable[StoredFile],
-    referenced: Iterable[str],
-    grace_s: float,
+    orphan_grace_s: float,
+    temp_grace_s: float,
     now: Callable[[], float] = time.time,
 ) -> list[StoredFile]:
-    """The rule cleanup follows on any backend: files no row references, older than the grace
-    period, temporaries excluded."""
-    keep = {PurePosixPath(path).as_posix() for path in referenced if path}
-    cutoff = now() - grace_s
-    orphans = [
-        file for file in files
-        if not is_temp_name(PurePosixPath(file.relative).name)
-        and file.relative not in keep and file.mtime <= cutoff
-    ]  # fmt: skip
-    return sorted(orphans, key=lambda file: file.relative)
-
-
-class RemovableStore(Protocol):
-    def list_files(self) -> Iterator[StoredFile]: ...
-    def remove(self, relative: str) -> bool: ...
-
-
-def cleanup_orphaned(
-    store: RemovableStore,
-    referenced: Iterable[str],
-    *,
-    dry_run: bool = False,
-    grace_s: float = 3600.0,
-    now: Callable[[], float] = time.time,
-) -> CleanupReport:
-    """Remove (or, dry run, list) a backend's orphans (`find_orphans`)."""
-    removed = [
-        file for file in find_orphans(store.list_files(), referenced, grace_s, now)
-        if dry_run or store.remove(file.relative)
-    ]  # fmt: skip
-    return CleanupReport(count=len(removed), bytes=sum(file.size for file in removed),
-                         paths=[file.relative for file in removed], dry_run=dry_run)  # fmt: skip
+    """The rule of cleanup on any backend's `owned_files`: those old enough that cleanup may
+    remove them if no row needs them (the caller checks that, under the rows' locks)."""
+    moment = now()
+    return sorted(
+        (file for file in files if file.old_enough(moment, orphan_grace_s, temp_grace_s)),
+        key=lambda file: file.relative,
+    )
 
 
 def stats_of(files: Iterable[StoredFile]) -> StorageStats:

@@ -39,13 +39,14 @@ from obstore.store import S3Store
 from soundforge.errors import ConfigError, StorageError, TransientError
 from soundforge.local_cache import LocalCache, check_key
 from soundforge.storage import (
+    OWNED_AREAS,
     TEMP_PREFIX,
     ByteRange,
-    CleanupReport,
     StorageStats,
     StoredFile,
     clamp_range,
-    cleanup_orphaned,
+    cleanup_candidates,
+    is_owned_key,
     stats_of,
 )
 
@@ -55,7 +56,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 READ_CHUNK_BYTES = 1024 * 1024
-OWN_AREAS = ("downloads/", "stems/")
 
 
 def parse_s3_url(url: str) -> tuple[str, str]:
@@ -224,20 +224,25 @@ class S3Storage:
 
     # -- inventory ---------------------------------------------------------------------------
 
-    def list_files(self) -> Iterator[StoredFile]:
+    def owned_files(self) -> Iterator[StoredFile]:
         """Every object of SoundForge's areas under the prefix, with size and time."""
-        for area in OWN_AREAS:
-            for batch in obstore.list(self.store, prefix=area):
+        for area in OWNED_AREAS:
+            for batch in obstore.list(self.store, prefix=f"{area}/"):
                 for meta in batch:
                     yield StoredFile(str(meta["path"]), int(meta["size"]),
                                      meta["last_modified"].timestamp())  # fmt: skip
 
-    def cleanup_orphaned(
-        self, referenced: Iterable[str], *, dry_run: bool = False, grace_s: float = 3600.0,
-        now: Callable[[], float] = time.time,
-    ) -> CleanupReport:  # fmt: skip
-        """Remove (or list) unreferenced objects older than the grace period."""
-        return cleanup_orphaned(self, referenced, dry_run=dry_run, grace_s=grace_s, now=now)
+    def cleanup_candidates(
+        self, orphan_grace_s: float, temp_grace_s: float, now: Callable[[], float] = time.time
+    ) -> list[StoredFile]:
+        """Owned objects old enough that cleanup may remove them if no row needs them."""
+        return cleanup_candidates(self.owned_files(), orphan_grace_s, temp_grace_s, now)
+
+    def remove_owned(self, relative: str) -> bool:
+        """Remove one object of SoundForge's own areas (anything else is refused)."""
+        if not is_owned_key(relative):
+            raise StorageError(f"{relative!r} is not in SoundForge's own storage areas")
+        return self.remove(relative)
 
     def stats(self) -> StorageStats:
-        return stats_of(self.list_files())
+        return stats_of(self.owned_files())

@@ -46,7 +46,8 @@ def prune_jobs(timestamp: int | None = None, days: int | None = None) -> dict[st
                     queueing_lock="soundforge.cleanup_orphaned")  # fmt: skip
 @blueprint.task(name="soundforge.cleanup_orphaned", queue=MAINTENANCE_QUEUE)
 def cleanup_orphaned(timestamp: int | None = None, dry_run: bool = False) -> dict[str, Any]:
-    """Remove stored files no row references (older than the grace period)."""
+    """Remove the files of downloads/ and stems/ that no row needs and leaked temporaries
+    (older than their grace periods); nothing else under the storage root."""
     runtime = get_runtime()
     with runtime.pool.connection() as conn:
         report = maintenance.cleanup_orphaned(conn, runtime.settings, dry_run=dry_run)

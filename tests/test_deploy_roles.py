@@ -6,6 +6,8 @@ nothing. Roles are cluster-wide, so each run uses role names of its own and drop
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import shutil
 import subprocess
 import uuid
@@ -23,6 +25,7 @@ from soundforge import jobs, music, queue
 from soundforge.migrations import migrate
 from soundforge.models import Stage
 from soundforge.status import Status
+from tests.cli_runner import SOUNDFORGE, run_cli
 from tests.conftest import ADMIN_URL, database_url_for, drop_database
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
@@ -336,3 +339,45 @@ def test_readonly_role_listens_to_progress_notifications(deployment: Deployment)
         heard = next(listener.notifies(timeout=30, stop_after=1))
     assert heard.channel == "soundforge_progress"
     assert str(job.id) in heard.payload
+
+
+def _cli_env(deployed: Deployment, role: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SOUNDFORGE_")}
+    return env | {"DATABASE_URL": deployed.url(role)}
+
+
+def test_migrate_as_the_app_role_names_the_role_and_the_migration_setting(
+    deployment: Deployment,
+) -> None:
+    result = run_cli("migrate", env=_cli_env(deployment, deployment.app_role))
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert f"role '{deployment.app_role}' may not change the schema" in line
+    assert "SOUNDFORGE_MIGRATION_DATABASE_URL" in line
+
+
+def test_watch_as_the_readonly_role_prints_rows_not_a_forged_notify(
+    deployment: Deployment,
+) -> None:
+    with connect_as(deployment, deployment.app_role) as writer:
+        track = music.create_track(writer, music.TrackFields(title="Watched"))
+        job = jobs.create_job(writer, Stage.DOWNLOAD, track.id)
+    watcher = subprocess.Popen(
+        [SOUNDFORGE, "watch", "--max-events", "1"],
+        env=_cli_env(deployment, deployment.readonly_role),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert watcher.stderr is not None
+        assert "watching" in watcher.stderr.readline()
+        forged = json.dumps({"track_id": str(track.id), "stage": "download",
+                             "job_id": str(job.id), "status": "failed", "progress": 100,
+                             "error": "PWNED: the read-only role wrote this"})  # fmt: skip
+        with connect_as(deployment, deployment.readonly_role) as forger:
+            forger.execute("SELECT pg_notify('soundforge_progress', %s)", (forged,))
+        stdout, stderr = watcher.communicate(timeout=30)
+    finally:
+        watcher.kill()
+    assert watcher.returncode == 0, stderr
+    assert stdout.split()[:4] == [str(track.id), "download", "queued", "0%"]
+    assert "PWNED" not in stdout

@@ -57,7 +57,7 @@ def song(tmp_path: Path) -> Path:
 
 
 def _keys(store: S3Storage) -> list[str]:
-    return sorted(file.relative for file in store.list_files())
+    return sorted(file.relative for file in store.owned_files())
 
 
 def test_the_whole_pipeline_runs_on_s3_storage_and_delete_removes_the_objects(
@@ -77,7 +77,7 @@ def test_the_whole_pipeline_runs_on_s3_storage_and_delete_removes_the_objects(
     assert [row[f"{stage}_status"] for stage in live.STAGES] == ["completed"] * 3, row
     track_id = imported.track.id
     stems = music.list_stems_for_track(conn, track_id)
-    stored = {file.relative: file.size for file in store.list_files()}
+    stored = {file.relative: file.size for file in store.owned_files()}
     assert stored[download_relpath(track_id, "wav")] == song.stat().st_size
     assert sorted(stem.stem_type for stem in stems) == ["bass", "drums", "other", "vocals"]
     for stem in stems:

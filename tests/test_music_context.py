@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import uuid
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -192,14 +191,3 @@ def test_delete_track_with_files_removes_rows_then_files(
     assert not (storage.root / "stems" / str(track.id)).exists()  # empty folders pruned
     assert keeper.exists()
     assert music.delete_track_with_files(conn, storage, track.id) == (False, [])
-
-
-def test_referenced_paths_lists_downloads_and_stems(
-    conn: psycopg.Connection[Any], tmp_path: Path
-) -> None:
-    track = make_track(conn)
-    download = make_job(conn, Stage.DOWNLOAD, track)
-    conn.execute(
-        "UPDATE download_jobs SET output_path = 'downloads/a.wav' WHERE id = %s", (download.id,)
-    )
-    assert music.referenced_paths(conn) == {"downloads/a.wav"}

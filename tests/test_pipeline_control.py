@@ -317,7 +317,17 @@ def test_analyze_of_a_track_without_audio_fails_with_a_clear_error(
     assert job.error is not None and "no downloaded audio yet" in job.error
 
 
-def test_watch_prints_notify_events_as_they_happen(
+def _next_json(stream: Any) -> dict[str, Any]:
+    """The next indented JSON object `soundforge watch --json` printed."""
+    lines: list[str] = []
+    while not lines or lines[-1] != "}\n":
+        line = stream.readline()
+        assert line, "watch ended early"
+        lines.append(line)
+    return dict(json.loads("".join(lines)))
+
+
+def test_watch_prints_each_change_of_a_row_as_it_happens(
     conn: psycopg.Connection[Any], cli_env: dict[str, str], song: Path
 ) -> None:
     soundforge = str(Path(sys.executable).with_name("soundforge"))
@@ -326,15 +336,17 @@ def test_watch_prints_notify_events_as_they_happen(
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
-        assert watcher.stderr is not None
+        assert watcher.stderr is not None and watcher.stdout is not None
         assert "watching" in watcher.stderr.readline()  # LISTEN is in place
         imported = workflow.import_track(conn, _metadata(song), workflow.PipelineOptions())
+        events = [_next_json(watcher.stdout)]
         job = jobs.advance(conn, imported.download_job, Status.DOWNLOADING, progress=30)
+        events.append(_next_json(watcher.stdout))
         jobs.advance(conn, job, Status.COMPLETED)
-        stdout, _ = watcher.communicate(timeout=30)
+        events.append(_next_json(watcher.stdout))
+        assert watcher.wait(30) == 0
     finally:
         watcher.kill()
-    events = [json.loads(chunk) for chunk in stdout.replace("}\n{", "}\x00{").split("\x00")]
     assert [(e["stage"], e["status"], e["progress"]) for e in events] == [
         ("download", "queued", 0), ("download", "downloading", 30),
         ("download", "completed", 100),

@@ -63,6 +63,18 @@ def test_unknown_bytes_are_rejected_naming_the_signatures(tmp_path: Path) -> Non
     _assert_rejected(path, NotAudioError, "no known audio signature.*RIFF/WAVE")
 
 
+def test_the_error_for_a_non_audio_file_quotes_none_of_its_bytes(tmp_path: Path) -> None:
+    path = tmp_path / "shadow"
+    secret = b"root:$6$saltsalt$hashedpasswordhashedpassword:19000:0:99999:7:::\n"
+    path.write_bytes(secret * 40)
+    with pytest.raises(NotAudioError) as raised:
+        validate_audio_file(path)
+    message = str(raised.value)
+    assert message.startswith("shadow: no known audio signature")
+    for fragment in (secret[:4], secret[:8].hex(" ").encode(), secret[:4].hex().encode()):
+        assert fragment.decode() not in message
+
+
 def test_file_under_1024_bytes_is_rejected(tmp_path: Path) -> None:
     path = tmp_path / "tiny.wav"
     path.write_bytes(tone_bytes(2.0, "wav")[:1000])

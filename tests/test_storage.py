@@ -1,4 +1,4 @@
-"""The file store: layout, atomic writes, confinement under the root, orphan cleanup."""
+"""The file store: layout, atomic writes, confinement under the root, what cleanup may own."""
 
 from __future__ import annotations
 
@@ -9,7 +9,15 @@ from pathlib import Path
 import pytest
 
 from soundforge.errors import StorageError
-from soundforge.storage import TEMP_PREFIX, Storage, download_relpath, stem_relpath
+from soundforge.storage import (
+    TEMP_PREFIX,
+    FileOwner,
+    Storage,
+    download_relpath,
+    is_owned_key,
+    owner_of,
+    stem_relpath,
+)
 
 NOW = 1_800_000_000.0
 
@@ -76,24 +84,48 @@ def _write(storage: Storage, rel: str, size: int, age_s: float) -> Path:
     return path
 
 
-def test_cleanup_orphaned_removes_only_old_unreferenced_non_temporary_files(
-    storage: Storage,
-) -> None:
-    referenced = _write(storage, "downloads/kept.wav", 10, 7200)
-    orphan = _write(storage, "stems/t/j/vocals.flac", 30, 7200)
-    temporary = _write(storage, f"downloads/{TEMP_PREFIX}abc-x.wav", 5, 7200)
-    fresh = _write(storage, "downloads/new.wav", 7, 60)
-
-    dry = storage.cleanup_orphaned(
-        {"downloads/kept.wav"}, dry_run=True, grace_s=3600, now=lambda: NOW
+def test_only_downloads_and_stems_are_owned_and_listed(storage: Storage) -> None:
+    track, run = uuid.uuid4(), uuid.uuid4()
+    owned = [
+        _write(storage, f"downloads/{track}.wav", 10, 7200),
+        _write(storage, f"downloads/{TEMP_PREFIX}{'a' * 32}-{track}.part", 5, 7200),
+        _write(storage, f"downloads/{TEMP_PREFIX}{'b' * 32}-{track}.part/song.mp3", 5, 7200),
+        _write(storage, f"stems/{track}/{run}/vocals.flac", 30, 7200),
+        _write(storage, f"stems/{track}/{run}/{TEMP_PREFIX}{'c' * 32}-mix.f32", 9, 7200),
+    ]
+    foreign = [
+        _write(storage, "my music/album.flac", 10, 7200),
+        _write(storage, "models/htdemucs.th", 10, 7200),
+        _write(storage, f"{TEMP_PREFIX}not-ours-outside-the-areas", 1, 7200),
+    ]
+    listed = {file.relative: file for file in storage.owned_files()}
+    assert sorted(listed) == sorted(storage.relative(path) for path in owned)
+    assert not any(storage.relative(path) in listed for path in foreign)
+    assert [key for key, file in sorted(listed.items()) if file.temp] == sorted(
+        storage.relative(path) for path in owned[1:3] + owned[4:]
     )
-    assert (dry.count, dry.bytes, dry.paths) == (1, 30, ["stems/t/j/vocals.flac"])
-    assert orphan.exists()
+    assert owner_of(f"downloads/{TEMP_PREFIX}{'a' * 32}-{track}.part") == FileOwner(
+        "downloads", track
+    )
+    assert owner_of(f"stems/{track}/{run}/vocals.flac") == FileOwner("stems", track, run)
+    assert owner_of("models/htdemucs.th") is None and not is_owned_key("models/htdemucs.th")
+    with pytest.raises(StorageError):
+        storage.remove_owned("my music/album.flac")
+    assert foreign[0].exists()
 
-    report = storage.cleanup_orphaned({"downloads/kept.wav"}, grace_s=3600, now=lambda: NOW)
-    assert (report.count, report.bytes) == (1, 30)
-    assert not orphan.exists() and not (storage.root / "stems").exists()
-    assert referenced.exists() and temporary.exists() and fresh.exists()
+
+def test_cleanup_candidates_follow_each_kind_of_grace(storage: Storage) -> None:
+    old_stored = _write(storage, "downloads/old.wav", 10, 7200)
+    _write(storage, "downloads/new.wav", 10, 60)
+    old_temp = _write(storage, f"downloads/{TEMP_PREFIX}x-old.part", 10, 7200)
+    _write(storage, f"downloads/{TEMP_PREFIX}x-new.part", 10, 600)
+    candidates = storage.cleanup_candidates(orphan_grace_s=3600, temp_grace_s=3600,
+                                            now=lambda: NOW)  # fmt: skip
+    assert [file.relative for file in candidates] == sorted(
+        storage.relative(path) for path in (old_stored, old_temp)
+    )
+    assert storage.remove_owned("downloads/old.wav") and not old_stored.exists()
+    assert not storage.remove_owned("downloads/old.wav")
 
 
 def test_cleanup_never_touches_the_default_import_root(storage: Storage) -> None:
@@ -101,8 +133,11 @@ def test_cleanup_never_touches_the_default_import_root(storage: Storage) -> None
     SOUNDFORGE_IMPORT_ROOTS): referenced by no row, and still never SoundForge's to delete."""
     waiting = _write(storage, "imports/song.flac", 10, 7200)
     nested = _write(storage, "imports/album/track.flac", 10, 7200)
-    report = storage.cleanup_orphaned(set(), grace_s=3600, now=lambda: NOW)
-    assert report.count == 0 and waiting.exists() and nested.exists()
+    assert storage.cleanup_candidates(3600, 3600, now=lambda: NOW) == []
+    assert not is_owned_key("imports/song.flac")
+    with pytest.raises(StorageError):
+        storage.remove_owned("imports/album/track.flac")
+    assert waiting.exists() and nested.exists()
 
 
 def test_stats_counts_files_per_area(storage: Storage) -> None:

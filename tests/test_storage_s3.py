@@ -12,16 +12,23 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import psycopg
 import pytest
 
+from soundforge import jobs, maintenance
 from soundforge.errors import ConfigError, StorageError, TransientError
 from soundforge.file_store import open_storage
 from soundforge.local_cache import LocalCache
+from soundforge.models import Job, Stage
 from soundforge.settings import load_settings
-from soundforge.storage import Storage, download_relpath, stem_relpath
+from soundforge.status import Status
+from soundforge.storage import TEMP_PREFIX, Storage, download_relpath, stem_relpath
 from soundforge.storage_s3 import S3Storage
+from tests.factories import make_track
 from tests.support.s3_server import CuttingProxy, S3Server, free_port, moto_s3, s3_settings
+from tests.support.worker_thread import settings_for
 
 MIB = 1024 * 1024
 
@@ -52,7 +59,7 @@ def _write(store: S3Storage, key: str, data: bytes) -> Path:
 
 
 def _keys(store: S3Storage) -> list[str]:
-    return sorted(file.relative for file in store.list_files())
+    return sorted(file.relative for file in store.owned_files())
 
 
 def test_a_committed_file_is_stored_whole_under_its_key_and_nothing_else_is_left(
@@ -143,24 +150,39 @@ def test_open_range_streams_the_requested_bytes_on_both_backends(
             backend.open_range("downloads/nothing.wav", 0, 10)
 
 
-def test_cleanup_on_a_bucket_removes_only_old_unreferenced_objects(store: S3Storage) -> None:
-    track = uuid.uuid4()
-    kept = download_relpath(track, "wav")
-    orphan = stem_relpath(track, uuid.uuid4(), "drums", "flac")
-    for key in (kept, orphan):
+def test_cleanup_on_a_bucket_follows_the_same_rules_as_the_local_folder(
+    conn: psycopg.Connection[Any], database_url: str, s3_server: S3Server, tmp_path: Path
+) -> None:
+    settings = settings_for(database_url, tmp_path / "unused", cache_path=tmp_path / "cache",
+                            storage_orphan_grace_s=3600.0, storage_temp_grace_s=3600.0,
+                            **s3_settings(s3_server.endpoint, s3_server.bucket()))  # fmt: skip
+    store = open_storage(settings)
+    assert isinstance(store, S3Storage)
+    failed = jobs.fail(conn, _running_download(conn), "gone")
+    live = _running_download(conn)
+    orphan = download_relpath(failed.track_id, "wav")
+    in_flight = download_relpath(live.track_id, "wav")
+    unknown_track = stem_relpath(uuid.uuid4(), uuid.uuid4(), "drums", "flac")
+    leaked_temp = f"downloads/{TEMP_PREFIX}{uuid.uuid4().hex}-{failed.track_id}.wav"
+    for key in (orphan, in_flight, unknown_track, leaked_temp):
         _write(store, key, b"x" * 2048)
-    temp_key = f"downloads/.sf-tmp-{uuid.uuid4().hex}-{track}.wav"
-    store.upload(store.cache.path_for(kept), temp_key)  # a temporary (as a crash leaves it)
-    later = time.time() + 7200
-    fresh = store.cleanup_orphaned({kept}, grace_s=3600)
-    assert fresh.count == 0  # younger than the grace period
-    listed = store.cleanup_orphaned({kept}, dry_run=True, grace_s=3600, now=lambda: later)
-    assert listed.paths == [orphan] and _keys(store) == sorted([kept, orphan, temp_key])
-    report = store.cleanup_orphaned({kept}, grace_s=3600, now=lambda: later)
-    assert (report.count, report.bytes, report.paths) == (1, 2048, [orphan])
-    assert _keys(store) == sorted([kept, temp_key])
-    assert store.stats().download_files == 2 and store.stats().temp_files == 1
-    assert store.remove(kept) and not store.remove(kept)
+    foreign = "models/hub/htdemucs.th"  # not SoundForge's: never listed, never removed
+    store.upload(store.cache.path_for(orphan), foreign)
+    assert maintenance.cleanup_orphaned(conn, settings).count == 0  # all younger than grace
+    later = time.time() + 2 * 86400
+    dry = maintenance.cleanup_orphaned(conn, settings, dry_run=True, now=lambda: later)
+    assert sorted(dry.paths) == sorted([orphan, unknown_track, leaked_temp])
+    report = maintenance.cleanup_orphaned(conn, settings, now=lambda: later)
+    assert (report.count, report.bytes) == (3, 3 * 2048)
+    assert _keys(store) == [in_flight]  # its download still runs: it writes or records it
+    assert store.remove(foreign) and store.stats().download_files == 1
+    with pytest.raises(StorageError, match="own storage areas"):
+        store.remove_owned(foreign)
+
+
+def _running_download(conn: psycopg.Connection[Any]) -> Job:
+    job = jobs.create_job(conn, Stage.DOWNLOAD, make_track(conn).id)
+    return jobs.advance(conn, job, Status.DOWNLOADING)
 
 
 def test_an_upload_cut_mid_transfer_leaves_no_visible_object_and_a_later_one_succeeds(

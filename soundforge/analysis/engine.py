@@ -26,6 +26,7 @@ from soundforge.analysis.frontend import HOP_LENGTH, N_FFT, FrameChunk, StftFron
 from soundforge.analysis.key import KeyEstimate, estimate_key
 from soundforge.analysis.report import AnalysisReport
 from soundforge.analysis.rhythm import align_onsets, rectified_rise, track_beats
+from soundforge.audio_limits import DEFAULT_LIMITS, AudioLimits
 from soundforge.errors import AbortCheck, JobAbortedError, ProgressCallback
 
 logger = logging.getLogger(__name__)
@@ -265,11 +266,14 @@ def analyze(
     path: Path | str,
     progress: ProgressCallback | None = None,
     should_abort: AbortCheck | None = None,
+    limits: AudioLimits = DEFAULT_LIMITS,
 ) -> AnalysisReport:
     """Analyse one audio file. `progress` gets percentages 0..100, never decreasing;
     `should_abort` is polled between decode blocks (True raises `JobAbortedError`).
-    Raises `AudioError` (or `FfmpegMissingError`) for input that cannot be decoded."""
-    info = audio_io.probe(path, count_frames=False)
+    Raises `AudioError` (or `FfmpegMissingError`) for input that cannot be decoded or that asks
+    for more than `limits` allow."""
+    info = audio_io.probe(path, count_frames=False, limits=limits)
+    limits.check_budget(str(info.path), info.frames, info.sample_rate, ANALYSIS_SAMPLE_RATE, 1)
     reporter = _Progress(progress)
     reporter.update(0.0)
     blocks = audio_io.iter_decoded(info, ANALYSIS_SAMPLE_RATE, mono=True)

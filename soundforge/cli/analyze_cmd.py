@@ -10,7 +10,10 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from soundforge.audio_limits import AudioLimits
+from soundforge.cli.output import safe, say
 from soundforge.errors import ConfigError
+from soundforge.settings import load_settings
 
 if TYPE_CHECKING:
     from soundforge.analysis import AnalysisReport
@@ -37,11 +40,13 @@ def run(args: argparse.Namespace) -> int:
             f"audio analysis needs the analysis extra ({error.name} is missing): "
             "pip install 'soundforge[analysis]'"
         ) from None
-    report = analyze(args.file)
+    limits = AudioLimits.from_settings(load_settings())
+    report = analyze(args.file, limits=limits)
     if args.json:
         sys.stdout.write(json.dumps(report.to_dict(), allow_nan=False) + "\n")
     else:
-        sys.stdout.write(summary(args.file, report))
+        for line in summary(args.file, report).splitlines():
+            say(line)
     return 0
 
 
@@ -57,7 +62,7 @@ def summary(path: Path, report: AnalysisReport) -> str:
     key = (f"{report.key} (confidence {report.key_confidence:.2f})"
            if report.key is not None and report.key_confidence is not None else "none")  # fmt: skip
     lines = [
-        f"{path.name}: {_clock(report.duration)} ({report.duration:.1f} s), "
+        f"{safe(path.name)}: {_clock(report.duration)} ({report.duration:.1f} s), "
         f"{report.sample_rate} Hz",
         f"  tempo     {tempo}",
         f"  key       {key}",
@@ -67,6 +72,6 @@ def summary(path: Path, report: AnalysisReport) -> str:
         f"{report.spectral_rolloff:.0f} Hz, bandwidth {report.spectral_bandwidth:.0f} Hz, "
         f"flatness {report.spectral_flatness:.4f}",
         f"  zcr       {report.zero_crossing_rate:.4f}",
-        *(f"  warning:  {warning}" for warning in report.warnings),
+        *(f"  warning:  {safe(warning)}" for warning in report.warnings),
     ]
     return "\n".join(lines) + "\n"

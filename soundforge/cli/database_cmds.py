@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from soundforge import music
+from soundforge import maintenance, music
 from soundforge.cli.common import add_json_flag, database, human_size, print_json, settings, storage
+from soundforge.cli.output import safe, say
 from soundforge.migrations import migrate, migration_status
 
 
@@ -27,7 +28,9 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(handler=run_delete)
 
     parser = subparsers.add_parser(
-        "cleanup", help="remove stored files that no row references (older than the grace period)"
+        "cleanup",
+        help="remove files in downloads/ and stems/ that no row needs (older than the grace "
+        "period) and leaked temporaries; nothing else under the storage root",
     )
     parser.add_argument("--dry-run", action="store_true", help="list, do not remove")
     add_json_flag(parser)
@@ -62,8 +65,8 @@ def run_tracks(args: argparse.Namespace) -> int:
         print_json([track.to_dict() for track in tracks])
         return 0
     for track in tracks:
-        artist = f"{track.artist} - " if track.artist else ""
-        print(f"{track.id}  {track.inserted_at:%Y-%m-%d %H:%M}  {artist}{track.title}")
+        artist = f"{safe(track.artist)} - " if track.artist else ""
+        say(f"{track.id}  {track.inserted_at:%Y-%m-%d %H:%M}  {artist}{safe(track.title)}")
     return 0
 
 
@@ -81,15 +84,12 @@ def run_delete(args: argparse.Namespace) -> int:
 def run_cleanup(args: argparse.Namespace) -> int:
     config = settings()
     with database(config) as conn:
-        referenced = music.referenced_paths(conn)
-    report = storage(config).cleanup_orphaned(
-        referenced, dry_run=args.dry_run, grace_s=config.storage_orphan_grace_s
-    )
+        report = maintenance.cleanup_orphaned(conn, config, dry_run=args.dry_run)
     if args.json:
         print_json(report.__dict__)
         return 0
     verb = "would remove" if args.dry_run else "removed"
     for path in report.paths:
-        print(f"{verb} {path}")
+        say(f"{verb} {safe(path)}")
     print(f"{verb} {report.count} orphaned file(s), {human_size(report.bytes)}")
     return 0

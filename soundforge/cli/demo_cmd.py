@@ -13,6 +13,7 @@ from rich.console import Console
 from soundforge import demo, live, workflow
 from soundforge.cli import progress_bars
 from soundforge.cli.common import database, human_size
+from soundforge.cli.output import safe, say
 from soundforge.db import describe_dsn
 from soundforge.embedded_pg import EmbeddedPostgres
 from soundforge.engines import default_engines
@@ -44,9 +45,9 @@ def run_demo(args: argparse.Namespace) -> int:
     demo_dir = (args.data_dir or demo.default_demo_dir()).absolute()
     demo_dir.mkdir(parents=True, exist_ok=True)
     config = load_settings()
-    print(f"SoundForge demo: data in {demo_dir}")
+    say(f"SoundForge demo: data in {safe(demo_dir)}")
     song, description = demo.demo_song(demo_dir, args.file)
-    print(f"song: {description}")
+    say(f"song: {safe(description)}")
     with demo.demo_database(config, demo_dir) as (database_url, server):
         _say_database(database_url, server)
         applied = migrate(database_url)
@@ -73,11 +74,11 @@ def _run_pipeline(args: argparse.Namespace, config: Any, demo_dir: Path, song: P
     print(f"stems: checking for {config.demucs_model} weights ...")
     missing_stems = demo.stems_unavailable_reason(config, config.demucs_model)
     if missing_stems:
-        print(f"stems: skipped; {missing_stems}")
+        say(f"stems: skipped; {safe(missing_stems)}")
     options = workflow.PipelineOptions(stems=missing_stems is None, analysis=True,
                                        model=config.demucs_model)  # fmt: skip
     processes = demo.PipelineProcesses(config, demo_dir / "logs" / "pipeline.log")
-    print(f"pipeline: starting the {processes.description} (log: {processes.log_path})")
+    say(f"pipeline: starting the {processes.description} (log: {safe(processes.log_path)})")
     processes.start()
     try:
         rows = _import_and_follow(config, song, options, processes, args.timeout)
@@ -104,7 +105,7 @@ def _import_and_follow(
             database(config, autocommit=True) as conn:  # fmt: skip
         imported = [workflow.import_track(conn, item, options) for item in metadata]
         for item in imported:
-            print(f"track {item.track.id}  {item.track.title}  (download queued)")
+            say(f"track {item.track.id}  {safe(item.track.title)}  (download queued)")
         with processes.failing_on_exit(timeout_s):
             return progress_bars.follow(listener, conn, [item.track.id for item in imported],
                                         Console())  # fmt: skip
@@ -112,18 +113,18 @@ def _import_and_follow(
 
 def _print_summary(summary: live.PipelineSummary, missing_stems: str | None) -> None:
     print()
-    print(f"{summary.title}  (track {summary.track_id})")
+    say(f"{safe(summary.title)}  (track {summary.track_id})")
     stages = ", ".join(f"{stage} {status or 'skipped'}" for stage, status in summary.stages.items())
     print(f"  stages {stages}")
     tempo = f"{summary.tempo_bpm:.1f} BPM" if summary.tempo_bpm else "-"
     print(f"  tempo  {tempo}")
-    print(f"  key    {summary.key or '-'}")
+    say(f"  key    {safe(summary.key or '-')}")
     if summary.stems:
         print(f"  stems  {len(summary.stems)}")
         for stem in summary.stems:
             size = human_size(stem.size_bytes)
-            print(f"    {stem.stem_type:8} {size:>10}  {stem.location or '-'}")
+            say(f"    {stem.stem_type:8} {size:>10}  {safe(stem.location or '-')}")
     elif missing_stems:
-        print(f"  stems  not made: {missing_stems}")
+        say(f"  stems  not made: {safe(missing_stems)}")
     for stage, error in summary.errors.items():
-        print(f"  {stage} failed: {error}")
+        say(f"  {stage} failed: {safe(error)}")

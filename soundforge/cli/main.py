@@ -9,6 +9,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from soundforge.cli.output import safe, say
 from soundforge.errors import SoundForgeError
 from soundforge.redact import install_log_redaction, mask_text
 
@@ -48,7 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.handler(args))
     except SoundForgeError as error:
-        print(f"soundforge: error: {mask_text(str(error))}", file=sys.stderr)
+        say(f"soundforge: error: {safe(mask_text(str(error)))}", file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt:
         print("soundforge: interrupted", file=sys.stderr)

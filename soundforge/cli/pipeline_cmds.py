@@ -12,6 +12,7 @@ from rich.console import Console
 from soundforge import live, music, workflow
 from soundforge.cli import progress_bars
 from soundforge.cli.common import add_json_flag, database, print_json, settings, storage
+from soundforge.cli.output import safe, say
 from soundforge.engines import default_engines
 from soundforge.errors import PermanentError
 from soundforge.file_store import FileStore
@@ -46,10 +47,12 @@ def register(subparsers: Any) -> None:
     add_json_flag(parser)
     parser.set_defaults(handler=run_status)
 
-    parser = subparsers.add_parser("watch", help="print progress events live (LISTEN)")
+    parser = subparsers.add_parser(
+        "watch", help="print job rows as they change, live (LISTEN; states read from the rows)"
+    )
     parser.add_argument("track_id", nargs="?", metavar="TRACK_ID")
     parser.add_argument("--max-events", type=int, default=0, metavar="N",
-                        help="exit after N events (default: run until interrupted)")
+                        help="exit after N lines (default: run until interrupted)")
     add_json_flag(parser)
     parser.set_defaults(handler=run_watch)
 
@@ -84,7 +87,7 @@ def run_add(args: argparse.Namespace) -> int:
         if not args.json:
             for item in imported:
                 note = "queued" if item.new_download else f"already {item.download_job.status}"
-                print(f"track {item.track.id}  {item.track.title}  (download {note})")
+                say(f"track {item.track.id}  {safe(item.track.title)}  (download {note})")
         if listener is None:
             if args.json:
                 print_json([{"track_id": i.track.id, "download_job_id": i.download_job.id,
@@ -112,9 +115,10 @@ def _print_outcome(
         return
     for item in summaries:
         tempo = f"{item.tempo_bpm:.1f} BPM" if item.tempo_bpm else "-"
-        print(f"{item.title}: tempo {tempo}, key {item.key or '-'}, {len(item.stems)} stems")
+        say(f"{safe(item.title)}: tempo {tempo}, key {safe(item.key or '-')}, "
+            f"{len(item.stems)} stems")
         for stage, error in item.errors.items():
-            print(f"  {stage} failed: {error}")
+            say(f"  {stage} failed: {safe(error)}")
 
 
 def run_status(args: argparse.Namespace) -> int:
@@ -130,35 +134,41 @@ def run_status(args: argparse.Namespace) -> int:
         print_json([{**row, "files": files} for row in rows] if track_ids else rows)
         return 0
     for row in rows:
-        print(f"{row['track_id']}  {row['title']}")
+        say(f"{row['track_id']}  {safe(row['title'])}")
         for stage in live.STAGES:
             status, percent, error = live.stage_state(row, stage)
             if status is not None:
-                detail = f"  {error}" if error else ""
-                print(f"    {stage:9} {status:12} {percent:3d}%{detail}")
+                detail = f"  {safe(error)}" if error else ""
+                say(f"    {stage:9} {status:12} {percent:3d}%{detail}")
     for name, location in files.items():  # one track asked for: where its files are
-        print(f"    {name:9} {location}")
+        say(f"    {name:9} {safe(location)}")
     return 0
 
 
 def run_watch(args: argparse.Namespace) -> int:
     config = settings()
     wanted = str(music.parse_uuid(args.track_id, "track id")) if args.track_id else None
-    seen = 0
-    with live.open_listener(config.database_url) as listener:
+    shown: dict[str, live.JobState] = {}
+    printed = 0
+    with live.open_listener(config.database_url) as listener, \
+            database(config, autocommit=True) as reader:  # fmt: skip
         print("watching soundforge_progress (Ctrl-C to stop)", file=sys.stderr, flush=True)
         for event in live.events(listener, timeout_s=1.0):
-            if event is None or (wanted and event.track_id != wanted):
+            state = live.job_state(reader, event) if event is not None else None
+            if state is None or (wanted and state.track_id != wanted):
                 continue
+            if shown.get(state.job_id) == state:
+                continue  # the row did not change since it was shown (coalesced events)
+            shown[state.job_id] = state
             if args.json:
-                print_json(event.__dict__)
+                print_json(state.__dict__)
             else:
-                error = f"  {event.error}" if event.error and event.status == "failed" else ""
-                print(f"{event.track_id}  {event.stage:9} {event.status:12} "
-                      f"{event.progress:3d}%  job {event.job_id}{error}")  # fmt: skip
+                error = f"  {safe(state.error)}" if state.error and state.status == "failed" else ""
+                say(f"{state.track_id}  {state.stage:9} {state.status:12} "
+                    f"{state.progress:3d}%  job {state.job_id}{error}")  # fmt: skip
             sys.stdout.flush()
-            seen += 1
-            if args.max_events and seen >= args.max_events:
+            printed += 1
+            if args.max_events and printed >= args.max_events:
                 return 0
     return 0
 

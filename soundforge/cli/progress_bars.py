@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn
 
 from soundforge import live
+from soundforge.cli.output import safe
 
 POLL_S = 1.0
 
@@ -44,7 +45,7 @@ def follow(
 def _update_bars(
     progress: Progress, bars: dict[tuple[str, str], TaskID], row: dict[str, Any]
 ) -> None:
-    title = (row["title"] or str(row["track_id"]))[:32]
+    title = safe((row["title"] or str(row["track_id"]))[:32])
     for stage in live.STAGES:
         status, percent, error = live.stage_state(row, stage)
         if status is None:
@@ -52,5 +53,5 @@ def _update_bars(
         key = (str(row["track_id"]), stage)
         if key not in bars:
             bars[key] = progress.add_task(f"{title:32} {stage:9}", total=100, status=status)
-        label = f"failed: {error}" if status == "failed" and error else status
+        label = f"failed: {safe(error)}" if status == "failed" and error else status
         progress.update(bars[key], completed=percent, status=label)

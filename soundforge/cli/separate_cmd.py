@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from soundforge import audio_io
+from soundforge.audio_limits import AudioLimits
+from soundforge.cli.output import safe, say
 from soundforge.separation.registry import MODEL_NAMES
 from soundforge.settings import load_settings
 
@@ -47,7 +49,8 @@ def run(args: argparse.Namespace) -> int:
     from soundforge.separation import Separator  # torch is imported only when separating
 
     settings = load_settings()
-    audio_io.probe(args.file)  # a bad input fails before the model loads
+    limits = AudioLimits.from_settings(settings)
+    audio_io.probe(args.file, count_frames=False, limits=limits)  # fails before the model loads
 
     def pick(flag: Any, setting: Any) -> Any:
         return setting if flag is None else flag
@@ -61,12 +64,13 @@ def run(args: argparse.Namespace) -> int:
         overlap=pick(args.overlap, settings.overlap),
         stem_format=pick(args.stem_format, settings.stem_format),
         torch_threads=pick(args.threads, settings.torch_threads),
+        limits=limits,
     )
     stems = separator.separate(args.file, args.out)
     if args.json:
         print(json.dumps({stem: str(path) for stem, path in stems.items()}))
     else:
         for stem, path in stems.items():
-            print(f"{stem}\t{path}")
+            say(f"{stem}\t{safe(path)}")
     sys.stdout.flush()
     return 0

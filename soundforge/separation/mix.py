@@ -78,10 +78,14 @@ def convert_channels(block: FloatArray, channels: int) -> FloatArray:
     raise AudioError(f"cannot make {channels} channels out of {source_channels}")
 
 
-def prepare_mix(source: Path, raw_path: Path, sample_rate: int, channels: int) -> PreparedMix:
-    """Decode `source` into `raw_path` (created; the caller removes it) at `sample_rate` with
-    `channels`; `AudioError` when it is not decodable audio."""
-    info = audio_io.probe(source)
+def prepare_mix(
+    info: audio_io.AudioInfo, raw_path: Path, sample_rate: int, channels: int
+) -> PreparedMix:
+    """Decode the probed file into `raw_path` (created; the caller removes it) at `sample_rate`
+    with `channels`; `AudioError` when it is not decodable audio. The caller checks the
+    decoded-size budget first (`AudioLimits.check_budget`); what is written is bounded by what
+    really decodes (`audio_io` stops at the duration limit, whatever the header said)."""
+    source = info.path
     resampler = (
         soxr.ResampleStream(info.sample_rate, sample_rate, channels, dtype="float32",
                             quality="HQ")
@@ -99,7 +103,7 @@ def prepare_mix(source: Path, raw_path: Path, sample_rate: int, channels: int) -
             stats.add(samples.mean(axis=1, dtype=np.float32))
             frames += samples.shape[0]
 
-        for block in audio_io.iter_blocks(info.path):
+        for block in audio_io.iter_blocks(info):
             converted = convert_channels(block, channels)
             append(resampler.resample_chunk(converted) if resampler else converted)
         if resampler is not None:

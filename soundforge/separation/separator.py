@@ -17,6 +17,7 @@ from typing import Literal
 import torch
 
 from soundforge import audio_io
+from soundforge.audio_limits import DEFAULT_LIMITS, AudioLimits
 from soundforge.errors import AbortCheck, ConfigError, JobAbortedError, ProgressCallback
 from soundforge.separation import loading
 from soundforge.separation.mix import MixReader, prepare_mix
@@ -68,12 +69,14 @@ class Separator:
         stem_format: StemFormat = "flac",
         torch_threads: int = 0,
         rng: random.Random | None = None,
+        limits: AudioLimits = DEFAULT_LIMITS,
     ) -> None:
         """`repo`: a folder in demucs' `--repo` layout, or None for demucs' download cache.
         `precision`: fp32 matches the demucs CLI; bf16 autocasts the model (faster on CPUs with
         AVX512-BF16/AMX, deviates ~1e-3), falling back to fp32 where unsupported. `shifts`,
         `overlap`: as demucs' options. `torch_threads`: 0 keeps torch's default (it is a
-        process-wide setting). `rng`: draws the shift offsets (seed it to reproduce a run)."""
+        process-wide setting). `rng`: draws the shift offsets (seed it to reproduce a run).
+        `limits`: what an input may ask the decoder for (checked before anything is written)."""
         check_model_name(model)
         if shifts < 0:
             raise ConfigError(f"shifts must be 0 or more, not {shifts}")
@@ -95,6 +98,7 @@ class Separator:
         self.overlap = overlap
         self.stem_format: StemFormat = stem_format
         self.rng = rng if rng is not None else random.Random()
+        self.limits = limits
         self.model = loading.load(model, Path(repo) if repo is not None else None, self.device)
 
     @property
@@ -133,14 +137,16 @@ class Separator:
         if progress is not None:
             progress(0.0)
         check_abort()
-        audio_io.probe(source)  # AudioError before anything is created
+        # AudioError (not audio, over the limits) before anything is created.
+        info = audio_io.probe(source, count_frames=False, limits=self.limits)
+        info.limits.check_budget(str(source), info.frames, info.sample_rate,
+                                 self.model.sample_rate, self.model.audio_channels)
         out_dir.mkdir(parents=True, exist_ok=True)
         token = new_token()
         with ExitStack() as cleanup:
             raw_path = out_dir / temp_name(token, "mix.f32")
             cleanup.callback(raw_path.unlink, missing_ok=True)
-            mix = prepare_mix(source, raw_path, self.model.sample_rate,
-                              self.model.audio_channels)
+            mix = prepare_mix(info, raw_path, self.model.sample_rate, self.model.audio_channels)
             reader = MixReader(mix)
             cleanup.callback(reader.close)
             writer = StemWriter(out_dir, self.model.sources, mix.channels, token)

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
+from soundforge.audio_limits import DEFAULT_LIMITS, AudioLimits
 from soundforge.source_policy import DestinationPolicy, ImportRoots
 
 if TYPE_CHECKING:
@@ -39,6 +40,8 @@ class SourceConfig:
     """A longer `Retry-After` is not slept through: the job is retried later by the queue."""
     spotdl_timeout_s: float = 900.0
     """How long one `spotdl download` may run."""
+    audio_limits: AudioLimits = DEFAULT_LIMITS
+    """What a fetched file may ask a decoder for (rate, channels, duration, decoded size)."""
     destinations: DestinationPolicy = field(default_factory=DestinationPolicy)
     """Where downloads, resolvers and the Spotify client may connect (one policy for all)."""
     import_roots: ImportRoots = field(default_factory=ImportRoots)
@@ -60,6 +63,7 @@ class SourceConfig:
             read_timeout_s=settings.read_timeout_s,
             max_redirects=settings.max_redirects,
             duration_tolerance_s=settings.duration_tolerance_s,
+            audio_limits=AudioLimits.from_settings(settings),
             destinations=DestinationPolicy.allowing(settings.allowed_networks),
             import_roots=ImportRoots(settings.import_root_paths),
         )

@@ -83,7 +83,7 @@ def fetch_audio(
                 config=config, byte_progress=byte_progress, spotify=spotify,
             )  # fmt: skip
             label = f"{metadata.artist} - {metadata.title} ({source.uri})"
-        validated = validate_audio_file(produced, label)
+        validated = validate_audio_file(produced, label, config.audio_limits)
         relative = download_relpath(track_id, validated.ext)
         if produced.parent != staging.parent:  # spotdl wrote into its staging folder
             moved = staging.with_name(f"{staging.name}.{validated.ext}")  # still cleaned up

@@ -1,6 +1,8 @@
 """Validation of every downloaded or imported audio file: big enough, a known container
-signature, a consistent length and a decode with a duration above zero. A file that fails is
-removed and the error says what was wrong."""
+signature, a consistent length, within the audio limits (rate, channels, duration, decoded size)
+and a decode with a duration above zero and only finite samples. A file that fails is removed
+and the error says what was wrong, in words: it never quotes the file's bytes (the error is
+stored and shown to whoever can read job rows)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from soundforge import audio_io
+from soundforge.audio_limits import DEFAULT_LIMITS, AudioLimits
 from soundforge.errors import AudioError, FfmpegMissingError
 from soundforge.sources.errors import NotAudioError, TruncatedAudioError
 
@@ -63,19 +66,21 @@ def describe_non_audio(head: bytes) -> str:
     return f"no known audio signature (expected {MAGIC_NAMES})"  # never the bytes themselves
 
 
-def validate_audio_file(path: Path, label: str | None = None) -> ValidatedAudio:
+def validate_audio_file(
+    path: Path, label: str | None = None, limits: AudioLimits = DEFAULT_LIMITS
+) -> ValidatedAudio:
     """Check `path` and return what it holds; on any failure remove it and raise an
-    `AudioError` (`NotAudioError`, `TruncatedAudioError`, `FfmpegMissingError`...) whose
-    message starts with `label` (default: the file name)."""
+    `AudioError` (`NotAudioError`, `TruncatedAudioError`, `AudioLimitError`,
+    `FfmpegMissingError`...) whose message starts with `label` (default: the file name)."""
     name = label or path.name
     try:
-        return _validate(path, name)
+        return _validate(path, name, limits)
     except AudioError:
         path.unlink(missing_ok=True)
         raise
 
 
-def _validate(path: Path, name: str) -> ValidatedAudio:
+def _validate(path: Path, name: str, limits: AudioLimits) -> ValidatedAudio:
     if not path.is_file():
         raise AudioError(f"{name}: no such file")
     size = path.stat().st_size
@@ -90,7 +95,7 @@ def _validate(path: Path, name: str) -> ValidatedAudio:
         )
     if ext == "wav":
         _check_riff_length(head, size, name)
-    duration_s = _decoded_duration(path, name, ext)
+    duration_s = _decoded_duration(path, name, ext, limits)
     logger.debug("validated %s: %s, %.2f s, %d bytes", name, ext, duration_s, size)
     return ValidatedAudio(ext=ext, duration_s=duration_s, file_size=size)
 
@@ -104,18 +109,18 @@ def _check_riff_length(head: bytes, size: int, name: str) -> None:
         )
 
 
-def _decoded_duration(path: Path, name: str, ext: str) -> float:
+def _decoded_duration(path: Path, name: str, ext: str, limits: AudioLimits) -> float:
     try:
-        info = audio_io.probe(path)
+        info = audio_io.probe(path, limits=limits)
         if info.decoder == "ffmpeg":  # probing with ffmpeg already decoded the whole stream
             decoded_frames = info.frames
         else:
-            decoded_frames = sum(block.shape[0] for block in audio_io.iter_blocks(path))
+            decoded_frames = sum(block.shape[0] for block in audio_io.iter_blocks(info))
     except FfmpegMissingError:
         raise FfmpegMissingError(f"{name}: decoding this format ({ext})") from None
     except AudioError as error:
-        message = str(error).replace(str(path), name).replace(path.name, name)
-        raise AudioError(message) from None
+        error.args = (str(error).replace(str(path), name).replace(path.name, name),)
+        raise error from None  # the same type: callers tell a limit from a corrupt file
     if decoded_frames <= 0 or info.sample_rate <= 0:
         raise AudioError(f"{name}: decodes to no samples (duration 0)")
     if decoded_frames + TRUNCATION_SLACK_FRAMES < info.frames * 0.99:

@@ -69,3 +69,20 @@ SELECT job_row.id, job_row.track_id, queue_job.id AS procrastinate_job_id,
                             - make_interval(secs => %(stalled_after_s)s::float8)
  ORDER BY job_row.id
    FOR UPDATE OF job_row SKIP LOCKED;
+
+-- name: lock_track_for_cleanup
+-- Lock a track against new job rows (their foreign key needs a share lock) while cleanup decides about its files; NOWAIT: a busy track is skipped this time
+SELECT id FROM tracks WHERE id = %(track_id)s FOR UPDATE NOWAIT;
+
+-- name: lock_download_rows_for_cleanup
+-- A track's download rows, locked as a completing download locks its row (NOWAIT: a row being changed means its file is in use)
+SELECT id, status FROM download_jobs WHERE track_id = %(track_id)s FOR UPDATE NOWAIT;
+
+-- name: lock_processing_rows_for_cleanup
+-- A track's separation rows, locked as a completing separation locks its row (NOWAIT, as above)
+SELECT id, status FROM processing_jobs WHERE track_id = %(track_id)s FOR UPDATE NOWAIT;
+
+-- name: path_referenced
+-- Whether any row points at a stored path (read under the locks above, so a completion cannot commit in between)
+SELECT EXISTS (SELECT 1 FROM download_jobs WHERE output_path = %(path)s)
+       OR EXISTS (SELECT 1 FROM stems WHERE file_path = %(path)s) AS referenced;

@@ -101,12 +101,6 @@ WITH files AS (
 )
 SELECT (SELECT count(*) FROM deleted) AS deleted, array(SELECT path FROM files) AS paths;
 
--- name: referenced_paths
--- Every stored path a row still points at (for the orphan cleaner).
-SELECT output_path AS path FROM download_jobs WHERE output_path IS NOT NULL
-UNION
-SELECT file_path FROM stems WHERE file_path IS NOT NULL;
-
 -- ---------------------------------------------------------------- stems and results
 
 -- name: insert_stem
@@ -328,6 +322,11 @@ SELECT soundforge_defer_stage_v1(%(queue)s, %(task_name)s, %(queueing_lock)s, %(
 -- name: cancel_queue_job
 -- Cancel a waiting Procrastinate job, or ask a running one to abort.
 SELECT procrastinate_cancel_job_v1(%(id)s, true, false) AS id;
+
+-- name: job_state
+-- One job row's state from the soundforge_jobs view (readable by the read-only role): what `watch` shows for an event, whatever the event's payload said.
+SELECT stage, id AS job_id, track_id, status, progress, error FROM soundforge_jobs
+WHERE id = %(job_id)s AND stage = %(stage)s;
 
 -- name: pipeline_for_tracks
 -- The soundforge_pipeline view for some tracks (all when the list is NULL), newest first.
