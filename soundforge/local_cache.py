@@ -28,10 +28,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
 
 from soundforge.errors import StorageError
+from soundforge.storage import TEMP_PREFIX, is_temp_name, regular_files
 
 log = logging.getLogger(__name__)
 
-TEMP_PREFIX = ".sf-tmp-"  # the same hidden prefix as the file store's temporaries
 OBJECTS_DIR = "objects"
 STALE_TEMP_S = 24 * 3600.0  # a temporary this old was left by a process that died
 
@@ -148,17 +148,11 @@ class LocalCache:
         if not self.objects.is_dir():
             return entries
         stale_before = time.time() - STALE_TEMP_S
-        for dirpath, _dirnames, filenames in os.walk(self.objects):
-            for name in filenames:
-                path = Path(dirpath) / name
-                try:
-                    info = path.lstat()
-                except FileNotFoundError:
-                    continue
-                if not name.startswith(TEMP_PREFIX):
-                    entries.append((info.st_mtime, info.st_size, path))
-                elif info.st_mtime < stale_before:
-                    path.unlink(missing_ok=True)
+        for path, info in regular_files(self.objects):
+            if not is_temp_name(path.name):
+                entries.append((info.st_mtime, info.st_size, path))
+            elif info.st_mtime < stale_before:
+                path.unlink(missing_ok=True)
         return entries
 
     def size_bytes(self) -> int:

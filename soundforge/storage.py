@@ -171,6 +171,20 @@ def _parse_uuid(text: str) -> uuid.UUID | None:
     return uuid.UUID(text) if _UUID_TEXT.fullmatch(text) else None
 
 
+def regular_files(top: Path) -> Iterator[tuple[Path, os.stat_result]]:
+    """Every regular file below `top` with its `lstat` (symlinks are not followed; a file
+    removed meanwhile is skipped)."""
+    for dirpath, _dirnames, filenames in os.walk(top):
+        for name in filenames:
+            path = Path(dirpath) / name
+            try:
+                info = path.lstat()
+            except FileNotFoundError:
+                continue
+            if stat.S_ISREG(info.st_mode):
+                yield path, info
+
+
 def fsync_dir(directory: Path) -> None:
     """Make a rename or unlink inside `directory` durable."""
     fd = os.open(directory, os.O_RDONLY)
@@ -329,16 +343,9 @@ class Storage:
             top = self.root / area
             if top.is_symlink() or not top.is_dir():
                 continue
-            for dirpath, _dirnames, filenames in os.walk(top):
-                for name in filenames:
-                    path = Path(dirpath) / name
-                    try:
-                        info = path.lstat()
-                    except FileNotFoundError:
-                        continue
-                    if stat.S_ISREG(info.st_mode):
-                        relative = path.relative_to(self.root).as_posix()
-                        yield StoredFile(relative, info.st_size, info.st_mtime)
+            for path, info in regular_files(top):
+                relative = path.relative_to(self.root).as_posix()
+                yield StoredFile(relative, info.st_size, info.st_mtime)
 
     def cleanup_candidates(
         self, orphan_grace_s: float, temp_grace_s: float, now: Callable[[], float] = time.time
