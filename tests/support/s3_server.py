@@ -73,9 +73,11 @@ def moto_s3() -> Iterator[S3Server]:
 
 
 def s3_settings(endpoint: str, bucket: str, prefix: str = "sf") -> dict[str, object]:
-    """Settings (keyword form) for S3 storage at `endpoint`, quick to give up when it is down."""
+    """Settings (keyword form) for S3 storage at `endpoint`, quick to give up when it is down
+    (two quick retries: a pooled connection the server closed meanwhile is retried, as in
+    production)."""
     return {"storage_url": f"s3://{bucket}/{prefix}", "s3_endpoint_url": endpoint,
-            "s3_region": REGION, "s3_max_retries": 0, "s3_retry_timeout_s": 5,
+            "s3_region": REGION, "s3_max_retries": 2, "s3_retry_timeout_s": 5,
             **CREDENTIALS}  # fmt: skip
 
 
