@@ -32,6 +32,23 @@ def describe_dsn(conninfo: str) -> str:
     return f"{described} user={user}" if user else described
 
 
+def masked_url(conninfo: str) -> str:
+    """The database as a `postgresql://host:port/dbname` URL for messages, whatever form it was
+    given in: no user-info (which `redact.mask_text` would mask on output anyway) and no other
+    parameter, so nothing secret is left in it."""
+    try:
+        parts = conninfo_to_dict(conninfo)
+    except psycopg.ProgrammingError:
+        return "an unparsable database URL"
+    host = str(parts.get("host") or "")
+    if host.startswith("/"):  # a Unix socket folder: the URL form puts it in the query
+        host_part, socket = "", f"?host={host}"
+    else:
+        host_part, socket = host, ""
+    port = f":{parts['port']}" if parts.get("port") else ""
+    return f"postgresql://{host_part}{port}/{parts.get('dbname') or ''}{socket}"
+
+
 def _unavailable(conninfo: str, error: Exception) -> DatabaseUnavailableError:
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     reason = " ".join(lines) if lines else type(error).__name__

@@ -14,7 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
 from typing import IO
@@ -74,6 +74,24 @@ def demo_database(
         yield server.conninfo, server
 
 
+def shell_environment(database_url: str, storage: Path) -> dict[str, str]:
+    """The caller's environment with the demo's database and storage in it (and no
+    SOUNDFORGE_DATABASE_URL, which would win over DATABASE_URL), and this installation's
+    `soundforge` first on PATH (a virtualenv's bin folder is often not on it)."""
+    bin_dir = str(Path(sys.executable).parent)
+    path = os.environ.get("PATH", "/usr/bin:/bin")
+    environment = {**os.environ, "DATABASE_URL": database_url,
+                   "SOUNDFORGE_STORAGE_PATH": str(storage),
+                   "PATH": path if path.split(os.pathsep)[0] == bin_dir
+                   else os.pathsep.join([bin_dir, path])}  # fmt: skip
+    environment.pop("SOUNDFORGE_DATABASE_URL", None)
+    return environment
+
+
+def user_shell() -> str:
+    return os.environ.get("SHELL") or shutil.which("bash") or "/bin/sh"
+
+
 def demo_song(demo_dir: Path, given: Path | None) -> tuple[Path, str]:
     """(path, description) of the song to run: `given` when named, else a synthesized one."""
     if given is not None:
@@ -88,22 +106,26 @@ def demo_song(demo_dir: Path, given: Path | None) -> tuple[Path, str]:
                        f"{song.key}: {song.path}")  # fmt: skip
 
 
-def stems_unavailable_reason(config: Settings, model: str) -> str | None:
-    """None when the separation model's weights load here; else what is missing and how to
-    get it (the separation engine's own message: it never reaches for the network)."""
-    from soundforge.separation import SeparationError
+def stems_unavailable_reason(
+    config: Settings, model: str, fetch: Callable[[str], object] | None = None
+) -> str | None:
+    """None when the separation model's weights load here (fetched first with `fetch` when
+    missing and SOUNDFORGE_FETCH_MODELS allows); else what is missing and how to get it."""
+    from soundforge.engines import with_fetched_weights
 
     try:
         import torch
 
         from soundforge.separation import loading
 
-        loading.load(model, config.demucs_repo, torch.device("cpu"))
+        with_fetched_weights(config, model,
+                             lambda: loading.load(model, config.demucs_repo, torch.device("cpu")),
+                             fetch)  # fmt: skip
         loading.clear_cache()
     except ImportError as error:
         return (f"stem separation needs the stems extra ({error.name} is not installed): "
                 "pip install -c constraints.txt 'soundforge[stems]'")  # fmt: skip
-    except SeparationError as error:
+    except SoundForgeError as error:
         return str(error)
     return None
 
@@ -114,12 +136,10 @@ class PipelineProcesses:
 
     def __init__(self, config: Settings, log_path: Path) -> None:
         self.log_path = log_path
-        self.environment = {**os.environ, **CHILD_SETTINGS,
-                            "DATABASE_URL": config.database_url,
-                            "SOUNDFORGE_STORAGE_PATH": str(config.storage_path),
-                            "SOUNDFORGE_IMPORT_ROOTS": ",".join(
-                                str(root) for root in config.import_root_paths)}  # fmt: skip
-        self.environment.pop("SOUNDFORGE_DATABASE_URL", None)
+        self.environment = shell_environment(config.database_url, config.storage_path)
+        self.environment.update(CHILD_SETTINGS)
+        self.environment["SOUNDFORGE_IMPORT_ROOTS"] = ",".join(
+            str(root) for root in config.import_root_paths)  # fmt: skip
         self.processes: list[subprocess.Popen[bytes]] = []
         self._log_file: IO[bytes] | None = None
 

@@ -383,15 +383,30 @@ class EmbeddedPostgres:
             log.info("PostgreSQL already running on %s; using it", self.pgdata)
         else:
             address = (self._socket_dir(), PORT)
-            options = f"-k {shlex.quote(str(address[0]))} -p {PORT}"
-            self._run([self.binaries.program("pg_ctl"), "start", "--pgdata", str(self.pgdata),
-                       "--wait", "--timeout", str(START_TIMEOUT_S), "--log", str(self.log_file),
-                       "--options", options], what="start the server",
-                      new_session=True, timeout=START_TIMEOUT_S + 30)  # fmt: skip
+            self._pg_ctl_start("start", address)
         self.conninfo = make_conninfo(host=str(address[0]), port=address[1], user=SUPERUSER,
                                       dbname=self.database)  # fmt: skip
         self._create_database(address)
         return self.conninfo
+
+    def restart(self) -> None:
+        """Stop the running server (fast: sessions are cut off) and start it again on the same
+        socket, as a crash-free restart of a real server would look to its clients."""
+        address = self.running_address()
+        if address is None:
+            raise EmbeddedPostgresError(f"no server is running on {self.pgdata}")
+        log.info("restarting PostgreSQL on %s", self.pgdata)
+        self._pg_ctl_start("restart", address)
+
+    def _pg_ctl_start(self, action: str, address: tuple[Path, int]) -> None:
+        """`pg_ctl start` or `restart`, listening only on the socket in `address[0]`."""
+        options = f"-k {shlex.quote(str(address[0]))} -p {address[1]}"
+        mode = ["--mode", "fast"] if action == "restart" else []
+        self._run([self.binaries.program("pg_ctl"), action, "--pgdata", str(self.pgdata), *mode,
+                   "--wait", "--timeout", str(START_TIMEOUT_S), "--log", str(self.log_file),
+                   "--options", options],
+                  what=f"{action} the server", new_session=True,
+                  timeout=START_TIMEOUT_S + 30)  # fmt: skip
 
     def stop(self) -> None:
         """Stop the server if it runs (fast shutdown: open sessions are ended)."""

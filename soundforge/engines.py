@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from soundforge.errors import AbortCheck, ProgressCallback
 from soundforge.models import Stage
@@ -23,10 +23,12 @@ from soundforge.models import Stage
 if TYPE_CHECKING:
     from soundforge.file_store import FileStore
     from soundforge.separation import Separator
+    from soundforge.separation.weights import FileProgress
     from soundforge.settings import Settings
     from soundforge.sources import StoredAudio, TrackMetadata
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,37 @@ class Engines:
     separate: SeparateFn
     analyze: AnalyzeFn
     warm_up: Callable[[Iterable[Stage]], None] = field(default=lambda stages: None)
+
+
+def with_fetched_weights(
+    settings: Settings, model: str, load: Callable[[], T],
+    fetch: Callable[[str], object] | None = None,
+) -> T:  # fmt: skip
+    """`load()`; when the model's weights are missing and SOUNDFORGE_FETCH_MODELS allows it,
+    fetch them from the weight host (once; `fetch` may show progress) and load again."""
+    from soundforge.separation import ModelNotFoundError
+
+    try:
+        return load()
+    except ModelNotFoundError:
+        if not settings.fetch_models:
+            raise
+    log.info("weights for %s are missing; fetching them from %s", model, settings.models_url)
+    (fetch or (lambda name: fetch_weights(settings, name)))(model)
+    return load()
+
+
+def fetch_weights(
+    settings: Settings, model: str, progress: FileProgress | None = None
+) -> list[Path]:
+    """Fetch what `model` is missing from SOUNDFORGE_MODELS_URL into the loader's folder,
+    through the destination policy of SOUNDFORGE_ALLOWED_NETWORKS."""
+    from soundforge.separation.weights import fetch_model
+    from soundforge.source_policy import DestinationPolicy
+
+    return fetch_model(model, repo=settings.demucs_repo, base_url=settings.models_url,
+                       policy=DestinationPolicy.allowing(settings.allowed_networks),
+                       progress=progress)  # fmt: skip
 
 
 def default_engines(settings: Settings) -> Engines:
@@ -81,19 +114,23 @@ def default_engines(settings: Settings) -> Engines:
     def separator(model: str) -> Separator:
         from soundforge.separation import Separator
 
+        def build() -> Separator:
+            return Separator(
+                model,
+                repo=settings.demucs_repo,
+                device=settings.device,
+                precision=settings.precision,
+                shifts=settings.shifts,
+                overlap=settings.overlap,
+                stem_format=settings.stem_format,
+                torch_threads=settings.torch_threads,
+                batch_size=settings.separation_batch,
+                limits=limits,
+            )
+
         with separators_lock:
             if model not in separators:
-                separators[model] = Separator(
-                    model,
-                    repo=settings.demucs_repo,
-                    device=settings.device,
-                    precision=settings.precision,
-                    shifts=settings.shifts,
-                    overlap=settings.overlap,
-                    stem_format=settings.stem_format,
-                    torch_threads=settings.torch_threads,
-                    limits=limits,
-                )
+                separators[model] = with_fetched_weights(settings, model, build)
             return separators[model]
 
     def separate(

@@ -21,7 +21,7 @@ from typing import Any
 import psycopg
 from procrastinate.schema import SchemaManager
 
-from soundforge.db import connect
+from soundforge.db import connect, masked_url
 from soundforge.errors import SoundForgeError
 from soundforge.queries import query
 
@@ -35,6 +35,12 @@ PROCRASTINATE_SCHEMA = PROCRASTINATE_PREFIX + "schema.sql"
 
 class MigrationError(SoundForgeError):
     """A schema file failed or an applied one changed on disk."""
+
+
+class SchemaNotCurrentError(SoundForgeError):
+    """The database was never migrated, or misses schema files this version needs."""
+
+    exit_code = 2
 
 
 @dataclass(frozen=True)
@@ -188,3 +194,42 @@ def migration_status(conninfo: str, directory: Path | None = None) -> list[Migra
             MigrationState(schema_file.name, row["applied_at"] if row else None, changed)
         )
     return states
+
+
+def known_migration_names(directory: Path | None = None) -> list[str]:
+    """The name of every schema file this version expects applied (names only: cheap)."""
+    ours = sorted(path.name for path in (directory or schema_dir()).glob("*.sql")
+                  if path.name[:3].isdigit())  # fmt: skip
+    upgrades = sorted(path.name for path in Path(SchemaManager.get_migrations_path()).glob("*.sql"))
+    return [PROCRASTINATE_SCHEMA, *(PROCRASTINATE_PREFIX + name for name in upgrades), *ours]
+
+
+def pending_migrations(conn: psycopg.Connection[Any]) -> list[str] | None:
+    """The expected schema files not applied to this database; None when it has no
+    SoundForge schema at all (never migrated)."""
+    present = conn.execute(query("migrations_table_present")).fetchone()
+    if not present or not present["present"]:
+        return None
+    applied = {row["name"] for row in conn.execute(query("list_applied_migration_names"))}
+    return [name for name in known_migration_names() if name not in applied]
+
+
+def require_current_schema(conn: psycopg.Connection[Any], conninfo: str) -> None:
+    """Raise `SchemaNotCurrentError` (one line saying to run `soundforge migrate`) unless every
+    schema file this version knows is applied."""
+    pending = pending_migrations(conn)
+    if pending == []:
+        return
+    where = f"the database at {masked_url(conninfo)}"
+    if pending is None:
+        problem = f"{where} has no SoundForge schema"
+    else:
+        plural = "migration" if len(pending) == 1 else "migrations"
+        problem = f"{where} is {len(pending)} {plural} behind"
+    raise SchemaNotCurrentError(f"{problem}: run `soundforge migrate`")
+
+
+def check_schema(conninfo: str) -> None:
+    """`require_current_schema` over a connection of its own (for process starts)."""
+    with connect(conninfo, autocommit=True) as conn:
+        require_current_schema(conn, conninfo)

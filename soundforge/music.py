@@ -35,11 +35,18 @@ class TrackFields:
     album: str | None = None
     album_art_url: str | None = None
     duration: int | None = None
+    source_key: str | None = None
+    """Identifies a non-Spotify source (see `sources.source_key`); unique like spotify_id."""
 
     def params(self, track_id: uuid.UUID) -> dict[str, Any]:
         if not self.title.strip():
             raise PermanentError("a track needs a non-empty title")
         return {"id": track_id, **self.__dict__}
+
+    def track_values(self) -> dict[str, Any]:
+        """The fields a `Track` shows (the source key is for finding a track, not for display:
+        it may stand for a URL with a token in it)."""
+        return {name: value for name, value in self.__dict__.items() if name != "source_key"}
 
 
 def parse_uuid(text: str | uuid.UUID, what: str = "id") -> uuid.UUID:
@@ -93,22 +100,32 @@ def search_tracks(conn: Connection, text: str, limit: int = 50, offset: int = 0)
     return [Track.from_row(row) for row in conn.execute(query("search_tracks"), params)]
 
 
-def find_or_create_track(conn: Connection, fields: TrackFields) -> tuple[Track, bool]:
-    """The track with `fields.spotify_id`, created if missing; True when this call created it.
+def duplicate_audio_tracks(
+    conn: Connection, limit: int = 50, offset: int = 0
+) -> list[tuple[str, Track]]:
+    """(audio SHA-256, track) for every track whose stored audio is identical to another
+    track's, grouped by digest, oldest track first in a group."""
+    rows = conn.execute(query("duplicate_audio_tracks"), _page(limit, offset)).fetchall()
+    return [(row["audio_sha256"], Track.from_row(row)) for row in rows]
 
-    Safe under any number of concurrent callers: the unique index decides, and a loser reads
+
+def find_or_create_track(conn: Connection, fields: TrackFields) -> tuple[Track, bool]:
+    """The track with `fields.spotify_id` (else `fields.source_key`), created if missing; True
+    when this call created it.
+
+    Safe under any number of concurrent callers: the unique indexes decide, and a loser reads
     the winner's row (it is committed by the time the INSERT returns under READ COMMITTED).
     """
-    if not fields.spotify_id:
+    if not fields.spotify_id and not fields.source_key:
         return create_track(conn, fields), True
     while True:
-        row = conn.execute(
-            query("insert_track_unless_spotify_id_exists"), fields.params(uuid.uuid4())
-        ).fetchone()
+        row = conn.execute(query("insert_track_unless_known"), fields.params(uuid.uuid4())
+                           ).fetchone()  # fmt: skip
         if row is not None:
             return Track.from_row(row), True
         row = conn.execute(
-            query("get_track_by_spotify_id"), {"spotify_id": fields.spotify_id}
+            query("get_known_track"),
+            {"spotify_id": fields.spotify_id, "source_key": fields.source_key},
         ).fetchone()
         if row is not None:
             return Track.from_row(row), False

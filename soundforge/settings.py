@@ -16,6 +16,7 @@ from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_vali
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from soundforge.errors import ConfigError
+from soundforge.separation.weights import DEFAULT_WEIGHTS_URL
 from soundforge.source_policy import parse_networks
 from soundforge.storage import IMPORTS_DIR
 
@@ -99,10 +100,16 @@ class Settings(BaseSettings):
     demucs_repo: Path | None = None
     torch_threads: int = Field(default=0, ge=0, description="0 = torch's default")
     device: Literal["cpu", "cuda", "auto"] = "cpu"
-    precision: Literal["fp32", "bf16"] = "fp32"
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    separation_batch: int = Field(default=0, ge=0, le=1024,
+                                  description="segments per model call; 0 = by device")
     shifts: int = Field(default=1, ge=0, le=20)
     overlap: float = Field(default=0.25, ge=0.0, lt=1.0)
     stem_format: Literal["flac", "wav"] = "flac"
+    fetch_models: bool = True
+    """Fetch missing released weights on first use (False: air-gapped, fail with a message)."""
+    models_url: str = DEFAULT_WEIGHTS_URL
+    """The weight host's root (demucs' own, or a mirror in the same layout)."""
 
     # Sources.
     spotify_client_id: str | None = None

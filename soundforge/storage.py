@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
-from soundforge.errors import ConfigError, StorageError
+from soundforge.errors import StorageError
 
 TEMP_PREFIX = ".sf-tmp-"
 DOWNLOADS_DIR = "downloads"
@@ -203,6 +203,26 @@ class Storage:
     def ensure_root(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
 
+    def check_writable(self) -> None:
+        """Create the root if needed and prove a file can be written and renamed in it (what
+        every stored file needs); `StorageError` with the root and the cause otherwise."""
+        try:
+            self.ensure_root()
+        except OSError as error:
+            raise StorageError(f"cannot create the storage folder {self.root} "
+                               f"({error.strerror})") from None  # fmt: skip
+        probe = self.root / f"{TEMP_PREFIX}probe-{uuid.uuid4().hex}"
+        try:
+            with open(probe, "xb") as handle:
+                handle.write(b"soundforge")
+            os.replace(probe, probe.with_name(probe.name + "-renamed"))
+            probe.with_name(probe.name + "-renamed").unlink()
+        except OSError as error:
+            raise StorageError(f"cannot write into the storage folder {self.root} "
+                               f"({error.strerror})") from None  # fmt: skip
+        finally:
+            probe.unlink(missing_ok=True)
+
     # -- paths -------------------------------------------------------------------------------
 
     def resolve(self, relative: str | Path) -> Path:
@@ -376,11 +396,8 @@ class Storage:
         return str(self.resolve(relative))
 
     def check(self) -> None:
-        """The root exists (created) and is a folder."""
-        try:
-            self.ensure_root()
-        except OSError as error:
-            raise ConfigError(f"storage {self.root} is not usable: {error.strerror}") from None
+        """The root exists (created) and is writable (`check_writable`)."""
+        self.check_writable()
 
     @contextlib.contextmanager
     def local_file(self, relative: str) -> Iterator[Path]:

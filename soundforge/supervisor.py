@@ -34,9 +34,8 @@ from types import FrameType
 from soundforge import maintenance, worker_hooks
 from soundforge.db import connect
 from soundforge.errors import ConfigError
-from soundforge.file_store import open_storage
 from soundforge.models import Stage
-from soundforge.queries import query
+from soundforge.preflight import check_service_start
 from soundforge.queue import GROUP_NAMES, MAINTENANCE_QUEUE
 from soundforge.sd_notify import (
     NOTIFY_SOCKET,
@@ -201,16 +200,10 @@ class Supervisor:
     # -- start ------------------------------------------------------------------------------
 
     def preflight(self) -> None:
-        """Fail early, in one clear line: bad thresholds, no database, no schema, a file store
-        that cannot be written."""
+        """Fail early, in one clear line: bad thresholds, no database, an old or missing schema,
+        storage this user cannot write."""
         maintenance.check_rescue_threshold(self.settings)
-        with connect(self.settings.database_url, connect_timeout=5) as conn:
-            row = conn.execute(query("procrastinate_schema_present")).fetchone()
-        if not row or not row["present"]:
-            raise ConfigError(
-                "the database has no SoundForge schema yet; run `soundforge migrate` first"
-            )
-        open_storage(self.settings).check()
+        check_service_start(self.settings)
 
     def run(self) -> int:
         self.preflight()

@@ -68,7 +68,9 @@ class ImportedTrack:
     new_download: bool
 
 
-def _track_fields(metadata: TrackMetadata) -> music.TrackFields:
+def _track_fields(metadata: TrackMetadata, *, force: bool = False) -> music.TrackFields:
+    """The track row for `metadata`; with `force` it carries no source key, so it is a new
+    track even when the same file or URL was added before."""
     return music.TrackFields(
         title=metadata.title,
         spotify_id=metadata.spotify_id,
@@ -77,6 +79,7 @@ def _track_fields(metadata: TrackMetadata) -> music.TrackFields:
         album=metadata.album,
         album_art_url=metadata.album_art_url,
         duration=metadata.duration,
+        source_key=None if force else metadata.source_key,
     )
 
 
@@ -105,10 +108,12 @@ def import_track(
     """Find or create the track and give it a download job, enqueued, atomically.
 
     A new track and its download are one statement. A track that already has a queued, running
-    or completed download is left alone (unless `force`): importing the same Spotify id twice,
-    or 200 times at once, gives one job.
+    or completed download is left alone (unless `force`): importing the same Spotify id, URL or
+    local file (same path, size and modification time) twice, or 200 times at once, gives one
+    job, and the track keeps the stages it completed. With `force`, a Spotify track gets a new
+    download; a URL or file becomes a new track.
     """
-    fields = _track_fields(metadata)
+    fields = _track_fields(metadata, force=force)
     imported = _import_new_track(conn, fields, metadata.origin, options)
     if imported is not None:
         return imported
@@ -144,7 +149,7 @@ def _import_new_track(
     if row is None:
         return None
     track = Track(id=track_id, inserted_at=row["track_inserted_at"],
-                  updated_at=row["track_updated_at"], **fields.__dict__)  # fmt: skip
+                  updated_at=row["track_updated_at"], **fields.track_values())  # fmt: skip
     job = DownloadJob.from_row(row)
     _log_queued_download(track_id, job)
     return ImportedTrack(track, job, new_download=True)
@@ -289,7 +294,7 @@ def complete_download(
         query("complete_download_and_fan_out"),
         {"id": job.id, "output_path": stored.relative_path, "file_size": stored.file_size,
          "lock_version": job.lock_version, "duration": max(1, round(stored.duration_s)),
-         "follow_ups": Jsonb(wanted)},
+         "follow_ups": Jsonb(wanted), "sha256": stored.sha256},
     ).fetchall()  # fmt: skip
     if not rows:
         raise StaleRowError(f"download_jobs {job.id} changed before completion")

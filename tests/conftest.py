@@ -1,5 +1,7 @@
 """Shared fixtures: a fresh PostgreSQL database per test session, migrated with the real
-`soundforge migrate` code and dropped at the end; tables emptied after every test."""
+`soundforge migrate` code and dropped at the end; tables emptied after every test. The host's
+server is only used through SQL: the session ends by checking its postmaster is the one it
+started with (a test that needs to stop a server makes its own, see tests/support/own_postgres)."""
 
 from __future__ import annotations
 
@@ -17,8 +19,12 @@ from soundforge.db import connect
 from soundforge.migrations import migrate
 from soundforge.storage import Storage
 from tests.support.loopback_http import LOOPBACK_NETWORKS
+from tests.support.own_postgres import HostPostmaster
 from tests.support.pipeline import ServiceProcesses
 
+# Nothing in the tests may reach the network: a missing model fails with its message instead of
+# being fetched (the fetch itself is tested against a loopback weight host).
+os.environ["SOUNDFORGE_FETCH_MODELS"] = "false"
 ADMIN_URL = os.environ.get(
     "SOUNDFORGE_TEST_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
@@ -46,6 +52,15 @@ def drop_database(name: str) -> None:
         admin.execute(
             sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
         )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def host_postmaster_untouched() -> Iterator[HostPostmaster]:
+    """The host's postmaster (PID and start time) is the same after the whole session."""
+    before = HostPostmaster.of(ADMIN_URL)
+    yield before
+    after = HostPostmaster.of(ADMIN_URL)
+    assert after == before, f"the host's PostgreSQL was restarted: {before} -> {after}"
 
 
 @pytest.fixture
@@ -95,6 +110,7 @@ def cli_env(database_url: str, tmp_path: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SOUNDFORGE_")}
     env["DATABASE_URL"] = database_url
     env["SOUNDFORGE_STORAGE_PATH"] = str(tmp_path / "store")
+    env["SOUNDFORGE_FETCH_MODELS"] = "false"
     env["SOUNDFORGE_ALLOWED_NETWORKS"] = LOOPBACK_NETWORKS  # the tests' loopback servers
     env["SOUNDFORGE_IMPORT_ROOTS"] = str(tmp_path)  # local sources: the test's own files
     return env

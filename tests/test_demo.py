@@ -4,13 +4,12 @@ life cycle: start, stop, reuse, adopting a server left running, one demo at a ti
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import stat
 import subprocess
-import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,50 +24,29 @@ from soundforge.embedded_pg import (
     running_as_root,
 )
 from tests.cli_runner import run_cli
+from tests.support.own_postgres import (
+    have_server_binaries,
+    stop_servers_under,
+    world_traversable_dir,
+)
+from tests.support.plain_user import interpreter_for, python_path
 
 DEMO_TIMEOUT_S = 300
 STEM_LINE = re.compile(r"^\s+(vocals|drums|bass|other)\s+[\d.]+ (B|KiB|MiB)\s+(/\S+)$", re.M)
 
 
-def _have_server_binaries() -> bool:
-    try:
-        find_binaries()
-    except EmbeddedPostgresError:
-        return False
-    return True
-
-
-pytestmark = pytest.mark.skipif(not _have_server_binaries(),
+pytestmark = pytest.mark.skipif(not have_server_binaries(),
                                 reason="no PostgreSQL server binaries (initdb/pg_ctl)")  # fmt: skip
-
-
-def _world_traversable_dir(prefix: str) -> Path:
-    """A temporary folder every account can traverse: as root, the embedded server runs as an
-    unprivileged account that must reach its cluster (pytest's own tmp folders are 0700)."""
-    path = Path(tempfile.mkdtemp(prefix=prefix, dir=tempfile.gettempdir()))
-    path.chmod(0o755)
-    return path
-
-
-def _stop_servers_under(base: Path) -> None:
-    """Teardown after a failure: no server may outlive its test."""
-    left_running = list(base.rglob("postgres-*/postmaster.pid"))
-    pg_ctl = find_binaries().program("pg_ctl") if left_running else ""
-    for version_file in left_running:
-        owner = version_file.parent.stat().st_uid
-        subprocess.run([pg_ctl, "stop", "-D", str(version_file.parent), "-m", "immediate"],
-                       capture_output=True, check=False,
-                       user=owner if running_as_root() else None)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def demo_base() -> Iterator[Path]:
-    base = _world_traversable_dir("sf-demo-test-")
+    base = world_traversable_dir("sf-demo-test-")
     (base / "empty.env").write_text("")
     try:
         yield base
     finally:
-        _stop_servers_under(base)
+        stop_servers_under(base)
         shutil.rmtree(base, ignore_errors=True)
 
 
@@ -86,6 +64,7 @@ def demo_env(base: Path, **extra: str) -> dict[str, str]:
         HF_HUB_OFFLINE="1",
         SOUNDFORGE_ENV_FILE=str(base / "empty.env"),
         SOUNDFORGE_LOG_LEVEL="INFO",
+        SOUNDFORGE_FETCH_MODELS="false",
     )
     env.update(extra)
     return env
@@ -115,6 +94,39 @@ def test_demo_without_weights_completes_download_and_analysis_and_says_how_to_ge
     assert "stems  not made:" in output
     assert "SOUNDFORGE_DEMUCS_REPO" in output
     assert STEM_LINE.search(output) is None
+    track_id = re.search(r"\(track ([0-9a-f-]{36})\)", output)
+    assert track_id is not None, output
+    assert output.rstrip().splitlines()[-1] == (
+        f"look at it: soundforge demo --shell   (a shell on the demo's database: soundforge "
+        f"status {track_id.group(1)}, psql \"$DATABASE_URL\")"
+    )
+
+
+SHELL_SCRIPT = """soundforge status --json > {out}/status.json
+psql "$DATABASE_URL" -Atc 'SELECT count(*) FROM tracks' > {out}/count.txt
+echo "storage=$SOUNDFORGE_STORAGE_PATH"
+exit 7
+"""
+
+
+def test_demo_shell_opens_a_shell_on_the_demo_database_and_stops_it_after(
+    demo_base: Path, tmp_path: Path
+) -> None:
+    """What the demo's last line tells a user to run (after the demo above, its track is
+    there; alone, the database is merely empty)."""
+    out = world_traversable_dir("sf-demo-shell-")
+    try:
+        result = run_cli("demo", "--shell", env=demo_env(demo_base, SHELL="/bin/sh"),
+                         input_text=SHELL_SCRIPT.format(out=out), timeout=120)  # fmt: skip
+        assert result.returncode == 7, result.stdout + result.stderr  # the shell's own
+        assert "DATABASE_URL is the demo's database" in result.stdout
+        demo_dir = demo_base / "share" / "soundforge" / "demo"
+        assert f"storage={demo_dir / 'storage'}" in result.stdout
+        tracks = json.loads((out / "status.json").read_text())
+        assert int((out / "count.txt").read_text()) == len(tracks)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    assert not list(demo_dir.rglob("postgres-*/postmaster.pid")), "the server must stop"
 
 
 def test_demo_with_a_local_model_repo_prints_four_stems_with_sizes(
@@ -123,7 +135,7 @@ def test_demo_with_a_local_model_repo_prints_four_stems_with_sizes(
     pytest.importorskip("demucs")
     from soundforge.separation import write_local_repo
 
-    repo = _world_traversable_dir("sf-demo-repo-")
+    repo = world_traversable_dir("sf-demo-repo-")
     try:
         write_local_repo(repo, "htdemucs", size="tiny")
         result = run_cli("demo", "--timeout", str(DEMO_TIMEOUT_S - 60),
@@ -141,7 +153,7 @@ def test_demo_with_a_local_model_repo_prints_four_stems_with_sizes(
 
 
 def test_embedded_postgres_stops_at_exit_and_reuses_its_cluster() -> None:
-    base = _world_traversable_dir("sf-embedded-pg-")
+    base = world_traversable_dir("sf-embedded-pg-")
     try:
         with EmbeddedPostgres(base) as server:
             assert base in server.pgdata.parents
@@ -165,7 +177,7 @@ def test_embedded_postgres_stops_at_exit_and_reuses_its_cluster() -> None:
         assert again.running_address() is None
         assert (server.pgdata / "PG_VERSION").stat().st_mtime_ns == initialised_at
     finally:
-        _stop_servers_under(base)
+        stop_servers_under(base)
         shutil.rmtree(base, ignore_errors=True)
 
 
@@ -183,20 +195,6 @@ def test_as_root_a_cluster_the_service_account_cannot_reach_goes_to_var_lib(
     server = EmbeddedPostgres(private / "demo")
     assert server.account is not None and server.account.uid != 0
     assert server.pgdata == ROOT_FALLBACK_DIR / f"postgres-{server.binaries.major_version}"
-
-
-def _interpreter_for(account: str) -> str | None:
-    """A Python of this version the account can run (a root-only pyenv one is not)."""
-    version = f"python{sys.version_info[0]}.{sys.version_info[1]}"
-    for candidate in (sys.executable, f"/usr/bin/{version}", f"/usr/local/bin/{version}"):
-        try:
-            check = subprocess.run([candidate, "-c", "import sys"], capture_output=True,
-                                   check=False, user=account, cwd="/")  # fmt: skip
-        except OSError:  # not executable by the account
-            continue
-        if check.returncode == 0:
-            return candidate
-    return None
 
 
 ORDINARY_USER_SCRIPT = """
@@ -222,18 +220,16 @@ def test_embedded_postgres_runs_as_an_ordinary_user_as_that_user() -> None:
         nobody = pwd.getpwnam("nobody")
     except KeyError:
         pytest.skip("no `nobody` account")
-    interpreter = _interpreter_for("nobody")
+    interpreter = interpreter_for("nobody")
     if interpreter is None:
         pytest.skip("no Python the `nobody` account can run")
-    site_paths = [path for path in sys.path if path.endswith("site-packages")]
-    repo_root = str(Path(__file__).resolve().parent.parent)
-    base = _world_traversable_dir("sf-demo-user-")
+    base = world_traversable_dir("sf-demo-user-")
     try:
         home = base / "home"
         home.mkdir()
         os.chown(home, nobody.pw_uid, nobody.pw_gid)
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home),
-               "PYTHONPATH": os.pathsep.join([repo_root, *site_paths])}  # fmt: skip
+               "PYTHONPATH": python_path()}  # fmt: skip
         result = subprocess.run(
             [interpreter, "-c", ORDINARY_USER_SCRIPT, str(home / "demo")], env=env,
             user=nobody.pw_uid, group=nobody.pw_gid, extra_groups=[], cwd=str(home),
@@ -248,7 +244,7 @@ def test_embedded_postgres_runs_as_an_ordinary_user_as_that_user() -> None:
         assert pgdata.stat().st_uid == nobody.pw_uid
         assert stat.S_IMODE(pgdata.stat().st_mode) == 0o700
     finally:
-        _stop_servers_under(base)
+        stop_servers_under(base)
         shutil.rmtree(base, ignore_errors=True)
 
 

@@ -38,6 +38,7 @@ EXPECTED_COLUMNS: dict[str, dict[str, tuple[str, str, str | None]]] = {
         "duration": ("integer", "YES", None),
         **TIMESTAMPS,
         **INSERT_ORDER,
+        "source_key": ("text", "YES", None),  # ours: the same URL or file finds its track
     },
     "download_jobs": {
         "id": ("uuid", "NO", None),
@@ -50,6 +51,7 @@ EXPECTED_COLUMNS: dict[str, dict[str, tuple[str, str, str | None]]] = {
         **TIMESTAMPS,
         **JOB_COLUMNS,
         "source": ("text", "YES", None),  # ours: where the audio comes from
+        "audio_sha256": ("text", "YES", None),  # ours: identical audio across tracks
     },
     "processing_jobs": {
         "id": ("uuid", "NO", None),
@@ -100,7 +102,7 @@ EXPECTED_COLUMNS: dict[str, dict[str, tuple[str, str, str | None]]] = {
 
 EXPECTED_INDEXES = {
     "tracks": {"tracks_pkey", "tracks_spotify_id_index", "tracks_inserted_at_index",
-               "tracks_title_trgm_index", "tracks_artist_trgm_index"},
+               "tracks_title_trgm_index", "tracks_artist_trgm_index", "tracks_source_key_index"},
     "stems": {"stems_pkey", "stems_processing_job_id_index", "stems_track_id_index",
               "stems_inserted_at_index"},
     "analysis_results": {"analysis_results_pkey", "analysis_results_track_id_index",
@@ -110,6 +112,7 @@ EXPECTED_INDEXES = {
     **{
         table: {f"{table}_pkey", f"{table}_track_id_index", f"{table}_status_index",
                 f"{table}_inserted_at_index", f"{table}_track_id_insert_order_index"}
+        | ({"download_jobs_audio_sha256_index"} if table == "download_jobs" else set())
         for table in ("download_jobs", "processing_jobs", "analysis_jobs")
     },
 }  # fmt: skip
@@ -160,6 +163,7 @@ def test_catalog_has_every_index_with_ectos_names(conn: psycopg.Connection[Any])
     ).fetchall()
     assert {r["indexname"] for r in unique} == {
         "tracks_spotify_id_index",
+        "tracks_source_key_index",
         "analysis_results_analysis_job_id_unique_index",
     }
     trgm = conn.execute(

@@ -50,6 +50,20 @@ def test_json_output_and_flags_override_settings(
     assert all(path.endswith(".wav") for path in stems.values())
 
 
+def test_several_files_go_to_a_folder_each_with_one_model_load(
+    repo: Path, song: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    second = write_mix(tmp_path / "second.wav", seconds=1.5, seed=2)
+    assert main(["separate", str(song), str(second), "--out", str(tmp_path / "out"), "--repo",
+                 str(repo), "--shifts", "0", "--batch", "2", "--json"]) == 0  # fmt: skip
+    result = json.loads(capsys.readouterr().out)
+    assert list(result) == [str(song), str(second)]
+    for file, stems in result.items():
+        assert sorted(stems) == ["bass", "drums", "other", "vocals"]
+        assert all(Path(path).parent == tmp_path / "out" / Path(file).stem
+                   and Path(path).is_file() for path in stems.values())  # fmt: skip
+
+
 def test_repo_comes_from_settings_when_no_flag(
     repo: Path, song: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],

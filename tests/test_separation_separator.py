@@ -9,7 +9,7 @@ import pytest
 import soundfile
 import torch
 
-from soundforge.errors import AudioError, JobAbortedError
+from soundforge.errors import AudioError, ConfigError, JobAbortedError
 from soundforge.separation import (
     STEM_NAMES,
     ModelNotFoundError,
@@ -18,6 +18,7 @@ from soundforge.separation import (
     loading,
     write_local_repo,
 )
+from soundforge.separation.separator import CPU_BATCH_CAP, usable_cores
 from soundforge.separation.stem_files import clip_divisor
 from soundforge.storage import TEMP_PREFIX
 from tests.test_separation_support import read_stem, write_mix
@@ -142,3 +143,39 @@ def test_clip_protection_divides_like_demucs_rescale() -> None:
     assert clip_divisor(0.5) == 1.0
     assert clip_divisor(0.999) == pytest.approx(1.00899)  # demucs rescales just below 1 too
     assert clip_divisor(2.0) == pytest.approx(2.02)
+
+
+def test_separate_many_equals_one_by_one_and_leaves_no_temporaries(
+    repo: Path, song: Path, tmp_path: Path
+) -> None:
+    other = write_mix(tmp_path / "other.wav", seconds=3.0, seed=4)
+    separator = Separator(repo=repo, shifts=0, stem_format="wav")
+    together = separator.separate_many([(song, tmp_path / "a"), (other, tmp_path / "b")])
+    alone = [separator.separate(song, tmp_path / "a1"), separator.separate(other, tmp_path / "b1")]
+    for many, one in zip(together, alone, strict=True):
+        assert list(many) == list(STEM_NAMES["htdemucs"])
+        for stem in many:
+            assert (read_stem(many[stem]) == read_stem(one[stem])).all()
+    assert not any(path.name.startswith(TEMP_PREFIX) for path in tmp_path.rglob("*"))
+
+
+def test_separate_many_stops_at_a_bad_file_and_cleans_up_the_others(
+    repo: Path, song: Path, tmp_path: Path
+) -> None:
+    bogus = tmp_path / "bogus.wav"
+    bogus.write_text("not audio " * 200)
+    separator = Separator(repo=repo, shifts=0)
+    with pytest.raises(AudioError):
+        separator.separate_many([(song, tmp_path / "a"), (bogus, tmp_path / "b"),
+                                 (song, tmp_path / "c")])  # fmt: skip
+    assert not any(path.name.startswith(TEMP_PREFIX) for path in tmp_path.rglob("*"))
+    assert not (tmp_path / "c").exists()
+
+
+def test_cpu_batch_defaults_to_the_cores_and_fp16_falls_back_to_fp32(repo: Path) -> None:
+    separator = Separator(repo=repo, precision="fp16")
+    assert separator.precision == "fp32"
+    assert separator.batch.size == min(usable_cores(), CPU_BATCH_CAP)
+    assert Separator(repo=repo, batch_size=3).batch.size == 3
+    with pytest.raises(ConfigError, match="batch size"):
+        Separator(repo=repo, batch_size=-1)

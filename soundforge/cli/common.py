@@ -12,6 +12,7 @@ import psycopg
 
 from soundforge.db import connect
 from soundforge.file_store import FileStore, open_storage
+from soundforge.migrations import require_current_schema
 from soundforge.models import json_value
 from soundforge.settings import Settings, load_settings
 
@@ -21,7 +22,17 @@ def settings() -> Settings:
 
 
 def database(config: Settings, *, autocommit: bool = False) -> psycopg.Connection[Any]:
-    return connect(config.database_url, autocommit=autocommit)
+    """A connection for a data command, once the schema is known to be current (else one line
+    saying to run `soundforge migrate`, exit 2)."""
+    conn = connect(config.database_url, autocommit=autocommit)
+    try:
+        require_current_schema(conn, config.database_url)
+        if not autocommit:
+            conn.rollback()  # the check leaves no transaction open behind it
+    except BaseException:
+        conn.close()
+        raise
+    return conn
 
 
 def storage(config: Settings) -> FileStore:

@@ -9,6 +9,8 @@ from soundforge import maintenance, music
 from soundforge.cli.common import add_json_flag, database, human_size, print_json, settings, storage
 from soundforge.cli.output import safe, say
 from soundforge.migrations import migrate, migration_status
+from soundforge.models import Track
+from soundforge.settings import Settings
 
 
 def register(subparsers: Any) -> None:
@@ -20,6 +22,9 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--search", metavar="Q", help="case-insensitive match on title/artist")
     parser.add_argument("--limit", type=int, default=50)
     parser.add_argument("--offset", type=int, default=0)
+    parser.add_argument("--duplicates", action="store_true",
+                        help="only tracks whose downloaded audio is identical (same SHA-256) to "
+                        "another track's, grouped")  # fmt: skip
     add_json_flag(parser)
     parser.set_defaults(handler=run_tracks)
 
@@ -56,6 +61,8 @@ def run_migrate(args: argparse.Namespace) -> int:
 
 def run_tracks(args: argparse.Namespace) -> int:
     config = settings()
+    if args.duplicates:
+        return _print_duplicates(config, args)
     with database(config) as conn:
         if args.search:
             tracks = music.search_tracks(conn, args.search, args.limit, args.offset)
@@ -65,8 +72,27 @@ def run_tracks(args: argparse.Namespace) -> int:
         print_json([track.to_dict() for track in tracks])
         return 0
     for track in tracks:
-        artist = f"{safe(track.artist)} - " if track.artist else ""
-        say(f"{track.id}  {track.inserted_at:%Y-%m-%d %H:%M}  {artist}{safe(track.title)}")
+        say(_track_line(track))
+    return 0
+
+
+def _track_line(track: Track) -> str:
+    artist = f"{safe(track.artist)} - " if track.artist else ""
+    return f"{track.id}  {track.inserted_at:%Y-%m-%d %H:%M}  {artist}{safe(track.title)}"
+
+
+def _print_duplicates(config: Settings, args: argparse.Namespace) -> int:
+    with database(config) as conn:
+        duplicates = music.duplicate_audio_tracks(conn, args.limit, args.offset)
+    if args.json:
+        print_json([track.to_dict() | {"audio_sha256": digest} for digest, track in duplicates])
+        return 0
+    previous = None
+    for digest, track in duplicates:
+        if digest != previous:
+            say(f"audio sha256 {digest}")
+            previous = digest
+        say(f"  {_track_line(track)}")
     return 0
 
 

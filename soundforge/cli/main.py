@@ -22,6 +22,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "soundforge.cli.pipeline_cmds",
     "soundforge.cli.demo_cmd",
     "soundforge.cli.service_cmds",
+    "soundforge.cli.models_cmd",
 )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shutil
 import sys
 from typing import Any
 
@@ -163,14 +164,25 @@ def run_watch(args: argparse.Namespace) -> int:
             if args.json:
                 print_json(state.__dict__)
             else:
-                error = f"  {safe(state.error)}" if state.error and state.status == "failed" else ""
                 say(f"{state.track_id}  {state.stage:9} {state.status:12} "
-                    f"{state.progress:3d}%  job {state.job_id}{error}")  # fmt: skip
+                    f"{state.progress:3d}%  job {state.job_id}")  # fmt: skip
+                if state.error and state.status == "failed":
+                    say(_fit_terminal(f"    error: {safe(state.error)}"))
             sys.stdout.flush()
             printed += 1
             if args.max_events and printed >= args.max_events:
                 return 0
     return 0
+
+
+def _fit_terminal(line: str) -> str:
+    """On a terminal, a long error is cut to one line with an ellipsis (the whole text is in
+    `soundforge status` and `watch --json`); piped output is left whole."""
+    line = " ".join(line.splitlines())
+    if not sys.stdout.isatty():
+        return line
+    width = shutil.get_terminal_size().columns
+    return line if len(line) <= width else line[: width - 1] + "…"
 
 
 def run_cancel(args: argparse.Namespace) -> int:
@@ -192,6 +204,7 @@ def run_retry(args: argparse.Namespace) -> int:
 
 def run_worker(args: argparse.Namespace) -> int:
     from soundforge.app import build_app
+    from soundforge.preflight import check_service_start
     from soundforge.runtime import build_runtime, set_runtime
     from soundforge.worker_hooks import WorkerHooks, worker_options
 
@@ -203,10 +216,10 @@ def run_worker(args: argparse.Namespace) -> int:
             f"unknown queue(s) {', '.join(unknown)}; choose from {', '.join(ALL_QUEUES)}"
         )
     logging.getLogger().setLevel(config.log_level.upper())
+    check_service_start(config)  # no schema or unwritable storage: one line, before any job
     runtime = build_runtime(config)
     set_runtime(runtime)
     runtime.pool  # noqa: B018 - connect now: an unreachable database fails here, clearly
-    runtime.storage.check()  # an unreachable or read-only store fails here too
     runtime.engines.warm_up([QUEUE_STAGES[q] for q in queues if q in QUEUE_STAGES])
     hooks = WorkerHooks(config)  # supervisor protocol, job heartbeats, recycling
     app = build_app(config)

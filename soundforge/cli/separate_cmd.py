@@ -1,5 +1,7 @@
-"""`soundforge separate FILE --out DIR`: split one audio file into stem files with demucs and
-print where they went. Flags override the `SOUNDFORGE_*` settings; no database is needed."""
+"""`soundforge separate FILE... --out DIR`: split audio files into stem files with demucs and
+print where they went. Several files share one loaded model and run back to back, the next one
+decoded and the previous one encoded while the network works. Flags override the `SOUNDFORGE_*`
+settings; no database is needed."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from typing import Any
 from soundforge import audio_io
 from soundforge.audio_limits import AudioLimits
 from soundforge.cli.output import safe, say
+from soundforge.errors import ConfigError
 from soundforge.separation.registry import MODEL_NAMES
 from soundforge.settings import load_settings
 
@@ -21,10 +24,11 @@ def register(subparsers: Any) -> None:
         "separate",
         help="separate an audio file into stems (demucs)",
         description="Separate FILE into stems (drums, bass, other, vocals; htdemucs_6s adds "
-        "guitar and piano) written as DIR/<stem>.<format>. Defaults come from the "
-        "SOUNDFORGE_* settings.",
+        "guitar and piano) written as DIR/<stem>.<format>; several files go to "
+        "DIR/<file name>/<stem>.<format>. Defaults come from the SOUNDFORGE_* settings.",
     )
-    parser.add_argument("file", type=Path, metavar="FILE", help="audio file to separate")
+    parser.add_argument("files", type=Path, nargs="+", metavar="FILE",
+                        help="audio file(s) to separate")
     parser.add_argument("--out", type=Path, required=True, metavar="DIR",
                         help="folder for the stem files (created)")
     parser.add_argument("--model", metavar="NAME",
@@ -37,8 +41,12 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--shifts", type=int, metavar="N",
                         help="random-shift passes averaged (0 = deterministic)")
     parser.add_argument("--overlap", type=float, metavar="F", help="segment overlap, 0 <= F < 1")
-    parser.add_argument("--precision", choices=("fp32", "bf16"),
-                        help="fp32 (matches demucs) or bf16 (faster on CPUs with AVX512-BF16)")
+    parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"),
+                        help="fp32 (matches demucs), bf16 (faster on CPUs with AVX512-BF16 and "
+                        "on GPUs) or fp16 (GPU)")
+    parser.add_argument("--batch", type=int, metavar="N",
+                        help="segments per model call (0 = by device: 1 on CPU, by free memory "
+                        "on a GPU)")
     parser.add_argument("--device", choices=("cpu", "cuda", "auto"), help="torch device")
     parser.add_argument("--threads", type=int, metavar="N", help="torch threads (0 = default)")
     parser.add_argument("--json", action="store_true", help="print {stem: path} as JSON")
@@ -50,7 +58,11 @@ def run(args: argparse.Namespace) -> int:
 
     settings = load_settings()
     limits = AudioLimits.from_settings(settings)
-    audio_io.probe(args.file, count_frames=False, limits=limits)  # fails before the model loads
+    for file in args.files:  # a bad input fails before the model loads
+        audio_io.probe(file, count_frames=False, limits=limits)
+    names = [file.stem for file in args.files]
+    if len(set(names)) < len(names):
+        raise ConfigError("two input files have the same name; they would share an output folder")
 
     def pick(flag: Any, setting: Any) -> Any:
         return setting if flag is None else flag
@@ -64,13 +76,24 @@ def run(args: argparse.Namespace) -> int:
         overlap=pick(args.overlap, settings.overlap),
         stem_format=pick(args.stem_format, settings.stem_format),
         torch_threads=pick(args.threads, settings.torch_threads),
+        batch_size=pick(args.batch, settings.separation_batch),
         limits=limits,
     )
-    stems = separator.separate(args.file, args.out)
-    if args.json:
-        print(json.dumps({stem: str(path) for stem, path in stems.items()}))
+    if len(args.files) == 1:
+        stems = separator.separate(args.files[0], args.out)
+        if args.json:
+            print(json.dumps({stem: str(path) for stem, path in stems.items()}))
+        else:
+            for stem, path in stems.items():
+                say(f"{stem}\t{safe(path)}")
     else:
-        for stem, path in stems.items():
-            say(f"{stem}\t{safe(path)}")
+        results = separator.separate_many([(file, args.out / file.stem) for file in args.files])
+        if args.json:
+            print(json.dumps({str(file): {stem: str(path) for stem, path in stems.items()}
+                              for file, stems in zip(args.files, results, strict=True)}))
+        else:
+            for file, stems in zip(args.files, results, strict=True):
+                for stem, path in stems.items():
+                    say(f"{safe(file)}\t{stem}\t{safe(path)}")
     sys.stdout.flush()
     return 0

@@ -129,8 +129,9 @@ def _load_from_caches(name: str) -> BagOfModels:
         raise ModelNotFoundError(
             f"weights for model {name} are not in demucs' download cache; download "
             f"{_url_list(name)} into {checkpoints} (or run `python -m demucs.separate -n "
-            f"{name} FILE` once with internet access), or point SOUNDFORGE_DEMUCS_REPO "
-            f"(--repo) at a folder holding {name}.yaml and those .th files"
+            f"{name} FILE` once with internet access), or run `soundforge models fetch "
+            f"{name}`, or point SOUNDFORGE_DEMUCS_REPO (--repo) at a folder holding "
+            f"{name}.yaml and those .th files"
         )
     return bag
 

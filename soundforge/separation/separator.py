@@ -1,18 +1,26 @@
 """`Separator`: one loaded model and its settings; `separate(path, out_dir)` turns an audio file
-into stem files, reporting progress per segment and stopping between segments when asked.
+into stem files, reporting progress per segment and stopping between segments when asked. A
+`Separator` is built once and reused for every job of a process (the model stays loaded).
 
 Memory stays flat with track length: the mix is decoded to a temporary file and read window by
-window, the stems are overlap-added in a window of about one segment and spooled to disk.
+window, the stems are overlap-added in a window of about one batch of segments and spooled to
+disk. The batch size comes from the setting, or (0) from the device: a small fixed batch on the
+CPU, on a GPU as many segments as the free memory holds (measured with one probe segment).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
 import random
 import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -20,15 +28,25 @@ from soundforge import audio_io
 from soundforge.audio_limits import DEFAULT_LIMITS, AudioLimits
 from soundforge.errors import AbortCheck, ConfigError, JobAbortedError, ProgressCallback
 from soundforge.separation import loading
-from soundforge.separation.mix import MixReader, prepare_mix
+from soundforge.separation.loading import LoadedModel
+from soundforge.separation.mix import MixReader, PreparedMix, prepare_mix
 from soundforge.separation.registry import DEFAULT_MODEL, check_model_name
 from soundforge.separation.stem_files import StemFormat, StemWriter, new_token, temp_name
-from soundforge.separation.streaming import separate_stream
+from soundforge.separation.streaming import (
+    BatchLimit,
+    precision_context,
+    separate_stream,
+    valid_length,
+)
 
 logger = logging.getLogger(__name__)
 
 Device = Literal["cpu", "cuda", "auto"]
-Precision = Literal["fp32", "bf16"]
+Precision = Literal["fp32", "bf16", "fp16"]
+PRECISIONS: tuple[Precision, ...] = ("fp32", "bf16", "fp16")
+CPU_BATCH_CAP = 4  # segments side by side on the CPU: each holds its own activations (~0.5 GB)
+GPU_BATCH_CAP = 32  # more gains little (shared/gpu/model_batch.py) and grows host memory
+GPU_MEMORY_SHARE = 0.7  # of the free device memory the auto batch size may plan for
 SEGMENTS_SHARE = 99.0  # percent reported as segments complete; the last 1 is writing the files
 
 
@@ -41,6 +59,53 @@ def resolve_device(device: Device) -> torch.device:
     if device not in ("cpu", "cuda"):
         raise ConfigError(f"unknown device {device!r}; use cpu, cuda or auto")
     return torch.device(device)
+
+
+def reduced_precision(precision: Precision, device: torch.device) -> Precision:
+    """The precision that will run: bf16 needs native support, fp16 a CUDA device; otherwise
+    fp32 (with a warning)."""
+    if precision == "bf16" and not bf16_supported(device):
+        logger.warning("bf16 is not supported on %s; separating in fp32", device)
+        return "fp32"
+    if precision == "fp16" and device.type != "cuda":
+        logger.warning("fp16 needs a CUDA device (it is far slower on CPUs); separating in fp32")
+        return "fp32"
+    return precision
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, e.g. a container's share)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        return os.cpu_count() or 1
+
+
+def auto_batch_size(loaded: LoadedModel, precision: Precision) -> int:
+    """Segments per step: on the CPU one per core (at most `CPU_BATCH_CAP`), each on a thread of
+    its own; on a GPU, what `GPU_MEMORY_SHARE` of the free memory holds, from the peak memory of
+    one probe segment (capped at `GPU_BATCH_CAP`)."""
+    device = loaded.device
+    if device.type != "cuda":
+        return min(usable_cores(), CPU_BATCH_CAP)
+    per_item = max(probe_segment_bytes(loaded, member, precision) for member in loaded.members)
+    free, _ = torch.cuda.mem_get_info(device)
+    return max(1, min(GPU_BATCH_CAP, int(free * GPU_MEMORY_SHARE) // max(per_item, 1)))
+
+
+def probe_segment_bytes(loaded: LoadedModel, member: torch.nn.Module, precision: Precision) -> int:
+    """Device memory one segment's forward pass needs beyond what is already allocated."""
+    device = loaded.device
+    segment_length = int(loaded.sample_rate * member.__dict__["segment"])
+    length = valid_length(member, segment_length)
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    probe = torch.zeros(1, loaded.audio_channels, length, device=device)
+    with torch.inference_mode(), precision_context(device, precision):
+        member(probe)
+    torch.cuda.synchronize(device)
+    return int(torch.cuda.max_memory_allocated(device) - before)
 
 
 def bf16_supported(device: torch.device) -> bool:
@@ -68,15 +133,18 @@ class Separator:
         overlap: float = 0.25,
         stem_format: StemFormat = "flac",
         torch_threads: int = 0,
+        batch_size: int = 0,
         rng: random.Random | None = None,
         limits: AudioLimits = DEFAULT_LIMITS,
     ) -> None:
         """`repo`: a folder in demucs' `--repo` layout, or None for demucs' download cache.
         `precision`: fp32 matches the demucs CLI; bf16 autocasts the model (faster on CPUs with
-        AVX512-BF16/AMX, deviates ~1e-3), falling back to fp32 where unsupported. `shifts`,
-        `overlap`: as demucs' options. `torch_threads`: 0 keeps torch's default (it is a
-        process-wide setting). `rng`: draws the shift offsets (seed it to reproduce a run).
-        `limits`: what an input may ask the decoder for (checked before anything is written)."""
+        AVX512-BF16/AMX and on recent GPUs, deviates ~1e-3), fp16 autocasts on a GPU; both fall
+        back to fp32 where unsupported. `shifts`, `overlap`: as demucs' options.
+        `torch_threads`: 0 keeps torch's default (it is a process-wide setting). `batch_size`:
+        segments per model call, 0 for the device's default (`auto_batch_size`). `rng`: draws
+        the shift offsets (seed it to reproduce a run). `limits`: what an input may ask the
+        decoder for (checked before anything is written)."""
         check_model_name(model)
         if shifts < 0:
             raise ConfigError(f"shifts must be 0 or more, not {shifts}")
@@ -84,22 +152,31 @@ class Separator:
             raise ConfigError(f"overlap must be in [0, 1), not {overlap}")
         if stem_format not in ("flac", "wav"):
             raise ConfigError(f"unknown stem format {stem_format!r}; use flac or wav")
-        if precision not in ("fp32", "bf16"):
-            raise ConfigError(f"unknown precision {precision!r}; use fp32 or bf16")
+        if precision not in PRECISIONS:
+            raise ConfigError(f"unknown precision {precision!r}; use {', '.join(PRECISIONS)}")
+        if batch_size < 0:
+            raise ConfigError(f"batch size must be 0 (automatic) or more, not {batch_size}")
         if torch_threads < 0:
             raise ConfigError(f"torch threads must be 0 (default) or more, not {torch_threads}")
         if torch_threads:
             torch.set_num_threads(torch_threads)
         self.device = resolve_device(device)
-        self.bf16 = precision == "bf16" and bf16_supported(self.device)
-        if precision == "bf16" and not self.bf16:
-            logger.warning("bf16 is not supported on %s; separating in fp32", self.device)
+        self.precision = reduced_precision(precision, self.device)
         self.shifts = shifts
         self.overlap = overlap
         self.stem_format: StemFormat = stem_format
         self.rng = rng if rng is not None else random.Random()
         self.limits = limits
         self.model = loading.load(model, Path(repo) if repo is not None else None, self.device)
+        self.batch = BatchLimit(batch_size or auto_batch_size(self.model, self.precision))
+        self.workers: ThreadPoolExecutor | None = None
+        if self.device.type == "cpu" and self.batch.size > 1:
+            # Segments run side by side, each with a share of the cores (process-wide setting).
+            if not torch_threads:
+                torch.set_num_threads(max(1, usable_cores() // self.batch.size))
+            self.workers = _worker_pool(self.batch.size)
+        logger.info("separating with %s on %s in %s, %d segment(s) per batch, %d torch thread(s)",
+                    model, self.device, self.precision, self.batch.size, torch.get_num_threads())
 
     @property
     def stem_names(self) -> tuple[str, ...]:
@@ -122,8 +199,7 @@ class Separator:
         before decoding, between segments and between stem files, and True raises
         `JobAbortedError` (no stem file is left behind). Non-audio input raises `AudioError`.
         """
-        source, out_dir = Path(path), Path(out_dir)
-        started = time.monotonic()
+        source, started = Path(path), time.monotonic()
 
         def check_abort() -> None:
             if should_abort is not None and should_abort():
@@ -137,13 +213,61 @@ class Separator:
         if progress is not None:
             progress(0.0)
         check_abort()
-        # AudioError (not audio, over the limits) before anything is created.
+        job = self._open(source, Path(out_dir))
+        with job.cleanup:
+            self._infer(job, after_segment)
+            stems = self._finish(job, check_abort)
+        if progress is not None:
+            progress(100.0)
+        self._log_done(job, stems, started)
+        return stems
+
+    def separate_many(
+        self, items: Sequence[tuple[Path | str, Path | str]]
+    ) -> list[dict[str, Path]]:
+        """Separate several `(file, out_dir)` pairs, in order, with the model kept busy: the next
+        file is decoded and the previous one's stems are encoded on threads while the current one
+        goes through the network. Returns each file's stems; the first error stops the rest (no
+        temporary file is left behind)."""
+        pending = [(Path(path), Path(out_dir)) for path, out_dir in items]
+        results: list[dict[str, Path]] = []
+        with ThreadPoolExecutor(2, thread_name_prefix="separation-io") as io:
+            opening: Future[_Job] | None = None
+            finishing: Future[dict[str, Path]] | None = None
+            try:
+                for index, (source, out_dir) in enumerate(pending):
+                    started = time.monotonic()
+                    job = opening.result() if opening else self._open(source, out_dir)
+                    opening = None
+                    if index + 1 < len(pending):
+                        opening = io.submit(self._open, *pending[index + 1])
+                    try:
+                        self._infer(job, lambda done, total: None)
+                        if finishing is not None:
+                            previous, finishing = finishing, None
+                            results.append(previous.result())
+                    except BaseException:
+                        job.cleanup.close()
+                        raise
+                    finishing = io.submit(self._finish_and_close, job, started)
+                if finishing is not None:
+                    last, finishing = finishing, None
+                    results.append(last.result())
+            finally:
+                for future in (opening, finishing):
+                    _discard(future)
+        return results
+
+    def _open(self, source: Path, out_dir: Path) -> _Job:
+        """Probe and decode `source` into a temporary mix file in `out_dir`; `AudioError` before
+        anything is created when it is not audio or over the limits."""
         info = audio_io.probe(source, count_frames=False, limits=self.limits)
         info.limits.check_budget(str(source), info.frames, info.sample_rate,
                                  self.model.sample_rate, self.model.audio_channels)
         out_dir.mkdir(parents=True, exist_ok=True)
         token = new_token()
-        with ExitStack() as cleanup:
+        cleanup = ExitStack()
+        try:
             raw_path = out_dir / temp_name(token, "mix.f32")
             cleanup.callback(raw_path.unlink, missing_ok=True)
             mix = prepare_mix(info, raw_path, self.model.sample_rate, self.model.audio_channels)
@@ -151,17 +275,59 @@ class Separator:
             cleanup.callback(reader.close)
             writer = StemWriter(out_dir, self.model.sources, mix.channels, token)
             cleanup.callback(writer.close)
-            mean, std = mix.mean, mix.std
-            for block in separate_stream(
-                self.model, reader, shifts=self.shifts, overlap=self.overlap, rng=self.rng,
-                bf16=self.bf16, denormalize=lambda block: block * std + mean,
-                after_segment=after_segment,
-            ):  # fmt: skip
-                writer.append(block)
-            stems = writer.finish(self.model.sample_rate, self.stem_format, check_abort)
-        if progress is not None:
-            progress(100.0)
-        logger.info("separated %s (%.1f s of audio) into %d stems in %.1f s",
-                    source.name, mix.frames / mix.sample_rate, len(stems),
-                    time.monotonic() - started)
+        except BaseException:
+            cleanup.close()
+            raise
+        return _Job(source, mix, reader, writer, cleanup)
+
+    def _infer(self, job: _Job, after_segment: Callable[[int, int], None]) -> None:
+        mean, std = job.mix.mean, job.mix.std
+        for block in separate_stream(
+            self.model, job.reader, shifts=self.shifts, overlap=self.overlap, rng=self.rng,
+            precision=self.precision, limit=self.batch, workers=self.workers,
+            denormalize=lambda block: block * std + mean, after_segment=after_segment,
+        ):  # fmt: skip
+            job.writer.append(block)
+
+    def _finish(self, job: _Job, check_abort: Callable[[], None]) -> dict[str, Path]:
+        return job.writer.finish(self.model.sample_rate, self.stem_format, check_abort)
+
+    def _finish_and_close(self, job: _Job, started: float) -> dict[str, Path]:
+        with job.cleanup:
+            stems = self._finish(job, lambda: None)
+        self._log_done(job, stems, started)
         return stems
+
+    def _log_done(self, job: _Job, stems: dict[str, Path], started: float) -> None:
+        logger.info("separated %s (%.1f s of audio) into %d stems in %.1f s",
+                    job.source.name, job.mix.frames / job.mix.sample_rate, len(stems),
+                    time.monotonic() - started)
+
+
+@functools.cache
+def _worker_pool(size: int) -> ThreadPoolExecutor:
+    """The threads CPU segments run on, one pool per size for the whole process."""
+    return ThreadPoolExecutor(size, thread_name_prefix="separation")
+
+
+@dataclass
+class _Job:
+    """One file between decoding and its final stem files; `cleanup` removes its temporaries."""
+
+    source: Path
+    mix: PreparedMix
+    reader: MixReader
+    writer: StemWriter
+    cleanup: ExitStack
+
+
+def _discard(future: Future[Any] | None) -> None:
+    """Wait for a background step of an abandoned `separate_many` and drop what it made."""
+    if future is None:
+        return
+    try:
+        result = future.result()
+    except Exception:  # the error that stopped the run is already propagating
+        return
+    if isinstance(result, _Job):
+        result.cleanup.close()

@@ -1,6 +1,6 @@
 """Stem files: separated spans are spooled to temporary float32 files as they arrive, then each
-stem is encoded (FLAC or WAV, 16-bit PCM, at the model's rate) to a temporary name in the output
-folder, fsynced, and all are renamed into place together at the end.
+stem is encoded (FLAC or WAV, 16-bit PCM, at the model's rate; the stems on parallel threads) to a
+temporary name in the output folder, fsynced, and all are renamed into place together at the end.
 
 The spool exists because demucs' CLI protects against clipping by dividing a whole stem by
 `max(1.01 * peak, 1)`; the peak is known only once the last segment is done, and keeping the
@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO, Literal
 
@@ -77,13 +78,24 @@ class StemWriter:
         """Encode every stem, then rename them all into place; returns stem -> final path."""
         for spool in self._spools:
             spool.close()
-        encoded = []
-        for index, stem in enumerate(self.stems):
-            between_stems()
-            target = self._temporary(f"{stem}.{stem_format}")
-            self._encode(self._temporaries[index], target, sample_rate, stem_format,
-                         clip_divisor(self.peaks[index]))
-            encoded.append(target)
+        between_stems()
+        encoded = [self._temporary(f"{stem}.{stem_format}") for stem in self.stems]
+        # libsndfile and numpy release the GIL: the stems encode side by side, one per core.
+        with ThreadPoolExecutor(min(len(self.stems), os.cpu_count() or 1),
+                                thread_name_prefix="stem-encode") as encoders:
+            futures = [
+                encoders.submit(self._encode, self._temporaries[index], target, sample_rate,
+                                stem_format, clip_divisor(self.peaks[index]))
+                for index, target in enumerate(encoded)
+            ]  # fmt: skip
+            try:
+                for future in futures:
+                    future.result()
+                    between_stems()
+            except BaseException:
+                for future in futures:
+                    future.cancel()
+                raise
         finals = {}
         for stem, temporary in zip(self.stems, encoded, strict=True):
             final = self.out_dir / f"{stem}.{stem_format}"

@@ -4,6 +4,8 @@ at `downloads/<track_id>.<ext>`, with nothing left behind when it fails."""
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import logging
 import os
 import shutil
@@ -13,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 
-from soundforge.errors import ImportRootError, ProgressCallback, SourceError
+from soundforge.errors import ImportRootError, ProgressCallback, SourceError, StorageError
 from soundforge.file_store import FileStore
 from soundforge.redact import mask_url
 from soundforge.sources import spotdl_resolver, ytdlp_resolver
@@ -45,10 +47,11 @@ def expand_source(
     for a Spotify album or playlist. Spotify needs credentials and the network."""
     if isinstance(source, LocalFileSource):
         _check_local_file(source.path, config)
-        return [_plain_metadata(source.path.stem or source.path.name, str(source.path))]
+        return [_plain_metadata(source.path.stem or source.path.name, str(source.path),
+                                source_key(source))]  # fmt: skip
     if isinstance(source, HttpSource):
         config.destinations.check_url(source.url)  # a literal refused address fails at `add`
-        return [_plain_metadata(_title_from_url(source.url), source.url)]
+        return [_plain_metadata(_title_from_url(source.url), source.url, source_key(source))]
     client = spotify or spotify_client(config)
     tracks = client.expand(source)
     if not tracks:
@@ -89,6 +92,7 @@ def fetch_audio(
             moved = staging.with_name(f"{staging.name}.{validated.ext}")  # still cleaned up
             os.replace(produced, moved)
             produced = moved
+        digest = file_sha256(produced)
         storage.commit(produced, relative)
     logger.info("stored %s as %s (%d bytes, %.1f s)", label, relative,
                 validated.file_size, validated.duration_s, extra=log_extra)  # fmt: skip
@@ -99,6 +103,7 @@ def fetch_audio(
         file_size=validated.file_size,
         ext=validated.ext,
         duration_s=validated.duration_s,
+        sha256=digest,
     )
 
 
@@ -127,7 +132,11 @@ def _resolve_spotify(
 def _staging(storage: FileStore, track_id: uuid.UUID | str) -> Iterator[Path]:
     """A hidden temporary path in `downloads/`; on exit everything named after it (partial
     downloads, yt-dlp's `.part` files, spotdl's folder) is removed."""
-    staging = storage.temp_path_for(download_relpath(track_id, "part"))
+    try:
+        staging = storage.temp_path_for(download_relpath(track_id, "part"))
+    except OSError as error:
+        raise StorageError(f"cannot create {error.filename or 'a folder'} to store the "
+                           f"download in ({error.strerror})") from None  # fmt: skip
     try:
         yield staging
     finally:
@@ -144,14 +153,33 @@ def _link_or_copy(source: Path, destination: Path) -> Path:
     try:
         os.link(source, destination, follow_symlinks=False)
     except OSError:
-        try:
-            shutil.copyfile(source, destination, follow_symlinks=False)
-        except OSError as error:
-            raise SourceError(f"{source}: cannot read ({error.strerror})") from None
+        _copy_without_following(source, destination)
     if destination.is_symlink():
         destination.unlink()
-        raise ImportRootError(f"{source}: became a symbolic link while it was imported")
+        raise _became_symlink(source)
     return destination
+
+
+def _copy_without_following(source: Path, destination: Path) -> None:
+    """Copy `source` (refusing a symlink) to the new file `destination`; a failure names the
+    side that failed: reading the source, or writing into the storage folder."""
+    try:
+        descriptor = os.open(source, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise _became_symlink(source) from None
+        raise SourceError(f"{source}: cannot read ({error.strerror})") from None
+    with open(descriptor, "rb") as reader:
+        try:
+            with open(destination, "xb") as writer:
+                shutil.copyfileobj(reader, writer)
+        except OSError as error:
+            raise StorageError(f"cannot copy {source.name} into the storage folder "
+                               f"{destination.parent} ({error.strerror})") from None  # fmt: skip
+
+
+def _became_symlink(source: Path) -> ImportRootError:
+    return ImportRootError(f"{source}: became a symbolic link while it was imported")
 
 
 def _check_local_file(path: Path, config: SourceConfig) -> Path:
@@ -167,7 +195,24 @@ def _check_local_file(path: Path, config: SourceConfig) -> Path:
     return path
 
 
-def _plain_metadata(title: str, origin: str) -> TrackMetadata:
+def source_key(source: LocalFileSource | HttpSource) -> str:
+    """What makes two adds the same track: the URL, or a local file's resolved path, size and
+    modification time (a file changed in place is a new track). Stored as a digest: the key
+    finds a track, it never shows a path or a URL's token."""
+    if isinstance(source, LocalFileSource):
+        info = source.path.stat()
+        identity = f"file\0{source.path.resolve()}\0{info.st_size}\0{info.st_mtime_ns}"
+    else:
+        identity = f"url\0{source.url}"
+    return "sha256:" + hashlib.sha256(identity.encode()).hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def _plain_metadata(title: str, origin: str, key: str) -> TrackMetadata:
     return TrackMetadata(
         title=title,
         artist=None,
@@ -177,6 +222,7 @@ def _plain_metadata(title: str, origin: str) -> TrackMetadata:
         spotify_id=None,
         spotify_url=None,
         origin=origin,
+        source_key=key,
     )
 
 

@@ -66,6 +66,8 @@ class TrackMetadata:
     spotify_id: str | None
     spotify_url: str | None
     origin: str
+    source_key: str | None = None
+    """Identifies a URL or local file source (same key: the same track); None for Spotify."""
 
 
 @dataclass(frozen=True)
@@ -77,3 +79,5 @@ class StoredAudio:
     file_size: int
     ext: str
     duration_s: float
+    sha256: str | None = None
+    """Hex SHA-256 of the stored file."""

@@ -31,6 +31,10 @@ INSERT INTO soundforge_schema_migrations (name, checksum) VALUES (%(name)s, %(ch
 -- True once any migration has run.
 SELECT to_regclass('soundforge_schema_migrations') IS NOT NULL AS present;
 
+-- name: list_applied_migration_names
+-- The names of the recorded schema files (for the schema check every data command makes).
+SELECT name FROM soundforge_schema_migrations;
+
 -- name: procrastinate_schema_present
 -- True when Procrastinate's tables exist already (installed before we recorded it).
 SELECT to_regclass('procrastinate_jobs') IS NOT NULL AS present;
@@ -40,27 +44,46 @@ SELECT to_regclass('procrastinate_jobs') IS NOT NULL AS present;
 -- name: insert_track
 -- Create a track.
 INSERT INTO tracks (id, spotify_id, spotify_url, title, artist, album, album_art_url, duration,
-                    inserted_at, updated_at)
+                    source_key, inserted_at, updated_at)
 VALUES (%(id)s, %(spotify_id)s, %(spotify_url)s, %(title)s, %(artist)s, %(album)s,
-        %(album_art_url)s, %(duration)s, timezone('utc', now()), timezone('utc', now()))
+        %(album_art_url)s, %(duration)s, %(source_key)s, timezone('utc', now()),
+        timezone('utc', now()))
 RETURNING *;
 
--- name: insert_track_unless_spotify_id_exists
--- Create a track unless one has this spotify_id; returns nothing when it exists.
+-- name: insert_track_unless_known
+-- Create a track unless one has this spotify_id or source_key; returns nothing when it exists.
 INSERT INTO tracks (id, spotify_id, spotify_url, title, artist, album, album_art_url, duration,
-                    inserted_at, updated_at)
+                    source_key, inserted_at, updated_at)
 VALUES (%(id)s, %(spotify_id)s, %(spotify_url)s, %(title)s, %(artist)s, %(album)s,
-        %(album_art_url)s, %(duration)s, timezone('utc', now()), timezone('utc', now()))
-ON CONFLICT (spotify_id) DO NOTHING
+        %(album_art_url)s, %(duration)s, %(source_key)s, timezone('utc', now()),
+        timezone('utc', now()))
+ON CONFLICT DO NOTHING
 RETURNING *;
 
 -- name: get_track
 -- One track by id.
 SELECT * FROM tracks WHERE id = %(id)s;
 
--- name: get_track_by_spotify_id
--- One track by its Spotify id.
-SELECT * FROM tracks WHERE spotify_id = %(spotify_id)s;
+-- name: get_known_track
+-- The track with this Spotify id, else the one with this source key.
+SELECT * FROM tracks WHERE spotify_id = %(spotify_id)s OR source_key = %(source_key)s
+ORDER BY (spotify_id = %(spotify_id)s) DESC NULLS LAST LIMIT 1;
+
+-- name: duplicate_audio_tracks
+-- Tracks whose newest completed download has the same audio (SHA-256) as another track's,
+-- grouped by that digest, oldest track first in each group.
+WITH newest AS (
+    SELECT DISTINCT ON (job.track_id) job.track_id, job.audio_sha256
+    FROM download_jobs job
+    WHERE job.status = 'completed' AND job.audio_sha256 IS NOT NULL
+    ORDER BY job.track_id, job.insert_order DESC
+), shared AS (
+    SELECT audio_sha256 FROM newest GROUP BY audio_sha256 HAVING count(*) > 1
+)
+SELECT newest.audio_sha256, track.*
+FROM newest JOIN shared USING (audio_sha256) JOIN tracks track ON track.id = newest.track_id
+ORDER BY newest.audio_sha256, track.insert_order
+LIMIT %(limit)s OFFSET %(offset)s;
 
 -- name: list_tracks
 -- Tracks, newest first (served by tracks_inserted_at_index), a page at a time.
@@ -169,13 +192,14 @@ WHERE job.id IS NOT NULL;
 
 -- name: insert_track_with_queued_download
 -- A new track and its queued download in one statement; no row when a track with this
--- spotify_id exists already (the caller then takes the existing track's path).
+-- spotify_id or source_key exists already (the caller then takes the existing track's path).
 WITH track AS (
     INSERT INTO tracks (id, spotify_id, spotify_url, title, artist, album, album_art_url,
-                        duration, inserted_at, updated_at)
+                        duration, source_key, inserted_at, updated_at)
     VALUES (%(track_id)s, %(spotify_id)s, %(spotify_url)s, %(title)s, %(artist)s, %(album)s,
-            %(album_art_url)s, %(duration)s, timezone('utc', now()), timezone('utc', now()))
-    ON CONFLICT (spotify_id) DO NOTHING
+            %(album_art_url)s, %(duration)s, %(source_key)s, timezone('utc', now()),
+            timezone('utc', now()))
+    ON CONFLICT DO NOTHING
     RETURNING id, inserted_at, updated_at
 )
 SELECT track.inserted_at AS track_inserted_at, track.updated_at AS track_updated_at, job.*
@@ -271,10 +295,11 @@ RETURNING *;
 -- name: complete_download_and_fan_out
 -- A download finished: record the stored file, complete the row, learn the track's duration
 -- when the source did not say, and create and enqueue the follow-ups, in one statement (see
--- soundforge_complete_download_v1). No rows: the row changed since it was read.
+-- soundforge_complete_download_v1), recording the file's SHA-256 (v2). No rows: the row
+-- changed since it was read.
 SELECT stage, created_id
-FROM soundforge_complete_download_v1(%(id)s, %(lock_version)s, %(output_path)s,
-                                     %(file_size)s, %(duration)s, %(follow_ups)s);
+FROM soundforge_complete_download_v2(%(id)s, %(lock_version)s, %(output_path)s,
+                                     %(file_size)s, %(duration)s, %(follow_ups)s, %(sha256)s);
 
 -- name: complete_processing_job
 -- A separation finished: record its stem files and where they are, and complete the row, in
