@@ -17,12 +17,22 @@
     \set readonly_role soundforge_readonly
 \endif
 
--- The read-only role sees the inspection views, and only them. A view reads its tables with
--- its owner's rights, so the role needs nothing on the tables themselves.
+-- The read-only role sees the inspection views. A view reads its tables with its owner's
+-- rights, so the views alone need nothing on the tables themselves.
 SELECT format('GRANT SELECT ON %I.%I TO %I', schemaname, viewname, :'readonly_role')
 FROM pg_views
 WHERE schemaname = 'public' AND viewname LIKE 'soundforge\_%'
 ORDER BY viewname
+\gexec
+
+-- ...and the tables the web dashboard reads (`soundforge serve` with DATABASE_URL naming the
+-- read-only role is a read-only dashboard): SELECT only, never a write.
+SELECT format('GRANT SELECT ON %I.%I TO %I', 'public', name, :'readonly_role')
+FROM unnest(ARRAY['tracks', 'stems', 'analysis_results', 'download_jobs', 'processing_jobs',
+                  'analysis_jobs', 'soundforge_stage_outcomes', 'soundforge_worker_queues',
+                  'soundforge_schema_migrations', 'procrastinate_jobs', 'procrastinate_workers',
+                  'procrastinate_events']) AS name
+WHERE to_regclass('public.' || name) IS NOT NULL
 \gexec
 
 -- The application role normally gets its rights from soundforge_owner's default privileges

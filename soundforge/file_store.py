@@ -48,6 +48,10 @@ class FileStore(Protocol):
     def local_file(self, relative: str) -> AbstractContextManager[Path]:
         """A readable local path of a stored file, valid until the block ends."""
 
+    def local_path(self, relative: str) -> Path:
+        """A readable local path of a stored file, for a reader that opens it at once (a
+        cached copy is not evicted for the cache's minimum age)."""
+
     def open_range(self, relative: str, start: int = 0, end: int | None = None) -> ByteRange:
         """A byte range of a stored file, streamed (for players that seek)."""
 

@@ -98,10 +98,10 @@ def events(conn: psycopg.Connection[Any], timeout_s: float) -> Iterator[Progress
 def pipeline_rows(
     conn: psycopg.Connection[Any], track_ids: Sequence[uuid.UUID] | None, limit: int = 50
 ) -> list[dict[str, Any]]:
-    """Rows of the `soundforge_pipeline` view, newest track first."""
-    params = {"track_ids": list(track_ids) if track_ids is not None else None,
-              "limit": min(limit, MAX_TRACKS_SHOWN)}  # fmt: skip
-    return list(conn.execute(query("pipeline_for_tracks"), params))
+    """Each track's pipeline (the track list's rows: newest job of each stage), newest first."""
+    wanted = music.TrackQuery(track_ids=tuple(track_ids) if track_ids is not None else None,
+                              limit=min(limit, MAX_TRACKS_SHOWN))  # fmt: skip
+    return music.track_page(conn, wanted).rows
 
 
 def stage_state(row: dict[str, Any], stage: str) -> tuple[str | None, int, str | None]:

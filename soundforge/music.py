@@ -4,8 +4,10 @@
 
 from __future__ import annotations
 
+import math
+import re
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
@@ -13,6 +15,7 @@ from psycopg.types.json import Jsonb
 
 from soundforge.errors import InvalidIdError, PermanentError
 from soundforge.file_store import FileStore
+from soundforge.keys import normalize_key
 from soundforge.models import ANALYSIS_RESULT_COLUMNS, AnalysisResult, Stem, Track
 from soundforge.queries import query
 
@@ -83,21 +86,97 @@ def require_track(conn: Connection, track_id: uuid.UUID | str) -> Track:
     return track
 
 
-def list_tracks(conn: Connection, limit: int = 50, offset: int = 0) -> list[Track]:
-    """Newest first."""
-    rows = conn.execute(query("list_tracks"), _page(limit, offset)).fetchall()
-    return [Track.from_row(row) for row in rows]
-
-
 def _like_pattern(text: str) -> str:
     escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     return f"%{escaped}%"
 
 
+@dataclass(frozen=True)
+class TrackQuery:
+    """What one page of the track list asks for (CLI `tracks`/`status`, the web's Tracks page
+    and GET /api/tracks build one and call `track_page`)."""
+
+    search: str | None = None
+    tempo_min: float | None = None
+    tempo_max: float | None = None
+    key: str | None = None
+    """As typed: "A minor", "Am", "8A"; normalised to the stored name."""
+    track_ids: tuple[uuid.UUID, ...] | None = None
+    limit: int = 50
+    offset: int = 0
+
+    def params(self) -> dict[str, Any]:
+        for name in ("tempo_min", "tempo_max"):
+            value = getattr(self, name)
+            if value is not None and (not math.isfinite(value) or value < 0):
+                raise PermanentError(f"{name} must be a number of BPM, not {value}")
+        if (self.tempo_min is not None and self.tempo_max is not None
+                and self.tempo_min > self.tempo_max):  # fmt: skip
+            raise PermanentError(
+                f"the tempo range {self.tempo_min:g}-{self.tempo_max:g} is empty (min > max)"
+            )
+        search = self.search.strip() if self.search else ""
+        return {
+            "pattern": _like_pattern(search) if search else None,
+            "tempo_min": self.tempo_min,
+            "tempo_max": self.tempo_max,
+            "key": normalize_key(self.key) if self.key and self.key.strip() else None,
+            "track_ids": list(self.track_ids) if self.track_ids is not None else None,
+            **_page(self.limit, self.offset),
+        }
+
+
+@dataclass(frozen=True)
+class TrackPage:
+    """Rows of the track list (track columns, the newest analysis' columns, each stage's
+    newest job as `<stage>_status/_progress/_error/_job_id`) and whether more follow."""
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    has_more: bool = False
+    offset: int = 0
+    limit: int = 50
+
+
+def track_page(conn: Connection, wanted: TrackQuery) -> TrackPage:
+    """One page of tracks, newest first, filtered as `wanted` says (the one track-list query)."""
+    params = wanted.params()
+    limit = params["limit"]
+    # Unprepared: a prepared statement's generic plan would keep every NULL filter's branches.
+    rows = conn.execute(query("track_page"), {**params, "limit": limit + 1},
+                        prepare=False).fetchall()  # fmt: skip
+    return TrackPage(rows[:limit], len(rows) > limit, params["offset"], limit)
+
+
+_TEMPO_RANGE = re.compile(r"^\s*(\d+(?:\.\d+)?)?\s*-\s*(\d+(?:\.\d+)?)?\s*$")
+
+
+def parse_tempo_range(text: str) -> tuple[float | None, float | None]:
+    """"120-130" -> (120, 130); "120-" and "-130" leave one end open; "128" is 128 +/- 0.5."""
+    match = _TEMPO_RANGE.match(text)
+    if match is not None and (match.group(1) or match.group(2)):
+        low, high = match.group(1), match.group(2)
+        return (float(low) if low else None, float(high) if high else None)
+    try:
+        tempo = float(text)
+    except ValueError:
+        tempo = math.nan
+    if not math.isfinite(tempo) or tempo < 0:
+        raise PermanentError(
+            f"tempo {text!r} is not a range: write it like 120-130, 120- or -130 (BPM)"
+        )
+    return tempo - 0.5, tempo + 0.5
+
+
+def list_tracks(conn: Connection, limit: int = 50, offset: int = 0) -> list[Track]:
+    """Newest first."""
+    page = track_page(conn, TrackQuery(limit=limit, offset=offset))
+    return [Track.from_row(row) for row in page.rows]
+
+
 def search_tracks(conn: Connection, text: str, limit: int = 50, offset: int = 0) -> list[Track]:
     """Tracks whose title or artist contains `text`, case-insensitively, newest first."""
-    params = {"pattern": _like_pattern(text), **_page(limit, offset)}
-    return [Track.from_row(row) for row in conn.execute(query("search_tracks"), params)]
+    page = track_page(conn, TrackQuery(search=text, limit=limit, offset=offset))
+    return [Track.from_row(row) for row in page.rows]
 
 
 def duplicate_audio_tracks(
@@ -146,6 +225,11 @@ def list_stems_for_track(conn: Connection, track_id: uuid.UUID | str) -> list[St
         query("list_stems_for_track"), {"track_id": parse_uuid(track_id, "track id")}
     )
     return [Stem.from_row(row) for row in rows]
+
+
+def get_stem(conn: Connection, stem_id: uuid.UUID | str) -> Stem | None:
+    row = conn.execute(query("get_stem"), {"id": parse_uuid(stem_id, "stem id")}).fetchone()
+    return Stem.from_row(row) if row else None
 
 
 def list_stems_for_job(conn: Connection, processing_job_id: uuid.UUID) -> list[Stem]:
@@ -209,6 +293,13 @@ def get_analysis_result_for_track(
         query("newest_analysis_result_for_track"), {"track_id": parse_uuid(track_id, "track id")}
     ).fetchone()
     return AnalysisResult.from_row(row) if row else None
+
+
+def track_jobs(conn: Connection, track_id: uuid.UUID | str) -> list[dict[str, Any]]:
+    """Every job row of a track (stage, status, progress, error, attempts, times, model),
+    oldest first: a track's history."""
+    params = {"track_id": parse_uuid(track_id, "track id")}
+    return conn.execute(query("track_jobs"), params).fetchall()
 
 
 def delete_track(conn: Connection, track_id: uuid.UUID | str) -> bool:

@@ -164,6 +164,14 @@ class Settings(BaseSettings):
             raise ValueError("must be file:///path or s3://bucket[/prefix]")
         return value or None
 
+    # Web dashboard (`soundforge serve`).
+    web_host: str = "127.0.0.1"
+    web_port: int = Field(default=8470, ge=1, le=65535)
+    web_token: SecretStr | None = None
+    """Writes (add, cancel, retry, delete) need it; unset: the dashboard is read-only."""
+    web_writes_per_minute: int = Field(default=30, ge=1)
+    web_page_size: int = Field(default=50, ge=1, le=1000)
+
     @field_validator("allowed_networks")
     @classmethod
     def _allowed_networks_are_cidrs(cls, value: str) -> str:

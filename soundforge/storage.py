@@ -407,6 +407,11 @@ class Storage:
             raise StorageError(f"stored file {relative} is missing: {path}")
         yield path
 
+    def local_path(self, relative: str) -> Path:
+        """A readable local path of a stored file (here: the file itself)."""
+        with self.local_file(relative) as path:
+            return path
+
     def output_dir(self, relative: str) -> Path:
         """A local folder whose files become stored under `relative/` once `publish`ed (here:
         the destination folder itself)."""

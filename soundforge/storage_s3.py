@@ -192,6 +192,12 @@ class S3Storage:
                              ) as path:  # fmt: skip
             yield path
 
+    def local_path(self, relative: str) -> Path:
+        """A cached copy of a stored object, for a reader that opens it at once: just used,
+        it is not evicted for the cache's `min_age_s`."""
+        with self.local_file(relative) as path:
+            return path
+
     def _download(self, relative: str, destination: Path) -> None:
         try:
             result = obstore.get(self.store, relative)

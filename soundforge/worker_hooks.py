@@ -11,12 +11,14 @@ import asyncio
 import contextlib
 import logging
 import os
+import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from procrastinate import App, JobContext
 from procrastinate.worker import Worker
 
+from soundforge.queries import all_queries
 from soundforge.sd_notify import Notifier
 from soundforge.settings import Settings
 
@@ -33,9 +35,12 @@ RECYCLING = "X_SOUNDFORGE_RECYCLING"
 class WorkerHooks:
     """A Procrastinate worker middleware (async, wraps every job on the event loop)."""
 
-    def __init__(self, settings: Settings, notifier: Notifier | None = None) -> None:
+    def __init__(self, settings: Settings, notifier: Notifier | None = None,
+                 name: str | None = None, queues: list[str] | None = None) -> None:  # fmt: skip
         self.settings = settings
         self.notifier = notifier or Notifier.from_environ()
+        self.name = name
+        self.queues = queues
         self.jobs_done = 0
         self.recycling = False
 
@@ -47,6 +52,8 @@ class WorkerHooks:
 
         async def register_and_notify() -> int:
             worker_id = await register()
+            if self.name is not None and self.queues is not None:
+                await _record_queues(app, worker_id, self.name, self.queues)
             self.notifier.ready()
             log.info("worker registered as %d", worker_id)
             return worker_id
@@ -93,6 +100,18 @@ class WorkerHooks:
 
 def _pid() -> int:
     return os.getpid()
+
+
+async def _record_queues(app: App, worker_id: int, name: str, queues: list[str]) -> None:
+    """Say which queues this worker serves (the dashboard's Queues page and health read it)."""
+    try:
+        await app.connector.execute_query_async(
+            all_queries()["record_worker_queues"].text,
+            worker_id=worker_id, name=name, queues=queues, pid=_pid(),
+            hostname=socket.gethostname(),
+        )  # fmt: skip
+    except Exception as error:  # an older schema without the table: serve anyway
+        log.warning("could not record the worker's queues: %s", error)
 
 
 def worker_options(settings: Settings, hooks: WorkerHooks) -> dict[str, Any]:

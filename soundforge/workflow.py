@@ -31,7 +31,7 @@ from soundforge.status import Status, is_terminal
 from soundforge.storage import stems_relpath
 
 if TYPE_CHECKING:
-    from soundforge.engines import AnalysisOutcome
+    from soundforge.engines import AnalysisOutcome, Engines
     from soundforge.file_store import FileStore
     from soundforge.sources import StoredAudio, TrackMetadata
 
@@ -133,6 +133,20 @@ def import_track(
             raise TransientError(f"a download of track {track.id} is already waiting")
         _log_queued_download(track.id, job)
         return ImportedTrack(track, job, new_download=True)
+
+
+def import_sources(
+    conn: Connection,
+    engines: Engines,
+    sources: list[str],
+    options: PipelineOptions,
+    *,
+    force: bool = False,
+) -> list[ImportedTrack]:
+    """Expand each source (a file, a URL, a Spotify link: the sources engine applies the
+    input policy) into tracks and import each one; `soundforge add` and the web's Add form."""
+    expanded = [metadata for source in sources for metadata in engines.expand(source)]
+    return [import_track(conn, metadata, options, force=force) for metadata in expanded]
 
 
 def _import_new_track(

@@ -20,10 +20,11 @@ import pytest
 from soundforge import jobs, live, music, workflow
 from soundforge.models import DownloadJob, Stage
 from soundforge.settings import load_settings
-from soundforge.storage import download_relpath
+from soundforge.storage import download_relpath, stem_relpath
 from soundforge.storage_s3 import S3Storage
 from tests.audio_synth import write_test_song
 from tests.cli_runner import run_cli
+from tests.factories import make_job, make_track
 from tests.support.audio import tone_bytes
 from tests.support.pipeline import (
     ServiceProcesses,
@@ -32,6 +33,7 @@ from tests.support.pipeline import (
     wait_for_stage_status,
 )
 from tests.support.s3_server import CuttingProxy, S3Server, moto_s3, s3_env, s3_settings
+from tests.support.web import start_web
 from tests.support.worker_thread import running_worker, settings_for, wait_for
 
 pytestmark = pytest.mark.timeout(600)
@@ -196,3 +198,30 @@ def test_two_hosts_share_the_bucket_and_a_dead_hosts_job_is_rescued_by_another(
     bucket = S3Storage(shared["SOUNDFORGE_STORAGE_URL"], load_settings(
         **s3_settings(s3_server.endpoint, "unused"), cache_path=tmp_path / "check"))  # fmt: skip
     assert _keys(bucket) == []
+
+
+def test_the_dashboard_plays_a_stem_from_the_bucket_with_ranges(
+    conn: psycopg.Connection[Any], cli_env: dict[str, str], tmp_path: Path,
+    s3_server: S3Server, services: ServiceProcesses,
+) -> None:  # fmt: skip
+    env = {**cli_env, **s3_env(s3_server.endpoint, s3_server.bucket()),
+           "SOUNDFORGE_CACHE_PATH": str(tmp_path / "web-cache")}  # fmt: skip
+    track = make_track(conn, "Stems in a bucket")
+    job = make_job(conn, Stage.SEPARATE, track)
+    relative = stem_relpath(track.id, job.id, "vocals", "flac")
+    uploader = S3Storage(env["SOUNDFORGE_STORAGE_URL"], load_settings(
+        **s3_settings(s3_server.endpoint, "unused"), cache_path=tmp_path / "uploader"))  # fmt: skip
+    source = tmp_path / "vocals.flac"
+    source.write_bytes(bytes(range(256)) * 40)
+    uploader.upload(source, relative)
+    stem = music.create_stem(conn, processing_job_id=job.id, track_id=track.id,
+                             stem_type="vocals", file_path=relative, file_size=10240)  # fmt: skip
+    crafted = music.create_stem(conn, processing_job_id=job.id, track_id=track.id,
+                                stem_type="drums", file_path="../outside.flac",
+                                file_size=9)  # fmt: skip
+    web = start_web(services, env)
+    with web.client() as client:
+        part = client.get(f"/api/stems/{stem.id}", headers={"range": "bytes=256-511"})
+        assert part.status_code == 206 and part.content == bytes(range(256))
+        assert part.headers["content-range"] == "bytes 256-511/10240"
+        assert client.get(f"/api/stems/{crafted.id}").status_code == 404

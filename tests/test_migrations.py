@@ -21,6 +21,9 @@ JOB_COLUMNS = {
     "lock_version": ("integer", "NO", "1"),
     "procrastinate_job_id": ("bigint", "YES", None),
     "attempts": ("integer", "NO", "0"),
+    # ours (019): when a worker took the row and when it ended, for the dashboard and metrics
+    "started_at": (TS, "YES", None),
+    "finished_at": (TS, "YES", None),
 }
 TIMESTAMPS = {"inserted_at": (TS, "NO", None), "updated_at": (TS, "NO", None)}
 STATUS = ("character varying", "NO", "'queued'::character varying")
@@ -102,16 +105,20 @@ EXPECTED_COLUMNS: dict[str, dict[str, tuple[str, str, str | None]]] = {
 
 EXPECTED_INDEXES = {
     "tracks": {"tracks_pkey", "tracks_spotify_id_index", "tracks_inserted_at_index",
-               "tracks_title_trgm_index", "tracks_artist_trgm_index", "tracks_source_key_index"},
+               "tracks_title_trgm_index", "tracks_artist_trgm_index", "tracks_source_key_index",
+               "tracks_insert_order_index"},
     "stems": {"stems_pkey", "stems_processing_job_id_index", "stems_track_id_index",
               "stems_inserted_at_index"},
     "analysis_results": {"analysis_results_pkey", "analysis_results_track_id_index",
                          "analysis_results_analysis_job_id_index",
                          "analysis_results_inserted_at_index", "analysis_results_tempo_index",
-                         "analysis_results_analysis_job_id_unique_index"},
+                         "analysis_results_analysis_job_id_unique_index",
+                         "analysis_results_track_id_insert_order_index",
+                         "analysis_results_key_index"},
     **{
         table: {f"{table}_pkey", f"{table}_track_id_index", f"{table}_status_index",
-                f"{table}_inserted_at_index", f"{table}_track_id_insert_order_index"}
+                f"{table}_inserted_at_index", f"{table}_track_id_insert_order_index",
+                f"{table}_finished_at_index"}
         | ({"download_jobs_audio_sha256_index"} if table == "download_jobs" else set())
         for table in ("download_jobs", "processing_jobs", "analysis_jobs")
     },
@@ -125,6 +132,7 @@ EXPECTED_FOREIGN_KEYS = {
     ("stems", "track_id", "tracks"),
     ("analysis_results", "track_id", "tracks"),
     ("analysis_results", "analysis_job_id", "analysis_jobs"),
+    ("soundforge_worker_queues", "worker_id", "procrastinate_workers"),  # ours (019)
     ("download_credentials", "download_job_id", "download_jobs"),  # 010: secrets apart
 }
 

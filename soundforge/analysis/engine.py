@@ -16,6 +16,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -39,6 +40,7 @@ MIN_TEMPO_SECONDS = 4.0
 MIN_KEY_SECONDS = 2.0
 MIN_KEY_CONFIDENCE = 0.3  # noise and drones correlate about 0.2 with their best key
 DECODE_PROGRESS = 90.0  # share of the progress bar the decode + STFT pass covers
+CURVE_STEP_S = 0.5  # the pictures' resolution: about two points a second
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -156,6 +158,32 @@ def _variances(values: npt.NDArray[np.floating], width: int) -> list[float]:
     return [float(value) for value in np.var(values, axis=0, dtype=np.float64)]
 
 
+def _downsampled(values: npt.NDArray[np.floating], frames_per_point: int,
+                 digits: int) -> list[Any]:  # fmt: skip
+    """Means of consecutive runs of `frames_per_point` frames, rounded, never NaN."""
+    if values.shape[0] == 0:
+        return []
+    points = -(-values.shape[0] // frames_per_point)
+    padded = np.full((points * frames_per_point, *values.shape[1:]), np.nan, np.float64)
+    padded[: values.shape[0]] = values
+    means = np.nanmean(padded.reshape(points, frames_per_point, *values.shape[1:]), axis=1)
+    rounded: list[Any] = np.round(np.nan_to_num(means), digits).tolist()
+    return rounded
+
+
+def _curves(rms: FloatArray, features: _FrameFeatures, chroma: FloatArray,
+            mfcc: FloatArray) -> dict[str, Any]:  # fmt: skip
+    frames_per_point = max(1, round(CURVE_STEP_S * ANALYSIS_SAMPLE_RATE / HOP_LENGTH))
+    return {
+        "step_s": round(frames_per_point * HOP_LENGTH / ANALYSIS_SAMPLE_RATE, 4),
+        "rms": _downsampled(rms, frames_per_point, 5),
+        "centroid": _downsampled(features.joined("centroid"), frames_per_point, 1),
+        "rolloff": _downsampled(features.joined("rolloff"), frames_per_point, 1),
+        "chroma": _downsampled(chroma, frames_per_point, 3),
+        "mfcc": _downsampled(mfcc, frames_per_point, 2),
+    }
+
+
 def _tempo(
     mel: MelSummary, duration: float, warnings: list[str]
 ) -> tuple[float | None, npt.NDArray[np.int64]]:
@@ -257,6 +285,7 @@ def _analyze_stream(
         mfcc_variance=_variances(mel.mfcc, N_MFCC),
         chroma=mean_chroma,
         warnings=warnings,
+        curves=_curves(rms, features, chroma, mel.mfcc),
     ).sanitised()
     progress.update(100.0)
     return report

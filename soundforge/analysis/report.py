@@ -43,6 +43,9 @@ class AnalysisReport:
     mfcc_variance: list[float]  # 13 variances
     chroma: list[float]  # 12 means, C..B
     warnings: list[str] = field(default_factory=list)
+    curves: dict[str, Any] = field(default_factory=dict)
+    """Per-frame features downsampled to about two points a second, for pictures: `step_s`,
+    `rms`, `centroid`, `rolloff` (one value a point), `chroma` (12 a point), `mfcc` (13)."""
 
     def to_dict(self) -> dict[str, Any]:
         """Every field by its name: the JSON report and the stored `features` document."""

@@ -6,7 +6,16 @@ import argparse
 from typing import Any
 
 from soundforge import maintenance, music
-from soundforge.cli.common import add_json_flag, database, human_size, print_json, settings, storage
+from soundforge.cli.common import (
+    add_json_flag,
+    analysis_summary,
+    database,
+    human_size,
+    print_json,
+    settings,
+    storage,
+    track_listing,
+)
 from soundforge.cli.output import safe, say
 from soundforge.migrations import migrate, migration_status
 from soundforge.models import Track
@@ -20,6 +29,10 @@ def register(subparsers: Any) -> None:
 
     parser = subparsers.add_parser("tracks", help="list or search tracks, newest first")
     parser.add_argument("--search", metavar="Q", help="case-insensitive match on title/artist")
+    parser.add_argument("--tempo", metavar="MIN-MAX",
+                        help="tempo range in BPM from the newest analysis: 120-130, 120-, -130")
+    parser.add_argument("--key", metavar="KEY",
+                        help="musical key from the newest analysis: 'A minor', 'Am' or '8A'")
     parser.add_argument("--limit", type=int, default=50)
     parser.add_argument("--offset", type=int, default=0)
     parser.add_argument("--duplicates", action="store_true",
@@ -63,16 +76,18 @@ def run_tracks(args: argparse.Namespace) -> int:
     config = settings()
     if args.duplicates:
         return _print_duplicates(config, args)
+    tempo_min, tempo_max = music.parse_tempo_range(args.tempo) if args.tempo else (None, None)
+    wanted = music.TrackQuery(search=args.search, tempo_min=tempo_min, tempo_max=tempo_max,
+                              key=args.key, limit=args.limit, offset=args.offset)  # fmt: skip
     with database(config) as conn:
-        if args.search:
-            tracks = music.search_tracks(conn, args.search, args.limit, args.offset)
-        else:
-            tracks = music.list_tracks(conn, args.limit, args.offset)
+        page = music.track_page(conn, wanted)
     if args.json:
-        print_json([track.to_dict() for track in tracks])
+        print_json([track_listing(row) for row in page.rows])
         return 0
-    for track in tracks:
-        say(_track_line(track))
+    for row in page.rows:
+        artist = f"{safe(row['artist'])} - " if row["artist"] else ""
+        say(f"{row['id']}  {row['inserted_at']:%Y-%m-%d %H:%M}  {analysis_summary(row):24}  "
+            f"{artist}{safe(row['title'])}")  # fmt: skip
     return 0
 
 

@@ -23,6 +23,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "soundforge.cli.demo_cmd",
     "soundforge.cli.service_cmds",
     "soundforge.cli.models_cmd",
+    "soundforge.cli.web_cmds",
 )
 
 

@@ -12,11 +12,19 @@ from rich.console import Console
 
 from soundforge import live, music, workflow
 from soundforge.cli import progress_bars
-from soundforge.cli.common import add_json_flag, database, print_json, settings, storage
+from soundforge.cli.common import (
+    add_json_flag,
+    analysis_summary,
+    database,
+    print_json,
+    settings,
+    storage,
+)
 from soundforge.cli.output import safe, say
 from soundforge.engines import default_engines
 from soundforge.errors import PermanentError
 from soundforge.file_store import FileStore
+from soundforge.keys import camelot
 from soundforge.models import Stage
 from soundforge.queue import MAINTENANCE_QUEUE
 from soundforge.separation.registry import DEFAULT_MODEL, MODEL_NAMES
@@ -80,11 +88,10 @@ def run_add(args: argparse.Namespace) -> int:
         model=args.model or config.demucs_model,
     )  # fmt: skip
     engines = default_engines(config)
-    expanded = [metadata for source in args.sources for metadata in engines.expand(source)]
     listener = live.open_listener(config.database_url) if args.wait else None
     with database(config, autocommit=True) as conn:
-        imported = [workflow.import_track(conn, metadata, options, force=args.force)
-                    for metadata in expanded]  # fmt: skip
+        imported = workflow.import_sources(conn, engines, args.sources, options,
+                                           force=args.force)  # fmt: skip
         if not args.json:
             for item in imported:
                 note = "queued" if item.new_download else f"already {item.download_job.status}"
@@ -132,7 +139,8 @@ def run_status(args: argparse.Namespace) -> int:
             files = live.stored_files(conn, track_ids[0], storage(config))
         rows = live.pipeline_rows(conn, track_ids, limit=args.limit)
     if args.json:
-        print_json([{**row, "files": files} for row in rows] if track_ids else rows)
+        print_json([{**row, "key_camelot": camelot(row["key"]),
+                     **({"files": files} if track_ids else {})} for row in rows])  # fmt: skip
         return 0
     for row in rows:
         say(f"{row['track_id']}  {safe(row['title'])}")
@@ -141,6 +149,8 @@ def run_status(args: argparse.Namespace) -> int:
             if status is not None:
                 detail = f"  {safe(error)}" if error else ""
                 say(f"    {stage:9} {status:12} {percent:3d}%{detail}")
+        if row["tempo"] is not None or row["key"] is not None:
+            say(f"    {'analysis':9} {analysis_summary(row)}")
     for name, location in files.items():  # one track asked for: where its files are
         say(f"    {name:9} {safe(location)}")
     return 0
@@ -221,14 +231,16 @@ def run_worker(args: argparse.Namespace) -> int:
     set_runtime(runtime)
     runtime.pool  # noqa: B018 - connect now: an unreachable database fails here, clearly
     runtime.engines.warm_up([QUEUE_STAGES[q] for q in queues if q in QUEUE_STAGES])
-    hooks = WorkerHooks(config)  # supervisor protocol, job heartbeats, recycling
+    name = args.name or f"soundforge-{'+'.join(queues)}"
+    # supervisor protocol, job heartbeats, recycling, the queues it serves
+    hooks = WorkerHooks(config, name=name, queues=queues)
     app = build_app(config)
     hooks.attach(app)
     try:
         app.run_worker(
             queues=queues,
             concurrency=args.concurrency,
-            name=args.name or f"soundforge-{'+'.join(queues)}",
+            name=name,
             shutdown_graceful_timeout=config.shutdown_grace_s,
             **worker_options(config, hooks),
         )

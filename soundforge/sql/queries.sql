@@ -85,16 +85,61 @@ FROM newest JOIN shared USING (audio_sha256) JOIN tracks track ON track.id = new
 ORDER BY newest.audio_sha256, track.insert_order
 LIMIT %(limit)s OFFSET %(offset)s;
 
--- name: list_tracks
--- Tracks, newest first (served by tracks_inserted_at_index), a page at a time.
-SELECT * FROM tracks ORDER BY insert_order DESC LIMIT %(limit)s OFFSET %(offset)s;
-
--- name: search_tracks
--- Tracks whose title or artist contains the pattern, case-insensitively (trigram indexes).
-SELECT * FROM tracks
-WHERE title ILIKE %(pattern)s OR artist ILIKE %(pattern)s
-ORDER BY insert_order DESC
-LIMIT %(limit)s OFFSET %(offset)s;
+-- name: track_page
+-- One page of the track list, newest first, for the CLI (`tracks`, `status`) and the web
+-- (Tracks page, GET /api/tracks) alike: optionally some track ids, a title/artist search
+-- (trigram indexes), a tempo range (tempo index) and a key, both on the newest analysis; each
+-- row carries that analysis' columns and each stage's newest job (from the soundforge_pipeline
+-- view). The page's ids are chosen first, so a deep page costs the rows it
+-- skips, not their joins. Run unprepared: a NULL filter then drops out of the plan. Fetch
+-- `limit` + 1 rows to know whether another page follows.
+WITH page AS (
+    SELECT track.id, track.insert_order FROM tracks track
+    WHERE (%(track_ids)s::uuid[] IS NULL OR track.id = ANY(%(track_ids)s::uuid[]))
+      AND (%(pattern)s::text IS NULL
+           OR track.title ILIKE %(pattern)s::text OR track.artist ILIKE %(pattern)s::text)
+      AND (%(tempo_min)s::double precision IS NULL AND %(tempo_max)s::double precision IS NULL
+           AND %(key)s::text IS NULL
+           OR track.id IN (
+               SELECT candidate.track_id FROM analysis_results candidate
+               WHERE (%(tempo_min)s::double precision IS NULL
+                      OR candidate.tempo >= %(tempo_min)s::double precision)
+                 AND (%(tempo_max)s::double precision IS NULL
+                      OR candidate.tempo <= %(tempo_max)s::double precision)
+                 AND (%(key)s::text IS NULL OR candidate.key = %(key)s::text))
+              AND EXISTS (
+               SELECT FROM (
+                   SELECT newest.tempo, newest.key FROM analysis_results newest
+                   WHERE newest.track_id = track.id ORDER BY newest.insert_order DESC LIMIT 1
+               ) latest
+               WHERE (%(tempo_min)s::double precision IS NULL
+                      OR latest.tempo >= %(tempo_min)s::double precision)
+                 AND (%(tempo_max)s::double precision IS NULL
+                      OR latest.tempo <= %(tempo_max)s::double precision)
+                 AND (%(key)s::text IS NULL OR latest.key = %(key)s::text)))
+    ORDER BY track.insert_order DESC
+    LIMIT %(limit)s OFFSET %(offset)s
+)
+SELECT track.id AS track_id, track.id, track.title, track.artist, track.album,
+       track.album_art_url, track.duration, track.spotify_id, track.spotify_url,
+       track.inserted_at, track.updated_at,
+       analysis.id AS analysis_result_id, analysis.tempo, analysis.key,
+       (analysis.features ->> 'key_confidence')::double precision AS key_confidence,
+       analysis.energy, analysis.spectral_centroid, analysis.spectral_rolloff,
+       analysis.zero_crossing_rate,
+       pipeline.download_job_id, pipeline.download_status, pipeline.download_progress,
+       pipeline.download_error, pipeline.separate_job_id, pipeline.separate_status,
+       pipeline.separate_progress, pipeline.separate_error, pipeline.analyze_job_id,
+       pipeline.analyze_status, pipeline.analyze_progress, pipeline.analyze_error
+FROM page JOIN tracks track ON track.id = page.id
+JOIN soundforge_pipeline pipeline ON pipeline.track_id = page.id
+LEFT JOIN LATERAL (
+    SELECT result.id, result.tempo, result.key, result.features, result.energy,
+           result.spectral_centroid, result.spectral_rolloff, result.zero_crossing_rate
+    FROM analysis_results result WHERE result.track_id = track.id
+    ORDER BY result.insert_order DESC LIMIT 1
+) analysis ON true
+ORDER BY page.insert_order DESC;
 
 -- name: update_track_metadata
 -- Fill metadata learnt later (e.g. the title of a downloaded file); NULLs keep what is there.
@@ -139,6 +184,10 @@ RETURNING *;
 SELECT stem.* FROM stems stem JOIN processing_jobs job ON job.id = stem.processing_job_id
 WHERE stem.track_id = %(track_id)s ORDER BY job.insert_order DESC, stem.stem_type;
 
+-- name: get_stem
+-- One stem row by id.
+SELECT * FROM stems WHERE id = %(id)s;
+
 -- name: list_stems_for_job
 -- The stems one separation run wrote.
 SELECT * FROM stems WHERE processing_job_id = %(processing_job_id)s ORDER BY stem_type;
@@ -157,6 +206,21 @@ RETURNING *;
 -- The newest analysis of a track (several may exist after re-analysis).
 SELECT * FROM analysis_results WHERE track_id = %(track_id)s
 ORDER BY insert_order DESC LIMIT 1;
+
+-- name: track_jobs
+-- Every job row of a track, each stage's rows oldest first (the track page's history)
+SELECT 'download' AS stage, id, status, progress, error, attempts, inserted_at, started_at,
+       finished_at, insert_order, NULL::text AS model
+FROM download_jobs WHERE track_id = %(track_id)s
+UNION ALL
+SELECT 'separate', id, status, progress, error, attempts, inserted_at, started_at,
+       finished_at, insert_order, model
+FROM processing_jobs WHERE track_id = %(track_id)s
+UNION ALL
+SELECT 'analyze', id, status, progress, error, attempts, inserted_at, started_at, finished_at,
+       insert_order, NULL
+FROM analysis_jobs WHERE track_id = %(track_id)s
+ORDER BY insert_order;
 
 -- ---------------------------------------------------------------- job rows ({table})
 
@@ -352,10 +416,3 @@ SELECT procrastinate_cancel_job_v1(%(id)s, true, false) AS id;
 -- One job row's state from the soundforge_jobs view (readable by the read-only role): what `watch` shows for an event, whatever the event's payload said.
 SELECT stage, id AS job_id, track_id, status, progress, error FROM soundforge_jobs
 WHERE id = %(job_id)s AND stage = %(stage)s;
-
--- name: pipeline_for_tracks
--- The soundforge_pipeline view for some tracks (all when the list is NULL), newest first.
-SELECT * FROM soundforge_pipeline
-WHERE %(track_ids)s::uuid[] IS NULL OR track_id = ANY(%(track_ids)s::uuid[])
-ORDER BY inserted_at DESC, track_id
-LIMIT %(limit)s;
