@@ -1,23 +1,36 @@
-"""Accuracy of the analysis engine beyond the tests, on a broader synthesized grid with known
-truth: key over 24 keys x 3 progressions per mode x 3 timbres x with/without drums, scored for
-every key profile in `soundforge.analysis.key.KEY_PROFILES` (the evidence for the default
-profile); tempo over 60-200 BPM in 5 BPM steps, drums alone and with chords, as WAV and as MP3.
+"""Accuracy of the analysis beside librosa's standard recipe (`beat.beat_track` for the tempo;
+mean `chroma_cqt` correlated with Krumhansl-Kessler profiles for the key), on the same clips,
+scored with mir_eval: key by `key.weighted_score` (MIREX: 1 exact, 0.5 fifth, 0.3 relative,
+0.2 parallel), tempo by Accuracy1 (within 4 %) and Accuracy2 (also at 2x, 1/2x, 3x, 1/3x),
+through `tempo.detection`. Two sets, one run, each per class (no drums / drums):
 
-    .venv/bin/python bench/analysis_accuracy.py [--quick]
+- corpus: the rendered recordings of `bench/analysis_corpus.py` (built on first use; needs
+  fluidsynth, a GM soundfont and the bench extra; skipped with the reason when missing);
+- grid: the synthesized grid of `tests/audio_synth.py` (24 keys x 3 progressions per mode x
+  3 timbres x drums on/off for the key; 60-200 BPM for the tempo), as before.
+
+Every key profile in `soundforge.analysis.key.KEY_PROFILES` is also scored on this engine's
+note chroma (the evidence for the default profile).
+
+    .venv/bin/python bench/analysis_accuracy.py [--quick] [--only corpus|grid]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
-from collections import defaultdict
+import warnings
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 sys.path[0] = str(Path(__file__).resolve().parents[1])  # the repository, not bench/
 
+from bench.analysis_corpus import DEFAULT_CACHE, build_corpus, tools_missing  # noqa: E402
 from soundforge.analysis import analyze  # noqa: E402
-from soundforge.analysis.key import KEY_PROFILES, estimate_key, key_correlations  # noqa: E402
+from soundforge.analysis.key import KEY_PROFILES, estimate_key  # noqa: E402
 from tests.audio_synth import (  # noqa: E402
     DRUM_STYLES,
     MAJOR_PROGRESSIONS,
@@ -27,114 +40,193 @@ from tests.audio_synth import (  # noqa: E402
 )
 
 SR = 22050
+TEMPO_TOLERANCE = 0.04
+OCTAVE_FACTORS = (1.0, 2.0, 0.5, 3.0, 1.0 / 3.0)
 
 
-def key_grid(folder: Path, quick: bool) -> None:
-    correct: dict[str, int] = defaultdict(int)
-    relative: dict[str, int] = defaultdict(int)
-    misses: dict[str, list[str]] = defaultdict(list)
-    margins: dict[str, list[float]] = defaultdict(list)
-    cases = 0
+@dataclass(frozen=True)
+class Case:
+    path: str
+    key: str | None  # truth; None: not scored for key
+    tempo: float | None  # truth; None: not scored for tempo
+    drums: bool
+    label: str
+
+
+@dataclass(frozen=True)
+class Estimate:
+    key: str | None
+    tempo: float | None
+    note_chroma: list[float] | None = None
+
+
+def ours(path: str) -> Estimate:
+    report = analyze(path)
+    return Estimate(report.key, report.tempo, report.key_chroma)
+
+
+def librosa_recipe(path: str) -> Estimate:
+    import librosa
+    import numpy as np
+
+    y, sr = librosa.load(path, sr=SR)
+    tempo, _ = librosa.beat.beat_track(y=y, sr=sr)
+    chroma = librosa.feature.chroma_cqt(y=y, sr=sr).mean(axis=1)
+    key = estimate_key(chroma, "krumhansl")
+    return Estimate(key.name if key else None, float(np.asarray(tempo).ravel()[0]))
+
+
+def key_score(truth: str, estimate: str | None) -> float:
+    import mir_eval
+
+    return float(mir_eval.key.weighted_score(truth, estimate)) if estimate else 0.0
+
+
+def tempo_hits(truth: float, estimate: float | None) -> tuple[bool, bool]:
+    """(Accuracy1, Accuracy2) of one estimate, via mir_eval's tempo detection."""
+    import numpy as np
+    from mir_eval.tempo import detection
+
+    if not estimate:
+        return False, False
+    reference = np.array([truth, truth])
+
+    def hit(factor: float) -> bool:
+        return bool(detection(reference, 0.5, np.array([estimate * factor] * 2),
+                              tol=TEMPO_TOLERANCE)[1])  # fmt: skip
+
+    return hit(1.0), any(hit(factor) for factor in OCTAVE_FACTORS)
+
+
+def _score(cases: list[Case], system: str, estimates: list[Estimate]) -> list[str]:
+    rows = []
+    for drums in (False, True):
+        chosen = [(case, est) for case, est in zip(cases, estimates, strict=True)
+                  if case.drums == drums]  # fmt: skip
+        keyed = [(case, est) for case, est in chosen if case.key]
+        timed = [(case, est) for case, est in chosen if case.tempo]
+        scores = [key_score(case.key or "", est.key) for case, est in keyed]
+        fifths = sum(score == 0.5 for score in scores)
+        hits = [tempo_hits(case.tempo or 0.0, est.tempo) for case, est in timed]
+        missing = sum(est.tempo is None for _, est in timed)
+        label = "drums   " if drums else "no drums"
+        key_part = (f"key MIREX {sum(scores) / len(scores):.3f} exact "
+                    f"{sum(s == 1.0 for s in scores) / len(scores):.3f} fifth-off {fifths:2d}"
+                    if scores else "key -")  # fmt: skip
+        tempo_part = (f"tempo Acc1 {sum(a for a, _ in hits) / len(hits):.3f} "
+                      f"Acc2 {sum(b for _, b in hits) / len(hits):.3f} none {missing:2d}"
+                      if hits else "tempo -")  # fmt: skip
+        rows.append(f"  {system:10s} {label} n={len(chosen):3d}  {key_part}  |  {tempo_part}")
+    return rows
+
+
+def _misses(cases: list[Case], estimates: list[Estimate]) -> str:
+    wrong = []
+    for case, est in zip(cases, estimates, strict=True):
+        if case.key and est.key != case.key:
+            wrong.append(f"key {case.label}: {case.key} -> {est.key}")
+        if case.tempo and not tempo_hits(case.tempo, est.tempo)[0]:
+            wrong.append(f"tempo {case.label}: {case.tempo:g} -> {est.tempo}")
+    return "\n".join(f"    {line}" for line in wrong)
+
+
+def _profiles(cases: list[Case], estimates: list[Estimate]) -> list[str]:
+    rows = []
+    for profile in KEY_PROFILES:
+        scores = []
+        for case, est in zip(cases, estimates, strict=True):
+            if case.key and est.note_chroma:
+                found = estimate_key(est.note_chroma, profile)
+                scores.append(key_score(case.key, found.name if found else None))
+        if scores:
+            rows.append(f"    {profile:14s} MIREX {sum(scores) / len(scores):.3f}")
+    return rows
+
+
+def _librosa_cached(cases: list[Case], cache: Path | None) -> list[Estimate]:
+    """librosa's estimates, kept in `cache/librosa.json` for clips that have not changed (the
+    recipe is fixed, and it is the slow half of a run)."""
+    import librosa
+
+    store_path = cache / "librosa.json" if cache else None
+    store = json.loads(store_path.read_text()) if store_path and store_path.exists() else {}
+    estimates = []
+    version = getattr(librosa, "__version__", "?")
+    for case in cases:
+        stamp = f"{case.path}:{Path(case.path).stat().st_mtime_ns}:{version}"
+        if stamp not in store:
+            store[stamp] = asdict(librosa_recipe(case.path))
+        estimates.append(Estimate(**store[stamp]))
+    if store_path:
+        store_path.write_text(json.dumps(store))
+    return estimates
+
+
+def compare(title: str, cases: list[Case], verbose: bool, cache: Path | None = None) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mine = [ours(case.path) for case in cases]
+        theirs = _librosa_cached(cases, cache)
+    print(f"{title}: {len(cases)} clips")
+    for system, estimates in (("soundforge", mine), ("librosa", theirs)):
+        print("\n".join(_score(cases, system, estimates)))
+    print("  key profiles on SoundForge's note chroma (all clips):")
+    print("\n".join(_profiles(cases, mine)))
+    if verbose:
+        print("  soundforge misses:\n" + _misses(cases, mine))
+        print("  librosa misses:\n" + _misses(cases, theirs))
+
+
+def corpus_cases(cache: Path) -> list[Case]:
+    return [Case(clip.path, clip.key, clip.tempo, clip.drums,
+                 f"{clip.source} ({clip.ensemble})") for clip in build_corpus(cache)]  # fmt: skip
+
+
+def grid_cases(folder: Path, quick: bool) -> Iterator[Case]:
     timbres = (6,) if quick else (1, 6, 12)
+    number = 0
     for mode, table in (("major", MAJOR_PROGRESSIONS), ("minor", MINOR_PROGRESSIONS)):
-        for tonic in PITCH_CLASSES:
+        for tonic in PITCH_CLASSES[:: 3 if quick else 1]:
             key = f"{tonic} {mode}"
             for progression in table:
                 for harmonics in timbres:
                     for drums in (False, True):
+                        number += 1
                         path = write_test_song(
-                            folder / "key.wav",
-                            12.0,
-                            SR,
-                            tempo=100.0,
-                            key=key,
-                            channels=1,
-                            drums=drums,
-                            progression=progression,
-                            harmonics=harmonics,
+                            folder / f"key{number}.wav", 12.0, SR, tempo=100.0, key=key,
+                            channels=1, drums=drums, progression=progression, harmonics=harmonics,
                         )
-                        chroma = analyze(path).chroma
-                        cases += 1
-                        for profile in KEY_PROFILES:
-                            correlations = key_correlations(chroma, profile)
-                            truth = correlations.pop(key)
-                            margins[profile].append(truth - max(correlations.values()))
-                            estimate = estimate_key(chroma, profile)
-                            found = estimate.name if estimate else "none"
-                            if found == key:
-                                correct[profile] += 1
-                            else:
-                                misses[profile].append(f"{progression} in {key} -> {found}")
-                                relative[profile] += _is_relative(key, found)
-    print(f"key: {cases} cases (24 keys x progressions x timbres x drums on/off)")
-    print("  margin: correlation of the true key minus the best other key (> 0: correct)")
-    print(
-        f"  {'profile':14s} {'exact':>7s} {'relative':>9s} {'mean margin':>12s} "
-        f"{'5th pct margin':>15s}"
-    )
-    for profile in KEY_PROFILES:
-        ordered = sorted(margins[profile])
-        print(
-            f"  {profile:14s} {correct[profile] / cases:7.1%} {relative[profile] / cases:9.1%} "
-            f"{sum(ordered) / len(ordered):12.3f} {ordered[len(ordered) // 20]:15.3f}"
-        )
-    for profile in KEY_PROFILES:
-        kinds = sorted({miss.split(" in ")[0] for miss in misses[profile]})
-        print(f"  {profile} misses by progression: {kinds}")
-
-
-def _is_relative(expected: str, found: str) -> bool:
-    if found == "none":
-        return False
-    tonic, mode = expected.split()
-    other_tonic, other_mode = found.split()
-    shift = 9 if mode == "major" else 3
-    return other_mode != mode and PITCH_CLASSES.index(other_tonic) == (
-        PITCH_CLASSES.index(tonic) + shift) % 12  # fmt: skip
-
-
-def tempo_grid(folder: Path, quick: bool) -> None:
-    step = 20 if quick else 5
-    rows = []
-    for suffix in (".wav", ".mp3"):
-        for style in DRUM_STYLES:
-            for chords in (False, True):
-                errors = []
-                for bpm in range(60, 201, step):
-                    path = write_test_song(
-                        folder / f"tempo{suffix}",
-                        20.0,
-                        SR,
-                        tempo=float(bpm),
-                        key="G major",
-                        chords=chords,
-                        channels=1,
-                        drum_style=style,
-                    )
-                    tempo = analyze(path).tempo or 0.0
-                    errors.append((abs(tempo - bpm) / bpm, tempo, bpm))
-                within = sum(error <= 0.02 for error, _, _ in errors)
-                misses = [f"{bpm}->{tempo:.1f}" for error, tempo, bpm in errors if error > 0.02]
-                label = f"{suffix[1:]} {style}{' + chords' if chords else ''}"
-                median = sorted(error for error, _, _ in errors)[len(errors) // 2]
-                rows.append(
-                    f"  {label:32s} within 2%: {within:2d}/{len(errors)}  "
-                    f"median error {median:.2%}  misses: {' '.join(misses) or '-'}"
-                )
-    print(f"tempo: 60-200 BPM every {step} BPM, 20 s clips, drum styles {', '.join(DRUM_STYLES)}")
-    print("\n".join(rows))
+                        yield Case(str(path), key, 100.0, drums, f"{progression} x{harmonics}")
+    for style in DRUM_STYLES:
+        for chords in (False, True):
+            for bpm in range(60, 201, 20 if quick else 5):
+                number += 1
+                path = write_test_song(folder / f"tempo{number}.wav", 20.0, SR, tempo=float(bpm),
+                                       key="G major", chords=chords, channels=1,
+                                       drum_style=style)  # fmt: skip
+                yield Case(str(path), None, float(bpm), True, f"{style} chords={chords}")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="a smaller grid")
-    parser.add_argument("--only", choices=("key", "tempo"))
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="a smaller synthetic grid")
+    parser.add_argument("--only", choices=("corpus", "grid"))
+    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="corpus folder")
+    parser.add_argument("--verbose", action="store_true", help="list every miss")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as folder:
-        if args.only != "tempo":
-            key_grid(Path(folder), args.quick)
-        if args.only != "key":
-            tempo_grid(Path(folder), args.quick)
+    if args.only != "grid":
+        missing = tools_missing() if not (args.cache / "index.json").exists() else None
+        if missing:
+            print(f"corpus: skipped ({missing})")
+        else:
+            compare("corpus (FluidSynth renderings)", corpus_cases(args.cache), args.verbose,
+                    args.cache)  # fmt: skip
+    if args.only != "corpus":
+        with tempfile.TemporaryDirectory() as folder:
+            cases = list(grid_cases(Path(folder), args.quick))
+            compare("grid (synthesized)", cases, args.verbose)
 
 
 if __name__ == "__main__":

@@ -45,7 +45,7 @@ from soundforge.engines import AnalysisOutcome, Engines, default_engines
 from soundforge.file_store import FileStore
 from soundforge.migrations import migrate
 from soundforge.runtime import build_runtime, set_runtime
-from soundforge.settings import load_settings
+from soundforge.settings import Settings, load_settings
 from soundforge.sources import StoredAudio, TrackMetadata
 from soundforge.storage import Storage, download_relpath
 
@@ -164,10 +164,21 @@ def bench_bare(
 # -- SoundForge stage tasks with no-op engines ------------------------------------------------
 
 
-def noop_engines(real: Engines, audio_relpath: str) -> Engines:
+STARTS_FILE = "SOUNDFORGE_BENCH_STARTS"
+AUDIO_RELPATH = "SOUNDFORGE_BENCH_AUDIO"
+
+
+def noop_engines(settings: Settings) -> Engines:
+    """The engines factory the engine child processes build: the real ones with fetch,
+    separate and analyze replaced by no-ops. A fetch appends its start time (perf_counter is
+    CLOCK_MONOTONIC: comparable across processes) to the file the bench reads."""
+    real = default_engines(settings)
+    audio_relpath = os.environ[AUDIO_RELPATH]
+    starts = open(os.environ[STARTS_FILE], "a", buffering=1)  # noqa: SIM115 - the child's life
+
     def fetch(metadata: TrackMetadata, storage: FileStore, track_id: uuid.UUID,
               progress: Any) -> StoredAudio:  # fmt: skip
-        started_at[str(track_id)] = time.perf_counter()
+        starts.write(f"{track_id} {time.perf_counter()}\n")
         return StoredAudio(relative_path=audio_relpath, file_size=2048, ext="wav",
                            duration_s=1.0)  # fmt: skip
 
@@ -181,6 +192,16 @@ def noop_engines(real: Engines, audio_relpath: str) -> Engines:
     return dataclasses.replace(real, fetch=fetch, separate=separate, analyze=analyze)
 
 
+def started_in_child(key: str, starts: Path) -> Callable[[], bool]:
+    def check() -> bool:
+        for line in starts.read_text().splitlines():
+            name, _, at = line.partition(" ")
+            started_at[name] = float(at)
+        return key in started_at
+
+    return check
+
+
 def bench_soundforge(database_url: str, jobs: int, concurrency: int,
                      samples: int) -> tuple[float, list[float]]:  # fmt: skip
     with TemporaryDirectory() as store:
@@ -189,7 +210,11 @@ def bench_soundforge(database_url: str, jobs: int, concurrency: int,
         audio_relpath = download_relpath(uuid.uuid4(), "wav")
         with storage.atomic_write(audio_relpath) as handle:
             handle.write(b"\0" * 2048)
-        runtime = build_runtime(settings, noop_engines(default_engines(settings), audio_relpath))
+        starts = Path(store) / "starts.txt"
+        starts.touch()
+        os.environ[AUDIO_RELPATH], os.environ[STARTS_FILE] = audio_relpath, str(starts)
+        runtime = build_runtime(settings, "bench.queue:noop_engines")
+        runtime.engine_processes.start(concurrency)  # warm, as `soundforge worker` has them
         set_runtime(runtime)
         app = build_app(settings)
         # Tracks go through all three stages: jobs/3 tracks make `jobs` stage tasks. Timed as
@@ -216,7 +241,7 @@ def bench_soundforge(database_url: str, jobs: int, concurrency: int,
                     imported = workflow.import_track(conn, metadata(tracks + index), quick)
                     deferred = time.perf_counter()  # committed: the NOTIFY is on its way
                     key = str(imported.track.id)
-                    wait_until(started(key))
+                    wait_until(started_in_child(key, starts))
                     latencies.append(started_at[key] - deferred)
                     time.sleep(0.02)
             failed = conn.execute(

@@ -79,6 +79,11 @@ class IllegalTransitionError(PermanentError):
     """A job status or progress move the status machine forbids."""
 
 
+class StageTimeLimitError(TransientError):
+    """An attempt ran past its stage's time limit and its engine was stopped (a failed
+    attempt: retried while attempts remain)."""
+
+
 class JobAbortedError(SoundForgeError):
     """An engine stopped because its `should_abort` callback said so (cancel, time limit)."""
 

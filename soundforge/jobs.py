@@ -95,7 +95,7 @@ def advance(
     Raises `IllegalTransitionError` before touching SQL for a backward move, and
     `StaleRowError` if the row changed since `job` was read.
     """
-    check_move(job.status, status)
+    check_move(job.status, status, stage_of(job).active_status)
     if progress is None:
         progress = 100 if status is Status.COMPLETED else (job.progress or 0)
     check_progress(job.progress, progress)

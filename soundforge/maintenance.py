@@ -34,12 +34,6 @@ from soundforge.storage import STEMS_DIR, CleanupReport, StoredFile
 log = logging.getLogger(__name__)
 Connection = psycopg.Connection[Any]
 
-# Which stage's attempts setting bounds a task's rescues; any other task gets one attempt.
-TASK_STAGES: dict[str, Stage] = {stage.task_name: stage for stage in Stage} | {
-    "soundforge.import": Stage.DOWNLOAD,
-}
-
-
 def check_rescue_threshold(settings: Settings) -> None:
     """`stalled_after_s` must exceed the drain grace plus two heartbeat intervals, or a worker
     that is draining (or merely between heartbeats) could look dead."""
@@ -87,14 +81,9 @@ ORPHAN_FAILED = "row failed"
 
 
 def _attempts_allowed(settings: Settings, task_name: str) -> int:
-    stage = TASK_STAGES.get(task_name)
-    if stage is None:
-        return 1
-    return {
-        Stage.DOWNLOAD: settings.download_attempts,
-        Stage.SEPARATE: settings.separate_attempts,
-        Stage.ANALYZE: settings.analyze_attempts,
-    }[stage]
+    """A stage task's attempts setting; any other task (maintenance) gets one attempt."""
+    stage = Stage.for_task(task_name)
+    return 1 if stage is None else stage.attempts(settings)
 
 
 def _active_rows(conn: Connection, procrastinate_job_id: int) -> list[tuple[Stage, uuid.UUID]]:
@@ -140,18 +129,23 @@ def rescue_stalled(
     return report
 
 
-def rescue_killed(
-    conn: Connection, settings: Settings, procrastinate_job_ids: list[int], reason: str
-) -> RescueReport:
-    """Retry (or fail) running queue jobs whose worker was just killed (the supervisor's hard
-    time limit), without waiting for their heartbeat to go stale."""
+def rescue_dead_worker(
+    conn: Connection, settings: Settings, queue_worker_id: int | None,
+    procrastinate_job_ids: list[int], reason: str,
+) -> RescueReport:  # fmt: skip
+    """Retry (or fail) the running queue jobs of a worker process that has just ended (the
+    supervisor saw it exit): those its Procrastinate worker row holds and those it reported,
+    without waiting for a heartbeat to go stale; then remove its worker row."""
     report = RescueReport(dry_run=False)
     with conn.transaction():
-        killed = conn.execute(
-            query("lock_running_queue_jobs"), {"ids": procrastinate_job_ids}
+        orphaned = conn.execute(
+            query("lock_dead_worker_queue_jobs"),
+            {"worker_id": queue_worker_id, "ids": procrastinate_job_ids},
         ).fetchall()
-        for queue_job in killed:
+        for queue_job in orphaned:
             report.jobs.append(_rescue_one(conn, settings, queue_job, reason, dry_run=False))
+        if queue_worker_id is not None:
+            conn.execute(query("delete_queue_worker"), {"worker_id": queue_worker_id})
     return report
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from importlib import resources
@@ -112,6 +113,21 @@ def _record_only(conn: psycopg.Connection[Any], schema_file: SchemaFile) -> None
     )
 
 
+_CREATED_FUNCTION = re.compile(r"CREATE\s+(?:OR\s+REPLACE\s+)?FUNCTION\s+(\w+)", re.I)
+
+
+def _first_missing_upgrade(conn: psycopg.Connection[Any], upgrades: list[SchemaFile]) -> int:
+    """For a Procrastinate schema installed before SoundForge recorded it: the index of the
+    first upgrade file it lacks (the first that creates a function of the current schema the
+    database does not have), or `len(upgrades)` when it is current."""
+    current = set(_CREATED_FUNCTION.findall(SchemaManager.get_schema()))
+    present = {row["name"] for row in conn.execute(query("procrastinate_functions"))}
+    for index, upgrade in enumerate(upgrades):
+        if (set(_CREATED_FUNCTION.findall(upgrade.sql)) & current) - present:
+            return index
+    return len(upgrades)
+
+
 def _migrate_procrastinate(conn: psycopg.Connection[Any], applied: dict[str, Any]) -> list[str]:
     done: list[str] = []
     upgrades = procrastinate_upgrade_files()
@@ -119,15 +135,18 @@ def _migrate_procrastinate(conn: psycopg.Connection[Any], applied: dict[str, Any
         present = conn.execute(query("procrastinate_schema_present")).fetchone()
         with conn.transaction():
             if present and present["present"]:
-                log.info("Procrastinate schema already present; recording it as applied")
+                missing_from = _first_missing_upgrade(conn, upgrades)
+                log.info("Procrastinate schema already present; recording it as applied, "
+                         "with %d upgrade file(s) to run", len(upgrades) - missing_from)
             else:
                 conn.execute(SchemaManager.get_schema().encode())
                 done.append(PROCRASTINATE_SCHEMA)
+                missing_from = len(upgrades)
             full = SchemaFile(PROCRASTINATE_SCHEMA, SchemaManager.get_schema())
             _record_only(conn, full)
-            for upgrade in upgrades:
+            for upgrade in upgrades[:missing_from]:
                 _record_only(conn, upgrade)
-        return done
+        applied = {upgrade.name: True for upgrade in upgrades[:missing_from]}
     for upgrade in upgrades:
         if upgrade.name not in applied:
             _apply(conn, upgrade)

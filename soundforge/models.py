@@ -11,9 +11,12 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 from soundforge.status import Status
+
+if TYPE_CHECKING:
+    from soundforge.settings import Settings
 
 
 class StemType(StrEnum):
@@ -26,7 +29,9 @@ class StemType(StrEnum):
 
 
 class Stage(StrEnum):
-    """A pipeline stage: its job table, queue and task name."""
+    """A pipeline stage and every fact about it: its job table, queue, task name, and the
+    settings that bound its attempts (`SOUNDFORGE_<STAGE>_ATTEMPTS`) and the run time of one
+    attempt (`SOUNDFORGE_<STAGE>_TIME_LIMIT_S`)."""
 
     DOWNLOAD = "download"
     SEPARATE = "separate"
@@ -48,6 +53,26 @@ class Stage(StrEnum):
     def active_status(self) -> Status:
         return Status.DOWNLOADING if self is Stage.DOWNLOAD else Status.PROCESSING
 
+    def attempts(self, settings: Settings) -> int:
+        return int(getattr(settings, f"{self.value}_attempts"))
+
+    def time_limit_s(self, settings: Settings) -> float:
+        return float(getattr(settings, f"{self.value}_time_limit_s"))
+
+    @property
+    def time_limit_variable(self) -> str:
+        return f"SOUNDFORGE_{self.value.upper()}_TIME_LIMIT_S"
+
+    @classmethod
+    def for_task(cls, task_name: str) -> Stage | None:
+        """The stage whose attempts bound a task (`soundforge.import` counts as a download:
+        it runs on the download queue); None for the maintenance tasks."""
+        return _TASK_STAGES.get(task_name)
+
+    @classmethod
+    def for_queue(cls, queue: str) -> Stage | None:
+        return next((stage for stage in cls if stage.queue == queue), None)
+
 
 _STAGE_TABLES = {
     Stage.DOWNLOAD: "download_jobs",
@@ -59,6 +84,8 @@ _STAGE_QUEUES = {
     Stage.SEPARATE: "processing",
     Stage.ANALYZE: "analysis",
 }
+IMPORT_TASK = "soundforge.import"
+_TASK_STAGES = {stage.task_name: stage for stage in Stage} | {IMPORT_TASK: Stage.DOWNLOAD}
 
 
 class _Row:

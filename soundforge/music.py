@@ -211,15 +211,6 @@ def find_or_create_track(conn: Connection, fields: TrackFields) -> tuple[Track, 
         # The winner's row was deleted between our two statements: try again.
 
 
-def update_track_metadata(conn: Connection, track_id: uuid.UUID, **fields: Any) -> Track:
-    names = ("title", "artist", "album", "album_art_url", "duration")
-    params = {name: fields.get(name) for name in names}
-    row = conn.execute(query("update_track_metadata"), {"id": track_id, **params}).fetchone()
-    if row is None:
-        raise TrackNotFoundError(f"no track with id {track_id}")
-    return Track.from_row(row)
-
-
 def list_stems_for_track(conn: Connection, track_id: uuid.UUID | str) -> list[Stem]:
     rows = conn.execute(
         query("list_stems_for_track"), {"track_id": parse_uuid(track_id, "track id")}
@@ -230,11 +221,6 @@ def list_stems_for_track(conn: Connection, track_id: uuid.UUID | str) -> list[St
 def get_stem(conn: Connection, stem_id: uuid.UUID | str) -> Stem | None:
     row = conn.execute(query("get_stem"), {"id": parse_uuid(stem_id, "stem id")}).fetchone()
     return Stem.from_row(row) if row else None
-
-
-def list_stems_for_job(conn: Connection, processing_job_id: uuid.UUID) -> list[Stem]:
-    rows = conn.execute(query("list_stems_for_job"), {"processing_job_id": processing_job_id})
-    return [Stem.from_row(row) for row in rows]
 
 
 def create_stem(

@@ -130,6 +130,13 @@ _INSERT_QUEUED = {
 }
 
 
+def carry_attempts(conn: Connection, procrastinate_job_id: int, attempts: int) -> None:
+    """Start a waiting queue job's attempt count at `attempts` (a job deferred again for the
+    same row keeps its budget)."""
+    conn.execute(query("set_queue_job_attempts"), {"id": procrastinate_job_id,
+                                                   "attempts": attempts})  # fmt: skip
+
+
 def cancel(conn: Connection, procrastinate_job_id: int) -> bool:
     """Cancel a waiting job or request the abort of a running one; False if it had ended."""
     row = conn.execute(query("cancel_queue_job"), {"id": procrastinate_job_id}).fetchone()

@@ -1,8 +1,9 @@
-"""The per-process context a worker runs with: settings (read once), a connection pool, the
-file store and the engines. Procrastinate calls module-level task functions, so the tasks
-reach it through `get_runtime()`; the worker command, the supervisor and tests install one
-explicitly with `set_runtime()`, and a bare `procrastinate worker` gets one built from the
-environment on first use."""
+"""The per-process context a worker runs with: settings (read once), one connection pool, the
+file store, the engines (in this process, for quick calls such as expanding a source) and the
+engine child processes (for the stage engines, see `soundforge.engine_process`). Procrastinate
+calls module-level task functions, so the tasks reach it through `get_runtime()`; the worker
+command, the supervisor and tests install one explicitly with `set_runtime()`, and a bare
+`procrastinate worker` gets one built from the environment on first use."""
 
 from __future__ import annotations
 
@@ -13,18 +14,20 @@ from typing import Any
 from psycopg_pool import ConnectionPool
 
 from soundforge.db import create_pool
-from soundforge.engines import Engines, default_engines
+from soundforge.engine_process import DEFAULT_FACTORY, EngineProcesses, load_factory
+from soundforge.engines import Engines
 from soundforge.file_store import FileStore, open_storage
-from soundforge.models import Stage
 from soundforge.settings import Settings, load_settings
 
 
 @dataclass
 class Runtime:
     settings: Settings
-    engines: Engines
+    engine_factory: str = DEFAULT_FACTORY
     storage: FileStore = field(init=False)
+    _engines: Engines | None = field(default=None, init=False, repr=False)
     _pool: ConnectionPool[Any] | None = field(default=None, init=False, repr=False)
+    _processes: EngineProcesses | None = field(default=None, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -32,6 +35,7 @@ class Runtime:
 
     @property
     def pool(self) -> ConnectionPool[Any]:
+        """The process's one pool: every statement borrows a connection and gives it back."""
         with self._lock:
             if self._pool is None:
                 max_size = max(
@@ -45,12 +49,21 @@ class Runtime:
                 )
             return self._pool
 
-    def attempts_for(self, stage: Stage) -> int:
-        return {
-            Stage.DOWNLOAD: self.settings.download_attempts,
-            Stage.SEPARATE: self.settings.separate_attempts,
-            Stage.ANALYZE: self.settings.analyze_attempts,
-        }[stage]
+    @property
+    def engines(self) -> Engines:
+        """The engines in this process (source expansion; tests)."""
+        with self._lock:
+            if self._engines is None:
+                self._engines = load_factory(self.engine_factory)(self.settings)
+            return self._engines
+
+    @property
+    def engine_processes(self) -> EngineProcesses:
+        """The warm child processes the stage engines run in."""
+        with self._lock:
+            if self._processes is None:
+                self._processes = EngineProcesses(self.settings, self.engine_factory)
+            return self._processes
 
     def retry_delay_s(self, attempts_made: int) -> int:
         """Exponential backoff before the next attempt (attempts_made >= 1)."""
@@ -59,18 +72,21 @@ class Runtime:
 
     def close(self) -> None:
         with self._lock:
-            if self._pool is not None:
-                self._pool.close()
-                self._pool = None
+            processes, self._processes = self._processes, None
+            pool, self._pool = self._pool, None
+        if processes is not None:
+            processes.close()
+        if pool is not None:
+            pool.close()
 
 
 _current: Runtime | None = None
 _current_lock = threading.Lock()
 
 
-def build_runtime(settings: Settings | None = None, engines: Engines | None = None) -> Runtime:
-    settings = settings or load_settings()
-    return Runtime(settings=settings, engines=engines or default_engines(settings))
+def build_runtime(settings: Settings | None = None, engine_factory: str | None = None) -> Runtime:
+    return Runtime(settings=settings or load_settings(),
+                   engine_factory=engine_factory or DEFAULT_FACTORY)  # fmt: skip
 
 
 def get_runtime() -> Runtime:

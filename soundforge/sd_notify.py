@@ -15,6 +15,7 @@ import contextlib
 import logging
 import os
 import socket
+import struct
 import uuid
 from collections.abc import Mapping
 from types import TracebackType
@@ -127,14 +128,26 @@ class Notifier:
             self._socket = None
 
 
+SENDER_PID = "_PID"
+"""The field a received message carries with the sender's pid as the kernel reports it
+(SO_PASSCRED); a field of that name in the message body is dropped, as systemd does with its
+trusted fields."""
+_UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+
+
 class NotifyReceiver:
-    """A bound AF_UNIX datagram socket that reads sd_notify messages.
+    """A bound AF_UNIX datagram socket that reads sd_notify messages, each with the pid of its
+    sender (`SENDER_PID`) from the kernel's credentials, so a message cannot speak for another
+    process by naming it in `MAINPID`.
 
     With no address it binds a fresh abstract-namespace name (nothing on disk to clean up)."""
 
     def __init__(self, address: str | None = None) -> None:
         self.address = address or f"@soundforge-{os.getpid()}-{uuid.uuid4().hex[:12]}"
         self.socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.passes_credentials = hasattr(socket, "SO_PASSCRED")
+        if self.passes_credentials:
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         self.socket.bind(socket_address(self.address))
         self.socket.setblocking(False)
 
@@ -148,12 +161,18 @@ class NotifyReceiver:
         else:
             self.socket.settimeout(timeout_s)
         try:
-            data = self.socket.recv(MAX_DATAGRAM)
+            data, ancillary, _flags, _address = self.socket.recvmsg(
+                MAX_DATAGRAM, socket.CMSG_SPACE(_UCRED.size)
+            )
         except (BlockingIOError, TimeoutError):
             return None
         finally:
             self.socket.setblocking(False)
-        return parse_message(data)
+        fields = {k: v for k, v in parse_message(data).items() if k != SENDER_PID}
+        for level, kind, payload in ancillary:
+            if (level, kind) == (socket.SOL_SOCKET, getattr(socket, "SCM_CREDENTIALS", None)):
+                fields[SENDER_PID] = str(_UCRED.unpack(payload[: _UCRED.size])[0])
+        return fields
 
     def drain(self) -> list[dict[str, str]]:
         """Every message waiting now."""

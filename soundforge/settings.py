@@ -154,7 +154,8 @@ class Settings(BaseSettings):
     poll_interval_s: float = Field(default=5.0, gt=0)
     restart_backoff_s: float = Field(default=1.0, ge=0)
     restart_backoff_max_s: float = Field(default=60.0, ge=0)
-    hard_time_limit_grace_s: float = Field(default=300.0, ge=0)
+    engine_recycle_after_jobs: int = Field(default=500, ge=0, description="0 = never")
+    engine_max_rss_mb: int = Field(default=4096, ge=0, description="0 = no limit")
     log_level: str = "INFO"
 
     @field_validator("storage_url")

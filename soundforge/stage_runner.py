@@ -1,9 +1,10 @@
-"""How every stage task runs: take the row, move it to its active status, call the engine with
-throttled progress and abort checks, and finish, retry or fail the row according to the
-outcome. Tasks only say which engine to call and how to record its result.
+"""How every stage task runs: take the row, move it to its active status, run the engine in a
+warm engine child process (`soundforge.engine_process`) with throttled progress, and finish,
+retry or fail the row according to the outcome. Tasks only say which engine call to make and
+how to record its result.
 
 Outcomes: success -> the stage's `finish` (one transaction). An attempt past the stage's time
-limit is stopped through the engine's abort check and counts as a failed attempt.
+limit has its engine process group killed and counts as a failed attempt.
 `PermanentError` (bad input) -> row `failed` at once, no retry. Any other error -> retried by
 Procrastinate with exponential backoff while attempts remain (the row keeps its active status
 and records the attempt), then row `failed`. Abort by the user (`soundforge cancel`) -> row
@@ -17,31 +18,30 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import psycopg
 from procrastinate import JobContext, exceptions
 from procrastinate.job_context import AbortReason
 from procrastinate.jobs import Job as QueueJob
 from procrastinate.retry import BaseRetryStrategy, RetryDecision
+from psycopg_pool import ConnectionPool
 
 from soundforge import jobs, workflow
+from soundforge.engine_process import EngineCall
 from soundforge.errors import (
     JobAbortedError,
     PermanentError,
     SoundForgeError,
     StaleRowError,
-    TransientError,
 )
 from soundforge.models import Job, Stage
 from soundforge.redact import mask_text
 from soundforge.runtime import Runtime, get_runtime
-from soundforge.settings import Settings
 from soundforge.status import is_terminal
 
 log = logging.getLogger(__name__)
 Connection = psycopg.Connection[Any]
-T = TypeVar("T")
 
 PROGRESS_MIN_STEP = 1  # percent
 PROGRESS_MIN_INTERVAL_S = 0.5
@@ -61,44 +61,14 @@ class StageRetryStrategy(BaseRetryStrategy):
             return None
         runtime = get_runtime()
         attempts_made = job.attempts + 1
-        if attempts_made >= runtime.attempts_for(self.stage):
+        if attempts_made >= self.stage.attempts(runtime.settings):
             return None
         return RetryDecision(retry_in={"seconds": runtime.retry_delay_s(attempts_made)})
 
 
-class StageTimeLimitError(TransientError):
-    """An attempt ran past its stage's time limit and was stopped (a failed attempt)."""
-
-
-def time_limit_s(settings: Settings, stage: Stage) -> float:
-    return {
-        Stage.DOWNLOAD: settings.download_time_limit_s,
-        Stage.SEPARATE: settings.separate_time_limit_s,
-        Stage.ANALYZE: settings.analyze_time_limit_s,
-    }[stage]
-
-
-class TimeLimit:
-    """The soft per-stage time limit: the engine is asked to stop (through its abort check)
-    once an attempt has run `limit_s`; the supervisor kills a worker that does not stop."""
-
-    def __init__(
-        self, stage: Stage, limit_s: float, clock: Callable[[], float] = time.monotonic
-    ) -> None:
-        self.stage = stage
-        self.limit_s = limit_s
-        self._clock = clock
-        self._started = clock()
-
-    def exceeded(self) -> bool:
-        return self._clock() - self._started > self.limit_s
-
-    def raise_if_exceeded(self) -> None:
-        if self.exceeded():
-            raise StageTimeLimitError(
-                f"time limit exceeded: {self.stage.value} ran longer than {self.limit_s:g} s "
-                f"(SOUNDFORGE_{self.stage.value.upper()}_TIME_LIMIT_S)"
-            ) from None
+def time_limit_message(stage: Stage, limit_s: float) -> str:
+    return (f"time limit exceeded: {stage.value} ran longer than {limit_s:g} s "
+            f"({stage.time_limit_variable})")  # fmt: skip
 
 
 def describe(error: BaseException) -> str:
@@ -112,18 +82,18 @@ def describe(error: BaseException) -> str:
 
 class ProgressWriter:
     """The engine's progress callback: writes the row's progress at most every
-    `PROGRESS_MIN_STEP` percent and `PROGRESS_MIN_INTERVAL_S` seconds, and stops the engine
-    (raising `JobAbortedError`) when the job is to be aborted or its row was ended by someone
-    else (a cancel)."""
+    `PROGRESS_MIN_STEP` percent and `PROGRESS_MIN_INTERVAL_S` seconds (borrowing a pooled
+    connection for each write), and stops the engine (raising `JobAbortedError`) when the job
+    is to be aborted or its row was ended by someone else (a cancel)."""
 
     def __init__(
         self,
-        conn: Connection,
+        pool: ConnectionPool[Any],
         job: Job,
         should_abort: Callable[[], bool],
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.conn = conn
+        self.pool = pool
         self.job = job
         self._should_abort = should_abort
         self._clock = clock
@@ -142,14 +112,14 @@ class ProgressWriter:
         if now - self._last_write < PROGRESS_MIN_INTERVAL_S:
             return
         self._last_write = now
-        try:
-            self.job = jobs.advance(self.conn, self.job, self.job.status, progress=value)
-        except StaleRowError:
-            self.job = jobs.reload(self.conn, self.job)
-            if is_terminal(self.job.status):
-                raise JobAbortedError(
-                    f"job {self.job.id} was ended elsewhere ({self.job.error or self.job.status})"
-                ) from None
+        with self.pool.connection() as conn:
+            try:
+                self.job = jobs.advance(conn, self.job, self.job.status, progress=value)
+            except StaleRowError:
+                self.job = jobs.reload(conn, self.job)
+                if is_terminal(self.job.status):
+                    raise JobAbortedError(f"job {self.job.id} was ended elsewhere "
+                                          f"({self.job.error or self.job.status})") from None
 
 
 def run_stage(
@@ -159,11 +129,14 @@ def run_stage(
     track_id: str,
     job_id: str | None,
     force: bool,
-    work: Callable[[Runtime, Connection, workflow.StartedStage, ProgressWriter], T],
-    finish: Callable[[Runtime, Connection, Job, T], object],
+    prepare: Callable[[Runtime, Connection, workflow.StartedStage], EngineCall],
+    finish: Callable[[Runtime, Connection, Job, EngineCall, Any], object],
     requeue_args: dict[str, Any],
     model: str | None = None,
 ) -> None:
+    """Start the row, run the engine call `prepare` builds in an engine child process, and
+    finish or fail the row. Each step borrows a pooled connection for its statements only: no
+    connection is held while the engine runs."""
     runtime = get_runtime()
     queue_job = context.job
     assert queue_job.id is not None
@@ -175,62 +148,78 @@ def run_stage(
         )  # fmt: skip
         if started is None:
             return
-        job = started.job
-        extra = {"track_id": track_id, "job_id": str(job.id)}
+        extra = {"track_id": track_id, "job_id": str(started.job.id)}
         log.info("%s attempt %d started", stage.value, attempt, extra=extra)
-        limit = TimeLimit(stage, time_limit_s(runtime.settings, stage))
-        writer = ProgressWriter(conn, job, lambda: context.should_abort() or limit.exceeded())
         try:
-            try:
-                result = work(runtime, conn, started, writer)
-            except JobAbortedError:
-                if not context.should_abort():
-                    limit.raise_if_exceeded()  # a failed attempt: retried or failed below
-                raise
-            _finish(runtime, conn, writer.job, result, finish)
-        except (JobAbortedError, exceptions.JobAborted) as error:
+            call = prepare(runtime, conn, started)
+        except BaseException as error:
+            _failed(runtime, conn, stage, started.job, attempt, error, extra)
+            raise
+    writer = ProgressWriter(runtime.pool, started.job, context.should_abort)
+    limit_s = stage.time_limit_s(runtime.settings)
+    try:
+        result = runtime.engine_processes.run(
+            call, writer, context.should_abort,
+            limit_s=limit_s, limit_message=time_limit_message(stage, limit_s),
+        )  # fmt: skip
+        with runtime.pool.connection() as conn:
+            _finish(runtime, conn, writer.job, call, result, finish)
+    except (JobAbortedError, exceptions.JobAborted) as error:
+        with runtime.pool.connection() as conn:
             _aborted(conn, context, writer.job, error, requeue_args, extra)
-            raise exceptions.JobAborted(describe(error)) from None
-        except PermanentError as error:
-            log.warning("%s failed: %s", stage.value, describe(error), extra=extra)
-            workflow.fail_job(conn, writer.job, describe(error))
-            raise
-        except Exception as error:
-            message = describe(error)
-            if attempt >= runtime.attempts_for(stage):
-                log.error("%s failed after %d attempts: %s", stage.value, attempt, message,
-                          extra=extra)  # fmt: skip
-                suffix = f" (after {attempt} attempts)" if attempt > 1 else ""
-                workflow.fail_job(conn, writer.job, message + suffix)
-            else:
-                log.warning("%s attempt %d failed, will retry: %s", stage.value, attempt,
-                            message, extra=extra)  # fmt: skip
-                _record_attempt(conn, writer.job, attempt, message)
-            raise
-        log.info("%s completed", stage.value, extra=extra)
+        raise exceptions.JobAborted(describe(error)) from None
+    except BaseException as error:
+        with runtime.pool.connection() as conn:
+            _failed(runtime, conn, stage, writer.job, attempt, error, extra)
+        raise
+    log.info("%s completed", stage.value, extra=extra)
+
+
+def _failed(
+    runtime: Runtime, conn: Connection, stage: Stage, job: Job, attempt: int,
+    error: BaseException, extra: dict[str, str],
+) -> None:  # fmt: skip
+    """Record a failed attempt: the row fails now (bad input, attempts used up) or keeps its
+    status and records the attempt (Procrastinate retries it)."""
+    message = describe(error)
+    if isinstance(error, PermanentError):
+        log.warning("%s failed: %s", stage.value, message, extra=extra)
+        workflow.fail_job(conn, job, message)
+    elif attempt >= stage.attempts(runtime.settings) or not isinstance(error, Exception):
+        log.error("%s failed after %d attempts: %s", stage.value, attempt, message, extra=extra)
+        suffix = f" (after {attempt} attempts)" if attempt > 1 else ""
+        workflow.fail_job(conn, job, message + suffix)
+    else:
+        log.warning("%s attempt %d failed, will retry: %s", stage.value, attempt, message,
+                    extra=extra)  # fmt: skip
+        _record_attempt(conn, job, attempt, message)
 
 
 def _finish(
     runtime: Runtime,
     conn: Connection,
     job: Job,
-    result: T,
-    finish: Callable[[Runtime, Connection, Job, T], object],
+    call: EngineCall,
+    result: Any,
+    finish: Callable[[Runtime, Connection, Job, EngineCall, Any], object],
 ) -> None:
     try:
-        finish(runtime, conn, job, result)
+        finish(runtime, conn, job, call, result)
     except StaleRowError:
         job = jobs.reload(conn, job)
         if is_terminal(job.status):
             raise JobAbortedError(f"job {job.id} was ended elsewhere while finishing") from None
-        finish(runtime, conn, job, result)
+        finish(runtime, conn, job, call, result)
 
 
 def _record_attempt(conn: Connection, job: Job, attempt: int, message: str) -> None:
+    """Record a failed attempt, unless the row ended meanwhile (a cancel wins)."""
     try:
         workflow.record_failed_attempt(conn, job, attempt, message)
     except StaleRowError:
-        workflow.record_failed_attempt(conn, jobs.reload(conn, job), attempt, message)
+        job = jobs.reload(conn, job)
+        if not is_terminal(job.status):
+            workflow.record_failed_attempt(conn, job, attempt, message)
 
 
 def _aborted(

@@ -1,5 +1,6 @@
 """The job status machine, pure: which moves are legal. Mirrored in PostgreSQL by the trigger
-in `schema/003_job_status_guard.sql`, and tested against it pair by pair.
+(`schema/003_job_status_guard.sql`, per-table working status since 015), and tested against it
+pair by pair.
 
 Statuses are ranked `queued < downloading < processing < completed | failed`; a job only moves
 to a higher rank, `completed` and `failed` are terminal, and progress (0..100) never decreases.
@@ -40,9 +41,15 @@ def is_active(status: Status | str) -> bool:
     return Status(status) in ACTIVE
 
 
-def can_move(current: Status | str, target: Status | str) -> bool:
-    """True when a row in `current` may be updated to `target` (staying put is allowed)."""
+def can_move(
+    current: Status | str, target: Status | str, working: Status | str | None = None
+) -> bool:
+    """True when a row in `current` may be updated to `target` (staying put is allowed); with
+    `working` (its table's active status: a download row works as `downloading`, the others as
+    `processing`), the other active status is never allowed."""
     current, target = Status(current), Status(target)
+    if working is not None and target in ACTIVE and target != Status(working):
+        return False
     if current == target:
         return True
     if current in TERMINAL:
@@ -50,14 +57,17 @@ def can_move(current: Status | str, target: Status | str) -> bool:
     return RANK[target] > RANK[current]
 
 
-def check_move(current: Status | str, target: Status | str) -> None:
-    if not can_move(current, target):
-        reason = (
-            f"{current} is final"
-            if Status(current) in TERMINAL
-            else "statuses only move forward: queued < downloading < processing < "
-            "completed | failed"
-        )
+def check_move(
+    current: Status | str, target: Status | str, working: Status | str | None = None
+) -> None:
+    if not can_move(current, target, working):
+        if Status(current) in TERMINAL:
+            reason = f"{current} is final"
+        elif working is not None and Status(target) in ACTIVE and target != working:
+            reason = f"this stage works as {working}, never {target}"
+        else:
+            reason = ("statuses only move forward: queued < downloading < processing < "
+                      "completed | failed")  # fmt: skip
         raise IllegalTransitionError(f"illegal status change {current} -> {target} ({reason})")
 
 

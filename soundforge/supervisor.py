@@ -2,19 +2,24 @@
 (download: I/O-bound, many jobs at once; processing and analysis: CPU-bound, one job per
 process, model loaded once), restarts a worker that dies or stops on its own (e.g. when its
 database connection dies) with exponential backoff, and at once one that recycled itself after
-`recycle_after_jobs`; it kills a worker whose job runs far past its stage's time limit (and
-rescues that job at once), drains on SIGTERM/SIGINT within `shutdown_grace_s`, and speaks
+`recycle_after_jobs`; when a worker dies (a crash, SIGKILL, the OOM killer) it puts the jobs
+that worker was running back in the queue at once (or fails them when out of attempts), drains
+on SIGTERM/SIGINT within `shutdown_grace_s`, and speaks
 sd_notify to systemd: `READY=1` once every worker reported ready, `STATUS=` one-line summaries,
 `WATCHDOG=1` while its loop runs, `STOPPING=1` when it drains.
 
 Workers talk back over the same protocol on a socket of the supervisor's own (their
-`NOTIFY_SOCKET`): ready, job started, job finished (see `soundforge.worker_hooks`). A worker
+`NOTIFY_SOCKET`): ready (with their Procrastinate worker id), job started, job finished (see
+`soundforge.worker_hooks`); a message counts only when the kernel says (SO_PASSCRED) it came
+from the worker process it names. Time limits and cancels are the workers' own business: their
+engines run in child processes they kill (`soundforge.engine_process`), so the supervisor needs
+no job-aware kill. A worker
 gets SIGTERM when the supervisor dies (PR_SET_PDEATHSIG), so even a killed supervisor leaves
 no worker behind and every interrupted job goes back to the queue.
 
-Written by hand rather than with a process manager library: what matters here (job-aware hard
-limits, the drain, the sd_notify relay) is specific to Procrastinate workers, and the process
-handling itself is a loop over `subprocess.Popen` of about a hundred lines.
+Written by hand rather than with a process manager library: what matters here (the drain,
+the rescue of a dead worker's jobs, the sd_notify relay) is specific to Procrastinate workers,
+and the process handling itself is a loop over `subprocess.Popen` of about a hundred lines.
 """
 
 from __future__ import annotations
@@ -34,11 +39,11 @@ from types import FrameType
 from soundforge import maintenance, worker_hooks
 from soundforge.db import connect
 from soundforge.errors import ConfigError
-from soundforge.models import Stage
 from soundforge.preflight import check_service_start
 from soundforge.queue import GROUP_NAMES, MAINTENANCE_QUEUE
 from soundforge.sd_notify import (
     NOTIFY_SOCKET,
+    SENDER_PID,
     WATCHDOG_PID,
     WATCHDOG_USEC,
     Notifier,
@@ -46,7 +51,6 @@ from soundforge.sd_notify import (
     watchdog_interval_s,
 )
 from soundforge.settings import Settings
-from soundforge.stage_runner import time_limit_s
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +58,6 @@ TICK_S = 0.2
 STOP_MARGIN_S = 15.0  # after the grace: time for requeueing interrupted jobs and unregistering
 STATUS_REFRESH_S = 30.0
 PR_SET_PDEATHSIG = 1
-TASK_STAGES: dict[str, Stage] = maintenance.TASK_STAGES
 
 
 @dataclass(frozen=True)
@@ -130,7 +133,7 @@ class WorkerProcess:
     recycles: int = 0
     jobs_done: int = 0
     jobs: dict[int, RunningJob] = field(default_factory=dict)
-    killed_for: list[int] = field(default_factory=list)
+    queue_worker_id: int | None = None  # its row in procrastinate_workers
 
     @property
     def name(self) -> str:
@@ -191,6 +194,7 @@ class Supervisor:
         self.stop_requested = 0
         self.stop_deadline: float | None = None
         self.announced_ready = False
+        self._ready_logged = False
         self.unclean_stop = False
         self._last_status = ""
         self._last_status_at = 0.0
@@ -235,7 +239,6 @@ class Supervisor:
             self._kill_remaining()
         if not self.stop_requested:
             self._start_due(now)
-            self._enforce_hard_limits(now)
         self._wait_for_messages(TICK_S)
         self._reap(self.clock())
         self._maybe_announce_ready()
@@ -262,6 +265,7 @@ class Supervisor:
         worker.recycling = False
         worker.started_at = now
         worker.jobs.clear()
+        worker.queue_worker_id = None
         log.info("started worker %s (pid %d): queues %s, concurrency %d", worker.name,
                  worker.process.pid, ",".join(worker.group.queues),
                  worker.group.concurrency)  # fmt: skip
@@ -277,9 +281,14 @@ class Supervisor:
                 self._handle_message(message)
 
     def _handle_message(self, message: dict[str, str]) -> None:
-        worker = self._worker_by_pid(message.get("MAINPID"))
+        assert self.receiver is not None
+        # Who sent it, as the kernel says; MAINPID in the body only where no credentials exist
+        sender = SENDER_PID if self.receiver.passes_credentials else "MAINPID"
+        worker = self._worker_by_pid(message.get(sender))
         if worker is None:
             return
+        if worker_hooks.WORKER_ID in message and message[worker_hooks.WORKER_ID].isdigit():
+            worker.queue_worker_id = int(message[worker_hooks.WORKER_ID])
         if message.get("READY") == "1" and not worker.ready:
             worker.ready = True
             worker.failures = 0
@@ -308,8 +317,8 @@ class Supervisor:
                 continue
             worker.process = None
             worker.ready = False
+            self._rescue_jobs_of(worker, code)
             worker.jobs.clear()
-            self._rescue_after_kill(worker)
             if self.stop_requested:
                 log.info("worker %s stopped (exit code %d)", worker.name, code)
                 continue
@@ -328,42 +337,26 @@ class Supervisor:
             how = "stopped on its own" if code == 0 else f"died (exit code {code})"
             log.warning("worker %s %s; restarting in %.1f s", worker.name, how, delay)
 
-    # -- time limits ------------------------------------------------------------------------
+    # -- a dead worker's jobs ----------------------------------------------------------------
 
-    def _hard_limit_s(self, task_name: str) -> float | None:
-        stage = TASK_STAGES.get(task_name)
-        if stage is None:
-            return None
-        return time_limit_s(self.settings, stage) + self.settings.hard_time_limit_grace_s
-
-    def _enforce_hard_limits(self, now: float) -> None:
-        for worker in self.workers:
-            if not worker.alive or worker.killed_for:
-                continue
-            overdue = []
-            for job in worker.jobs.values():
-                limit = self._hard_limit_s(job.task_name)
-                if limit is not None and now - job.started_at > limit:
-                    overdue.append(job)
-            if overdue:
-                assert worker.process is not None
-                worker.killed_for = [job.procrastinate_job_id for job in overdue]
-                log.error("worker %s: job(s) %s ran past their time limit and did not stop; "
-                          "killing the worker", worker.name,
-                          ", ".join(f"{j.procrastinate_job_id} ({j.task_name})"
-                                    for j in overdue))  # fmt: skip
-                worker.process.kill()
-
-    def _rescue_after_kill(self, worker: WorkerProcess) -> None:
-        if not worker.killed_for:
+    def _rescue_jobs_of(self, worker: WorkerProcess, code: int) -> None:
+        """Put back (or fail) the queue jobs a worker that just ended was still running: the
+        ones it reported and any its Procrastinate worker row still holds."""
+        if not worker.jobs and worker.queue_worker_id is None:
             return
-        ids, worker.killed_for = worker.killed_for, []
-        reason = "time limit exceeded: the job did not stop and its worker was killed"
+        how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
+        reason = f"the worker running this job died ({how})"
         try:
             with connect(self.settings.database_url, autocommit=True) as conn:
-                maintenance.rescue_killed(conn, self.settings, ids, reason)
+                report = maintenance.rescue_dead_worker(
+                    conn, self.settings, worker.queue_worker_id, list(worker.jobs), reason
+                )
         except Exception as error:  # the periodic rescue will get them later
-            log.error("could not rescue job(s) %s now: %s", ids, error)
+            log.error("could not rescue the jobs of worker %s now: %s", worker.name, error)
+            return
+        if report.jobs:
+            log.warning("worker %s %s: %d job(s) put back, %d failed", worker.name, how,
+                        report.retried, report.failed)  # fmt: skip
 
     # -- stopping ---------------------------------------------------------------------------
 
@@ -385,7 +378,6 @@ class Supervisor:
                 log.error("worker %s did not stop in time; killing it (its jobs will be "
                           "rescued)", worker.name)  # fmt: skip
                 worker.process.kill()
-                worker.killed_for = list(worker.jobs)
                 self.unclean_stop = True
 
     def _finished(self) -> bool:
@@ -405,12 +397,16 @@ class Supervisor:
     # -- sd_notify --------------------------------------------------------------------------
 
     def _maybe_announce_ready(self) -> None:
+        """READY=1 once every worker is ready; sent again on the next tick when the send was
+        dropped (the manager's queue was full)."""
         if self.announced_ready or self.stop_requested:
             return
         if all(worker.ready for worker in self.workers):
-            self.announced_ready = True
-            log.info("all %d worker process(es) ready", len(self.workers))
-            self.notifier.ready(self._status_line())
+            if not self._ready_logged:
+                self._ready_logged = True
+                log.info("all %d worker process(es) ready", len(self.workers))
+            sent = self.notifier.ready(self._status_line())
+            self.announced_ready = sent or not self.notifier.enabled
 
     def _status_line(self) -> str:
         up = sum(1 for w in self.workers if w.ready)

@@ -30,6 +30,7 @@ JOB_FINISHED = "X_SOUNDFORGE_JOB_FINISHED"
 TASK = "X_SOUNDFORGE_TASK"
 JOBS_DONE = "X_SOUNDFORGE_JOBS_DONE"
 RECYCLING = "X_SOUNDFORGE_RECYCLING"
+WORKER_ID = "X_SOUNDFORGE_WORKER_ID"  # its row in procrastinate_workers, sent with READY=1
 
 
 class WorkerHooks:
@@ -54,7 +55,7 @@ class WorkerHooks:
             worker_id = await register()
             if self.name is not None and self.queues is not None:
                 await _record_queues(app, worker_id, self.name, self.queues)
-            self.notifier.ready()
+            self.notifier.send(READY=1, MAINPID=_pid(), **{WORKER_ID: worker_id})
             log.info("worker registered as %d", worker_id)
             return worker_id
 

@@ -219,8 +219,15 @@ def begin_stage(
     """The row a starting task works on, moved to its active status; None: nothing to do.
 
     Given a row id, that row (a finished row is not touched: its work is done or cancelled).
-    Given only a track, a new row, unless the stage already completed for it (and not `force`).
+    Given only a track, the row an earlier attempt of the same queue job created (a retry), or
+    else a new row, unless the stage already completed for it (and not `force`).
     """
+    if job_id is None:
+        earlier = conn.execute(
+            query("active_rows_for_queue_job", table=stage.table),
+            {"procrastinate_job_id": procrastinate_job_id},
+        ).fetchone()
+        job_id = earlier["id"] if earlier is not None else None
     if job_id is not None:
         row = conn.execute(
             query("start_job", table=stage.table),
@@ -364,14 +371,18 @@ def complete_analysis(
 
 
 def cancel_job(conn: Connection, job_id: uuid.UUID | str) -> Job:
-    """Cancel a queued job or abort a running one; the row ends `failed` with `cancelled`."""
+    """Cancel a queued job or abort a running one; the row ends `failed` with `cancelled`.
+    A job that completes (or fails) while this runs is reported as such (`PermanentError`)."""
     with conn.transaction():
         job = jobs.find_job(conn, job_id)
         if is_terminal(job.status):
             raise PermanentError(f"job {job.id} is already {job.status}; nothing to cancel")
         if job.procrastinate_job_id is not None:
             queue.cancel(conn, job.procrastinate_job_id)
-        return fail_job(conn, job, CANCELLED)
+        ended = fail_job(conn, job, CANCELLED)
+        if ended.error != CANCELLED:  # it ended on its own meanwhile: say so, change nothing
+            raise PermanentError(f"job {job.id} {ended.status} before it could be cancelled")
+        return ended
 
 
 def retry_job(conn: Connection, job_id: uuid.UUID | str, options: PipelineOptions) -> Job:
@@ -385,7 +396,7 @@ def retry_job(conn: Connection, job_id: uuid.UUID | str, options: PipelineOption
         model = getattr(old, "model", None)
         args: dict[str, Any] = {}
         if stage is Stage.DOWNLOAD:
-            args = options.as_args()
+            args = _original_options(conn, old, options).as_args()
         elif stage is Stage.SEPARATE:
             args = {"model": model or options.model}
         new = queue.create_queued_job(
@@ -399,8 +410,25 @@ def retry_job(conn: Connection, job_id: uuid.UUID | str, options: PipelineOption
         return new
 
 
+def _original_options(conn: Connection, job: Job, default: PipelineOptions) -> PipelineOptions:
+    """The pipeline options a download was queued with (from its queue job's arguments), or
+    `default` when its queue job is gone (pruned)."""
+    row = None
+    if job.procrastinate_job_id is not None:
+        row = conn.execute(query("queue_job_args"), {"id": job.procrastinate_job_id}).fetchone()
+    if row is None:
+        return default
+    queued: dict[str, Any] = row["args"]
+    return PipelineOptions(
+        stems=bool(queued.get("stems", default.stems)),
+        analysis=bool(queued.get("analysis", default.analysis)),
+        model=str(queued.get("model", default.model)),
+    )
+
+
 def requeue_after_shutdown(conn: Connection, job: Job, args: dict[str, Any]) -> int | None:
-    """A job interrupted by a worker shutdown goes back to the queue for the same row."""
+    """A job interrupted by a worker shutdown goes back to the queue for the same row, with
+    the attempts it made before the interrupted one (the interruption is not its fault)."""
     with conn.transaction():
         job = jobs.reload(conn, job)
         if is_terminal(job.status):
@@ -410,5 +438,7 @@ def requeue_after_shutdown(conn: Connection, job: Job, args: dict[str, Any]) -> 
             conn, stage, job.track_id, {**args, "job_id": str(job.id)}
         )
         if procrastinate_id is not None:
+            # the attempts made before the interrupted one still count against the budget
+            queue.carry_attempts(conn, procrastinate_id, max(0, job.attempts - 1))
             _attach_queue_job(conn, job, procrastinate_id)
         return procrastinate_id

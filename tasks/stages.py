@@ -10,10 +10,11 @@ from typing import Any
 from procrastinate import JobContext
 
 from soundforge import music, workflow
+from soundforge.engine_process import EngineCall
 from soundforge.engines import AnalysisOutcome
-from soundforge.models import DownloadJob, Job, Stage
+from soundforge.models import IMPORT_TASK, DownloadJob, Job, Stage
 from soundforge.runtime import Runtime, get_runtime
-from soundforge.stage_runner import Connection, ProgressWriter, StageRetryStrategy, run_stage
+from soundforge.stage_runner import Connection, StageRetryStrategy, run_stage
 from tasks.blueprint import blueprint
 
 
@@ -22,7 +23,7 @@ def _options(stems: bool, analysis: bool, model: str) -> workflow.PipelineOption
 
 
 @blueprint.task(
-    name="soundforge.import", queue="download", pass_context=True,
+    name=IMPORT_TASK, queue=Stage.DOWNLOAD.queue, pass_context=True,
     retry=StageRetryStrategy(Stage.DOWNLOAD),
 )  # fmt: skip
 def import_source(
@@ -45,7 +46,7 @@ def import_source(
 
 
 @blueprint.task(
-    name="soundforge.download", queue="download", pass_context=True,
+    name=Stage.DOWNLOAD.task_name, queue=Stage.DOWNLOAD.queue, pass_context=True,
     retry=StageRetryStrategy(Stage.DOWNLOAD),
 )  # fmt: skip
 def download(
@@ -59,26 +60,24 @@ def download(
 ) -> None:
     options = _options(stems, analysis, model)
 
-    def work(
-        runtime: Runtime, conn: Connection, started: workflow.StartedStage,
-        progress: ProgressWriter,
-    ) -> Any:  # fmt: skip
+    def prepare(runtime: Runtime, conn: Connection, started: workflow.StartedStage) -> EngineCall:
         job = started.job
         assert isinstance(job, DownloadJob)
         metadata = workflow.download_metadata(conn, music.require_track(conn, job.track_id), job)
-        return runtime.engines.fetch(metadata, runtime.storage, job.track_id, progress)
+        return EngineCall("fetch", (metadata, runtime.storage, job.track_id))
 
-    def finish(runtime: Runtime, conn: Connection, job: Job, stored: Any) -> object:
+    def finish(runtime: Runtime, conn: Connection, job: Job, call: EngineCall,
+               stored: Any) -> object:  # fmt: skip
         return workflow.complete_download(conn, job, stored, options)
 
     run_stage(
         context, Stage.DOWNLOAD, track_id=track_id, job_id=job_id, force=force,
-        work=work, finish=finish, requeue_args=options.as_args(),
+        prepare=prepare, finish=finish, requeue_args=options.as_args(),
     )  # fmt: skip
 
 
 @blueprint.task(
-    name="soundforge.separate", queue="processing", pass_context=True,
+    name=Stage.SEPARATE.task_name, queue=Stage.SEPARATE.queue, pass_context=True,
     retry=StageRetryStrategy(Stage.SEPARATE),
 )  # fmt: skip
 def separate(
@@ -88,52 +87,40 @@ def separate(
     model: str = "htdemucs",
     force: bool = False,
 ) -> None:
-    def work(
-        runtime: Runtime, conn: Connection, started: workflow.StartedStage,
-        progress: ProgressWriter,
-    ) -> dict[str, Path]:  # fmt: skip
+    def prepare(runtime: Runtime, conn: Connection, started: workflow.StartedStage) -> EngineCall:
         job = started.job
         job_model = getattr(job, "model", None) or model
-        out_dir = workflow.stems_dir(runtime.storage, job)
-        with runtime.storage.local_file(workflow.downloaded_audio(conn, started)) as audio:
-            stems = runtime.engines.separate(audio, out_dir, job_model, progress,
-                                             progress.should_abort)  # fmt: skip
-        runtime.storage.publish(stems.values())
-        return stems
+        audio = runtime.storage.local_path(workflow.downloaded_audio(conn, started))
+        return EngineCall("separate", (audio, workflow.stems_dir(runtime.storage, job), job_model))
 
-    def finish(runtime: Runtime, conn: Connection, job: Job, stems: dict[str, Path]) -> object:
+    def finish(runtime: Runtime, conn: Connection, job: Job, call: EngineCall,
+               stems: dict[str, Path]) -> object:  # fmt: skip
+        runtime.storage.publish(stems.values())  # object storage: uploaded before recorded
         return workflow.complete_separation(conn, job, runtime.storage, stems)
 
     run_stage(
         context, Stage.SEPARATE, track_id=track_id, job_id=job_id, force=force, model=model,
-        work=work, finish=finish, requeue_args={"model": model},
+        prepare=prepare, finish=finish, requeue_args={"model": model},
     )  # fmt: skip
 
 
 @blueprint.task(
-    name="soundforge.analyze", queue="analysis", pass_context=True,
+    name=Stage.ANALYZE.task_name, queue=Stage.ANALYZE.queue, pass_context=True,
     retry=StageRetryStrategy(Stage.ANALYZE),
 )  # fmt: skip
 def analyze(
     context: JobContext, track_id: str, job_id: str | None = None, force: bool = False
 ) -> None:
-    def work(
-        runtime: Runtime, conn: Connection, started: workflow.StartedStage,
-        progress: ProgressWriter,
-    ) -> tuple[AnalysisOutcome, str]:  # fmt: skip
-        audio_key = workflow.downloaded_audio(conn, started)
-        with runtime.storage.local_file(audio_key) as audio:
-            return runtime.engines.analyze(audio, progress), audio_key
+    def prepare(runtime: Runtime, conn: Connection, started: workflow.StartedStage) -> EngineCall:
+        audio = runtime.storage.local_path(workflow.downloaded_audio(conn, started))
+        return EngineCall("analyze", (audio,))
 
-    def finish(
-        runtime: Runtime, conn: Connection, job: Job, result: tuple[AnalysisOutcome, str]
-    ) -> object:
-        outcome, audio_relpath = result
-        return workflow.complete_analysis(conn, job, outcome, audio_relpath)
+    def finish(runtime: Runtime, conn: Connection, job: Job, call: EngineCall,
+               outcome: AnalysisOutcome) -> object:  # fmt: skip
+        [audio] = call.args
+        return workflow.complete_analysis(conn, job, outcome, runtime.storage.relative(audio))
 
     run_stage(
         context, Stage.ANALYZE, track_id=track_id, job_id=job_id, force=force,
-        work=work, finish=finish, requeue_args={},
+        prepare=prepare, finish=finish, requeue_args={},
     )  # fmt: skip
-
-

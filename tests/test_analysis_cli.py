@@ -10,6 +10,7 @@ import math
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,9 @@ from tests.cli_runner import run_cli
 
 SR = 22050
 REPORT_KEYS = {
+    "tempo_confidence",
+    "key_chroma",
+    "tuning",
     "duration",
     "sample_rate",
     "tempo",
@@ -233,3 +237,42 @@ def test_progress_rises_monotonically_from_0_to_100(song: Path) -> None:
 def test_abort_check_stops_the_analysis(song: Path) -> None:
     with pytest.raises(JobAbortedError):
         analyze(song, should_abort=lambda: True)
+
+
+def test_many_files_give_one_json_line_each_in_order_and_errors_on_their_own_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "music"
+    (folder / "inner").mkdir(parents=True)
+    tempi = {"a.wav": 100.0, "b.flac": 130.0, "inner/c.wav": 90.0}
+    for name, bpm in tempi.items():
+        write_test_song(folder / name, 6.0, SR, tempo=bpm, channels=1)
+    (folder / "broken.wav").write_bytes(b"RIFF" + bytes(2000))
+    (folder / "notes.txt").write_text("not audio, and not picked up from a folder\n")
+    code, out, err = _run(capsys, str(folder), "--json", "--jobs", "2")
+    lines = [json.loads(line) for line in out.strip().splitlines()]
+    assert code == 1  # one file failed
+    assert [Path(line["file"]).relative_to(folder).as_posix() for line in lines] == sorted(
+        ["a.wav", "b.flac", "broken.wav", "inner/c.wav"])  # fmt: skip
+    by_name = {Path(line["file"]).relative_to(folder).as_posix(): line for line in lines}
+    assert set(by_name["broken.wav"]) == {"file", "error"}
+    for name, bpm in tempi.items():
+        assert set(by_name[name]) == REPORT_KEYS | {"file"}
+        assert by_name[name]["tempo"] == pytest.approx(bpm, rel=0.02)
+    assert "Traceback" not in err
+
+
+def test_analyze_command_loads_no_librosa_numba_or_queue_stack(song: Path) -> None:
+    """The cold path of `soundforge analyze`: nothing compiled by numba, nothing imported that
+    the command does not use (these cost seconds per fresh process; the settings are used: the
+    audio limits come from them)."""
+    probe = (
+        "import sys; from soundforge.cli.main import main; code = main(['analyze', sys.argv[1]]);"
+        "heavy = [name for name in ('librosa', 'numba', 'scipy.signal', 'psycopg', "
+        "'procrastinate') if name in sys.modules];"
+        "print('HEAVY', heavy); sys.exit(code)"
+    )
+    done = subprocess.run([sys.executable, "-c", probe, str(song)], capture_output=True,
+                          text=True, timeout=120, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "HEAVY []" in done.stdout

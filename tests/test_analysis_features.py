@@ -17,11 +17,12 @@ import librosa
 
 from soundforge.analysis import (
     analyze,
+    filters,
     spectral,
 )
 from soundforge.analysis.engine import summarise_mel
 from soundforge.analysis.frontend import FrameChunk, StftFrontend
-from soundforge.analysis.rhythm import first_tempo, mean_tempogram
+from soundforge.analysis.rhythm import first_tempo, mean_tempogram, track_beats_at
 from tests.audio_synth import chord_progression, drum_pattern, write_test_song
 
 SR = 22050
@@ -168,3 +169,34 @@ def test_report_means_match_the_original_systems_librosa_features(tmp_path: Path
         report.chroma, librosa.feature.chroma_stft(y=y, sr=sr).mean(1), atol=0.02
     )
     assert report.duration == pytest.approx(12.0, abs=1e-3)
+
+
+def test_numpy_beat_tracker_gives_librosas_beats(chunks: list[FrameChunk]) -> None:
+    power = np.square(_joined(chunks, "magnitude"))
+    mel, _ = spectral.mel_and_chroma(power, spectral.filterbanks(SR, 2048, 0.0))
+    envelope = summarise_mel([mel]).onset_envelope
+    for bpm in (58.0, 117.0, 170.0):
+        _, reference = librosa.beat.beat_track(onset_envelope=envelope, sr=SR, bpm=bpm)
+        np.testing.assert_array_equal(track_beats_at(envelope, bpm, SR, 512), reference)
+
+
+@pytest.mark.parametrize(("sample_rate", "n_fft"), [(22050, 2048), (44100, 4096)])
+def test_filter_banks_equal_librosas(sample_rate: int, n_fft: int) -> None:
+    reference = librosa.filters.mel(sr=sample_rate, n_fft=n_fft)
+    np.testing.assert_allclose(filters.mel_bank(sample_rate, n_fft, 128), reference, atol=1e-7)
+    for tuning in (0.0, 0.21, -0.37):
+        np.testing.assert_allclose(
+            filters.chroma_bank(sample_rate, n_fft, tuning),
+            librosa.filters.chroma(sr=sample_rate, n_fft=n_fft, tuning=tuning),
+            atol=1e-6,
+        )
+
+
+@pytest.mark.parametrize("cents", [0.0, 17.0, -33.0])
+def test_tuning_estimate_equals_librosas(cents: float) -> None:
+    t = np.arange(3 * SR) / SR
+    tones = sum(np.sin(2 * np.pi * hz * 2 ** (cents / 1200) * t) for hz in (220, 277.2, 330, 523))
+    noise = 0.01 * np.random.default_rng(0).standard_normal(t.size)
+    power = np.abs(librosa.stft(tones + noise)) ** 2
+    assert filters.estimate_tuning(power.T, SR, 2048) == pytest.approx(
+        librosa.estimate_tuning(S=power, sr=SR), abs=1e-9)  # fmt: skip

@@ -90,6 +90,23 @@ def test_rescue_retries_a_dead_workers_job_and_leaves_a_live_workers_job(
     assert row is not None and row.status is Status.DOWNLOADING  # kept: the re-run continues it
 
 
+def test_a_live_workers_row_survives_a_short_prune_so_its_job_is_never_rescued(
+    conn: Connection, database_url: str
+) -> None:
+    busy = _worker(conn, heartbeat_age_s=40)  # stale for a bare procrastinate worker (30 s)
+    queue_id, _ = _running_download(conn, busy)
+    idle = _worker(conn, heartbeat_age_s=40)
+    dead = _worker(conn, heartbeat_age_s=7200)  # past soundforge.stalled_after_s (30 min)
+    dead_queue_id, _ = _running_download(conn, dead)
+
+    pruned = conn.execute("SELECT * FROM procrastinate_prune_stalled_workers_v1(30)").fetchall()
+
+    assert sorted(row["worker_id"] for row in pruned) == sorted([idle, dead])
+    report = maintenance.rescue_stalled(conn, _settings(database_url))
+    assert [job.procrastinate_job_id for job in report.jobs] == [dead_queue_id]
+    assert _queue_status(conn, queue_id) == "doing"
+
+
 def test_rescue_fails_the_job_row_when_its_attempts_are_used_up(
     conn: Connection, database_url: str
 ) -> None:

@@ -269,6 +269,28 @@ def test_migrate_applies_a_new_file_and_rolls_back_a_broken_one(
     ]
 
 
+def test_migrate_runs_the_upgrades_an_older_procrastinate_schema_lacks(
+    fresh_database: str,
+) -> None:
+    from procrastinate.schema import SchemaManager
+
+    with connect(fresh_database, autocommit=True) as setup:
+        setup.execute(SchemaManager.get_schema().encode())  # `procrastinate schema --apply`
+        # ... as of Procrastinate 3.3: without what its 3.4 upgrade adds
+        setup.execute("DROP FUNCTION procrastinate_retry_job_v2")
+        setup.execute("ALTER TYPE procrastinate_job_event_type RENAME VALUE 'retried' TO 'x'")
+
+    done = migrate(fresh_database)
+
+    upgrades = [name for name in done if name.startswith("procrastinate/")]
+    assert upgrades == ["procrastinate/03.04.00_01_pre_add_retry_failed_job_procedure.sql",
+                        "procrastinate/03.04.00_50_post_add_retry_failed_job_procedure.sql"]
+    with connect(fresh_database) as check:
+        row = check.execute("SELECT to_regproc('procrastinate_retry_job_v2') AS f").fetchone()
+    assert row is not None and row["f"] is not None
+    assert not any(state.pending for state in migration_status(fresh_database))
+
+
 def test_secrets_stored_before_010_are_kept_apart_and_masked(
     fresh_database: str, tmp_path: Path
 ) -> None:

@@ -3,13 +3,10 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -21,13 +18,14 @@ from psycopg_pool import ConnectionPool
 from soundforge import jobs, live, queue, workflow
 from soundforge.db import connect, create_pool
 from soundforge.engines import default_engines
-from soundforge.errors import AbortCheck, ProgressCallback, StaleRowError
+from soundforge.errors import StaleRowError
 from soundforge.models import Job, Stage
 from soundforge.sources import StoredAudio, TrackMetadata
 from soundforge.status import Status
 from soundforge.storage import Storage
 from tests.audio_synth import write_test_song
 from tests.cli_runner import run_cli
+from tests.support.engines import FACTORY, FAULTS_VARIABLE, write_script
 from tests.support.fake_spotify import FakeSpotify
 from tests.support.worker_thread import running_worker, settings_for, wait_for
 
@@ -194,34 +192,20 @@ def test_cancelling_a_queued_job_cancels_its_queue_job_and_fails_the_row(
     assert again.returncode == 1 and "already failed" in again.stderr
 
 
-def _blocking_separate(started: threading.Event) -> Callable[..., dict[str, Path]]:
-    """A separation that reports progress until it is told to abort."""
-
-    def separate(audio: Path, out_dir: Path, model: str, progress: ProgressCallback,
-                 should_abort: AbortCheck) -> dict[str, Path]:  # fmt: skip
-        for step in range(6000):
-            progress(min(90.0, step / 10))
-            started.set()
-            time.sleep(0.01)
-        raise AssertionError("never aborted")
-
-    return separate
-
-
 def test_cancelling_a_running_job_aborts_it_and_fails_the_row(
     conn: psycopg.Connection[Any], database_url: str, tmp_path: Path, song: Path,
-    cli_env: dict[str, str],
+    cli_env: dict[str, str], monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
     settings = settings_for(database_url, tmp_path / "store")
-    started = threading.Event()
-    engines = default_engines(settings)
-    engines = dataclasses.replace(engines, separate=_blocking_separate(started))
-    with running_worker(settings, engines):
-        [metadata] = engines.expand(str(song))
+    script = write_script(tmp_path / "faults.json", {"separate": [{"block": "progress"}]})
+    monkeypatch.setenv(FAULTS_VARIABLE, str(script))
+    with running_worker(settings, FACTORY) as runtime:
+        [metadata] = runtime.engines.expand(str(song))
         imported = workflow.import_track(conn, metadata,
                                          workflow.PipelineOptions(analysis=False))  # fmt: skip
-        assert started.wait(60)
-        [job] = jobs.list_jobs_for_track(conn, Stage.SEPARATE, imported.track.id)
+        job = wait_for(lambda: next(iter(
+            j for j in jobs.list_jobs_for_track(conn, Stage.SEPARATE, imported.track.id)
+            if (j.progress or 0) > 0), None), message="the separation to report progress")
         result = run_cli("cancel", str(job.id), env=cli_env)
         assert result.returncode == 0, result.stderr
         wait_for(lambda: _queue_jobs(conn, "soundforge.separate")[0]["status"] == "aborted",
@@ -251,6 +235,8 @@ def test_retry_of_a_failed_stage_makes_a_new_row_and_keeps_the_old_one(
                  and live.pipeline_finished(rows[0]), message="the retried pipeline")  # fmt: skip
     old, new = jobs.list_jobs_for_track(conn, Stage.DOWNLOAD, imported.track.id)
     assert old.id == imported.download_job.id and old.status is Status.FAILED  # history kept
+    # the retry kept the pipeline options it was added with (--no-stems): no separation
+    assert jobs.list_jobs_for_track(conn, Stage.SEPARATE, imported.track.id) == []
     assert new.status is Status.COMPLETED
     [analysis] = jobs.list_jobs_for_track(conn, Stage.ANALYZE, imported.track.id)
     assert analysis.status is Status.COMPLETED

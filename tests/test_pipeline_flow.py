@@ -4,7 +4,6 @@ holding across retries."""
 
 from __future__ import annotations
 
-import dataclasses
 import uuid
 from functools import partial
 from pathlib import Path
@@ -14,13 +13,13 @@ import psycopg
 import pytest
 
 from soundforge import jobs, live, music, workflow
-from soundforge.engines import AnalysisOutcome, Engines, default_engines
-from soundforge.errors import ProgressCallback
+from soundforge.engines import Engines
 from soundforge.models import DownloadJob, Stage
 from soundforge.settings import Settings
 from soundforge.sources import TrackMetadata
 from soundforge.storage import Storage
 from tests.audio_synth import write_test_song
+from tests.support.engines import FACTORY, FAULTS_VARIABLE, write_script
 from tests.support.loopback_http import loopback_server
 from tests.support.pipeline import RowHistory
 from tests.support.worker_thread import running_worker, settings_for, wait_for
@@ -177,44 +176,21 @@ def test_a_transient_download_error_is_retried_then_completes(
     events.assert_never_backwards()
 
 
-def _flaky(real: Any, failures: int) -> Any:
-    """Wrap an engine call so its first `failures` calls raise a transient OSError."""
-    calls = {"n": 0}
-
-    def call(*args: Any) -> Any:
-        calls["n"] += 1
-        if calls["n"] <= failures:
-            raise OSError(f"disk hiccup #{calls['n']}")
-        return real(*args)
-
-    return call
-
-
 def test_transient_engine_errors_are_retried_and_rows_never_move_backwards(
     conn: psycopg.Connection[Any], database_url: str, tmp_path: Path, song: Path,
-    tiny_repo: Path,
+    tiny_repo: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
     settings = _settings(database_url, tmp_path, demucs_repo=tiny_repo)
-    real = default_engines(settings)
-
-    def slow_start_analyze(audio: Path, progress: ProgressCallback) -> AnalysisOutcome:
-        progress(40.0)  # progress made, then the attempt fails: a retry must not go back
-        raise OSError("analysis scratch space full")
-
-    flaky_analyze = _flaky(real.analyze, 0)
-    attempts = {"n": 0}
-
-    def analyze(audio: Path, progress: ProgressCallback) -> AnalysisOutcome:
-        attempts["n"] += 1
-        if attempts["n"] == 1:
-            return slow_start_analyze(audio, progress)
-        return flaky_analyze(audio, progress)  # type: ignore[no-any-return]
-
-    engines = dataclasses.replace(real, separate=_flaky(real.separate, 1), analyze=analyze)
+    script = write_script(tmp_path / "faults.json", {
+        "separate": [{"raise": "disk hiccup #1"}],
+        # progress made, then the attempt fails: a retry must not go back
+        "analyze": [{"progress": 40, "raise": "analysis scratch space full"}],
+    })  # fmt: skip
+    monkeypatch.setenv(FAULTS_VARIABLE, str(script))
     events = RowHistory(database_url)
     try:
-        with running_worker(settings, engines):
-            imported = _import(conn, engines, str(song))
+        with running_worker(settings, FACTORY) as runtime:
+            imported = _import(conn, runtime.engines, str(song))
             row = wait_for(lambda: _finished_row(conn, imported.track.id), timeout_s=240,
                            message="pipeline with retries")  # fmt: skip
     finally:
@@ -229,13 +205,15 @@ def test_transient_engine_errors_are_retried_and_rows_never_move_backwards(
 
 
 def test_a_stage_that_keeps_failing_ends_failed_after_its_attempts(
-    conn: psycopg.Connection[Any], database_url: str, tmp_path: Path, song: Path
-) -> None:
+    conn: psycopg.Connection[Any], database_url: str, tmp_path: Path, song: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
     settings = _settings(database_url, tmp_path, analyze_attempts=2)
-    real = default_engines(settings)
-    engines = dataclasses.replace(real, analyze=_flaky(real.analyze, 10))
-    with running_worker(settings, engines):
-        imported = _import(conn, engines, str(song), stems=False)
+    script = write_script(tmp_path / "faults.json",
+                          {"analyze": [{"raise": f"disk hiccup #{n}"} for n in (1, 2, 3)]})
+    monkeypatch.setenv(FAULTS_VARIABLE, str(script))
+    with running_worker(settings, FACTORY) as runtime:
+        imported = _import(conn, runtime.engines, str(song), stems=False)
         row = wait_for(lambda: _finished_row(conn, imported.track.id), message="failure")
     assert row["analyze_status"] == "failed"
     assert row["analyze_error"] == "OSError: disk hiccup #2 (after 2 attempts)"

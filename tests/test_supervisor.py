@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +19,9 @@ import psycopg
 import pytest
 
 from soundforge import queue
-from soundforge.sd_notify import Notifier, NotifyReceiver, watchdog_interval_s
+from soundforge.sd_notify import SENDER_PID, Notifier, NotifyReceiver, watchdog_interval_s
+from soundforge.settings import load_settings
+from soundforge.supervisor import Supervisor
 from tests.cli_runner import run_cli
 from tests.support.audio import tone_bytes
 from tests.support.loopback_http import loopback_server
@@ -126,6 +130,44 @@ def test_a_killed_worker_is_restarted(
     assert services.stop(supervisor) == 0
 
 
+def test_the_jobs_of_a_worker_killed_with_sigkill_go_back_to_the_queue_at_once(
+    conn: Connection, cli_env: dict[str, str], systemd: NotifyReceiver,
+    services: ServiceProcesses, database_url: str,
+) -> None:  # fmt: skip
+    # The periodic rescue is off and its threshold is long: only the supervisor can do it.
+    env = _download_only(cli_env, systemd, download_concurrency=4, stalled_after_s=600,
+                         rescue_cron=NEVER)  # fmt: skip
+    with loopback_server() as server:
+        urls = [serve_slowly(server, f"/song-{n}.wav", tone_bytes(2.0), seconds=20.0)
+                for n in range(4)]  # fmt: skip
+        supervisor = services.supervisor(env)
+        _messages_until(systemd, "READY")
+        worker = services.wait_worker(supervisor, "download-0")
+        tracks = [add_track(env, url, "--no-stems", "--no-analysis") for url in urls]
+        running = wait_for(
+            lambda: len(rows := conn.execute(
+                "SELECT id FROM procrastinate_jobs WHERE status = 'doing'"
+                " AND task_name = 'soundforge.download'").fetchall()) == 4 and rows,
+            timeout_s=120, message="4 downloads running",
+        )  # fmt: skip
+
+        os.kill(worker, signal.SIGKILL)
+
+        def requeued() -> bool:  # back to todo, or already taken again by the new worker
+            rows = conn.execute(
+                "SELECT status, attempts FROM procrastinate_jobs WHERE id = ANY(%s)",
+                ([row["id"] for row in running],),
+            ).fetchall()  # fmt: skip
+            return all(row["attempts"] == 1 and row["status"] in ("todo", "doing", "succeeded")
+                       for row in rows)  # fmt: skip
+
+        wait_for(requeued, timeout_s=30, message="the 4 jobs back in the queue")
+        for track_id in tracks:
+            wait_for_stage_status(database_url, track_id, "download", "completed")
+    assert "4 job(s) put back" in services.log_text(supervisor)
+    assert services.stop(supervisor) == 0
+
+
 def test_a_worker_recycles_itself_after_n_jobs(
     conn: Connection, cli_env: dict[str, str], systemd: NotifyReceiver,
     services: ServiceProcesses,
@@ -181,9 +223,10 @@ def test_notifier_sends_to_abstract_and_path_sockets(tmp_path: Path, address: st
         notifier = Notifier.from_environ({"NOTIFY_SOCKET": name})
         assert notifier.ready(status="up\nand running")
         assert notifier.watchdog()
-        assert receiver.receive(5) == {"READY": "1", "MAINPID": str(os.getpid()),
-                                       "STATUS": "up and running"}  # fmt: skip
-        assert receiver.receive(5) == {"WATCHDOG": "1"}
+        me = str(os.getpid())  # the kernel's word for the sender (SO_PASSCRED)
+        assert receiver.receive(5) == {"READY": "1", "MAINPID": me, "STATUS": "up and running",
+                                       SENDER_PID: me}  # fmt: skip
+        assert receiver.receive(5) == {"WATCHDOG": "1", SENDER_PID: me}
         notifier.close()
 
 
@@ -203,18 +246,17 @@ def test_watchdog_interval_is_half_of_watchdog_usec_for_this_process() -> None:
     ("serving", "error"),
     [
         ("drip", "time limit exceeded: download ran longer than 1 s"),
-        ("stall", "time limit exceeded: the job did not stop and its worker was killed"),
+        ("stall", "time limit exceeded: download ran longer than 1 s"),
     ],
-    ids=["soft-limit-through-the-abort-check", "hard-limit-kills-the-worker"],
+    ids=["reporting-progress", "silent"],
 )
 def test_a_job_past_its_stage_time_limit_is_stopped_and_failed_when_out_of_attempts(
     cli_env: dict[str, str], systemd: NotifyReceiver, services: ServiceProcesses,
     database_url: str, serving: str, error: str,
 ) -> None:  # fmt: skip
-    # "drip" reports progress all along, so the engine's abort check stops it at the limit;
-    # "stall" sends nothing for a long while, so only the supervisor's hard limit can end it.
-    env = _download_only(cli_env, systemd, download_time_limit_s=1, hard_time_limit_grace_s=1,
-                         download_attempts=1)  # fmt: skip
+    # "drip" reports progress all along; "stall" sends nothing for a long while: either way
+    # the worker kills the engine process at the limit, and the worker itself lives on.
+    env = _download_only(cli_env, systemd, download_time_limit_s=1, download_attempts=1)
     with loopback_server() as server:
         body = tone_bytes(2.0)
         if serving == "drip":
@@ -244,3 +286,65 @@ def test_notifying_a_manager_that_stopped_reading_drops_messages_instead_of_hang
         notifier.close()
     assert results[0] is True
     assert results.count(False) > 0  # the queue filled up: later lines were dropped
+
+
+def _idle_supervisor(database_url: str, notifier: Notifier) -> Supervisor:
+    """A supervisor with one download worker slot, not running its loop (the test drives it)."""
+    settings = load_settings(database_url=database_url, processing_processes=0,
+                             analysis_processes=0)  # fmt: skip
+    supervisor = Supervisor(settings, notifier=notifier, environ={})
+    supervisor.receiver = NotifyReceiver()
+    return supervisor
+
+
+@pytest.mark.timeout(60)
+def test_ready_is_sent_again_when_the_first_send_was_dropped(
+    tmp_path: Path, database_url: str
+) -> None:
+    with NotifyReceiver(str(tmp_path / "systemd.sock")) as systemd_socket:
+        supervisor = _idle_supervisor(database_url, Notifier(systemd_socket.address, 0.0))
+        try:
+            filler = Notifier(systemd_socket.address, send_timeout_s=0.0)
+            while filler.status("filling the queue"):  # a manager busy elsewhere
+                pass
+            filler.close()
+            for worker in supervisor.workers:
+                worker.ready = True
+            supervisor._maybe_announce_ready()  # dropped: the queue is full
+            assert not supervisor.announced_ready
+            systemd_socket.drain()  # the manager reads again
+            supervisor._maybe_announce_ready()
+            assert supervisor.announced_ready
+            assert any(m.get("READY") == "1" for m in systemd_socket.drain())
+        finally:
+            assert supervisor.receiver is not None
+            supervisor.receiver.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_message_naming_a_workers_pid_counts_only_from_that_worker(
+    tmp_path: Path, database_url: str
+) -> None:
+    supervisor = _idle_supervisor(database_url, Notifier(None))
+    assert supervisor.receiver is not None
+    [worker] = supervisor.workers
+    speak = ("import os, time; from soundforge.sd_notify import Notifier; time.sleep(1.5); "
+             "Notifier.from_environ().send(READY=1, MAINPID=os.getpid()); time.sleep(30)")
+    env = os.environ | {"NOTIFY_SOCKET": supervisor.receiver.address}
+    worker.process = subprocess.Popen([sys.executable, "-c", speak], env=env)
+    try:
+        impostor = Notifier(supervisor.receiver.address)
+        impostor.send(READY=1, MAINPID=worker.process.pid)  # this process, not the worker
+        impostor.close()
+        supervisor._wait_for_messages(1.0)
+        assert not worker.ready
+
+        def heard() -> bool:
+            supervisor._wait_for_messages(0.2)
+            return worker.ready
+
+        wait_for(heard, timeout_s=30, message="the worker's own READY=1")
+    finally:
+        worker.process.kill()
+        worker.process.wait()
+        supervisor.receiver.close()

@@ -13,13 +13,14 @@ rather than from the 4x-overlapping frames: the same numbers, a quarter of the w
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-import scipy.fft
-import scipy.signal
+
+from soundforge.analysis.rhythm import periodic_hann
 
 N_FFT = 2048
 HOP_LENGTH = 512
@@ -27,6 +28,19 @@ CHUNK_FRAMES = 1024  # ~24 s at 22.05 kHz: 4 MB per (frames, bins) float32 array
 ZERO_THRESHOLD = 1e-10  # librosa.zero_crossings: |y| <= this counts as 0, i.e. positive
 
 FloatArray = npt.NDArray[np.float32]
+RealFft = Callable[..., npt.NDArray[np.complexfloating[Any, Any]]]
+# scipy's rfft runs 2-3x faster than numpy's but importing scipy.fft costs more than the whole
+# analysis of a short file (it pulls in scipy.special): worth it from about this length on.
+SCIPY_FFT_FROM_S = 30.0
+
+
+def real_fft(duration_s: float) -> RealFft:
+    """The rfft to use for a file of this length (see `SCIPY_FFT_FROM_S`)."""
+    if duration_s < SCIPY_FFT_FROM_S:
+        return np.fft.rfft
+    import scipy.fft
+
+    return scipy.fft.rfft  # type: ignore[no-any-return]
 
 
 @dataclass(frozen=True)
@@ -56,13 +70,15 @@ class StftFrontend:
         n_fft: int = N_FFT,
         hop_length: int = HOP_LENGTH,
         chunk_frames: int = CHUNK_FRAMES,
+        rfft: RealFft = np.fft.rfft,
     ) -> None:
         self.n_fft = n_fft
+        self._rfft = rfft
         self.hop_length = hop_length
         self.chunk_frames = chunk_frames
         if n_fft % hop_length:
             raise ValueError("n_fft must be a multiple of hop_length")
-        self.window = scipy.signal.get_window("hann", n_fft, fftbins=True).astype(np.float32)
+        self.window = periodic_hann(n_fft).astype(np.float32)
         # The buffer starts at the first sample of the next frame (centre padding included).
         self._buffer: FloatArray = np.zeros(n_fft // 2, dtype=np.float32)
         self._frames_emitted = 0
@@ -104,7 +120,7 @@ class StftFrontend:
         region = self._buffer[:span]
         starts = np.arange(count) * self.hop_length
         frames = np.lib.stride_tricks.sliding_window_view(region, self.n_fft)[:: self.hop_length]
-        spectrum = scipy.fft.rfft(frames * self.window, axis=1, overwrite_x=True)
+        spectrum = self._rfft(frames * self.window, axis=1)
         magnitude = np.abs(spectrum)
         del spectrum
 

@@ -1,20 +1,23 @@
-"""Musical key from the mean chroma vector, by correlation with 24 rotated key profiles.
+"""Musical key from the file's note chroma (`notes`: transcribed notes, not raw spectra, so
+overtones do not pull the key towards the dominant), by correlation with 24 rotated key profiles.
 
-Profile used: Krumhansl-Kessler (`DEFAULT_PROFILE`), chosen by measurement with
-`bench/analysis_accuracy.py`: 432 synthesized cases (24 keys x 3 progressions with bass per mode,
-including the tonic-light i-VII-VI-VII loop, x 3 timbres x with/without drums), chroma from this
-engine, every profile scored on the same chroma:
+Profile and note-template decay chosen by measurement (2026-12-01), every profile scored on the
+same chroma, mir_eval weighted score (MIREX), on 70 FluidSynth renderings of real compositions
+and progressions through many GM instruments (`bench/analysis_corpus.py`) and 48 synthesized
+progressions (`tests/audio_synth.py`):
 
-    profile        exact   mean margin   5th percentile margin
-    krumhansl     100.0 %     0.221            0.070
-    edma          100.0 %     0.208            0.065
-    shaath        100.0 %     0.206            0.040
-    kostka-payne   91.2 %     0.224           -0.026   (misses: relative major)
-    temperley      83.3 %     0.204           -0.127   (misses: relative major)
+    decay 0.8, no bass weight   drums   no drums   grid
+    krumhansl                   0.826    0.889     1.000   <- default
+    edma                        0.794    0.866     1.000
+    shaath                      0.797    0.837     1.000
+    temperley                   0.774    0.829     0.883  (tonic-light minor loops -> major)
+    kostka-payne                0.749    0.874     0.667
+    bellman-budge               0.643    0.814     0.487
 
-(margin: correlation of the true key minus that of the best wrong key). Pearson correlation as in
-Krumhansl's algorithm; the confidence is the winning correlation clipped to 0..1 — about 0.8-0.9
-for plain diatonic harmony, much lower when there is no tonal centre.
+Decay 0.7 / 0.9 with Krumhansl: drums 0.757 / 0.840, no drums 0.866 / 0.883, grid 1.0 both.
+Adding the bass register's chroma (weight 0.2) lowered every profile (0.76 / 0.87 / 1.0 here),
+so `BASS_WEIGHT` is 0. Pearson correlation as in Krumhansl's algorithm; the confidence is the
+winning correlation clipped to 0..1.
 """
 
 from __future__ import annotations
@@ -61,6 +64,11 @@ KEY_PROFILES: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
             0.3217,
         ),
     ),
+    # Bellman (2005), chord-based frequencies from Budge (1943).
+    "bellman-budge": (
+        (16.80, 0.86, 12.95, 1.41, 13.49, 11.93, 1.25, 20.28, 1.80, 8.04, 0.62, 10.57),
+        (18.16, 0.69, 12.99, 13.34, 1.07, 11.15, 1.38, 21.07, 7.49, 1.53, 0.92, 10.21),
+    ),
     # Sha'ath (2011), libKeyFinder.
     "shaath": (
         (6.6, 2.0, 3.5, 2.3, 4.6, 4.0, 2.5, 5.2, 2.4, 3.7, 2.3, 3.4),
@@ -68,6 +76,7 @@ KEY_PROFILES: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     ),
 }
 DEFAULT_PROFILE = "krumhansl"
+BASS_WEIGHT = 0.0
 
 
 @dataclass(frozen=True)
@@ -100,6 +109,21 @@ def key_correlations(mean_chroma: npt.ArrayLike,
     templates, names = _key_templates(profile)
     correlations = templates @ ((chroma - chroma.mean()) / spread) / 12.0
     return dict(zip(names, (float(value) for value in correlations), strict=True))
+
+
+def key_profile_input(chroma: npt.NDArray[np.float64], bass_chroma: npt.NDArray[np.float64],
+                      bass_weight: float = BASS_WEIGHT) -> list[float]:  # fmt: skip
+    """The 12 values the key profiles are matched against: the file's pitch-class energy of
+    the transcribed notes (each block's chroma summed), plus `bass_weight` times that of the
+    bass register, each normalised to sum 1 (all zeros for silence)."""
+    total = np.zeros(12)
+    for values, weight in ((chroma, 1.0), (bass_chroma, bass_weight)):
+        summed = values.sum(axis=0) if values.size else np.zeros(12)
+        if summed.sum() > 0:
+            total += weight * summed / summed.sum()
+    if total.sum() > 0:
+        total /= total.sum()
+    return [round(float(value), 5) for value in total]
 
 
 def estimate_key(mean_chroma: npt.ArrayLike, profile: str = DEFAULT_PROFILE) -> KeyEstimate | None:

@@ -41,7 +41,10 @@ class AnalysisReport:
     zero_crossing_rate: float
     mfcc: list[float]  # 13 means
     mfcc_variance: list[float]  # 13 variances
-    chroma: list[float]  # 12 means, C..B
+    chroma: list[float]  # 12 means, C..B (librosa's chroma_stft)
+    tempo_confidence: float | None = None  # 0..1: how clear the pulse is (None: no tempo)
+    key_chroma: list[float] = field(default_factory=list)  # 12, C..B: transcribed notes, sum 1
+    tuning: float | None = None  # semitones from A440
     warnings: list[str] = field(default_factory=list)
     curves: dict[str, Any] = field(default_factory=dict)
     """Per-frame features downsampled to about two points a second, for pictures: `step_s`,
@@ -65,14 +68,30 @@ class AnalysisReport:
             if isinstance(value, float) and not math.isfinite(value):
                 changes[item.name] = None
                 notes.append(f"{item.name} was not finite and is left out")
-            elif isinstance(value, list) and any(
-                isinstance(entry, float) and not math.isfinite(entry) for entry in value
-            ):
-                changes[item.name] = [
-                    entry if not isinstance(entry, float) or math.isfinite(entry) else 0.0
-                    for entry in value
-                ]
+            elif isinstance(value, list | dict) and _has_non_finite(value):
+                changes[item.name] = _finite(value)
                 notes.append(f"{item.name} held non-finite values, set to 0")
         if not changes:
             return self
         return replace(self, **changes, warnings=[*self.warnings, *notes])
+
+
+def _has_non_finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, list):
+        return any(_has_non_finite(entry) for entry in value)
+    if isinstance(value, dict):
+        return any(_has_non_finite(entry) for entry in value.values())
+    return False
+
+
+def _finite(value: Any) -> Any:
+    """`value` with every non-finite float inside it (lists and dicts, nested) set to 0.0."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else 0.0
+    if isinstance(value, list):
+        return [_finite(entry) for entry in value]
+    if isinstance(value, dict):
+        return {key: _finite(entry) for key, entry in value.items()}
+    return value

@@ -2,23 +2,25 @@
 roll-off, flatness, octave-band contrast, chroma and the mel power spectrum (for MFCCs and the
 onset envelope).
 
-The filter banks come from librosa (`filters.mel`, `filters.chroma`, `estimate_tuning`) and every
-formula is librosa's (`feature.spectral_*`, `feature.chroma_stft`), with its defaults. The
-reductions themselves are written here because librosa's versions take a (bins, frames) array,
-recompute their filter banks on every call and allocate several full-size temporaries each;
-these run along contiguous time-major rows on a chunk at a time, which makes all of them together
-cheaper than the STFT. `tests/test_analysis_features.py` pins them to librosa's output.
+The filter banks are librosa's (`filters.mel`, `filters.chroma`, `estimate_tuning`, ported to
+numpy in `filters`) and every formula is librosa's (`feature.spectral_*`, `feature.chroma_stft`),
+with its defaults. The reductions themselves are written here because librosa's versions take a
+(bins, frames) array, recompute their filter banks on every call and allocate several full-size
+temporaries each; these run along contiguous time-major rows on a chunk at a time, which makes
+all of them together cheaper than the STFT. `tests/test_analysis_features.py` pins them to
+librosa's output.
 """
 
 from __future__ import annotations
 
 import itertools
-import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
 import numpy.typing as npt
+
+from soundforge.analysis import filters
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -54,11 +56,9 @@ class Filterbanks:
 
 @lru_cache(maxsize=8)
 def filterbanks(sample_rate: int, n_fft: int, tuning: float = 0.0) -> Filterbanks:
-    import librosa
-
-    frequencies = librosa.fft_frequencies(sr=sample_rate, n_fft=n_fft)
-    mel = librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=N_MELS)
-    chroma = librosa.filters.chroma(sr=sample_rate, n_fft=n_fft, tuning=tuning, n_chroma=N_CHROMA)
+    frequencies = filters.fft_frequencies(sample_rate, n_fft)
+    mel = filters.mel_bank(sample_rate, n_fft, N_MELS)
+    chroma = filters.chroma_bank(sample_rate, n_fft, tuning, N_CHROMA)
     shifted = frequencies - _middle(frequencies)
     return Filterbanks(
         frequencies=frequencies,
@@ -97,13 +97,8 @@ def _contrast_bands(frequencies: npt.NDArray[np.float64], sample_rate: int) -> t
 def estimate_tuning(power: FloatArray, sample_rate: int, n_fft: int) -> float:
     """Deviation from A440 in fractions of a chroma bin (`librosa.estimate_tuning`, as
     `chroma_stft` does), from a time-major power spectrum."""
-    import librosa
-
-    with warnings.catch_warnings():  # silence has no peaks to tune to: librosa warns, we say 0
-        warnings.simplefilter("ignore", UserWarning)
-        tuning = librosa.estimate_tuning(S=power.T, sr=sample_rate, n_fft=n_fft,
-                                         bins_per_octave=N_CHROMA)  # fmt: skip
-    return float(tuning) if np.isfinite(tuning) else 0.0
+    tuning = filters.estimate_tuning(power, sample_rate, n_fft, N_CHROMA)
+    return tuning if np.isfinite(tuning) else 0.0
 
 
 def spectral_centroid_bandwidth(

@@ -1,12 +1,15 @@
-"""`soundforge analyze FILE [--json]`: analyse one audio file (tempo, beats, key, energy,
-spectral features, MFCCs, chroma) and print a summary or the full report as one JSON object.
-No database is needed."""
+"""`soundforge analyze FILE... | DIR [--json] [--jobs N]`: analyse audio files (tempo, beats,
+key, energy, spectral features, MFCCs, chroma) and print a summary per file or, with --json, one
+JSON object per line. Many files are spread over N processes with a progress bar on stderr; a
+file that fails gets its error on its own line and the rest go on. No database is needed."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,32 +25,97 @@ if TYPE_CHECKING:
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "analyze",
-        help="analyse an audio file: tempo, key, energy, spectral features",
-        description="Analyse FILE (WAV, FLAC, OGG Vorbis/Opus, MP3; M4A/AAC, WebM with ffmpeg) and "
-        "print tempo, key, energy and spectral statistics. --json prints the full report.",
+        help="analyse audio files: tempo, key, energy, spectral features",
+        description="Analyse each FILE (WAV, FLAC, OGG Vorbis/Opus, MP3; M4A/AAC, WebM with "
+        "ffmpeg; a folder: every audio file under it) and print tempo, key, energy and spectral "
+        "statistics. --json prints the full report, one JSON object per line (with its \"file\" "
+        "when there are several). A file that fails gets its error on its own line (stderr, or "
+        "a {\"file\", \"error\"} object with --json) and the others go on; the exit code is 1 if "
+        "any failed.",
     )
-    parser.add_argument("file", type=Path, metavar="FILE", help="audio file to analyse")
+    parser.add_argument("files", type=Path, nargs="+", metavar="FILE",
+                        help="audio file or folder to analyse")  # fmt: skip
     parser.add_argument("--json", action="store_true",
-                        help="print the full report as one JSON object")  # fmt: skip
+                        help="print each full report as one JSON object per line")  # fmt: skip
+    parser.add_argument("--jobs", "-j", type=_positive, default=None, metavar="N",
+                        help="analyse N files at a time (default: one per CPU core)")  # fmt: skip
     parser.set_defaults(handler=run)
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
 def run(args: argparse.Namespace) -> int:
-    try:  # librosa is imported only when analysing
-        from soundforge.analysis import analyze
+    try:  # numpy and the engine are imported only when analysing
+        from soundforge.analysis import analyze, batch
     except ImportError as error:
         raise ConfigError(
             f"audio analysis needs the analysis extra ({error.name} is missing): "
             "pip install 'soundforge[analysis]'"
         ) from None
     limits = AudioLimits.from_settings(load_settings())
-    report = analyze(args.file, limits=limits)
-    if args.json:
-        sys.stdout.write(json.dumps(report.to_dict(), allow_nan=False) + "\n")
+    if len(args.files) == 1 and not args.files[0].is_dir():
+        report = analyze(args.files[0], limits=limits)  # one file: its error is the command's
+        _write(_format(args.files[0], report, args.json, with_path=False), args.json)
+        return 0
+    files = batch.expand(args.files)
+    if not files:
+        raise ConfigError("no audio files found in " + ", ".join(map(str, args.files)))
+    jobs = args.jobs or batch.default_jobs()
+    failed = 0
+    with _progress_bar(len(files)) as advance:
+        for outcome in batch.analyze_many(files, jobs, limits, on_done=lambda _: advance()):
+            if outcome.report is not None:
+                _write(_format(outcome.path, outcome.report, args.json, with_path=True), args.json)
+            else:
+                failed += 1
+                _report_error(outcome.path, outcome.error or "failed", args.json)
+            sys.stdout.flush()
+    return 1 if failed else 0
+
+
+def _write(text: str, as_json: bool) -> None:
+    """JSON as it is (escaped by json.dumps); a summary line by line through `say`, which
+    strips terminal escapes from names and warnings."""
+    if as_json:
+        sys.stdout.write(text)
+        return
+    for line in text.splitlines():
+        say(line)
+
+
+def _format(path: Path, report: AnalysisReport, as_json: bool, with_path: bool) -> str:
+    if not as_json:
+        return summary(path, report)
+    document = {"file": str(path), **report.to_dict()} if with_path else report.to_dict()
+    return json.dumps(document, allow_nan=False) + "\n"
+
+
+def _report_error(path: Path, message: str, as_json: bool) -> None:
+    if as_json:
+        sys.stdout.write(json.dumps({"file": str(path), "error": message}) + "\n")
     else:
-        for line in summary(args.file, report).splitlines():
-            say(line)
-    return 0
+        named = message if str(path) in message or path.name in message else f"{path}: {message}"
+        say(f"soundforge: error: {safe(named)}", file=sys.stderr)
+
+
+@contextmanager
+def _progress_bar(total: int) -> Iterator[Callable[[], None]]:
+    """A bar on stderr when it is a terminal (files done / total); otherwise nothing."""
+    if not sys.stderr.isatty():
+        yield lambda: None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    with Progress(BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=Console(stderr=True), transient=True) as progress:  # fmt: skip
+        task = progress.add_task("analyse", total=total)
+        yield lambda: progress.advance(task)
 
 
 def _clock(seconds: float) -> str:

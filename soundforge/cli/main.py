@@ -27,7 +27,18 @@ COMMAND_MODULES: tuple[str, ...] = (
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
+# Commands whose module is registered alone when they are the one asked for: the other command
+# modules import the database, settings and queue stacks (about half a second), which
+# `soundforge analyze` of a short file does not need.
+STANDALONE_COMMANDS: dict[str, str] = {"analyze": "soundforge.cli.analyze_cmd"}
+
+
+def _requested_command(argv: Sequence[str]) -> str | None:
+    """The sub-command named in `argv` (its first argument that is not an option)."""
+    return next((argument for argument in argv if not argument.startswith("-")), None)
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="soundforge",
         description="Turn music sources into stored tracks, stems and analyses, queued in "
@@ -35,14 +46,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module_name in COMMAND_MODULES:
+    modules = (only,) if only else COMMAND_MODULES
+    for module_name in modules:
         importlib.import_module(module_name).register(subparsers)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(STANDALONE_COMMANDS.get(_requested_command(arguments) or ""))
+    args = parser.parse_args(arguments)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -29,8 +29,6 @@ from soundforge.models import Stage
 from soundforge.queue import MAINTENANCE_QUEUE
 from soundforge.separation.registry import DEFAULT_MODEL, MODEL_NAMES
 
-QUEUE_STAGES = {"download": Stage.DOWNLOAD, "processing": Stage.SEPARATE,
-                "analysis": Stage.ANALYZE}  # fmt: skip
 ALL_QUEUES = (*(stage.queue for stage in Stage), MAINTENANCE_QUEUE)
 
 
@@ -230,7 +228,9 @@ def run_worker(args: argparse.Namespace) -> int:
     runtime = build_runtime(config)
     set_runtime(runtime)
     runtime.pool  # noqa: B018 - connect now: an unreachable database fails here, clearly
-    runtime.engines.warm_up([QUEUE_STAGES[q] for q in queues if q in QUEUE_STAGES])
+    stages = [stage for stage in map(Stage.for_queue, queues) if stage is not None]
+    if stages:  # one warm engine process per job slot, warming up while the worker registers
+        runtime.engine_processes.start(args.concurrency, warm_stages=stages)
     name = args.name or f"soundforge-{'+'.join(queues)}"
     # supervisor protocol, job heartbeats, recycling, the queues it serves
     hooks = WorkerHooks(config, name=name, queues=queues)

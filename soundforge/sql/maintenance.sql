@@ -13,15 +13,20 @@ SELECT job.id, job.task_name, job.queue_name, job.attempts, job.worker_id,
  ORDER BY job.id
    FOR UPDATE OF job SKIP LOCKED;
 
--- name: lock_running_queue_jobs
--- Given running queue jobs (by id), locked for the rescuer whatever their worker's heartbeat
+-- name: lock_dead_worker_queue_jobs
+-- The running queue jobs of a worker process known to have ended (its worker row's, or given by id), locked for the rescuer whatever the heartbeat says
 SELECT job.id, job.task_name, job.queue_name, job.attempts, job.worker_id,
        worker.last_heartbeat, now() - worker.last_heartbeat AS heartbeat_age
   FROM procrastinate_jobs job
   LEFT JOIN procrastinate_workers worker ON worker.id = job.worker_id
- WHERE job.status = 'doing' AND job.id = ANY(%(ids)s::bigint[])
+ WHERE job.status = 'doing'
+   AND (job.worker_id = %(worker_id)s OR job.id = ANY(%(ids)s::bigint[]))
  ORDER BY job.id
    FOR UPDATE OF job SKIP LOCKED;
+
+-- name: delete_queue_worker
+-- Remove the worker row of a worker process known to have ended
+DELETE FROM procrastinate_workers WHERE id = %(worker_id)s;
 
 -- name: retry_queue_job
 -- Put a running queue job back to `todo` now (counts one attempt); Procrastinate's own retry

@@ -39,6 +39,11 @@ SELECT name FROM soundforge_schema_migrations;
 -- True when Procrastinate's tables exist already (installed before we recorded it).
 SELECT to_regclass('procrastinate_jobs') IS NOT NULL AS present;
 
+-- name: procrastinate_functions
+-- The Procrastinate functions the database has (to tell how far an unrecorded schema got).
+SELECT proname AS name FROM pg_proc
+WHERE proname LIKE 'procrastinate\_%%' AND pg_function_is_visible(oid);
+
 -- ---------------------------------------------------------------- tracks
 
 -- name: insert_track
@@ -141,18 +146,6 @@ LEFT JOIN LATERAL (
 ) analysis ON true
 ORDER BY page.insert_order DESC;
 
--- name: update_track_metadata
--- Fill metadata learnt later (e.g. the title of a downloaded file); NULLs keep what is there.
-UPDATE tracks SET
-    title = coalesce(%(title)s, title),
-    artist = coalesce(%(artist)s, artist),
-    album = coalesce(%(album)s, album),
-    album_art_url = coalesce(%(album_art_url)s, album_art_url),
-    duration = coalesce(%(duration)s, duration),
-    updated_at = timezone('utc', now())
-WHERE id = %(id)s
-RETURNING *;
-
 -- name: delete_track
 -- Delete a track; the foreign keys cascade to its jobs, stems and results.
 DELETE FROM tracks WHERE id = %(id)s RETURNING id;
@@ -187,10 +180,6 @@ WHERE stem.track_id = %(track_id)s ORDER BY job.insert_order DESC, stem.stem_typ
 -- name: get_stem
 -- One stem row by id.
 SELECT * FROM stems WHERE id = %(id)s;
-
--- name: list_stems_for_job
--- The stems one separation run wrote.
-SELECT * FROM stems WHERE processing_job_id = %(processing_job_id)s ORDER BY stem_type;
 
 -- name: insert_analysis_result
 -- Record the analysis of one analysis job (at most one per job).
@@ -351,9 +340,11 @@ WHERE id = %(id)s AND lock_version = %(lock_version)s
 RETURNING *;
 
 -- name: record_failed_attempt
--- An attempt failed and will be retried: the row keeps its status and records the attempt.
+-- An attempt failed and will be retried: the row keeps its status and records the attempt;
+-- a row that has ended (completed, or failed by a cancel) is left alone.
 UPDATE {table} SET attempts = %(attempts)s, error = %(error)s
 WHERE id = %(id)s AND lock_version = %(lock_version)s
+  AND status NOT IN ('completed', 'failed')
 RETURNING *;
 
 -- name: complete_download_and_fan_out
@@ -407,6 +398,15 @@ SELECT * FROM job;
 -- Enqueue one Procrastinate job in the caller's transaction; NULL when a job holding the same
 -- queueing lock is already waiting.
 SELECT soundforge_defer_stage_v1(%(queue)s, %(task_name)s, %(queueing_lock)s, %(args)s) AS id;
+
+-- name: queue_job_args
+-- The arguments a queue job was deferred with (a retry repeats a download's pipeline options).
+SELECT args FROM procrastinate_jobs WHERE id = %(id)s;
+
+-- name: set_queue_job_attempts
+-- Start a waiting queue job's attempt count where an earlier queue job for the same row left
+-- off (Procrastinate has no function for it; `attempts` is what its retry strategy reads).
+UPDATE procrastinate_jobs SET attempts = %(attempts)s WHERE id = %(id)s AND status = 'todo';
 
 -- name: cancel_queue_job
 -- Cancel a waiting Procrastinate job, or ask a running one to abort.

@@ -55,7 +55,7 @@ def service_env(base_env: dict[str, str], **settings: object) -> dict[str, str]:
     return env
 
 
-def _children(pid: int) -> list[int]:
+def child_pids(pid: int) -> list[int]:
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -70,7 +70,7 @@ def _children(pid: int) -> list[int]:
     return found
 
 
-def _cmdline(pid: int) -> list[str]:
+def command_line(pid: int) -> list[str]:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
     except OSError:
@@ -109,8 +109,8 @@ class ServiceProcesses:
 
     def worker_pid(self, supervisor: subprocess.Popen[bytes], name: str) -> int | None:
         """The pid of the supervisor's live worker called `name` (`download-0`), if any."""
-        for pid in _children(supervisor.pid):
-            command = _cmdline(pid)
+        for pid in child_pids(supervisor.pid):
+            command = command_line(pid)
             if "--name" in command and command[command.index("--name") + 1] == name:
                 self.worker_pids.add(pid)
                 if pid_alive(pid):
@@ -126,7 +126,7 @@ class ServiceProcesses:
         return pid
 
     def all_worker_pids(self, supervisor: subprocess.Popen[bytes]) -> list[int]:
-        pids = _children(supervisor.pid)
+        pids = child_pids(supervisor.pid)
         self.worker_pids.update(pids)
         return pids
 
@@ -145,7 +145,7 @@ class ServiceProcesses:
     def close(self) -> None:
         for process in self.started:
             if process.poll() is None:
-                self.worker_pids.update(_children(process.pid))
+                self.worker_pids.update(child_pids(process.pid))
                 process.kill()
                 process.wait(10)
         for pid in self.worker_pids:

@@ -1,6 +1,7 @@
 """A real Procrastinate worker running in this test process (in a thread with its own event
-loop), on the test database, with a `Runtime` the test chooses: the real engines, or real ones
-with a fault injected into one stage."""
+loop), on the test database, with a `Runtime` the test chooses: the real engines, or the
+scripted ones of `tests.support.engines` (faults injected), named by their factory: the engines
+run in child processes, which build them by name."""
 
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from soundforge.app import build_app
-from soundforge.engines import Engines
 from soundforge.runtime import Runtime, build_runtime, set_runtime
 from soundforge.settings import Settings, load_settings
 from tests.support.loopback_http import LOOPBACK_NETWORKS
@@ -35,8 +35,8 @@ def settings_for(database_url: str, storage_path: Path, **overrides: Any) -> Set
 
 
 @contextlib.contextmanager
-def installed_runtime(settings: Settings, engines: Engines | None = None) -> Iterator[Runtime]:
-    runtime = build_runtime(settings, engines)
+def installed_runtime(settings: Settings, engine_factory: str | None = None) -> Iterator[Runtime]:
+    runtime = build_runtime(settings, engine_factory)
     previous = set_runtime(runtime)
     try:
         yield runtime
@@ -48,12 +48,12 @@ def installed_runtime(settings: Settings, engines: Engines | None = None) -> Ite
 @contextlib.contextmanager
 def running_worker(
     settings: Settings,
-    engines: Engines | None = None,
+    engine_factory: str | None = None,
     queues: Sequence[str] = ALL_QUEUES,
     concurrency: int = 2,
 ) -> Iterator[Runtime]:
     """Run a worker until the block ends; yields the runtime its tasks use."""
-    with installed_runtime(settings, engines) as runtime:
+    with installed_runtime(settings, engine_factory) as runtime:
         app = build_app(settings)
         ready = threading.Event()
         failures: list[BaseException] = []

@@ -1,0 +1,366 @@
+"""A development corpus for the analysis that resembles real recordings: real compositions and
+written-out progressions rendered with FluidSynth through a General MIDI soundfont, many GM
+programs, with and without a drum kit, the key and tempo taken from the score.
+
+Sources (never Bach: the held-out set is built from Bach chorales):
+- music21's corpus: string quartets and songs (Haydn, Mozart, Beethoven, Schumann, Schubert,
+  ...) and folk songs (the Essen collection); the first seconds of each, the key from the key
+  signature and the final bass note (pieces whose last note is neither the major nor the minor
+  tonic of their signature are left out), the tempo chosen per piece and written into the MIDI;
+- progressions written here: legato (organ, strings, choir, piano) and grooves (bass, chords,
+  lead, drums), in every key and mode.
+
+The corpus is built once into a cache folder outside the repository (`--cache`, default
+`~/.cache/soundforge/analysis-corpus`) with an `index.json`; later runs reuse it.
+
+    .venv/bin/pip install -e '.[bench]'  &&  apt-get install fluidsynth fluid-soundfont-gm
+    .venv/bin/python bench/analysis_corpus.py [--cache DIR] [--seconds 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+sys.path[0] = str(Path(__file__).resolve().parents[1])  # not bench/: bench/queue.py shadows queue
+
+DEFAULT_CACHE = Path.home() / ".cache" / "soundforge" / "analysis-corpus"
+SOUNDFONTS = (
+    Path("/usr/share/sounds/sf2/FluidR3_GM.sf2"),
+    Path("/usr/share/sounds/sf2/default-GM.sf2"),
+)
+RENDER_RATE = 22050
+PITCH_CLASSES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
+CORPUS_VERSION = 2
+
+# GM programs (0-based) of acoustic-like instruments, by ensemble.
+ENSEMBLES: dict[str, tuple[int, ...]] = {
+    "piano": (0,),
+    "church organ": (19,),
+    "reed organ": (20,),
+    "strings": (48,),
+    "string quartet": (40, 40, 41, 42),
+    "choir": (52,),
+    "woodwinds": (73, 68, 71, 70),
+    "brass": (56, 60, 57, 58),
+    "harpsichord": (6,),
+    "guitar": (24,),
+    "vibraphone and cello": (11, 11, 42, 42),
+    "clarinet and bassoon": (71, 71, 70, 70),
+}
+CLASSICAL = (
+    "haydn/opus74no1/movement1", "haydn/opus74no1/movement2", "haydn/opus74no1/movement3",
+    "haydn/opus74no2/movement1", "haydn/opus74no2/movement2", "haydn/opus74no2/movement4",
+    "mozart/k80/movement1", "mozart/k80/movement2", "mozart/k155/movement1",
+    "mozart/k156/movement1", "mozart/k458/movement2", "mozart/k458/movement3",
+    "beethoven/opus18no1/movement2", "beethoven/opus18no1/movement3",
+    "beethoven/opus59no1/movement2", "beethoven/opus59no3/movement1",
+    "schumann_robert/opus41no1/movement2", "schumann_robert/opus41no1/movement3",
+    "schubert/Lindenbaum", "handel/rinaldo/Lascia_chio_pianga", "joplin/maple_leaf_rag",
+    "johnson_j_r/lift_every_voice", "leadSheet/fosterBrownHair", "beach/prayer_of_a_tired_child",
+    "verdi/laDonnaEMobile", "corelli/opus3no1/1grave", "cpebach/h186",
+)  # fmt: skip
+FOLK_FILES = ("essenFolksong/han1", "essenFolksong/kinder", "essenFolksong/boehme10")
+
+# Progressions: (root in semitones above the tonic, chord intervals above the root).
+MAJOR = ((0, 4, 7), (0, 3, 7), (0, 3, 7), (0, 4, 7), (0, 4, 7), (0, 3, 7), (0, 3, 6))
+DEGREES_MAJOR = (0, 2, 4, 5, 7, 9, 11)
+DEGREES_MINOR = (0, 2, 3, 5, 7, 8, 10)
+MAJOR_PROGRESSIONS = ((0, 3, 4, 0), (0, 5, 3, 4), (1, 4, 0, 5), (0, 4, 5, 3),
+                      (0, 3, 0, 4, 5, 1, 4, 0))
+MINOR_PROGRESSIONS = ((0, 3, 4, 0), (0, 5, 3, 4), (0, 3, 6, 2, 5, 1, 4, 0), (0, 6, 5, 4),
+                      (0, 3, 0, 4))
+DRUM_PATTERNS: dict[str, tuple[tuple[float, int, int], ...]] = {  # (beat, GM note, velocity)
+    "rock": ((0, 36, 110), (1, 38, 100), (2, 36, 110), (3, 38, 100),
+             *((step / 2, 42, 80 if step % 2 == 0 else 60) for step in range(8))),
+    "four on the floor": (*((beat, 36, 115) for beat in range(4)), (1, 39, 90), (3, 39, 90),
+                          *((beat + 0.5, 46, 75) for beat in range(4))),
+    "funk": ((0, 36, 110), (1.5, 36, 90), (2, 36, 110), (1, 38, 105), (3, 38, 105),
+             *((step / 4, 42, 70 if step % 4 == 0 else 45) for step in range(16))),
+    "ride jazz": ((0, 36, 70), (2, 36, 70), (1, 44, 80), (3, 44, 80),
+                  *((beat, 51, 85) for beat in range(4)), (1.67, 51, 70), (3.67, 51, 70)),
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class CorpusClip:
+    """One rendered clip and its truth: key like "F# minor", tempo in BPM of the beat the score
+    counts in, whether a drum kit plays, where the notes came from and the ensemble."""
+
+    path: str
+    key: str
+    tempo: float
+    drums: bool
+    source: str
+    ensemble: str
+
+
+@dataclass
+class NoteEvent:
+    start_s: float
+    end_s: float
+    pitch: int
+    part: int
+    velocity: int = 90
+
+
+def tools_missing() -> str | None:
+    """Why the corpus cannot be built here, or None."""
+    if shutil.which("fluidsynth") is None:
+        return "fluidsynth is not installed (apt-get install fluidsynth fluid-soundfont-gm)"
+    if not any(font.exists() for font in SOUNDFONTS):
+        return "no General MIDI soundfont (apt-get install fluid-soundfont-gm)"
+    try:
+        import music21  # noqa: F401
+        import pretty_midi  # noqa: F401
+    except ImportError as error:
+        return f"{error.name} is missing: pip install -e '.[bench]'"
+    return None
+
+
+def _key_name(tonic: int, mode: str) -> str:
+    return f"{PITCH_CLASSES[tonic % 12]} {mode}"
+
+
+def _drum_events(beats_s: list[float], pattern: str, beats_per_bar: int) -> list[NoteEvent]:
+    """The pattern laid on bars that start every `beats_per_bar` beats of `beats_s`."""
+    events = []
+    for bar_start in range(0, len(beats_s) - 1, beats_per_bar):
+        for beat, note, velocity in DRUM_PATTERNS[pattern]:
+            if beat >= beats_per_bar:
+                continue
+            index = bar_start + int(beat)
+            if index + 1 >= len(beats_s):
+                continue
+            start = beats_s[index] + (beat - int(beat)) * (beats_s[index + 1] - beats_s[index])
+            events.append(NoteEvent(start, start + 0.1, note, -1, velocity))
+    return events
+
+
+def _write_midi(events: list[NoteEvent], programs: tuple[int, ...], tempo: float,
+                path: Path) -> None:  # fmt: skip
+    import pretty_midi
+
+    midi = pretty_midi.PrettyMIDI(initial_tempo=tempo)
+    parts: dict[int, Any] = {}
+    for event in events:
+        if event.part not in parts:
+            drum = event.part < 0
+            program = 0 if drum else programs[event.part % len(programs)]
+            parts[event.part] = pretty_midi.Instrument(program=program, is_drum=drum)
+        end = max(event.end_s, event.start_s + 0.05)
+        parts[event.part].notes.append(
+            pretty_midi.Note(velocity=event.velocity, pitch=event.pitch, start=event.start_s,
+                             end=end))  # fmt: skip
+    midi.instruments.extend(parts.values())
+    midi.write(str(path))
+
+
+def _render(midi_path: Path, wav_path: Path, seconds: float) -> None:
+    font = next(font for font in SOUNDFONTS if font.exists())
+    subprocess.run(
+        ["fluidsynth", "-ni", "-q", "-g", "0.6", "-r", str(RENDER_RATE), "-F", str(wav_path),
+         str(font), str(midi_path)],
+        check=True, capture_output=True, timeout=120,
+    )  # fmt: skip
+    import soundfile
+
+    audio, rate = soundfile.read(str(wav_path), dtype="float32")
+    audio = audio[: int(seconds * rate)]
+    peak = float(abs(audio).max()) if audio.size else 0.0
+    soundfile.write(str(wav_path), audio * (0.8 / peak if peak > 0 else 1.0), rate,
+                    subtype="PCM_16")  # fmt: skip
+
+
+def _score_key(score: Any) -> str | None:
+    """Key from the signature and the final bass note; None when they disagree (modal)."""
+    signatures = list(score.recurse().getElementsByClass("KeySignature"))
+    if not signatures:
+        return None
+    major_tonic = (7 * signatures[0].sharps) % 12
+    last_notes = []
+    for part in score.parts:
+        notes = list(part.recurse().notes)
+        if notes:
+            last_notes.extend(notes[-1].pitches)
+    if not last_notes:
+        return None
+    bass = min(last_notes, key=lambda pitch: pitch.midi).pitchClass
+    if bass == major_tonic:
+        return _key_name(major_tonic, "major")
+    if bass == (major_tonic + 9) % 12:
+        return _key_name(major_tonic + 9, "minor")
+    return None
+
+
+def _score_events(score: Any, tempo: float, seconds: float) -> tuple[list[NoteEvent],
+        list[float], int] | None:  # fmt: skip
+    """Notes of every part up to `seconds` at `tempo` quarter notes per minute, the beat times
+    (first full bar's downbeat onwards) and the beats per bar; None for meters other than
+    2/4, 3/4, 4/4."""
+    signatures = list(score.recurse().getElementsByClass("TimeSignature"))
+    if not signatures or signatures[0].ratioString not in ("2/4", "3/4", "4/4", "2/2", "C"):
+        return None
+    beats_per_bar = {"2/4": 2, "3/4": 3, "4/4": 4, "2/2": 4, "C": 4}[signatures[0].ratioString]
+    quarter_s = 60.0 / tempo
+    events = []
+    for part_index, part in enumerate(score.parts):
+        for element in part.stripTies().flatten().notes:
+            start = float(element.offset) * quarter_s
+            if start >= seconds:
+                break
+            end = start + float(element.quarterLength) * quarter_s
+            for pitch in element.pitches:
+                events.append(NoteEvent(start, end, int(pitch.midi), part_index))
+    measures = list(score.parts[0].getElementsByClass("Measure"))
+    downbeat = 0.0
+    if measures and measures[0].paddingLeft:
+        downbeat = float(measures[0].barDuration.quarterLength - measures[0].paddingLeft)
+    beats = [(downbeat + index) * quarter_s for index in range(int(seconds / quarter_s) + 2)]
+    return events, beats, beats_per_bar
+
+
+def _progression_events(rng: random.Random, tonic: int, mode: str, tempo: float, seconds: float,
+                        legato: bool) -> tuple[list[NoteEvent], list[float]]:  # fmt: skip
+    """A looped progression (a bar per chord) with a root bass, close-voiced chords and a
+    melody on chord and scale tones; legato: whole-bar chords; groove: chords on the beats."""
+    degrees = DEGREES_MAJOR if mode == "major" else DEGREES_MINOR
+    progression = rng.choice(MAJOR_PROGRESSIONS if mode == "major" else MINOR_PROGRESSIONS)
+    beat_s = 60.0 / tempo
+    events: list[NoteEvent] = []
+    bars = int(seconds / (4 * beat_s)) + 1
+    for bar in range(bars):
+        step = progression[bar % len(progression)]
+        root = degrees[step]
+        # the chord's third and fifth from the scale (harmonic minor raises the 7th on V)
+        chord = [root, degrees[(step + 2) % 7] + 12 * ((step + 2) >= 7),
+                 degrees[(step + 4) % 7] + 12 * ((step + 4) >= 7)]  # fmt: skip
+        if mode == "minor" and step == 4:
+            chord[1] += 1  # raised leading tone in V
+        start = bar * 4 * beat_s
+        bass = 36 + (tonic + root) % 12
+        chord_pitches = [60 + (tonic + interval) % 12 + (12 if (tonic + interval) % 12 < 5 else 0)
+                         for interval in chord]  # fmt: skip
+        if legato:
+            events.append(NoteEvent(start, start + 4 * beat_s, bass, 0, 80))
+            events.extend(NoteEvent(start, start + 4 * beat_s, pitch, 1, 70)
+                          for pitch in chord_pitches)  # fmt: skip
+        else:
+            for beat in range(4):
+                onset = start + beat * beat_s
+                events.append(NoteEvent(onset, onset + 0.9 * beat_s, bass + 12 * (beat % 2 == 1),
+                                        0, 95))  # fmt: skip
+                if beat in (1, 3) or rng.random() < 0.3:
+                    events.extend(NoteEvent(onset, onset + 0.8 * beat_s, pitch, 1, 70)
+                                  for pitch in chord_pitches)  # fmt: skip
+        # melody: quarter or half notes on chord tones, passing scale tones between
+        position = 0.0
+        while position < 4:
+            length = rng.choice((1.0, 1.0, 2.0, 0.5)) if not legato else rng.choice((1.0, 2.0))
+            interval = rng.choice(chord) if position in (0.0, 2.0) else rng.choice(degrees)
+            if mode == "minor" and step == 4 and interval % 12 == 10:
+                interval += 1
+            pitch = 72 + (tonic + interval) % 12
+            onset = start + position * beat_s
+            events.append(NoteEvent(onset, onset + length * beat_s * 0.95, pitch, 2, 85))
+            position += length
+    beats = [index * beat_s for index in range(bars * 4 + 1)]
+    return events, beats
+
+
+def _clips_to_render(rng: random.Random, seconds: float) -> Iterator[tuple[
+        str, str, float, list[NoteEvent], list[float], int]]:  # fmt: skip
+    """(source, key, tempo, events, beat times, beats per bar) of every composition."""
+    from music21 import corpus
+
+    pieces: list[tuple[str, Any]] = []
+    for name in CLASSICAL:
+        try:
+            pieces.append((name, corpus.parse(name)))
+        except Exception:
+            continue
+    for name in FOLK_FILES:
+        for number in range(1, 60, 12):
+            try:
+                pieces.append((f"{name}#{number}", corpus.parse(name, number=number)))
+            except Exception:
+                continue
+    for source, score in pieces:
+        key = _score_key(score)
+        tempo = float(rng.choice((60, 66, 72, 80, 88, 96, 104, 112, 120, 132)))
+        found = _score_events(score, tempo, seconds) if key else None
+        if key is None or found is None or not found[0]:
+            continue
+        events, beats, beats_per_bar = found
+        yield source, key, tempo, events, beats, beats_per_bar
+    for index in range(48):
+        mode = ("major", "minor")[index % 2]
+        tonic = rng.randrange(12)
+        legato = index % 4 < 2
+        tempo = float(rng.randrange(60, 100) if legato else rng.randrange(70, 170))
+        events, beats = _progression_events(rng, tonic, mode, tempo, seconds, legato)
+        kind = "legato progression" if legato else "groove"
+        yield kind, _key_name(tonic, mode), tempo, events, beats, 4
+
+
+def build_corpus(cache: Path = DEFAULT_CACHE, seconds: float = 20.0,
+                 seed: int = 13) -> list[CorpusClip]:  # fmt: skip
+    """Render the corpus into `cache` once (reused while its index matches the version)."""
+    index_path = cache / "index.json"
+    if index_path.exists():
+        index = json.loads(index_path.read_text())
+        if index.get("version") == CORPUS_VERSION and index.get("seconds") == seconds:
+            return [CorpusClip(**clip) for clip in index["clips"]]
+    missing = tools_missing()
+    if missing:
+        raise RuntimeError(missing)
+    cache.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    clips: list[CorpusClip] = []
+    ensembles = list(ENSEMBLES)
+    with tempfile.TemporaryDirectory() as scratch:
+        midi_path = Path(scratch) / "clip.mid"
+        for number, (source, key, tempo, events, beats, per_bar) in enumerate(
+            _clips_to_render(rng, seconds)
+        ):
+            ensemble = ensembles[number % len(ensembles)]
+            drums = (number + number // len(ensembles)) % 2 == 1 or source == "groove"
+            if source == "legato progression":
+                drums = False
+            pattern = rng.choice(list(DRUM_PATTERNS))
+            notes = events + (_drum_events(beats, pattern, per_bar) if drums else [])
+            _write_midi(notes, ENSEMBLES[ensemble], tempo, midi_path)
+            wav_path = cache / f"clip{number:03d}.wav"
+            _render(midi_path, wav_path, seconds)
+            clips.append(CorpusClip(str(wav_path), key, tempo, drums, source, ensemble))
+            print(f"  {wav_path.name}: {source}, {key}, {tempo:g} BPM, {ensemble}"
+                  f"{', drums (' + pattern + ')' if drums else ''}", flush=True)  # fmt: skip
+    document = {"version": CORPUS_VERSION, "seconds": seconds,
+                "clips": [asdict(clip) for clip in clips]}  # fmt: skip
+    index_path.write_text(json.dumps(document, indent=1))
+    return clips
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    args = parser.parse_args()
+    clips = build_corpus(args.cache, args.seconds)
+    drums = sum(clip.drums for clip in clips)
+    print(f"{len(clips)} clips in {args.cache} ({drums} with drums, {len(clips) - drums} without)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,374 @@
+"""Engine calls (download, separation, analysis and the ffmpeg they start) run in child
+processes the worker owns, so that a cancel or a time limit holds whatever the engine is doing.
+
+Each child is a fresh interpreter (`python -m soundforge.engine_process`) in a process group
+of its own, built once from the settings and an engines factory (`module:function`, default
+`soundforge.engines:default_engines`) and kept warm: the demucs model and numba's compiled
+code stay loaded across jobs. A task borrows one child per engine call (one child per worker
+slot at most) and waits on it, relaying its progress; when the job is aborted (cancel, worker
+shutdown) or runs past its time limit, the whole process group is killed with SIGKILL, so no
+cooperation is needed and no ffmpeg outlives it. A fresh child takes the next job. A child is
+recycled after `engine_recycle_after_jobs` calls or once its memory passes
+`engine_max_rss_mb`. A child whose worker dies (even by SIGKILL) kills its own group.
+
+Why a fresh interpreter and not `fork`: a worker has threads (event loop, pool, other jobs),
+and torch's OpenMP runtime hangs in a child forked after it ran (measured here); the engines
+are therefore named by an importable factory rather than passed as objects.
+
+The wire between a worker and its child is a socket pair carrying pickled tuples:
+`(name, args)` requests one way; `("ready", None)`, `("progress", percent)`,
+`("result", value)` and `("error", exception)` the other.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import logging
+import os
+import pickle
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import TYPE_CHECKING, Any
+
+from soundforge.errors import (
+    JobAbortedError,
+    PermanentError,
+    ProgressCallback,
+    SoundForgeError,
+    StageTimeLimitError,
+    TransientError,
+)
+from soundforge.models import Stage
+
+if TYPE_CHECKING:
+    from soundforge.engines import Engines
+    from soundforge.settings import Settings
+
+log = logging.getLogger(__name__)
+
+DEFAULT_FACTORY = "soundforge.engines:default_engines"
+POLL_S = 0.1  # how often a waiting task checks for an abort or its time limit
+PARENT_CHECK_S = 0.5  # how often a child checks that its worker is still there
+CLOSE_WAIT_S = 2.0
+
+
+@dataclass(frozen=True)
+class EngineCall:
+    """One engine call to run in a child: `name` is `fetch`, `separate` or `analyze`, `args`
+    its arguments before the progress callback (picklable)."""
+
+    name: str
+    args: tuple[Any, ...]
+
+
+@dataclass(frozen=True)
+class _Setup:
+    settings: Settings
+    factory: str
+    warm_stages: tuple[Stage, ...]
+    parent_pid: int
+
+
+class EngineDiedError(TransientError):
+    """The child running an engine died on its own (crash, out-of-memory kill)."""
+
+
+def load_factory(factory: str) -> Callable[[Settings], Engines]:
+    module_name, _, attribute = factory.partition(":")
+    function: Callable[[Settings], Engines] = getattr(
+        importlib.import_module(module_name), attribute
+    )
+    return function
+
+
+class EngineChild:
+    """One child process and the worker's end of its socket."""
+
+    def __init__(self, setup: _Setup) -> None:
+        parent_end, child_end = socket.socketpair()
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")}  # fmt: skip
+        env["PYTHONPATH"] = os.pathsep.join(path for path in sys.path if path)
+        with child_end:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "soundforge.engine_process", str(child_end.fileno())],
+                pass_fds=[child_end.fileno()], env=env, stdin=subprocess.DEVNULL,
+                start_new_session=True,  # its own process group: one kill ends all of it
+            )  # fmt: skip
+        self.conn = Connection(parent_end.detach())
+        self.conn.send(_Setup(setup.settings, setup.factory, setup.warm_stages, os.getpid()))
+        self.ready = False
+        self.calls = 0
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def call(
+        self,
+        call: EngineCall,
+        progress: ProgressCallback,
+        should_abort: Callable[[], bool],
+        limit_s: float | None,
+        limit_message: str,
+    ) -> Any:
+        """Run `call` in the child; raises what the engine raised, `JobAbortedError` when
+        `should_abort()` turns true, `StageTimeLimitError` past `limit_s` (counted from the
+        moment the child is ready). The caller kills the child on anything but an engine
+        error (`EngineError` wraps those)."""
+        self.conn.send((call.name, call.args))
+        started: float | None = time.monotonic() if self.ready else None
+        while True:
+            if self.conn.poll(POLL_S):
+                try:
+                    kind, value = self.conn.recv()
+                except (EOFError, OSError):
+                    raise self._died() from None
+                if kind == "ready":
+                    self.ready, started = True, time.monotonic()
+                elif kind == "progress":
+                    progress(value)
+                elif kind == "result":
+                    self.calls += 1
+                    return value
+                else:
+                    self.calls += 1
+                    raise EngineError(value)
+            elif self.process.poll() is not None:
+                raise self._died()
+            if should_abort():
+                raise JobAbortedError(f"{call.name} aborted")
+            if limit_s is not None and started is not None and (
+                time.monotonic() - started > limit_s
+            ):
+                raise StageTimeLimitError(limit_message)
+
+    def _died(self) -> EngineDiedError:
+        code = self.process.wait()
+        how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
+        hint = " (out of memory?)" if code == -signal.SIGKILL else ""
+        return EngineDiedError(f"the engine process died ({how}){hint}")
+
+    def rss_mb(self) -> float:
+        try:
+            with open(f"/proc/{self.pid}/statm") as statm:
+                pages = int(statm.read().split()[1])
+        except (OSError, ValueError, IndexError):
+            return 0.0
+        return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+    def kill(self) -> None:
+        """SIGKILL the child's whole process group (ffmpeg and all) and reap the child."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, signal.SIGKILL)
+        self.process.wait()
+        self.conn.close()
+
+    def close(self) -> None:
+        """Ask the child to exit (end of its input), then kill what is left."""
+        self.conn.close()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(CLOSE_WAIT_S)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, signal.SIGKILL)
+        self.process.wait()
+
+
+class EngineError(Exception):
+    """Carries the exception an engine raised in the child (the child is still healthy)."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class EngineProcesses:
+    """The worker's warm children: `run` borrows one per engine call (starting one when none
+    is idle), returns it afterwards, and kills it when the call was stopped."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        factory: str = DEFAULT_FACTORY,
+        *,
+        warm_stages: Iterable[Stage] = (),
+    ) -> None:
+        self.setup = _Setup(settings, factory, tuple(warm_stages), os.getpid())
+        self.max_calls = settings.engine_recycle_after_jobs
+        self.max_rss_mb = settings.engine_max_rss_mb
+        self.keep_warm = 0
+        self._idle: list[EngineChild] = []
+        self._busy: set[EngineChild] = set()
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def start(self, count: int, warm_stages: Iterable[Stage] | None = None) -> None:
+        """Start `count` children now (warming up `warm_stages`) and keep that many ready."""
+        with self._lock:
+            if warm_stages is not None:
+                self.setup = _Setup(self.setup.settings, self.setup.factory,
+                                    tuple(warm_stages), os.getpid())  # fmt: skip
+            self.keep_warm = count
+            while len(self._idle) + len(self._busy) < count:
+                self._idle.append(EngineChild(self.setup))
+
+    def run(
+        self,
+        call: EngineCall,
+        progress: ProgressCallback,
+        should_abort: Callable[[], bool],
+        *,
+        limit_s: float | None = None,
+        limit_message: str = "time limit exceeded",
+    ) -> Any:
+        child = self._checkout()
+        try:
+            result = child.call(call, progress, should_abort, limit_s, limit_message)
+        except EngineError as error:
+            self._checkin(child)
+            raise error.error from None
+        except BaseException:
+            log.info("stopping engine process %d (%s)", child.pid, call.name)
+            self._discard(child, kill=True)
+            raise
+        self._checkin(child)
+        return result
+
+    def pids(self, *, busy_only: bool = False) -> list[int]:
+        """The children alive now, or only those running an engine call (tests, status)."""
+        with self._lock:
+            children = list(self._busy) if busy_only else [*self._idle, *self._busy]
+            return [child.pid for child in children]
+
+    def _checkout(self) -> EngineChild:
+        with self._lock:
+            if self._closed:
+                raise TransientError("the worker is stopping; engine processes are closed")
+            while self._idle:
+                child = self._idle.pop()
+                if child.process.poll() is None:
+                    self._busy.add(child)
+                    return child
+                child.close()
+            child = EngineChild(self.setup)
+            self._busy.add(child)
+            return child
+
+    def _checkin(self, child: EngineChild) -> None:
+        worn = (self.max_calls and child.calls >= self.max_calls) or (
+            self.max_rss_mb and child.rss_mb() > self.max_rss_mb
+        )
+        if worn or self._closed:
+            log.info("recycling engine process %d after %d call(s)", child.pid, child.calls)
+            self._discard(child, kill=False)
+            return
+        with self._lock:
+            self._busy.discard(child)
+            self._idle.append(child)
+
+    def _discard(self, child: EngineChild, *, kill: bool) -> None:
+        with self._lock:
+            self._busy.discard(child)
+        if kill:
+            child.kill()
+        else:
+            child.close()
+        with self._lock:  # a fresh one warms up now, before the next job asks
+            if not self._closed and len(self._idle) + len(self._busy) < self.keep_warm:
+                self._idle.append(EngineChild(self.setup))
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for child in idle:
+            child.close()
+
+
+# -- the child's side ------------------------------------------------------------------------
+
+
+def _never() -> bool:
+    return False
+
+
+def _call(engines: Engines, name: str, args: tuple[Any, ...], progress: ProgressCallback) -> Any:
+    engine: Callable[..., Any] | None = getattr(engines, name, None)
+    if name not in ("fetch", "separate", "analyze") or engine is None:
+        raise PermanentError(f"unknown engine call {name!r}")
+    if name == "separate":  # the worker stops it by killing this process: no abort check
+        return engine(*args, progress, _never)
+    return engine(*args, progress)
+
+
+def _portable(error: BaseException) -> BaseException:
+    """`error` if it survives pickling, else a SoundForge error with the same text."""
+    try:
+        restored = pickle.loads(pickle.dumps(error))
+        if isinstance(restored, BaseException):
+            return restored
+    except Exception:
+        pass
+    text = str(error) if isinstance(error, SoundForgeError) else f"{type(error).__name__}: {error}"
+    return PermanentError(text) if isinstance(error, PermanentError) else TransientError(text)
+
+
+def _watch_parent(parent_pid: int) -> None:
+    """Kill this process group when the worker goes away (its socket end may stay open in
+    nothing else, but an engine busy for an hour would not notice)."""
+
+    def watch() -> None:
+        while True:
+            time.sleep(PARENT_CHECK_S)
+            if os.getppid() != parent_pid:
+                os.killpg(os.getpgid(0), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="parent watch", daemon=True).start()
+
+
+class _ProgressSender:
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.last = -1
+
+    def __call__(self, percent: float) -> None:
+        whole = int(percent)
+        if whole > self.last:  # the worker throttles the row writes; this spares the wire
+            self.last = whole
+            self.conn.send(("progress", float(percent)))
+
+
+def child_main(fd: int) -> int:
+    conn = Connection(fd)
+    setup: _Setup = conn.recv()
+    _watch_parent(setup.parent_pid)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker decides; a kill ends this
+    logging.basicConfig(level=setup.settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s[engine]: %(message)s")
+    engines = load_factory(setup.factory)(setup.settings)
+    engines.warm_up(setup.warm_stages)
+    conn.send(("ready", None))
+    while True:
+        try:
+            name, args = conn.recv()
+        except (EOFError, OSError):
+            return 0
+        try:
+            result = _call(engines, name, args, _ProgressSender(conn))
+        except Exception as error:
+            log.debug("engine %s failed", name, exc_info=True)
+            conn.send(("error", _portable(error)))
+        else:
+            conn.send(("result", result))
+
+
+if __name__ == "__main__":
+    sys.exit(child_main(int(sys.argv[1])))

@@ -1,0 +1,73 @@
+"""The analysis on recording-like audio: notes with the partials of real instruments (organ,
+reed, strings, piano), not sine tones or plain sawtooth stacks. Each test pins one failure class
+seen on sampled-instrument recordings: a plain triad read as another key, a drumless legato
+piece left without a tempo, a minor-key cadence read as its dominant (a note's third partial
+feeding the chroma of the fifth)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from soundforge.analysis import analyze
+from tests.audio_synth import (
+    PITCH_CLASSES,
+    chord_sequence,
+    click_track,
+    write_mono,
+)
+
+SR = 22050
+
+
+@pytest.mark.parametrize("timbre", ["organ", "reed", "strings", "piano"])
+def test_a_plain_c_major_triad_over_a_click_is_c_major(tmp_path: Path, timbre: str) -> None:
+    seconds = 10.0
+    # held for the whole clip, or struck again every bar where the timbre decays (piano)
+    beats_per_chord = 2.0 if timbre == "piano" else seconds * 100.0 / 60.0
+    triad = chord_sequence([(60, 64, 67)], beats_per_chord, 100.0, seconds, SR, timbre)
+    mix = triad + 0.3 * click_track(seconds, 100.0, SR)
+    report = analyze(write_mono(tmp_path / "triad.wav", mix, SR))
+    assert report.key == "C major"
+    assert report.tempo == pytest.approx(100.0, rel=0.04)
+
+
+def _cadence(tonic: int) -> list[tuple[int, ...]]:
+    """i - iv - V7 - i in the minor key on `tonic` (a pitch class), four voices, bass low."""
+    bass = 36 + tonic
+    return [
+        (bass, 60 + tonic, 63 + tonic, 67 + tonic),
+        (bass + 5, 60 + tonic, 65 + tonic, 68 + tonic),
+        (bass + 7, 59 + tonic, 62 + tonic, 67 + tonic),
+        (bass, 60 + tonic, 63 + tonic, 67 + tonic),
+    ]
+
+
+@pytest.mark.parametrize(("tonic", "timbre"), [("A", "organ"), ("D", "reed"),
+                                               ("F", "strings"), ("C#", "organ")])  # fmt: skip
+def test_a_minor_key_cadence_is_its_key_not_the_dominant(tmp_path: Path, tonic: str,
+                                                         timbre: str) -> None:  # fmt: skip
+    pitch_class = PITCH_CLASSES.index(tonic)
+    mix = chord_sequence(_cadence(pitch_class), 2.0, 90.0, 16.0, SR, timbre)
+    report = analyze(write_mono(tmp_path / "cadence.wav", mix, SR))
+    assert report.key == f"{tonic} minor"
+    assert report.key_confidence is not None and report.key_confidence > 0.5
+
+
+@pytest.mark.parametrize(("tempo", "timbre"), [(72.0, "organ"), (84.0, "strings"),
+                                               (96.0, "reed")])  # fmt: skip
+def test_a_drumless_legato_progression_gets_its_tempo_and_beats(tmp_path: Path, tempo: float,
+                                                                timbre: str) -> None:  # fmt: skip
+    # a chorale-like progression: one chord per beat, each held until the next
+    chords: list[tuple[int, ...]] = [
+        (48, 64, 67, 72), (45, 64, 69, 72), (41, 65, 69, 72), (43, 62, 67, 71),
+        (48, 64, 67, 72), (53, 65, 69, 72), (43, 62, 67, 71), (48, 64, 67, 72),
+    ]  # fmt: skip
+    seconds = 20.0
+    mix = chord_sequence(chords, 1.0, tempo, seconds, SR, timbre)
+    report = analyze(write_mono(tmp_path / "legato.wav", mix, SR))
+    assert report.tempo == pytest.approx(tempo, rel=0.04)
+    assert report.beat_count >= 0.8 * seconds * tempo / 60.0
+    assert report.tempo_confidence is not None and 0.0 <= report.tempo_confidence <= 1.0
+    assert report.key == "C major"
