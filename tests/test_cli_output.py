@@ -44,7 +44,7 @@ def test_status_shows_a_title_with_line_breaks_and_escapes_on_one_line(
     forged = "Song\n00000000-0000-0000-0000-000000000000  FORGED\n    download  completed 100%"
     track = make_track(conn, title=forged + "\x1b[2J [red]x[/red]")
     jobs.create_job(conn, Stage.DOWNLOAD, track.id)
-    result = run_cli("status", env=cli_env)
+    result = run_cli("status", str(track.id), env=cli_env)  # only this track, whatever ran before
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0].startswith(f"{track.id}  Song 00000000-0000-0000-0000-000000000000  FORGED")

@@ -97,7 +97,8 @@ def test_a_worker_killed_during_each_stage_is_rescued_and_the_pipeline_completes
     long_audio = tmp_path / "long.wav"  # analysis of ten minutes takes a few seconds
     long_audio.write_bytes(tone_bytes(600.0))
     with loopback_server() as server:
-        url = serve_slowly(server, "/song.wav", tone_bytes(2.0), seconds=4.0)
+        # long enough to be still downloading once both adds are done on a busy machine
+        url = serve_slowly(server, "/song.wav", tone_bytes(2.0), seconds=12.0)
         supervisor = _started(services, env, tmp_path)
         stems_track = add_track(env, url, "--no-analysis")
         analysis_track = add_track(env, str(long_audio), "--no-stems")
