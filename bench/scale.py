@@ -125,7 +125,8 @@ def run_hosts(hosts: int, tracks: int, song: Path, repo: Path, workdir: Path) ->
         env = {k: v for k, v in os.environ.items() if not k.startswith("SOUNDFORGE_")}
         env.update(s3_env(s3.endpoint, s3.bucket()), DATABASE_URL=database_url,
                    SOUNDFORGE_DEMUCS_REPO=str(repo), SOUNDFORGE_SHIFTS="0",
-                   SOUNDFORGE_LOG_LEVEL="WARNING")  # fmt: skip
+                   SOUNDFORGE_LOG_LEVEL="WARNING",
+                   SOUNDFORGE_IMPORT_ROOTS=str(song.parent))  # fmt: skip
         supervisors = []
         meter = DatabaseMeter(database_url)
         try:
@@ -141,7 +142,8 @@ def run_hosts(hosts: int, tracks: int, song: Path, repo: Path, workdir: Path) ->
             before_idle = meter.snapshot()
             time.sleep(IDLE_S)
             after_idle = meter.snapshot()
-            [metadata] = default_engines(load_settings()).expand(str(song))  # a local file
+            local = load_settings(import_roots=str(song.parent))
+            [metadata] = default_engines(local).expand(str(song))  # a local file
             started = time.perf_counter()
             with connect(database_url, autocommit=True) as conn:
                 for _ in range(tracks):
