@@ -42,6 +42,7 @@ from soundforge import queue, workflow
 from soundforge.app import build_app
 from soundforge.db import connect
 from soundforge.engines import AnalysisOutcome, Engines, default_engines
+from soundforge.file_store import FileStore
 from soundforge.migrations import migrate
 from soundforge.runtime import build_runtime, set_runtime
 from soundforge.settings import Settings, load_settings
@@ -175,7 +176,7 @@ def noop_engines(settings: Settings) -> Engines:
     audio_relpath = os.environ[AUDIO_RELPATH]
     starts = open(os.environ[STARTS_FILE], "a", buffering=1)  # noqa: SIM115 - the child's life
 
-    def fetch(metadata: TrackMetadata, storage: Storage, track_id: uuid.UUID,
+    def fetch(metadata: TrackMetadata, storage: FileStore, track_id: uuid.UUID,
               progress: Any) -> StoredAudio:  # fmt: skip
         starts.write(f"{track_id} {time.perf_counter()}\n")
         return StoredAudio(relative_path=audio_relpath, file_size=2048, ext="wav",

@@ -21,11 +21,11 @@ from soundforge.errors import AbortCheck, ProgressCallback
 from soundforge.models import Stage
 
 if TYPE_CHECKING:
+    from soundforge.file_store import FileStore
     from soundforge.separation import Separator
     from soundforge.separation.weights import FileProgress
     from soundforge.settings import Settings
     from soundforge.sources import StoredAudio, TrackMetadata
-    from soundforge.storage import Storage
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -40,7 +40,7 @@ class AnalysisOutcome:
 
 
 ExpandFn = Callable[[str], "list[TrackMetadata]"]
-FetchFn = Callable[["TrackMetadata", "Storage", uuid.UUID, ProgressCallback], "StoredAudio"]
+FetchFn = Callable[["TrackMetadata", "FileStore", uuid.UUID, ProgressCallback], "StoredAudio"]
 SeparateFn = Callable[[Path, Path, str, ProgressCallback, AbortCheck], dict[str, Path]]
 AnalyzeFn = Callable[[Path, ProgressCallback], AnalysisOutcome]
 
@@ -105,7 +105,7 @@ def default_engines(settings: Settings) -> Engines:
         return expand_source(parse_source(source_text), source_config())
 
     def fetch(
-        metadata: TrackMetadata, storage: Storage, track_id: uuid.UUID, progress: ProgressCallback
+        metadata: TrackMetadata, storage: FileStore, track_id: uuid.UUID, progress: ProgressCallback
     ) -> StoredAudio:
         from soundforge.sources import fetch_audio
 

@@ -9,16 +9,15 @@ import json
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import psycopg
 
 from soundforge import music
 from soundforge.db import connect
+from soundforge.file_store import FileStore
 from soundforge.models import Stage
 from soundforge.queries import query
-from soundforge.storage import Storage
 
 CHANNEL = "soundforge_progress"
 STAGES = tuple(stage.value for stage in Stage)
@@ -130,8 +129,9 @@ def pipeline_failed(row: dict[str, Any]) -> bool:
 class StoredStem:
     stem_type: str
     file_path: str | None
-    """As stored: relative to the storage root."""
-    path: Path | None
+    """As stored: the key, relative to the storage root."""
+    location: str | None
+    """Where it is: an absolute path, or an s3:// URL."""
     size_bytes: int | None
 
 
@@ -156,7 +156,7 @@ class PipelineSummary:
 
 
 def summarize(
-    conn: psycopg.Connection[Any], row: dict[str, Any], storage: Storage
+    conn: psycopg.Connection[Any], row: dict[str, Any], storage: FileStore
 ) -> PipelineSummary:
     """The summary of one finished pipeline row (from `pipeline_rows`)."""
     track_id = row["track_id"]
@@ -164,11 +164,8 @@ def summarize(
     result = music.get_analysis_result_for_track(conn, track_id)
     stems = []
     for stem in music.list_stems_for_track(conn, track_id):
-        path = storage.resolve(stem.file_path) if stem.file_path else None
-        size = stem.file_size
-        if size is None and path is not None and path.is_file():
-            size = path.stat().st_size
-        stems.append(StoredStem(stem.stem_type, stem.file_path, path, size))
+        location = storage.location(stem.file_path) if stem.file_path else None
+        stems.append(StoredStem(stem.stem_type, stem.file_path, location, stem.file_size))
     return PipelineSummary(
         track_id=track_id,
         title=row["title"] or str(track_id),
@@ -178,6 +175,21 @@ def summarize(
         key=result.key if result else None,
         stems=stems,
     )
+
+
+def stored_files(
+    conn: psycopg.Connection[Any], track_id: uuid.UUID, storage: FileStore
+) -> dict[str, str]:
+    """Where a track's files are (its downloaded audio, then the stems of its newest
+    separation), as paths or s3:// URLs."""
+    files = {}
+    row = conn.execute(query("newest_completed_download"), {"track_id": track_id}).fetchone()
+    if row and row["output_path"]:
+        files["download"] = storage.location(row["output_path"])
+    for stem in music.list_stems_for_track(conn, track_id):
+        if stem.file_path and stem.stem_type not in files:  # newest run first
+            files[stem.stem_type] = storage.location(stem.file_path)
+    return files
 
 
 def open_listener(conninfo: str) -> psycopg.Connection[Any]:

@@ -24,11 +24,12 @@ import psycopg
 
 from soundforge import jobs, workflow
 from soundforge.errors import ConfigError
+from soundforge.file_store import open_storage
 from soundforge.models import Stage
 from soundforge.queries import query
 from soundforge.settings import Settings
 from soundforge.status import Status, is_terminal
-from soundforge.storage import STEMS_DIR, CleanupReport, Storage, StoredFile
+from soundforge.storage import STEMS_DIR, CleanupReport, StoredFile
 
 log = logging.getLogger(__name__)
 Connection = psycopg.Connection[Any]
@@ -223,7 +224,7 @@ def cleanup_orphaned(
     files are decided and removed in one transaction holding the track's and its job rows'
     locks (the locks a completion takes), so a row that commits meanwhile keeps its file,
     whatever the file's age; a track busy at that moment is left for the next run."""
-    storage = Storage(settings.storage_path)
+    storage = open_storage(settings)
     candidates = storage.cleanup_candidates(
         settings.storage_orphan_grace_s, settings.storage_temp_grace_s, now
     )

@@ -13,10 +13,10 @@ from typing import Any
 import psycopg
 
 from soundforge.errors import InvalidIdError, PermanentError
+from soundforge.file_store import FileStore
 from soundforge.keys import normalize_key
 from soundforge.models import AnalysisResult, Stem, Track
 from soundforge.queries import query
-from soundforge.storage import Storage
 
 Connection = psycopg.Connection[Any]
 MAX_PAGE = 1000
@@ -240,7 +240,7 @@ def delete_track(conn: Connection, track_id: uuid.UUID | str) -> bool:
 
 
 def delete_track_with_files(
-    conn: Connection, storage: Storage, track_id: uuid.UUID | str
+    conn: Connection, storage: FileStore, track_id: uuid.UUID | str
 ) -> tuple[bool, list[str]]:
     """Delete a track and then its stored files; returns (deleted, removed paths).
 

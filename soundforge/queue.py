@@ -22,6 +22,8 @@ from soundforge.redact import mask_url
 
 Connection = psycopg.Connection[Any]
 MAINTENANCE_QUEUE = "maintenance"
+# The supervisor's worker groups, one per stage queue (`soundforge run --processes`).
+GROUP_NAMES = ("download", "processing", "analysis")
 
 
 def queueing_lock(stage: Stage, track_id: uuid.UUID) -> str:

@@ -1,5 +1,5 @@
 """The per-process context a worker runs with: settings (read once), one connection pool, the
-storage root, the engines (in this process, for quick calls such as expanding a source) and the
+file store, the engines (in this process, for quick calls such as expanding a source) and the
 engine child processes (for the stage engines, see `soundforge.engine_process`). Procrastinate
 calls module-level task functions, so the tasks reach it through `get_runtime()`; the worker
 command, the supervisor and tests install one explicitly with `set_runtime()`, and a bare
@@ -26,22 +26,22 @@ from psycopg_pool import ConnectionPool
 from soundforge.db import create_pool
 from soundforge.engine_process import DEFAULT_FACTORY, EngineProcesses, load_factory
 from soundforge.engines import Engines
+from soundforge.file_store import FileStore, open_storage
 from soundforge.settings import Settings, load_settings
-from soundforge.storage import Storage
 
 
 @dataclass
 class Runtime:
     settings: Settings
     engine_factory: str = DEFAULT_FACTORY
-    storage: Storage = field(init=False)
+    storage: FileStore = field(init=False)
     _engines: Engines | None = field(default=None, init=False, repr=False)
     _pool: ConnectionPool[Any] | None = field(default=None, init=False, repr=False)
     _processes: EngineProcesses | None = field(default=None, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self.storage = Storage(self.settings.storage_path)
+        self.storage = open_storage(self.settings)
 
     @property
     def pool(self) -> ConnectionPool[Any]:

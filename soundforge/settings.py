@@ -42,6 +42,45 @@ class Settings(BaseSettings):
     db_pool_max_size: int = Field(default=10, ge=1)
     storage_path: Path = Path("/var/lib/soundforge")
     storage_orphan_grace_s: float = Field(default=3600.0, ge=0)
+    # Where files live: `file:///var/lib/soundforge` or `s3://bucket/prefix` (default: the
+    # local folder `storage_path`). S3 settings left unset come from the usual AWS variables.
+    storage_url: str | None = None
+    s3_endpoint_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("SOUNDFORGE_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3",
+                                      "AWS_ENDPOINT_URL", "s3_endpoint_url"),
+    )  # fmt: skip
+    s3_region: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("SOUNDFORGE_S3_REGION", "AWS_REGION", "AWS_DEFAULT_REGION",
+                                      "s3_region"),
+    )  # fmt: skip
+    s3_access_key_id: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("SOUNDFORGE_S3_ACCESS_KEY_ID", "AWS_ACCESS_KEY_ID",
+                                      "s3_access_key_id"),
+    )  # fmt: skip
+    s3_secret_access_key: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("SOUNDFORGE_S3_SECRET_ACCESS_KEY", "AWS_SECRET_ACCESS_KEY",
+                                      "s3_secret_access_key"),
+    )  # fmt: skip
+    s3_session_token: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("SOUNDFORGE_S3_SESSION_TOKEN", "AWS_SESSION_TOKEN",
+                                      "s3_session_token"),
+    )  # fmt: skip
+    s3_max_retries: int = Field(default=5, ge=0)
+    # A stalled transfer fails after `s3_read_timeout_s` without a byte; one request (a whole
+    # object's GET, one upload part) may take at most `s3_request_timeout_s`.
+    s3_read_timeout_s: float = Field(default=60.0, gt=0)
+    s3_request_timeout_s: float = Field(default=1800.0, gt=0)
+    s3_retry_timeout_s: float = Field(default=60.0, gt=0)
+    s3_part_size_bytes: int = Field(default=8 * 1024 * 1024, ge=5 * 1024 * 1024)
+    s3_upload_concurrency: int = Field(default=4, ge=1)
+    # The local cache of stored files on a host that uses object storage (LRU, size-bounded).
+    cache_path: Path = Path("/var/cache/soundforge")
+    cache_max_bytes: int = Field(default=20 * 1024**3, ge=0)
     # SoundForge's own temporary files (partial downloads, separation scratch) left by a crash.
     storage_temp_grace_s: float = Field(default=6 * 3600.0, ge=0)
 
@@ -108,6 +147,9 @@ class Settings(BaseSettings):
     rescue_cron: str = "*/5 * * * *"
     prune_cron: str = "30 3 * * *"
     maintenance_group: Literal["download", "processing", "analysis"] = "download"
+    # This host's role: the queues its supervisor serves (a GPU host: `processing`; a CPU
+    # host: `download,analysis,maintenance`); a group not named here runs no process.
+    queues: str = "download,processing,analysis,maintenance"
     heartbeat_interval_s: float = Field(default=10.0, gt=0)
     poll_interval_s: float = Field(default=5.0, gt=0)
     restart_backoff_s: float = Field(default=1.0, ge=0)
@@ -115,6 +157,13 @@ class Settings(BaseSettings):
     engine_recycle_after_jobs: int = Field(default=500, ge=0, description="0 = never")
     engine_max_rss_mb: int = Field(default=4096, ge=0, description="0 = no limit")
     log_level: str = "INFO"
+
+    @field_validator("storage_url")
+    @classmethod
+    def _storage_url_scheme(cls, value: str | None) -> str | None:
+        if value and not value.startswith(("file://", "s3://")):
+            raise ValueError("must be file:///path or s3://bucket[/prefix]")
+        return value or None
 
     # Web dashboard (`soundforge serve`).
     web_host: str = "127.0.0.1"

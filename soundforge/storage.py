@@ -21,7 +21,7 @@ import re
 import stat
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
@@ -31,6 +31,7 @@ from soundforge.errors import StorageError
 TEMP_PREFIX = ".sf-tmp-"
 DOWNLOADS_DIR = "downloads"
 STEMS_DIR = "stems"
+READ_CHUNK_BYTES = 256 * 1024
 OWNED_AREAS = (DOWNLOADS_DIR, STEMS_DIR)
 _UUID_TEXT = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 IMPORTS_DIR = "imports"
@@ -75,6 +76,17 @@ class FileOwner:
     area: str  # DOWNLOADS_DIR or STEMS_DIR
     track_id: uuid.UUID
     processing_job_id: uuid.UUID | None = None
+
+
+@dataclass
+class ByteRange:
+    """A byte range of a stored file (`start` to `end`, exclusive) and the file's size; the
+    bytes come as chunks, never whole in memory."""
+
+    start: int
+    end: int
+    size: int
+    chunks: Iterator[bytes]
 
 
 @dataclass(frozen=True)
@@ -156,6 +168,20 @@ def owner_of(relative: str) -> FileOwner | None:
 
 def _parse_uuid(text: str) -> uuid.UUID | None:
     return uuid.UUID(text) if _UUID_TEXT.fullmatch(text) else None
+
+
+def regular_files(top: Path) -> Iterator[tuple[Path, os.stat_result]]:
+    """Every regular file below `top` with its `lstat` (symlinks are not followed; a file
+    removed meanwhile is skipped)."""
+    for dirpath, _dirnames, filenames in os.walk(top):
+        for name in filenames:
+            path = Path(dirpath) / name
+            try:
+                info = path.lstat()
+            except FileNotFoundError:
+                continue
+            if stat.S_ISREG(info.st_mode):
+                yield path, info
 
 
 def fsync_dir(directory: Path) -> None:
@@ -326,28 +352,15 @@ class Storage:
             top = self.root / area
             if top.is_symlink() or not top.is_dir():
                 continue
-            for dirpath, _dirnames, filenames in os.walk(top):
-                for name in filenames:
-                    path = Path(dirpath) / name
-                    try:
-                        info = path.lstat()
-                    except FileNotFoundError:
-                        continue
-                    if stat.S_ISREG(info.st_mode):
-                        relative = path.relative_to(self.root).as_posix()
-                        yield StoredFile(relative, info.st_size, info.st_mtime)
+            for path, info in regular_files(top):
+                relative = path.relative_to(self.root).as_posix()
+                yield StoredFile(relative, info.st_size, info.st_mtime)
 
     def cleanup_candidates(
         self, orphan_grace_s: float, temp_grace_s: float, now: Callable[[], float] = time.time
     ) -> list[StoredFile]:
-        """Owned files old enough that cleanup may remove them if no row needs them (the
-        caller checks that, under the rows' locks)."""
-        moment = now()
-        return sorted(
-            (file for file in self.owned_files()
-             if file.old_enough(moment, orphan_grace_s, temp_grace_s)),
-            key=lambda file: file.relative,
-        )  # fmt: skip
+        """Owned files old enough that cleanup may remove them if no row needs them."""
+        return cleanup_candidates(self.owned_files(), orphan_grace_s, temp_grace_s, now)
 
     def remove_owned(self, relative: str) -> bool:
         """Remove one file of SoundForge's own areas (anything else is refused); True if it
@@ -363,26 +376,102 @@ class Storage:
         return True
 
     def stats(self) -> StorageStats:
-        counts = {"files": 0, "bytes": 0, DOWNLOADS_DIR: [0, 0], STEMS_DIR: [0, 0], "temp": 0}
-        for path in self.walk_files():
+        return stats_of(self.owned_files())
+
+    # -- the interface every backend offers (see soundforge.file_store) ---------------------
+
+    def location(self, relative: str) -> str:
+        """Where a stored file is, for people: its absolute path."""
+        return str(self.resolve(relative))
+
+    def check(self) -> None:
+        """The root exists (created) and is writable (`check_writable`)."""
+        self.check_writable()
+
+    @contextlib.contextmanager
+    def local_file(self, relative: str) -> Iterator[Path]:
+        """A readable local path of a stored file (here: the file itself)."""
+        path = self.resolve(relative)
+        if not path.is_file():
+            raise StorageError(f"stored file {relative} is missing: {path}")
+        yield path
+
+    def local_path(self, relative: str) -> Path:
+        """A readable local path of a stored file (here: the file itself)."""
+        with self.local_file(relative) as path:
+            return path
+
+    def output_dir(self, relative: str) -> Path:
+        """A local folder whose files become stored under `relative/` once `publish`ed (here:
+        the destination folder itself)."""
+        path = self.resolve(relative)
+        path.mkdir(parents=True, exist_ok=True)
+        self.resolve(relative)  # the new folder could be a symlink planted meanwhile
+        return path
+
+    def publish(self, paths: Iterable[Path]) -> None:
+        """Store files written into an `output_dir` (here they already are)."""
+
+    def open_range(self, relative: str, start: int = 0, end: int | None = None) -> ByteRange:
+        """Bytes `start`..`end` (exclusive; None: to the end) of a stored file, streamed."""
+        path = self.resolve(relative)
+        try:
             size = path.stat().st_size
-            counts["files"] += 1  # type: ignore[operator]
-            counts["bytes"] += size  # type: ignore[operator]
-            if is_temp_name(path.name):
-                counts["temp"] += 1  # type: ignore[operator]
-            top = path.relative_to(self.root).parts[0]
-            if top in (DOWNLOADS_DIR, STEMS_DIR):
-                area = counts[top]
-                area[0] += 1  # type: ignore[index]
-                area[1] += size  # type: ignore[index]
-        downloads = counts[DOWNLOADS_DIR]
-        stems = counts[STEMS_DIR]
-        return StorageStats(
-            files=counts["files"],  # type: ignore[arg-type]
-            bytes=counts["bytes"],  # type: ignore[arg-type]
-            download_files=downloads[0],  # type: ignore[index]
-            download_bytes=downloads[1],  # type: ignore[index]
-            stem_files=stems[0],  # type: ignore[index]
-            stem_bytes=stems[1],  # type: ignore[index]
-            temp_files=counts["temp"],  # type: ignore[arg-type]
-        )
+        except FileNotFoundError:
+            raise StorageError(f"stored file {relative} is missing: {path}") from None
+        first, stop = clamp_range(start, end, size)
+
+        def chunks() -> Iterator[bytes]:
+            with open(path, "rb") as handle:
+                handle.seek(first)
+                left = stop - first
+                while left > 0:
+                    data = handle.read(min(READ_CHUNK_BYTES, left))
+                    if not data:
+                        return
+                    left -= len(data)
+                    yield data
+
+        return ByteRange(first, stop, size, chunks())
+
+
+def cleanup_candidates(
+    files: Iterable[StoredFile],
+    orphan_grace_s: float,
+    temp_grace_s: float,
+    now: Callable[[], float] = time.time,
+) -> list[StoredFile]:
+    """The rule of cleanup on any backend's `owned_files`: those old enough that cleanup may
+    remove them if no row needs them (the caller checks that, under the rows' locks)."""
+    moment = now()
+    return sorted(
+        (file for file in files if file.old_enough(moment, orphan_grace_s, temp_grace_s)),
+        key=lambda file: file.relative,
+    )
+
+
+def stats_of(files: Iterable[StoredFile]) -> StorageStats:
+    """File counts and sizes per top-level area of a backend's listing."""
+    areas = {DOWNLOADS_DIR: [0, 0], STEMS_DIR: [0, 0]}
+    count = total = temps = 0
+    for file in files:
+        count += 1
+        total += file.size
+        temps += is_temp_name(PurePosixPath(file.relative).name)
+        area = areas.get(file.relative.split("/", 1)[0])
+        if area is not None:
+            area[0] += 1
+            area[1] += file.size
+    return StorageStats(
+        files=count, bytes=total,
+        download_files=areas[DOWNLOADS_DIR][0], download_bytes=areas[DOWNLOADS_DIR][1],
+        stem_files=areas[STEMS_DIR][0], stem_bytes=areas[STEMS_DIR][1], temp_files=temps,
+    )  # fmt: skip
+
+
+def clamp_range(start: int, end: int | None, size: int) -> tuple[int, int]:
+    """A requested byte range cut to the file; refused when it starts past the end."""
+    stop = size if end is None else min(end, size)
+    if start < 0 or (start >= size > 0) or stop < start:
+        raise StorageError(f"byte range {start}-{end} is outside the file ({size} bytes)")
+    return start, stop

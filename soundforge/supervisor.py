@@ -40,7 +40,7 @@ from soundforge import maintenance, worker_hooks
 from soundforge.db import connect
 from soundforge.errors import ConfigError
 from soundforge.preflight import check_service_start
-from soundforge.queue import MAINTENANCE_QUEUE
+from soundforge.queue import GROUP_NAMES, MAINTENANCE_QUEUE
 from soundforge.sd_notify import (
     NOTIFY_SOCKET,
     SENDER_PID,
@@ -70,25 +70,42 @@ class WorkerGroup:
     concurrency: int
 
 
+def host_queues(settings: Settings) -> tuple[str, ...]:
+    """The queues this host serves (`SOUNDFORGE_QUEUES`, `soundforge run --queues`)."""
+    queues = tuple(name.strip() for name in settings.queues.split(",") if name.strip())
+    unknown = sorted(set(queues) - {*GROUP_NAMES, MAINTENANCE_QUEUE})
+    if unknown or not queues:
+        raise ConfigError(
+            f"SOUNDFORGE_QUEUES={settings.queues}: choose from "
+            f"{', '.join((*GROUP_NAMES, MAINTENANCE_QUEUE))}"
+        )
+    return queues
+
+
 def worker_groups(settings: Settings) -> list[WorkerGroup]:
-    """The groups the settings ask for; the maintenance queue joins `maintenance_group`."""
+    """The groups this host runs: those of its queues, with the processes the settings ask
+    for; the maintenance queue, when the host serves it, joins `maintenance_group` (or the
+    first group that runs here)."""
+    queues = host_queues(settings)
     groups = []
     for name, processes, concurrency in (
         ("download", settings.download_processes, settings.download_concurrency),
         ("processing", settings.processing_processes, settings.processing_concurrency),
         ("analysis", settings.analysis_processes, settings.analysis_concurrency),
     ):
-        queues = (name, MAINTENANCE_QUEUE) if name == settings.maintenance_group else (name,)
-        groups.append(WorkerGroup(name, queues, processes, concurrency))
-    if not any(group.processes for group in groups):
+        groups.append(WorkerGroup(name, (name,), processes if name in queues else 0,
+                                  concurrency))  # fmt: skip
+    running = [group for group in groups if group.processes]
+    if not running:
         raise ConfigError(
-            "no worker processes configured; set SOUNDFORGE_DOWNLOAD_PROCESSES, "
-            "SOUNDFORGE_PROCESSING_PROCESSES or SOUNDFORGE_ANALYSIS_PROCESSES to 1 or more"
+            f"no worker processes for the queues {','.join(queues)}; set "
+            "SOUNDFORGE_DOWNLOAD_PROCESSES, SOUNDFORGE_PROCESSING_PROCESSES or "
+            "SOUNDFORGE_ANALYSIS_PROCESSES to 1 or more for a queue this host serves"
         )
-    if not next(g for g in groups if g.name == settings.maintenance_group).processes:
-        raise ConfigError(
-            f"SOUNDFORGE_MAINTENANCE_GROUP={settings.maintenance_group} has no processes; "
-            "name a group that runs at least one"
+    if MAINTENANCE_QUEUE in queues:
+        host = next((g for g in running if g.name == settings.maintenance_group), running[0])
+        groups[groups.index(host)] = WorkerGroup(
+            host.name, (*host.queues, MAINTENANCE_QUEUE), host.processes, host.concurrency
         )
     return groups
 

@@ -28,10 +28,11 @@ from soundforge.models import (
 from soundforge.queries import query
 from soundforge.redact import MASK
 from soundforge.status import Status, is_terminal
-from soundforge.storage import Storage, stems_relpath
+from soundforge.storage import stems_relpath
 
 if TYPE_CHECKING:
     from soundforge.engines import AnalysisOutcome, Engines
+    from soundforge.file_store import FileStore
     from soundforge.sources import StoredAudio, TrackMetadata
 
 log = logging.getLogger(__name__)
@@ -263,8 +264,9 @@ def _has_completed(conn: Connection, stage: Stage, track_id: uuid.UUID) -> bool:
     return bool(row and row["status"] == Status.COMPLETED)
 
 
-def downloaded_audio(conn: Connection, storage: Storage, started: StartedStage) -> Path:
-    """The track's downloaded audio file, which separation and analysis read."""
+def downloaded_audio(conn: Connection, started: StartedStage) -> str:
+    """The key of the track's downloaded audio, which separation and analysis read (through
+    `FileStore.local_file`)."""
     track_id = started.job.track_id
     relative = started.audio_path
     if relative is None:
@@ -272,10 +274,7 @@ def downloaded_audio(conn: Connection, storage: Storage, started: StartedStage) 
         relative = row["output_path"] if row else None
     if relative is None:
         raise PermanentError(f"track {track_id} has no downloaded audio yet; download it first")
-    path = storage.resolve(relative)
-    if not path.is_file():
-        raise PermanentError(f"the downloaded audio of track {track_id} is missing: {path}")
-    return path
+    return str(relative)
 
 
 def record_failed_attempt(conn: Connection, job: Job, attempt: int, error: str) -> Job:
@@ -330,7 +329,7 @@ def complete_download(
 
 
 def complete_separation(
-    conn: Connection, job: Job, storage: Storage, stem_paths: dict[str, Path]
+    conn: Connection, job: Job, storage: FileStore, stem_paths: dict[str, Path]
 ) -> Job:
     """Record the stem files and complete the row, in one statement."""
     stems = sorted(stem_paths.items())
@@ -347,9 +346,9 @@ def complete_separation(
     return type(job).from_row(row)
 
 
-def stems_dir(storage: Storage, job: Job) -> Path:
-    """Where one separation run writes its stems."""
-    return storage.resolve(stems_relpath(job.track_id, job.id))
+def stems_dir(storage: FileStore, job: Job) -> Path:
+    """The local folder one separation run writes its stems into (stored by `publish`)."""
+    return storage.output_dir(stems_relpath(job.track_id, job.id))
 
 
 def complete_analysis(

@@ -89,12 +89,13 @@ def separate(
 ) -> None:
     def prepare(runtime: Runtime, conn: Connection, started: workflow.StartedStage) -> EngineCall:
         job = started.job
-        audio = workflow.downloaded_audio(conn, runtime.storage, started)
         job_model = getattr(job, "model", None) or model
+        audio = runtime.storage.local_path(workflow.downloaded_audio(conn, started))
         return EngineCall("separate", (audio, workflow.stems_dir(runtime.storage, job), job_model))
 
     def finish(runtime: Runtime, conn: Connection, job: Job, call: EngineCall,
                stems: dict[str, Path]) -> object:  # fmt: skip
+        runtime.storage.publish(stems.values())  # object storage: uploaded before recorded
         return workflow.complete_separation(conn, job, runtime.storage, stems)
 
     run_stage(
@@ -111,7 +112,8 @@ def analyze(
     context: JobContext, track_id: str, job_id: str | None = None, force: bool = False
 ) -> None:
     def prepare(runtime: Runtime, conn: Connection, started: workflow.StartedStage) -> EngineCall:
-        return EngineCall("analyze", (workflow.downloaded_audio(conn, runtime.storage, started),))
+        audio = runtime.storage.local_path(workflow.downloaded_audio(conn, started))
+        return EngineCall("analyze", (audio,))
 
     def finish(runtime: Runtime, conn: Connection, job: Job, call: EngineCall,
                outcome: AnalysisOutcome) -> object:  # fmt: skip

@@ -275,4 +275,4 @@ def test_a_1_hz_download_fails_at_once_and_leaves_nothing_stored(
     assert row["download_status"] == "failed" and "sample rate 1 Hz" in row["download_error"]
     [download] = jobs.list_jobs_for_track(conn, Stage.DOWNLOAD, imported.track.id)
     assert download.attempts == 1
-    assert [p for p in runtime.storage.root.rglob("*") if p.is_file()] == []
+    assert [p for p in (tmp_path / "store").rglob("*") if p.is_file()] == []

@@ -210,7 +210,7 @@ def test_cancelling_a_running_job_aborts_it_and_fails_the_row(
         assert result.returncode == 0, result.stderr
         wait_for(lambda: _queue_jobs(conn, "soundforge.separate")[0]["status"] == "aborted",
                  message="the running job to abort")  # fmt: skip
-        assert runtime.storage.root.exists()
+        assert (tmp_path / "store").exists()
     row = jobs.reload(conn, job)
     assert (row.status, row.error) == (Status.FAILED, "cancelled")
 

@@ -17,6 +17,7 @@ from soundforge.engines import Engines
 from soundforge.models import DownloadJob, Stage
 from soundforge.settings import Settings
 from soundforge.sources import TrackMetadata
+from soundforge.storage import Storage
 from tests.audio_synth import write_test_song
 from tests.support.engines import FACTORY, FAULTS_VARIABLE, write_script
 from tests.support.loopback_http import loopback_server
@@ -77,13 +78,14 @@ def test_a_local_file_runs_through_download_separation_and_analysis(
     download = jobs.list_jobs_for_track(conn, Stage.DOWNLOAD, track.id)[0]
     assert isinstance(download, DownloadJob)
     assert download.output_path == f"downloads/{track.id}.wav"
-    assert runtime.storage.resolve(download.output_path).stat().st_size == download.file_size
+    store = Storage(settings.storage_path)
+    assert store.resolve(download.output_path).stat().st_size == download.file_size
     assert song.exists()  # a local source is copied, never moved
     stems = music.list_stems_for_track(conn, track.id)
     assert sorted(stem.stem_type for stem in stems) == ["bass", "drums", "other", "vocals"]
     for stem in stems:
         assert stem.file_path is not None and stem.file_path.endswith(".flac")
-        assert runtime.storage.resolve(stem.file_path).stat().st_size == stem.file_size
+        assert store.resolve(stem.file_path).stat().st_size == stem.file_size
     result = music.get_analysis_result_for_track(conn, track.id)
     assert result is not None and result.tempo is not None and result.key is not None
     assert abs(result.tempo - 120.0) < 3.0 and result.features is not None
@@ -106,7 +108,7 @@ def test_bad_input_fails_the_download_at_once_with_a_readable_error(
     [download] = jobs.list_jobs_for_track(conn, Stage.DOWNLOAD, imported.track.id)
     assert download.attempts == 1  # permanent: no retry
     assert row["separate_status"] is None and row["analyze_status"] is None
-    assert list((runtime.storage.root / "downloads").glob("*")) == []
+    assert list((tmp_path / "store" / "downloads").glob("*")) == []
 
 
 def test_a_refused_destination_fails_the_download_at_once_naming_the_rule(

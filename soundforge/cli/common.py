@@ -1,5 +1,5 @@
 """What every CLI command shares: settings read once, a database connection with a clear
-failure line, JSON output, and the storage root."""
+failure line, JSON output, and the file store."""
 
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ from typing import Any
 import psycopg
 
 from soundforge.db import connect
+from soundforge.file_store import FileStore, open_storage
 from soundforge.keys import camelot
 from soundforge.live import STAGES
 from soundforge.migrations import require_current_schema
 from soundforge.models import json_value
 from soundforge.settings import Settings, load_settings
-from soundforge.storage import Storage
 
 
 def settings() -> Settings:
@@ -37,8 +37,8 @@ def database(config: Settings, *, autocommit: bool = False) -> psycopg.Connectio
     return conn
 
 
-def storage(config: Settings) -> Storage:
-    return Storage(config.storage_path)
+def storage(config: Settings) -> FileStore:
+    return open_storage(config)
 
 
 def print_json(data: Any) -> None:

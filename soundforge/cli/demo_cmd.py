@@ -20,9 +20,9 @@ from soundforge.cli.output import safe, say
 from soundforge.db import describe_dsn
 from soundforge.embedded_pg import EmbeddedPostgres
 from soundforge.engines import default_engines
+from soundforge.file_store import open_storage
 from soundforge.migrations import migrate
 from soundforge.settings import Settings, load_settings
-from soundforge.storage import Storage
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ def _run_pipeline(args: argparse.Namespace, config: Any, demo_dir: Path, song: P
     finally:
         processes.stop()
     print("pipeline: stopped")
-    storage = Storage(config.storage_path)
+    storage = open_storage(config)
     with database(config, autocommit=True) as conn:
         summary = live.summarize(conn, rows[0], storage)
     _print_summary(summary, missing_stems)
@@ -160,7 +160,7 @@ def _print_summary(summary: live.PipelineSummary, missing_stems: str | None) -> 
         print(f"  stems  {len(summary.stems)}")
         for stem in summary.stems:
             size = human_size(stem.size_bytes)
-            say(f"    {stem.stem_type:8} {size:>10}  {safe(stem.path or '-')}")
+            say(f"    {stem.stem_type:8} {size:>10}  {safe(stem.location or '-')}")
     elif missing_stems:
         say(f"  stems  not made: {safe(missing_stems)}")
     for stage, error in summary.errors.items():

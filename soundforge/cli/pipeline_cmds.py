@@ -23,11 +23,11 @@ from soundforge.cli.common import (
 from soundforge.cli.output import safe, say
 from soundforge.engines import default_engines
 from soundforge.errors import PermanentError
+from soundforge.file_store import FileStore
 from soundforge.keys import camelot
 from soundforge.models import Stage
 from soundforge.queue import MAINTENANCE_QUEUE
 from soundforge.separation.registry import DEFAULT_MODEL, MODEL_NAMES
-from soundforge.storage import Storage
 
 ALL_QUEUES = (*(stage.queue for stage in Stage), MAINTENANCE_QUEUE)
 
@@ -108,7 +108,7 @@ def run_add(args: argparse.Namespace) -> int:
 
 
 def _print_outcome(
-    conn: Any, rows: list[dict[str, Any]], store: Storage, as_json: bool
+    conn: Any, rows: list[dict[str, Any]], store: FileStore, as_json: bool
 ) -> None:
     summaries = [live.summarize(conn, row, store) for row in rows]
     if as_json:
@@ -116,6 +116,7 @@ def _print_outcome(
             "track_id": item.track_id, "title": item.title, "stages": item.stages,
             "errors": item.errors, "tempo": item.tempo_bpm, "key": item.key,
             "stems": {stem.stem_type: stem.file_path for stem in item.stems},
+            "stem_locations": {stem.stem_type: stem.location for stem in item.stems},
         } for item in summaries])  # fmt: skip
         return
     for item in summaries:
@@ -130,11 +131,14 @@ def run_status(args: argparse.Namespace) -> int:
     config = settings()
     track_ids = [music.parse_uuid(args.track_id, "track id")] if args.track_id else None
     with database(config, autocommit=True) as conn:
+        files: dict[str, str] = {}
         if track_ids:
             music.require_track(conn, track_ids[0])
+            files = live.stored_files(conn, track_ids[0], storage(config))
         rows = live.pipeline_rows(conn, track_ids, limit=args.limit)
     if args.json:
-        print_json([{**row, "key_camelot": camelot(row["key"])} for row in rows])
+        print_json([{**row, "key_camelot": camelot(row["key"]),
+                     **({"files": files} if track_ids else {})} for row in rows])  # fmt: skip
         return 0
     for row in rows:
         say(f"{row['track_id']}  {safe(row['title'])}")
@@ -145,6 +149,8 @@ def run_status(args: argparse.Namespace) -> int:
                 say(f"    {stage:9} {status:12} {percent:3d}%{detail}")
         if row["tempo"] is not None or row["key"] is not None:
             say(f"    {'analysis':9} {analysis_summary(row)}")
+    for name, location in files.items():  # one track asked for: where its files are
+        say(f"    {name:9} {safe(location)}")
     return 0
 
 

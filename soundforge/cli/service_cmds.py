@@ -5,16 +5,29 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from typing import Any
 
 from soundforge import maintenance
 from soundforge.cli.common import add_json_flag, database, print_json, settings
+from soundforge.errors import ConfigError
+from soundforge.queue import GROUP_NAMES
+from soundforge.settings import load_settings
 
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "run", help="run the supervisor: worker processes per queue group (systemd service)"
     )
+    parser.add_argument("--queues", default=None, metavar="Q[,Q...]",
+                        help="the queues this host serves, of download, processing, analysis, "
+                        "maintenance (default: SOUNDFORGE_QUEUES, else all)")
+    parser.add_argument("--processes", default=None, metavar="GROUP=N[,...]",
+                        help="worker processes per group, e.g. processing=2 (default: "
+                        "SOUNDFORGE_<GROUP>_PROCESSES)")
+    parser.add_argument("--concurrency", default=None, metavar="GROUP=N[,...]",
+                        help="jobs at once per process of a group, e.g. download=8 (default: "
+                        "SOUNDFORGE_<GROUP>_CONCURRENCY)")  # fmt: skip
     parser.set_defaults(handler=run_supervisor)
 
     parser = subparsers.add_parser(
@@ -39,10 +52,33 @@ def register(subparsers: Any) -> None:
 def run_supervisor(args: argparse.Namespace) -> int:
     from soundforge.supervisor import Supervisor
 
-    config = settings()
+    overrides: dict[str, Any] = {}
+    if args.queues is not None:
+        overrides["queues"] = args.queues
+    for flag, suffix in (("processes", "processes"), ("concurrency", "concurrency")):
+        for group, count in _group_counts(getattr(args, flag), f"--{flag}").items():
+            overrides[f"{group}_{suffix}"] = count
+    config = load_settings(**overrides)
     if not args.verbose:
         logging.getLogger().setLevel(config.log_level.upper())
-    return Supervisor(config).run()
+    # the workers read their settings too (pool sizes follow the concurrency): pass the flags on
+    environ = {**os.environ, **{f"SOUNDFORGE_{name.upper()}": str(value)
+                                for name, value in overrides.items()}}  # fmt: skip
+    return Supervisor(config, environ=environ).run()
+
+
+def _group_counts(text: str | None, flag: str) -> dict[str, int]:
+    """`processing=2,download=1` -> {"processing": 2, "download": 1}."""
+    counts: dict[str, int] = {}
+    for item in (text or "").split(","):
+        if not item.strip():
+            continue
+        group, _, number = item.partition("=")
+        if group.strip() not in GROUP_NAMES or not number.strip().isdigit():
+            raise ConfigError(f"{flag} {item.strip()!r}: expected GROUP=N with GROUP one of "
+                              f"{', '.join(GROUP_NAMES)}")  # fmt: skip
+        counts[group.strip()] = int(number)
+    return counts
 
 
 def run_rescue_stalled(args: argparse.Namespace) -> int:

@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 
 from soundforge.errors import ImportRootError, ProgressCallback, SourceError, StorageError
+from soundforge.file_store import FileStore
 from soundforge.redact import mask_url
 from soundforge.sources import spotdl_resolver, ytdlp_resolver
 from soundforge.sources.config import SourceConfig
@@ -32,7 +33,7 @@ from soundforge.sources.model import (
 from soundforge.sources.parse import parse_source
 from soundforge.sources.spotify import SpotifyClient, spotify_client
 from soundforge.sources.validate import validate_audio_file
-from soundforge.storage import Storage, download_relpath
+from soundforge.storage import download_relpath
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ def expand_source(
 
 def fetch_audio(
     metadata: TrackMetadata,
-    storage: Storage,
+    storage: FileStore,
     track_id: uuid.UUID | str,
     config: SourceConfig,
     progress: ProgressCallback | None = None,
@@ -128,14 +129,14 @@ def _resolve_spotify(
 
 
 @contextmanager
-def _staging(storage: Storage, track_id: uuid.UUID | str) -> Iterator[Path]:
+def _staging(storage: FileStore, track_id: uuid.UUID | str) -> Iterator[Path]:
     """A hidden temporary path in `downloads/`; on exit everything named after it (partial
     downloads, yt-dlp's `.part` files, spotdl's folder) is removed."""
     try:
         staging = storage.temp_path_for(download_relpath(track_id, "part"))
     except OSError as error:
-        raise StorageError(f"cannot create {error.filename or 'a folder'} in the storage folder "
-                           f"{storage.root} ({error.strerror})") from None  # fmt: skip
+        raise StorageError(f"cannot create {error.filename or 'a folder'} to store the "
+                           f"download in ({error.strerror})") from None  # fmt: skip
     try:
         yield staging
     finally:

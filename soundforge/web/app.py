@@ -29,9 +29,9 @@ from soundforge.errors import (
     SoundForgeError,
     TransientError,
 )
+from soundforge.file_store import open_storage
 from soundforge.jobs import JobNotFoundError
 from soundforge.settings import Settings
-from soundforge.storage import Storage
 from soundforge.web import api, pages
 from soundforge.web.context import WebContext, build_templates
 from soundforge.web.events import ProgressBroadcaster
@@ -107,7 +107,7 @@ def build_app(settings: Settings, engines: Engines | None = None) -> Starlette:
     token = settings.web_token.get_secret_value() if settings.web_token else None
     ctx = WebContext(
         settings=settings,
-        storage=Storage(settings.storage_path),
+        storage=open_storage(settings),
         engines=engines or default_engines(settings),
         guard=WriteGuard(token or None, RateLimiter(settings.web_writes_per_minute)),
         broadcaster=ProgressBroadcaster(settings.database_url),

@@ -19,9 +19,9 @@ from starlette.requests import Request
 from soundforge import music
 from soundforge.engines import Engines
 from soundforge.errors import PermanentError
+from soundforge.file_store import FileStore
 from soundforge.keys import both_notations, camelot
 from soundforge.settings import Settings
-from soundforge.storage import Storage
 from soundforge.web.events import ProgressBroadcaster
 from soundforge.web.security import WriteGuard
 
@@ -35,7 +35,7 @@ class BadRequestError(PermanentError):
 @dataclass
 class WebContext:
     settings: Settings
-    storage: Storage
+    storage: FileStore
     engines: Engines
     guard: WriteGuard
     broadcaster: ProgressBroadcaster

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from soundforge.errors import StorageError
-from soundforge.storage import Storage
+from soundforge.file_store import FileStore
 
 MEDIA_TYPES = {".flac": "audio/flac", ".wav": "audio/wav", ".mp3": "audio/mpeg",
                ".ogg": "audio/ogg", ".opus": "audio/ogg", ".m4a": "audio/mp4",
@@ -23,12 +23,13 @@ class StoredFileMissingError(Exception):
     """No servable file at a stored path (outside the root, or not a regular file)."""
 
 
-def stored_file(storage: Storage, relative: str | None) -> Path:
-    """The file a row's stored path names, confined under the storage root."""
+def stored_file(storage: FileStore, relative: str | None) -> Path:
+    """The file a row's stored path names, confined under the storage root (or, on object
+    storage, fetched into this host's cache: `FileStore.local_path`)."""
     if not relative:
         raise StoredFileMissingError("no file recorded")
     try:
-        path = storage.resolve(relative)
+        path = storage.local_path(relative)
     except StorageError as error:
         raise StoredFileMissingError(str(error)) from None
     if not path.is_file():
