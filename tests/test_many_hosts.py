@@ -20,11 +20,11 @@ import pytest
 from soundforge import jobs, live, music, workflow
 from soundforge.models import DownloadJob, Stage
 from soundforge.settings import load_settings
-from soundforge.storage import download_relpath, stem_relpath
+from soundforge.storage import Storage, download_relpath
 from soundforge.storage_s3 import S3Storage
 from tests.audio_synth import write_test_song
 from tests.cli_runner import run_cli
-from tests.factories import make_job, make_track
+from tests.factories import make_track, separated
 from tests.support.audio import tone_bytes
 from tests.support.pipeline import (
     ServiceProcesses,
@@ -207,18 +207,17 @@ def test_the_dashboard_plays_a_stem_from_the_bucket_with_ranges(
     env = {**cli_env, **s3_env(s3_server.endpoint, s3_server.bucket()),
            "SOUNDFORGE_CACHE_PATH": str(tmp_path / "web-cache")}  # fmt: skip
     track = make_track(conn, "Stems in a bucket")
-    job = make_job(conn, Stage.SEPARATE, track)
-    relative = stem_relpath(track.id, job.id, "vocals", "flac")
+    local = Storage(tmp_path / "separated")
+    local.ensure_root()
+    _, stems = separated(conn, local, track, {"vocals": bytes(range(256)) * 40,
+                                              "drums": b"x" * 9})  # fmt: skip
+    stem, crafted = stems["vocals"], stems["drums"]
+    assert stem.file_path is not None
     uploader = S3Storage(env["SOUNDFORGE_STORAGE_URL"], load_settings(
         **s3_settings(s3_server.endpoint, "unused"), cache_path=tmp_path / "uploader"))  # fmt: skip
-    source = tmp_path / "vocals.flac"
-    source.write_bytes(bytes(range(256)) * 40)
-    uploader.upload(source, relative)
-    stem = music.create_stem(conn, processing_job_id=job.id, track_id=track.id,
-                             stem_type="vocals", file_path=relative, file_size=10240)  # fmt: skip
-    crafted = music.create_stem(conn, processing_job_id=job.id, track_id=track.id,
-                                stem_type="drums", file_path="../outside.flac",
-                                file_size=9)  # fmt: skip
+    uploader.upload(local.resolve(stem.file_path), stem.file_path)
+    # a row a separation never writes (a path outside the root) must still not be served
+    conn.execute("UPDATE stems SET file_path = '../outside.flac' WHERE id = %s", (crafted.id,))
     web = start_web(services, env)
     with web.client() as client:
         part = client.get(f"/api/stems/{stem.id}", headers={"range": "bytes=256-511"})
