@@ -85,6 +85,20 @@ def database_url() -> Iterator[str]:
         drop_database(name)
 
 
+def empty_tables(database_url: str) -> None:
+    with connect(database_url, autocommit=True) as cleaner:
+        cleaner.execute(f"TRUNCATE tracks, {QUEUE_TABLES} RESTART IDENTITY CASCADE")
+
+
+@pytest.fixture(autouse=True)
+def _empty_tables_after_test(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Every test that used the session's database leaves it empty for the next one (those that
+    ran workers or the CLI without `conn` too), so no test sees another's rows."""
+    yield
+    if "database_url" in request.fixturenames and "conn" not in request.fixturenames:
+        empty_tables(request.getfixturevalue("database_url"))
+
+
 @pytest.fixture
 def conn(database_url: str) -> Iterator[psycopg.Connection[Any]]:
     """An autocommit connection; every table is emptied after the test."""
@@ -93,8 +107,7 @@ def conn(database_url: str) -> Iterator[psycopg.Connection[Any]]:
         yield connection
     finally:
         connection.close()
-        with connect(database_url, autocommit=True) as cleaner:
-            cleaner.execute(f"TRUNCATE tracks, {QUEUE_TABLES} RESTART IDENTITY CASCADE")
+        empty_tables(database_url)
 
 
 @pytest.fixture
