@@ -47,6 +47,7 @@ from soundforge.errors import (
     TransientError,
 )
 from soundforge.models import Stage
+from soundforge.redact import install_log_redaction
 
 if TYPE_CHECKING:
     from soundforge.engines import Engines
@@ -353,6 +354,7 @@ def child_main(fd: int) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker decides; a kill ends this
     logging.basicConfig(level=setup.settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s[engine]: %(message)s")
+    install_log_redaction()  # the engines log the URLs they fetch: masked, as in the worker
     engines = load_factory(setup.factory)(setup.settings)
     engines.warm_up(setup.warm_stages)
     conn.send(("ready", None))
