@@ -85,15 +85,19 @@ def run_tracks(args: argparse.Namespace) -> int:
         print_json([track_listing(row) for row in page.rows])
         return 0
     for row in page.rows:
-        artist = f"{safe(row['artist'])} - " if row["artist"] else ""
         say(f"{row['id']}  {row['inserted_at']:%Y-%m-%d %H:%M}  {analysis_summary(row):24}  "
-            f"{artist}{safe(row['title'])}")  # fmt: skip
+            f"{_artist_title(row['artist'], row['title'])}")  # fmt: skip
     return 0
 
 
+def _artist_title(artist: str | None, title: str | None) -> str:
+    """`artist - title` (just the title without an artist), both made terminal-safe."""
+    return f"{safe(artist)} - {safe(title)}" if artist else safe(title)
+
+
 def _track_line(track: Track) -> str:
-    artist = f"{safe(track.artist)} - " if track.artist else ""
-    return f"{track.id}  {track.inserted_at:%Y-%m-%d %H:%M}  {artist}{safe(track.title)}"
+    artist_title = _artist_title(track.artist, track.title)
+    return f"{track.id}  {track.inserted_at:%Y-%m-%d %H:%M}  {artist_title}"
 
 
 def _print_duplicates(config: Settings, args: argparse.Namespace) -> int:
