@@ -1,10 +1,14 @@
 """Queue benchmark: bare Procrastinate no-op tasks vs SoundForge stage tasks with the engines
 replaced by no-ops (so it measures the queue and the job-row bookkeeping, not audio).
 
-In one run, on a fresh database: jobs per second for each (same worker, same concurrency; timed
-from the first defer to the last job's end, so every defer is counted on both sides) and their
-ratio; then defer-to-start latency p50/p95 with an idle listening worker, one job at a time,
-for each (from the defer's commit to the start of the task's work).
+SoundForge runs in two modes: as in production, each engine call in a warm engine child process
+(`soundforge.engine_process`), and, as the baseline for what the child costs, with the engine
+called in the worker's own thread (`InProcessEngines`, a bench-only stand-in that keeps no
+cancel or time-limit guarantee). In one run, each round on a fresh database with the three
+sides in a rotating order: jobs per second for each (same worker, same concurrency; timed from
+the first defer to the last job's end, so every defer is counted on every side) and the
+same-round ratios; then defer-to-start latency p50/p95 with an idle listening worker, one job at
+a time, for each (from the defer's commit to the start of the engine's work).
 
     python bench/queue.py [--jobs 1500] [--concurrency 4] [--latency-samples 100] [--rounds 3]
 
@@ -29,7 +33,7 @@ import statistics
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from tempfile import TemporaryDirectory
 from typing import Any
@@ -38,15 +42,17 @@ import psycopg
 from procrastinate import App, PsycopgConnector
 from psycopg import sql
 
+from bench.noop_engines import AUDIO_RELPATH, STARTS_FILE
 from soundforge import queue, workflow
 from soundforge.app import build_app
 from soundforge.db import connect
-from soundforge.engines import AnalysisOutcome, Engines, default_engines
-from soundforge.file_store import FileStore
+from soundforge.engine_process import EngineCall, EngineProcesses, load_factory
+from soundforge.errors import ProgressCallback
 from soundforge.migrations import migrate
-from soundforge.runtime import build_runtime, set_runtime
+from soundforge.models import Stage
+from soundforge.runtime import Runtime, set_runtime
 from soundforge.settings import Settings, load_settings
-from soundforge.sources import StoredAudio, TrackMetadata
+from soundforge.sources import TrackMetadata
 from soundforge.storage import Storage, download_relpath
 
 ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -164,32 +170,66 @@ def bench_bare(
 # -- SoundForge stage tasks with no-op engines ------------------------------------------------
 
 
-STARTS_FILE = "SOUNDFORGE_BENCH_STARTS"
-AUDIO_RELPATH = "SOUNDFORGE_BENCH_AUDIO"
+NOOP_FACTORY = "bench.noop_engines:noop_engines"
 
 
-def noop_engines(settings: Settings) -> Engines:
-    """The engines factory the engine child processes build: the real ones with fetch,
-    separate and analyze replaced by no-ops. A fetch appends its start time (perf_counter is
-    CLOCK_MONOTONIC: comparable across processes) to the file the bench reads."""
-    real = default_engines(settings)
-    audio_relpath = os.environ[AUDIO_RELPATH]
-    starts = open(os.environ[STARTS_FILE], "a", buffering=1)  # noqa: SIM115 - the child's life
+class InProcessEngines(EngineProcesses):
+    """Bench only: the engine called in the worker's thread, as before engine child processes
+    (the baseline of what a child costs per job; nothing here can stop a running engine)."""
 
-    def fetch(metadata: TrackMetadata, storage: FileStore, track_id: uuid.UUID,
-              progress: Any) -> StoredAudio:  # fmt: skip
-        starts.write(f"{track_id} {time.perf_counter()}\n")
-        return StoredAudio(relative_path=audio_relpath, file_size=2048, ext="wav",
-                           duration_s=1.0)  # fmt: skip
+    def __init__(self, settings: Settings, factory: str) -> None:
+        super().__init__(settings, factory)
+        self.engines = load_factory(factory)(settings)
 
-    def separate(audio: Path, out_dir: Path, model: str, progress: Any,
-                 abort: Any) -> dict[str, Path]:  # fmt: skip
-        return {}
+    def start(self, count: int, warm_stages: Iterable[Stage] | None = None) -> None:
+        self.engines.warm_up(warm_stages or ())
 
-    def analyze(audio: Path, progress: Any) -> AnalysisOutcome:
-        return AnalysisOutcome(columns={"tempo": 120.0}, features={})
+    def run(
+        self,
+        call: EngineCall,
+        progress: ProgressCallback,
+        should_abort: Callable[[], bool],
+        *,
+        limit_s: float | None = None,
+        limit_message: str = "time limit exceeded",
+    ) -> Any:
+        engine: Callable[..., Any] = getattr(self.engines, call.name)
+        if call.name == "separate":
+            return engine(*call.args, progress, should_abort)
+        return engine(*call.args, progress)
 
-    return dataclasses.replace(real, fetch=fetch, separate=separate, analyze=analyze)
+
+@dataclasses.dataclass
+class InProcessRuntime(Runtime):
+    """Bench only: a runtime whose engine calls run in the worker's thread."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._in_process = InProcessEngines(self.settings, self.engine_factory)
+
+    @property
+    def engine_processes(self) -> EngineProcesses:
+        return self._in_process
+
+
+def warm_up(processes: EngineProcesses, count: int) -> None:
+    """`count` engine calls at once, so that every child has started and answered (a worker's
+    children warm up while it registers; the bench times warm children, not their start)."""
+    call = EngineCall("analyze", (Path(os.devnull),))
+    threads = [threading.Thread(target=processes.run, args=(call, _ignore, _never))
+               for _ in range(count)]  # fmt: skip
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
+def _ignore(percent: float) -> None:
+    pass
+
+
+def _never() -> bool:
+    return False
 
 
 def started_in_child(key: str, starts: Path) -> Callable[[], bool]:
@@ -202,8 +242,8 @@ def started_in_child(key: str, starts: Path) -> Callable[[], bool]:
     return check
 
 
-def bench_soundforge(database_url: str, jobs: int, concurrency: int,
-                     samples: int) -> tuple[float, list[float]]:  # fmt: skip
+def bench_soundforge(database_url: str, jobs: int, concurrency: int, samples: int,
+                     *, in_process: bool) -> tuple[float, list[float]]:  # fmt: skip
     with TemporaryDirectory() as store:
         settings = load_settings(database_url=database_url, storage_path=Path(store))
         storage = Storage(store)
@@ -213,8 +253,10 @@ def bench_soundforge(database_url: str, jobs: int, concurrency: int,
         starts = Path(store) / "starts.txt"
         starts.touch()
         os.environ[AUDIO_RELPATH], os.environ[STARTS_FILE] = audio_relpath, str(starts)
-        runtime = build_runtime(settings, "bench.queue:noop_engines")
-        runtime.engine_processes.start(concurrency)  # warm, as `soundforge worker` has them
+        runtime_class = InProcessRuntime if in_process else Runtime
+        runtime = runtime_class(settings, NOOP_FACTORY)
+        runtime.engine_processes.start(concurrency)  # one per slot, as `soundforge worker` has
+        warm_up(runtime.engine_processes, concurrency)
         set_runtime(runtime)
         app = build_app(settings)
         # Tracks go through all three stages: jobs/3 tracks make `jobs` stage tasks. Timed as
@@ -248,9 +290,20 @@ def bench_soundforge(database_url: str, jobs: int, concurrency: int,
                 "SELECT count(*) AS n FROM procrastinate_jobs WHERE status = 'failed'"
             ).fetchone()
             assert failed is not None and failed["n"] == 0, "stage tasks failed"
+            conn.execute("DELETE FROM procrastinate_events; DELETE FROM procrastinate_jobs")
         runtime.close()
         set_runtime(None)
     return tracks * 3 / elapsed, latencies
+
+
+SIDES = ("bare", "child", "in-process")
+
+
+def run_side(side: str, database_url: str, args: argparse.Namespace) -> tuple[float, list[float]]:
+    if side == "bare":
+        return bench_bare(database_url, args.jobs, args.concurrency, args.latency_samples)
+    return bench_soundforge(database_url, args.jobs, args.concurrency, args.latency_samples,
+                            in_process=side == "in-process")  # fmt: skip
 
 
 def main() -> None:
@@ -259,33 +312,42 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--latency-samples", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--sides", default=",".join(SIDES),
+                        help="which to run, of " + ", ".join(SIDES))  # fmt: skip
     args = parser.parse_args()
-    bare_rates: list[float] = []
-    ours_rates: list[float] = []
-    bare_latency: list[float] = []
-    ours_latency: list[float] = []
-    for _ in range(args.rounds):  # both sides in every round: drift on a shared box hits both
+    sides = tuple(side for side in SIDES if side in args.sides.split(","))
+    rates: dict[str, list[float]] = {side: [] for side in sides}
+    latencies: dict[str, list[float]] = {side: [] for side in sides}
+    for round_index in range(args.rounds):  # every side in every round: drift hits them all
+        turn = round_index % len(sides)
+        order = sides[turn:] + sides[:turn]
         with bench_database() as database_url:
             migrate(database_url)
-            rate, latency = bench_bare(database_url, args.jobs, args.concurrency,
-                                       args.latency_samples)  # fmt: skip
-            bare_rates.append(rate)
-            bare_latency += latency
-            rate, latency = bench_soundforge(database_url, args.jobs, args.concurrency,
-                                             args.latency_samples)  # fmt: skip
-            ours_rates.append(rate)
-            ours_latency += latency
-    ratios = [ours / bare for ours, bare in zip(ours_rates, bare_rates, strict=True)]
+            for side in order:
+                rate, latency = run_side(side, database_url, args)
+                rates[side].append(rate)
+                latencies[side] += latency
     print(f"jobs: {args.jobs}  concurrency: {args.concurrency}  rounds: {args.rounds}  "
-          f"CPUs: {os.cpu_count()}")  # fmt: skip
-    for label, values in (("bare procrastinate no-op", bare_rates),
-                          ("soundforge stage tasks  ", ours_rates)):  # fmt: skip
-        print(f"{label} : median {statistics.median(values):8.1f} jobs/s  "
+          f"CPUs: {os.cpu_count()}  load average: {os.getloadavg()[0]:.2f}")  # fmt: skip
+    labels = {"bare": "bare procrastinate no-op ", "child": "stage tasks, engine child",
+              "in-process": "stage tasks, in-process "}  # fmt: skip
+    for side in sides:
+        values = rates[side]
+        print(f"{labels[side]} : median {statistics.median(values):8.1f} jobs/s  "
               f"({', '.join(f'{value:.0f}' for value in values)})")  # fmt: skip
-    print(f"ratio (ours / bare)      : median {statistics.median(ratios):8.2f}   "
-          f"({', '.join(f'{ratio:.2f}' for ratio in ratios)}; goal >= 0.8)")  # fmt: skip
-    for label, values in (("bare", bare_latency), ("soundforge", ours_latency)):
-        print(f"defer-to-start {label:10}: p50 {1000 * statistics.median(values):6.1f} ms  "
+    for label, top, bottom, goal in (
+        ("child / in-process      ", "child", "in-process", "goal >= 0.90"),
+        ("child / bare            ", "child", "bare", "goal >= 0.9 x queue_floor's ratio"),
+        ("in-process / bare       ", "in-process", "bare", "reference"),
+    ):
+        if top not in sides or bottom not in sides:
+            continue
+        ratios = [a / b for a, b in zip(rates[top], rates[bottom], strict=True)]
+        print(f"ratio {label}: median {statistics.median(ratios):6.2f}   "
+              f"({', '.join(f'{ratio:.2f}' for ratio in ratios)}; {goal})")  # fmt: skip
+    for side in sides:
+        values = latencies[side]
+        print(f"defer-to-start {side:10}: p50 {1000 * statistics.median(values):6.1f} ms  "
               f"p95 {1000 * percentile(values, 0.95):6.1f} ms  (n={len(values)})")  # fmt: skip
 
 
