@@ -7,8 +7,10 @@ called in the worker's own thread (`InProcessEngines`, a bench-only stand-in tha
 cancel or time-limit guarantee). In one run, each round on a fresh database with the three
 sides in a rotating order: jobs per second for each (same worker, same concurrency; timed from
 the first defer to the last job's end, so every defer is counted on every side) and the
-same-round ratios; then defer-to-start latency p50/p95 with an idle listening worker, one job at
-a time, for each (from the defer's commit to the start of the engine's work).
+same-round ratios; the CPU each side spent per job in that window (this process, the engine
+children, the database backends: a figure that, unlike jobs/s, barely moves with what else runs
+on a shared machine); then defer-to-start latency p50/p95 with an idle listening worker, one job
+at a time, for each (from the defer's commit to the start of the engine's work).
 
     python bench/queue.py [--jobs 1500] [--concurrency 4] [--latency-samples 100] [--rounds 3]
 
@@ -122,6 +124,43 @@ def started(key: str) -> Callable[[], bool]:
     return lambda: key in started_at
 
 
+def _process_cpu_s(pid: int) -> float | None:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """CPU seconds a timed window cost: this process (the worker and the defers), its engine
+    children (alive, or ended and reaped meanwhile) and the bench database's backends. Unlike
+    jobs/s it barely moves with what else runs on a shared machine."""
+
+    def __init__(self, conn: psycopg.Connection[Any], children: Callable[[], list[int]]):
+        self.conn, self.children = conn, children
+        self.start = self._sample()
+
+    def _sample(self) -> tuple[float, dict[int, float], dict[int, float]]:
+        times = os.times()
+        own = times.user + times.system + times.children_user + times.children_system
+        backends = [row["pid"] for row in self.conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database()")]  # fmt: skip
+        return own, self._cpu(self.children()), self._cpu(backends)
+
+    @staticmethod
+    def _cpu(pids: list[int]) -> dict[int, float]:
+        return {pid: cpu for pid in pids if (cpu := _process_cpu_s(pid)) is not None}
+
+    def seconds(self) -> float:
+        (own_start, children_start, backends_start), (own, children, backends) = (
+            self.start, self._sample())  # fmt: skip
+        total = own - own_start  # reaped children's whole lives are in it
+        total += sum(cpu - children_start.get(pid, 0.0) for pid, cpu in children.items())
+        total -= sum(cpu for pid, cpu in children_start.items() if pid not in children)
+        return total + sum(cpu - backends_start.get(pid, 0.0) for pid, cpu in backends.items())
+
+
 def percentile(values: list[float], fraction: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
@@ -144,17 +183,19 @@ def bare_app(database_url: str) -> App:
 
 def bench_bare(
     database_url: str, jobs: int, concurrency: int, samples: int
-) -> tuple[float, list[float]]:
+) -> tuple[float, list[float], float]:
     started_at.clear()  # keys repeat from round to round
     app = bare_app(database_url)
     with connect(database_url, autocommit=True) as conn, worker_running(app, concurrency):
         # Timed: each job's whole life, from its defer (the same SQL path SoundForge uses)
         # to its end, with the worker running meanwhile.
+        meter = CpuMeter(conn, list)
         start = time.perf_counter()
         for _ in range(jobs):
             queue.defer(conn, "bench.noop", "download", {})
         wait_until(lambda: count_done(conn) >= jobs)
         elapsed = time.perf_counter() - start
+        cpu_s = meter.seconds()
         latencies = []
         for index in range(samples):
             key = f"bare-{index}"
@@ -164,7 +205,7 @@ def bench_bare(
             latencies.append(started_at[key] - deferred)
             time.sleep(0.02)
         conn.execute("DELETE FROM procrastinate_events; DELETE FROM procrastinate_jobs")
-    return jobs / elapsed, latencies
+    return jobs / elapsed, latencies, 1000 * cpu_s / jobs
 
 
 # -- SoundForge stage tasks with no-op engines ------------------------------------------------
@@ -243,7 +284,7 @@ def started_in_child(key: str, starts: Path) -> Callable[[], bool]:
 
 
 def bench_soundforge(database_url: str, jobs: int, concurrency: int, samples: int,
-                     *, in_process: bool) -> tuple[float, list[float]]:  # fmt: skip
+                     *, in_process: bool) -> tuple[float, list[float], float]:  # fmt: skip
     with TemporaryDirectory() as store:
         settings = load_settings(database_url=database_url, storage_path=Path(store))
         storage = Storage(store)
@@ -272,11 +313,13 @@ def bench_soundforge(database_url: str, jobs: int, concurrency: int, samples: in
 
         with connect(database_url, autocommit=True) as conn:
             with worker_running(app, concurrency):
+                meter = CpuMeter(conn, runtime.engine_processes.pids)
                 start = time.perf_counter()
                 for index in range(tracks):
                     workflow.import_track(conn, metadata(index), options)
                 wait_until(lambda: count_done(conn) >= tracks * 3)
                 elapsed = time.perf_counter() - start
+                cpu_s = meter.seconds()
                 latencies = []
                 quick = workflow.PipelineOptions(stems=False, analysis=False)
                 for index in range(samples):
@@ -293,13 +336,15 @@ def bench_soundforge(database_url: str, jobs: int, concurrency: int, samples: in
             conn.execute("DELETE FROM procrastinate_events; DELETE FROM procrastinate_jobs")
         runtime.close()
         set_runtime(None)
-    return tracks * 3 / elapsed, latencies
+    return tracks * 3 / elapsed, latencies, 1000 * cpu_s / (tracks * 3)
 
 
 SIDES = ("bare", "child", "in-process")
 
 
-def run_side(side: str, database_url: str, args: argparse.Namespace) -> tuple[float, list[float]]:
+def run_side(
+    side: str, database_url: str, args: argparse.Namespace
+) -> tuple[float, list[float], float]:
     if side == "bare":
         return bench_bare(database_url, args.jobs, args.concurrency, args.latency_samples)
     return bench_soundforge(database_url, args.jobs, args.concurrency, args.latency_samples,
@@ -318,15 +363,17 @@ def main() -> None:
     sides = tuple(side for side in SIDES if side in args.sides.split(","))
     rates: dict[str, list[float]] = {side: [] for side in sides}
     latencies: dict[str, list[float]] = {side: [] for side in sides}
+    cpu_ms: dict[str, list[float]] = {side: [] for side in sides}
     for round_index in range(args.rounds):  # every side in every round: drift hits them all
         turn = round_index % len(sides)
         order = sides[turn:] + sides[:turn]
         with bench_database() as database_url:
             migrate(database_url)
             for side in order:
-                rate, latency = run_side(side, database_url, args)
+                rate, latency, cpu = run_side(side, database_url, args)
                 rates[side].append(rate)
                 latencies[side] += latency
+                cpu_ms[side].append(cpu)
     print(f"jobs: {args.jobs}  concurrency: {args.concurrency}  rounds: {args.rounds}  "
           f"CPUs: {os.cpu_count()}  load average: {os.getloadavg()[0]:.2f}")  # fmt: skip
     labels = {"bare": "bare procrastinate no-op ", "child": "stage tasks, engine child",
@@ -345,6 +392,16 @@ def main() -> None:
         ratios = [a / b for a, b in zip(rates[top], rates[bottom], strict=True)]
         print(f"ratio {label}: median {statistics.median(ratios):6.2f}   "
               f"({', '.join(f'{ratio:.2f}' for ratio in ratios)}; {goal})")  # fmt: skip
+    for side in sides:
+        values = cpu_ms[side]
+        print(f"CPU per job {side:10}: median {statistics.median(values):5.2f} ms  "
+              f"({', '.join(f'{value:.2f}' for value in values)}; this process, engine "
+              "children, database backends)")  # fmt: skip
+    if "child" in sides and "in-process" in sides:
+        ratios = [a / b for a, b in zip(cpu_ms["in-process"], cpu_ms["child"], strict=True)]
+        print(f"CPU ratio in-process / child: median {statistics.median(ratios):5.2f}   "
+              f"({', '.join(f'{ratio:.2f}' for ratio in ratios)}; the jobs/s ratio on a "
+              "saturated machine)")  # fmt: skip
     for side in sides:
         values = latencies[side]
         print(f"defer-to-start {side:10}: p50 {1000 * statistics.median(values):6.1f} ms  "
