@@ -70,11 +70,6 @@ def find_job(conn: Connection, job_id: uuid.UUID | str) -> Job:
     raise JobNotFoundError(f"no job with id {job_uuid}")
 
 
-def list_jobs_for_track(conn: Connection, stage: Stage, track_id: uuid.UUID) -> list[Job]:
-    rows = conn.execute(query("list_jobs_for_track", table=stage.table), {"track_id": track_id})
-    return [JOB_MODELS[stage].from_row(row) for row in rows]
-
-
 def reload(conn: Connection, job: Job) -> Job:
     fresh = get_job(conn, stage_of(job), job.id)
     if fresh is None:

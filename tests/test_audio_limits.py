@@ -19,6 +19,7 @@ import soundfile
 
 from soundforge import audio_io, jobs, live, workflow
 from soundforge.audio_limits import AudioLimitError, AudioLimits, NonFiniteAudioError
+from soundforge.engines import default_engines
 from soundforge.errors import AudioError
 from soundforge.models import Stage
 from soundforge.sources import StoredAudio, validate_audio_file
@@ -26,6 +27,7 @@ from soundforge.status import Status
 from soundforge.storage import Storage, download_relpath
 from tests.cli_runner import run_cli
 from tests.factories import make_track
+from tests.support.job_rows import stage_rows
 from tests.support.worker_thread import running_worker, settings_for, wait_for
 
 pytestmark = pytest.mark.timeout(180)
@@ -254,7 +256,7 @@ def test_bad_stored_audio_fails_separation_and_analysis_after_one_attempt(
     for stage, table_stage in (("separate", Stage.SEPARATE), ("analyze", Stage.ANALYZE)):
         assert row[f"{stage}_status"] == "failed", row
         assert message in row[f"{stage}_error"], row
-        [job] = jobs.list_jobs_for_track(conn, table_stage, track.id)
+        [job] = stage_rows(conn, table_stage, track.id)
         assert job.attempts == 1
     stems_dir = storage.root / "stems"
     assert not stems_dir.exists() or not any(p.is_file() for p in stems_dir.rglob("*"))
@@ -266,13 +268,13 @@ def test_a_1_hz_download_fails_at_once_and_leaves_nothing_stored(
     bomb = _one_hz_bomb(tmp_path / "bomb.wav")
     settings = settings_for(database_url, tmp_path / "store", download_attempts=3)
     with running_worker(settings, queues=("download",)) as runtime:
-        [metadata] = runtime.engines.expand(str(bomb))
+        [metadata] = default_engines(runtime.settings).expand(str(bomb))
         imported = workflow.import_track(conn, metadata, workflow.PipelineOptions())
         row = wait_for(
             lambda: (rows := live.pipeline_rows(conn, [imported.track.id]))
             and live.pipeline_finished(rows[0]) and rows[0], message="the download to end",
         )  # fmt: skip
     assert row["download_status"] == "failed" and "sample rate 1 Hz" in row["download_error"]
-    [download] = jobs.list_jobs_for_track(conn, Stage.DOWNLOAD, imported.track.id)
+    [download] = stage_rows(conn, Stage.DOWNLOAD, imported.track.id)
     assert download.attempts == 1
     assert [p for p in (tmp_path / "store").rglob("*") if p.is_file()] == []

@@ -14,6 +14,7 @@ from soundforge.errors import IllegalTransitionError, StaleRowError
 from soundforge.models import DownloadJob, ProcessingJob, Stage
 from soundforge.status import Status
 from tests.factories import make_job, make_track
+from tests.support.job_rows import stage_rows
 
 
 def test_created_job_rows_start_queued_at_zero(conn: psycopg.Connection[Any]) -> None:
@@ -26,7 +27,7 @@ def test_created_job_rows_start_queued_at_zero(conn: psycopg.Connection[Any]) ->
     assert (download.status, download.progress, download.lock_version) == (Status.QUEUED, 0, 1)
     assert separation.model == "htdemucs_6s" and separation.options == {"shifts": 1}
     assert jobs.find_job(conn, separation.id) == separation
-    assert jobs.list_jobs_for_track(conn, Stage.DOWNLOAD, track.id) == [download]
+    assert stage_rows(conn, Stage.DOWNLOAD, track.id) == [download]
 
 
 def test_advance_moves_forward_with_progress_and_completes_at_100(

@@ -17,7 +17,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from soundforge import jobs, live, music, workflow
+from soundforge import live, music, workflow
+from soundforge.engines import default_engines
 from soundforge.models import DownloadJob, Stage
 from soundforge.settings import load_settings
 from soundforge.storage import Storage, download_relpath
@@ -26,6 +27,7 @@ from tests.audio_synth import write_test_song
 from tests.cli_runner import run_cli
 from tests.factories import make_track, separated
 from tests.support.audio import tone_bytes
+from tests.support.job_rows import stage_rows
 from tests.support.pipeline import (
     ServiceProcesses,
     service_env,
@@ -70,7 +72,7 @@ def test_the_whole_pipeline_runs_on_s3_storage_and_delete_removes_the_objects(
                             cache_path=tmp_path / "cache",
                             **s3_settings(s3_server.endpoint, s3_server.bucket()))  # fmt: skip
     with running_worker(settings) as runtime:
-        [metadata] = runtime.engines.expand(str(song))
+        [metadata] = default_engines(runtime.settings).expand(str(song))
         imported = workflow.import_track(conn, metadata, workflow.PipelineOptions())
         row = wait_for(lambda: _finished(conn, imported.track.id), timeout_s=400,
                        message="the pipeline to finish")  # fmt: skip
@@ -115,7 +117,7 @@ def test_an_upload_cut_mid_transfer_fails_the_attempt_and_the_retry_stores_the_f
         **s3_settings(s3_server.endpoint, bucket)))  # fmt: skip
     try:
         with running_worker(settings, queues=("download",)) as runtime:
-            [metadata] = runtime.engines.expand(str(source))
+            [metadata] = default_engines(runtime.settings).expand(str(source))
             options = workflow.PipelineOptions(stems=False, analysis=False)
             imported = workflow.import_track(conn, metadata, options)
             assert proxy.cut_done.wait(120), "the upload never reached the cut"
@@ -129,7 +131,7 @@ def test_an_upload_cut_mid_transfer_fails_the_attempt_and_the_retry_stores_the_f
         proxy.close()
     assert "could not store" in failed
     assert row["download_status"] == "completed", row
-    [download] = jobs.list_jobs_for_track(conn, Stage.DOWNLOAD, imported.track.id)
+    [download] = stage_rows(conn, Stage.DOWNLOAD, imported.track.id)
     assert isinstance(download, DownloadJob) and download.attempts >= 2
     assert _keys(direct) == [download_relpath(imported.track.id, "wav")]
     with direct.local_file(download.output_path or "") as path:
@@ -137,7 +139,7 @@ def test_an_upload_cut_mid_transfer_fails_the_attempt_and_the_retry_stores_the_f
 
 
 def _download_error(conn: psycopg.Connection[Any], track_id: uuid.UUID) -> str | None:
-    [download] = jobs.list_jobs_for_track(conn, Stage.DOWNLOAD, track_id)
+    [download] = stage_rows(conn, Stage.DOWNLOAD, track_id)
     return download.error if download.attempts >= 1 and download.error else None
 
 

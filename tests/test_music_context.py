@@ -9,13 +9,14 @@ from typing import Any
 import psycopg
 import pytest
 
-from soundforge import jobs, music, workflow
+from soundforge import music, workflow
 from soundforge.db import connect
 from soundforge.engines import AnalysisOutcome
 from soundforge.errors import InvalidIdError, StaleRowError
 from soundforge.models import Stage
 from soundforge.storage import Storage, download_relpath
 from tests.factories import analysed, make_job, make_track, separated
+from tests.support.job_rows import stage_rows
 
 
 def test_create_and_get_track_round_trips_every_field(conn: psycopg.Connection[Any]) -> None:
@@ -153,7 +154,7 @@ def test_delete_track_cascades_to_jobs_stems_and_results(
             f"SELECT count(*) AS n FROM {table} WHERE track_id = %s", (track.id,)
         ).fetchone()
         assert row is not None and row["n"] == 0, table
-    assert len(jobs.list_jobs_for_track(conn, Stage.DOWNLOAD, other.id)) == 1
+    assert len(stage_rows(conn, Stage.DOWNLOAD, other.id)) == 1
 
 
 def test_delete_track_with_files_removes_rows_then_files(

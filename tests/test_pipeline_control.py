@@ -27,6 +27,7 @@ from tests.audio_synth import write_test_song
 from tests.cli_runner import run_cli
 from tests.support.engines import FACTORY, FAULTS_VARIABLE, write_script
 from tests.support.fake_spotify import FakeSpotify
+from tests.support.job_rows import stage_rows
 from tests.support.worker_thread import running_worker, settings_for, wait_for
 
 pytestmark = pytest.mark.timeout(300)
@@ -200,11 +201,11 @@ def test_cancelling_a_running_job_aborts_it_and_fails_the_row(
     script = write_script(tmp_path / "faults.json", {"separate": [{"block": "progress"}]})
     monkeypatch.setenv(FAULTS_VARIABLE, str(script))
     with running_worker(settings, FACTORY) as runtime:
-        [metadata] = runtime.engines.expand(str(song))
+        [metadata] = default_engines(runtime.settings).expand(str(song))
         imported = workflow.import_track(conn, metadata,
                                          workflow.PipelineOptions(analysis=False))  # fmt: skip
         job = wait_for(lambda: next(iter(
-            j for j in jobs.list_jobs_for_track(conn, Stage.SEPARATE, imported.track.id)
+            j for j in stage_rows(conn, Stage.SEPARATE, imported.track.id)
             if (j.progress or 0) > 0), None), message="the separation to report progress")
         result = run_cli("cancel", str(job.id), env=cli_env)
         assert result.returncode == 0, result.stderr
@@ -223,7 +224,7 @@ def test_retry_of_a_failed_stage_makes_a_new_row_and_keeps_the_old_one(
     pending.write_bytes(b"not yet audio" * 200)
     settings = settings_for(database_url, tmp_path / "store")
     with running_worker(settings) as runtime:
-        [metadata] = runtime.engines.expand(str(pending))
+        [metadata] = default_engines(runtime.settings).expand(str(pending))
         imported = workflow.import_track(conn, metadata,
                                          workflow.PipelineOptions(stems=False))  # fmt: skip
         wait_for(lambda: jobs.reload(conn, imported.download_job).status is Status.FAILED,
@@ -233,12 +234,12 @@ def test_retry_of_a_failed_stage_makes_a_new_row_and_keeps_the_old_one(
         assert result.returncode == 0, result.stderr
         wait_for(lambda: (rows := live.pipeline_rows(conn, [imported.track.id]))
                  and live.pipeline_finished(rows[0]), message="the retried pipeline")  # fmt: skip
-    old, new = jobs.list_jobs_for_track(conn, Stage.DOWNLOAD, imported.track.id)
+    old, new = stage_rows(conn, Stage.DOWNLOAD, imported.track.id)
     assert old.id == imported.download_job.id and old.status is Status.FAILED  # history kept
     # the retry kept the pipeline options it was added with (--no-stems): no separation
-    assert jobs.list_jobs_for_track(conn, Stage.SEPARATE, imported.track.id) == []
+    assert stage_rows(conn, Stage.SEPARATE, imported.track.id) == []
     assert new.status is Status.COMPLETED
-    [analysis] = jobs.list_jobs_for_track(conn, Stage.ANALYZE, imported.track.id)
+    [analysis] = stage_rows(conn, Stage.ANALYZE, imported.track.id)
     assert analysis.status is Status.COMPLETED
     not_failed = run_cli("retry", str(new.id), env=cli_env)
     assert not_failed.returncode == 1 and "only a failed job" in not_failed.stderr
@@ -250,7 +251,7 @@ def test_hand_typed_procrastinate_defer_runs_a_stage_by_track_id(
 ) -> None:  # fmt: skip
     settings = settings_for(database_url, tmp_path / "store")
     with running_worker(settings) as runtime:
-        [metadata] = runtime.engines.expand(str(song))
+        [metadata] = default_engines(runtime.settings).expand(str(song))
         imported = workflow.import_track(conn, metadata,
                                          workflow.PipelineOptions(stems=False,
                                                                   analysis=False))  # fmt: skip
@@ -263,7 +264,7 @@ def test_hand_typed_procrastinate_defer_runs_a_stage_by_track_id(
         )  # fmt: skip
         assert deferred.returncode == 0, deferred.stderr
         analysis = wait_for(
-            lambda: [j for j in jobs.list_jobs_for_track(conn, Stage.ANALYZE, imported.track.id)
+            lambda: [j for j in stage_rows(conn, Stage.ANALYZE, imported.track.id)
                      if j.status is Status.COMPLETED], message="hand-typed analysis",
         )  # fmt: skip
     assert analysis[0].procrastinate_job_id is not None
@@ -295,9 +296,9 @@ def test_analyze_of_a_track_without_audio_fails_with_a_clear_error(
     imported = workflow.import_track(conn, _metadata(song), workflow.PipelineOptions())
     queue.defer(conn, "soundforge.analyze", "analysis", {"track_id": str(imported.track.id)})
     with running_worker(settings_for(database_url, tmp_path / "store"), queues=["analysis"]):
-        [job] = wait_for(lambda: jobs.list_jobs_for_track(conn, Stage.ANALYZE,
+        [job] = wait_for(lambda: stage_rows(conn, Stage.ANALYZE,
                                                           imported.track.id)
-                         and [j for j in jobs.list_jobs_for_track(conn, Stage.ANALYZE,
+                         and [j for j in stage_rows(conn, Stage.ANALYZE,
                                                                   imported.track.id)
                               if j.status is Status.FAILED], message="failure")  # fmt: skip
     assert job.error is not None and "no downloaded audio yet" in job.error
@@ -383,7 +384,7 @@ def test_rerunning_a_completed_stage_does_nothing_unless_forced(
 ) -> None:
     settings = settings_for(database_url, tmp_path / "store")
     with running_worker(settings) as runtime:
-        [metadata] = runtime.engines.expand(str(song))
+        [metadata] = default_engines(runtime.settings).expand(str(song))
         imported = workflow.import_track(conn, metadata,
                                          workflow.PipelineOptions(stems=False))  # fmt: skip
         wait_for(lambda: (rows := live.pipeline_rows(conn, [imported.track.id]))
@@ -393,11 +394,11 @@ def test_rerunning_a_completed_stage_does_nothing_unless_forced(
         wait_for(lambda: _queue_jobs(conn, "soundforge.analyze")[-1]["status"] == "succeeded",
                  message="the repeated analyze task")  # fmt: skip
         assert again is not None
-        assert len(jobs.list_jobs_for_track(conn, Stage.ANALYZE, imported.track.id)) == 1
+        assert len(stage_rows(conn, Stage.ANALYZE, imported.track.id)) == 1
         queue.defer(conn, "soundforge.analyze", "analysis", {"track_id": track_id,
                                                              "force": True})  # fmt: skip
         forced = wait_for(
-            lambda: [j for j in jobs.list_jobs_for_track(conn, Stage.ANALYZE, imported.track.id)
+            lambda: [j for j in stage_rows(conn, Stage.ANALYZE, imported.track.id)
                      if j.status is Status.COMPLETED][1:], message="the forced analysis",
         )  # fmt: skip
     assert len(forced) == 1

@@ -12,14 +12,16 @@ from typing import Any
 import psycopg
 import pytest
 
-from soundforge import jobs, live, music, workflow
-from soundforge.engines import Engines
+from soundforge import live, music, workflow
+from soundforge.engines import default_engines
 from soundforge.models import DownloadJob, Stage
+from soundforge.runtime import Runtime
 from soundforge.settings import Settings
 from soundforge.sources import TrackMetadata
 from soundforge.storage import Storage
 from tests.audio_synth import write_test_song
 from tests.support.engines import FACTORY, FAULTS_VARIABLE, write_script
+from tests.support.job_rows import stage_rows
 from tests.support.loopback_http import loopback_server
 from tests.support.pipeline import RowHistory
 from tests.support.worker_thread import running_worker, settings_for, wait_for
@@ -43,9 +45,9 @@ def _settings(database_url: str, tmp_path: Path, **overrides: Any) -> Settings:
     return settings_for(database_url, tmp_path / "store", **overrides)
 
 
-def _import(conn: psycopg.Connection[Any], engines: Engines, source: str,
+def _import(conn: psycopg.Connection[Any], runtime: Runtime, source: str,
             **options: Any) -> workflow.ImportedTrack:  # fmt: skip
-    [metadata] = engines.expand(source)
+    [metadata] = default_engines(runtime.settings).expand(source)
     return workflow.import_track(conn, metadata, workflow.PipelineOptions(**options))
 
 
@@ -67,7 +69,7 @@ def test_a_local_file_runs_through_download_separation_and_analysis(
     events = RowHistory(database_url)
     try:
         with running_worker(settings) as runtime:
-            imported = _import(conn, runtime.engines, str(song))
+            imported = _import(conn, runtime, str(song))
             row = wait_for(lambda: _finished_row(conn, imported.track.id), timeout_s=240,
                            message="the pipeline to finish")  # fmt: skip
     finally:
@@ -75,7 +77,7 @@ def test_a_local_file_runs_through_download_separation_and_analysis(
     assert [row[f"{stage}_status"] for stage in live.STAGES] == ["completed"] * 3, row
     track = music.require_track(conn, imported.track.id)
     assert track.title == "song" and track.duration == 6
-    download = jobs.list_jobs_for_track(conn, Stage.DOWNLOAD, track.id)[0]
+    download = stage_rows(conn, Stage.DOWNLOAD, track.id)[0]
     assert isinstance(download, DownloadJob)
     assert download.output_path == f"downloads/{track.id}.wav"
     store = Storage(settings.storage_path)
@@ -101,11 +103,11 @@ def test_bad_input_fails_the_download_at_once_with_a_readable_error(
     not_audio = tmp_path / "notes.wav"
     not_audio.write_text("these are my notes, not audio\n" * 100)
     with running_worker(_settings(database_url, tmp_path, download_attempts=3)) as runtime:
-        imported = _import(conn, runtime.engines, str(not_audio))
+        imported = _import(conn, runtime, str(not_audio))
         row = wait_for(lambda: _finished_row(conn, imported.track.id), message="failure")
     assert row["download_status"] == "failed"
     assert "not an audio file" in row["download_error"] or "audio" in row["download_error"]
-    [download] = jobs.list_jobs_for_track(conn, Stage.DOWNLOAD, imported.track.id)
+    [download] = stage_rows(conn, Stage.DOWNLOAD, imported.track.id)
     assert download.attempts == 1  # permanent: no retry
     assert row["separate_status"] is None and row["analyze_status"] is None
     assert list((tmp_path / "store" / "downloads").glob("*")) == []
@@ -135,7 +137,7 @@ def test_a_refused_destination_fails_the_download_at_once_naming_the_rule(
     for row, (source, rule) in zip(rows, sources.items(), strict=True):
         assert row["download_status"] == "failed", source
         assert "destination refused" in row["download_error"] and rule in row["download_error"]
-        [download] = jobs.list_jobs_for_track(conn, Stage.DOWNLOAD, row["track_id"])
+        [download] = stage_rows(conn, Stage.DOWNLOAD, row["track_id"])
         assert download.attempts == 1, source  # permanent: no retry
 
 
@@ -165,13 +167,13 @@ def test_a_transient_download_error_is_retried_then_completes(
         try:
             settings = _settings(database_url, tmp_path)
             with running_worker(settings) as runtime:
-                imported = _import(conn, runtime.engines, url, stems=False, analysis=False)
+                imported = _import(conn, runtime, url, stems=False, analysis=False)
                 row = wait_for(lambda: _finished_row(conn, imported.track.id),
                                message="download after retry")  # fmt: skip
         finally:
             events.close()
     assert row["download_status"] == "completed"
-    [download] = jobs.list_jobs_for_track(conn, Stage.DOWNLOAD, imported.track.id)
+    [download] = stage_rows(conn, Stage.DOWNLOAD, imported.track.id)
     assert download.attempts == 2 and download.error is None
     events.assert_never_backwards()
 
@@ -190,14 +192,14 @@ def test_transient_engine_errors_are_retried_and_rows_never_move_backwards(
     events = RowHistory(database_url)
     try:
         with running_worker(settings, FACTORY) as runtime:
-            imported = _import(conn, runtime.engines, str(song))
+            imported = _import(conn, runtime, str(song))
             row = wait_for(lambda: _finished_row(conn, imported.track.id), timeout_s=240,
                            message="pipeline with retries")  # fmt: skip
     finally:
         events.close()
     assert [row[f"{stage}_status"] for stage in live.STAGES] == ["completed"] * 3, row
     for stage in (Stage.SEPARATE, Stage.ANALYZE):
-        [job] = jobs.list_jobs_for_track(conn, stage, imported.track.id)
+        [job] = stage_rows(conn, stage, imported.track.id)
         assert job.attempts == 2, stage
     events.assert_never_backwards()
     analyze_events = [e for e in events.events if e.stage == "analyze"]
@@ -213,7 +215,7 @@ def test_a_stage_that_keeps_failing_ends_failed_after_its_attempts(
                           {"analyze": [{"raise": f"disk hiccup #{n}"} for n in (1, 2, 3)]})
     monkeypatch.setenv(FAULTS_VARIABLE, str(script))
     with running_worker(settings, FACTORY) as runtime:
-        imported = _import(conn, runtime.engines, str(song), stems=False)
+        imported = _import(conn, runtime, str(song), stems=False)
         row = wait_for(lambda: _finished_row(conn, imported.track.id), message="failure")
     assert row["analyze_status"] == "failed"
     assert row["analyze_error"] == "OSError: disk hiccup #2 (after 2 attempts)"
@@ -225,8 +227,8 @@ def test_separation_with_an_unknown_model_fails_at_once(
 ) -> None:  # fmt: skip
     settings = _settings(database_url, tmp_path, demucs_repo=tiny_repo)
     with running_worker(settings) as runtime:
-        imported = _import(conn, runtime.engines, str(song), analysis=False, model="nope")
+        imported = _import(conn, runtime, str(song), analysis=False, model="nope")
         row = wait_for(lambda: _finished_row(conn, imported.track.id), message="failure")
     assert row["separate_status"] == "failed" and "nope" in row["separate_error"]
-    [job] = jobs.list_jobs_for_track(conn, Stage.SEPARATE, imported.track.id)
+    [job] = stage_rows(conn, Stage.SEPARATE, imported.track.id)
     assert job.attempts == 1

@@ -16,6 +16,7 @@ import pytest
 
 from soundforge import jobs, queue, workflow
 from soundforge.db import connect
+from soundforge.engines import default_engines
 from soundforge.errors import PermanentError
 from soundforge.models import Stage
 from soundforge.stage_runner import _record_attempt
@@ -23,6 +24,7 @@ from soundforge.status import Status
 from tests.audio_synth import write_test_song
 from tests.factories import make_track
 from tests.support.engines import FACTORY, FAULTS_VARIABLE, write_script
+from tests.support.job_rows import stage_rows
 from tests.support.worker_thread import running_worker, settings_for, wait_for
 
 pytestmark = pytest.mark.timeout(300)
@@ -50,7 +52,7 @@ def test_a_stage_deferred_by_track_id_alone_keeps_one_row_across_its_retries(
     monkeypatch.setenv(FAULTS_VARIABLE, str(script))
     settings = settings_for(database_url, tmp_path / "store")
     with running_worker(settings, FACTORY) as runtime:
-        [metadata] = runtime.engines.expand(str(song))
+        [metadata] = default_engines(runtime.settings).expand(str(song))
         options = workflow.PipelineOptions(stems=False, analysis=False)
         imported = workflow.import_track(conn, metadata, options)
         wait_for(lambda: jobs.reload(conn, imported.download_job).status is Status.COMPLETED,
@@ -58,7 +60,7 @@ def test_a_stage_deferred_by_track_id_alone_keeps_one_row_across_its_retries(
         queue.defer_stage(conn, Stage.ANALYZE, imported.track.id, {})  # no job_id
 
         def finished() -> list[Any]:
-            rows = jobs.list_jobs_for_track(conn, Stage.ANALYZE, imported.track.id)
+            rows = stage_rows(conn, Stage.ANALYZE, imported.track.id)
             return rows if rows and all(r.status is Status.COMPLETED for r in rows) else []
 
         rows = wait_for(finished, timeout_s=120, message="the analysis after its retry")

@@ -255,10 +255,6 @@ RETURNING *;
 -- One job row.
 SELECT * FROM {table} WHERE id = %(id)s;
 
--- name: list_jobs_for_track
--- A track's rows in one job table, oldest first.
-SELECT * FROM {table} WHERE track_id = %(track_id)s ORDER BY insert_order;
-
 -- name: advance_job
 -- Move a job's status and progress, optimistically locked on lock_version.
 UPDATE {table}
