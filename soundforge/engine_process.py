@@ -1,5 +1,6 @@
-"""Engine calls (download, separation, analysis and the ffmpeg they start) run in child
-processes the worker owns, so that a cancel or a time limit holds whatever the engine is doing.
+"""Engine calls (expanding a source, download, separation, analysis and the ffmpeg they start)
+run in child processes the worker owns, so that a cancel or a time limit holds whatever the
+engine is doing.
 
 Each child is a fresh interpreter (`python -m soundforge.engine_process`) in a process group
 of its own, built once from the settings and an engines factory (`module:function`, default
@@ -10,6 +11,12 @@ shutdown) or runs past its time limit, the whole process group is killed with SI
 cooperation is needed and no ffmpeg outlives it. A fresh child takes the next job. A child is
 recycled after `engine_recycle_after_jobs` calls or once its memory passes
 `engine_max_rss_mb`. A child whose worker dies (even by SIGKILL) kills its own group.
+
+Starting a child is the one real cost (an interpreter, the settings, the engines' imports: about
+half a second of CPU for a download child here; the call itself is a ~0.1 ms round trip), so
+it is kept off the jobs' path: a child worn out by its job count serves on while its successor
+starts in the background and ends once that one is ready, and a job takes a child that is
+ready over one still starting.
 
 Why a fresh interpreter and not `fork`: a worker has threads (event loop, pool, other jobs),
 and torch's OpenMP runtime hangs in a child forked after it ran (measured here); the engines
@@ -63,8 +70,8 @@ CLOSE_WAIT_S = 2.0
 
 @dataclass(frozen=True)
 class EngineCall:
-    """One engine call to run in a child: `name` is `fetch`, `separate` or `analyze`, `args`
-    its arguments before the progress callback (picklable)."""
+    """One engine call to run in a child: `name` is `expand`, `fetch`, `separate` or
+    `analyze`, `args` its arguments before the progress callback (picklable)."""
 
     name: str
     args: tuple[Any, ...]
@@ -108,10 +115,34 @@ class EngineChild:
         self.conn.send(_Setup(setup.settings, setup.factory, setup.warm_stages, os.getpid()))
         self.ready = False
         self.calls = 0
+        self.succeeding = False  # its successor is starting
+        self.replaced = False  # its successor is ready: it ends when next idle
 
     @property
     def pid(self) -> int:
         return self.process.pid
+
+    def poll_ready(self) -> bool:
+        """Whether the child has started (reading its "ready" if it is waiting), at once."""
+        if not self.ready:
+            try:
+                if self.conn.poll(0):
+                    kind, _ = self.conn.recv()  # before any request it sends nothing else
+                    self.ready = kind == "ready"
+            except (EOFError, OSError):
+                return False
+        return self.ready
+
+    def wait_ready(self, stop: Callable[[], bool]) -> bool:
+        """Block until the child has started (True) or died, or `stop()` (False). Only for a
+        child no job can borrow yet: it reads the child's socket."""
+        while not stop():
+            if self.poll_ready():
+                return True
+            if self.process.poll() is not None:
+                return False
+            self.conn.poll(POLL_S)
+        return False
 
     def call(
         self,
@@ -238,7 +269,7 @@ class EngineProcesses:
             raise error.error from None
         except BaseException:
             log.info("stopping engine process %d (%s)", child.pid, call.name)
-            self._discard(child, kill=True)
+            self._kill(child)
             raise
         self._checkin(child)
         return result
@@ -250,38 +281,81 @@ class EngineProcesses:
             return [child.pid for child in children]
 
     def _checkout(self) -> EngineChild:
+        """The most recently used ready child (its caches are warmest) that is not worn out,
+        else a worn one, else one still starting, else a new one."""
         with self._lock:
             if self._closed:
                 raise TransientError("the worker is stopping; engine processes are closed")
-            while self._idle:
-                child = self._idle.pop()
-                if child.process.poll() is None:
-                    self._busy.add(child)
-                    return child
-                child.close()
-            child = EngineChild(self.setup)
+            dead = [child for child in self._idle if child.process.poll() is not None]
+            idle = [child for child in self._idle if child not in dead]
+            ready = [child for child in idle if child.poll_ready()]
+            fresh = [child for child in ready if not child.succeeding] or ready
+            child = fresh[-1] if fresh else idle[-1] if idle else EngineChild(self.setup)
+            self._idle = [other for other in idle if other is not child]
             self._busy.add(child)
-            return child
+        for gone in dead:
+            gone.close()
+        return child
 
     def _checkin(self, child: EngineChild) -> None:
-        worn = (self.max_calls and child.calls >= self.max_calls) or (
-            self.max_rss_mb and child.rss_mb() > self.max_rss_mb
-        )
-        if worn or self._closed:
+        """Back to the idle children; or, worn out: past its memory limit, retired now; past
+        its job count, it serves on while its successor starts, and ends once that is ready
+        (one process more for a few seconds, and no job waits for a start)."""
+        over_memory = self.max_rss_mb and child.rss_mb() > self.max_rss_mb
+        with self._lock:
+            self._busy.discard(child)
+            keep = not (self._closed or over_memory or child.replaced)
+            worn = keep and bool(self.max_calls) and child.calls >= self.max_calls \
+                and not child.succeeding  # fmt: skip
+            if keep:
+                self._idle.append(child)
+                child.succeeding = child.succeeding or worn
+        if not keep:
             log.info("recycling engine process %d after %d call(s)", child.pid, child.calls)
-            self._discard(child, kill=False)
-            return
-        with self._lock:
-            self._busy.discard(child)
-            self._idle.append(child)
+            self._in_background(self._retire, child)
+        elif worn:
+            log.info("engine process %d did %d call(s): starting its successor", child.pid,
+                     child.calls)  # fmt: skip
+            self._in_background(self._succeed, child)
 
-    def _discard(self, child: EngineChild, *, kill: bool) -> None:
+    def _in_background(self, work: Callable[[EngineChild], None], child: EngineChild) -> None:
+        threading.Thread(target=work, args=(child,), daemon=True,
+                         name=f"engine {child.pid} recycle").start()  # fmt: skip
+
+    def _retire(self, child: EngineChild) -> None:
+        """End a worn child (gracefully: it may hold a model's memory), then replace it."""
+        child.close()
+        self._replenish()
+
+    def _succeed(self, worn: EngineChild) -> None:
+        """Start `worn`'s successor; once it is ready it joins the idle children and `worn`
+        ends (now if idle, else when its job ends)."""
+        successor = EngineChild(self.setup)
+        ready = successor.wait_ready(lambda: self._closed)
+        with self._lock:
+            present = worn in self._idle or worn in self._busy
+            surplus = not present and len(self._idle) + len(self._busy) >= self.keep_warm
+            join = ready and not self._closed and not surplus
+            worn.succeeding = False  # another try at its next check-in, if this one failed
+            worn.replaced = join
+            idle_now = join and worn in self._idle
+            if join:
+                self._idle.append(successor)
+            if idle_now:
+                self._idle.remove(worn)
+        if not join:
+            successor.close()
+        if idle_now:  # else it is busy, and ends at its check-in
+            log.info("recycling engine process %d after %d call(s)", worn.pid, worn.calls)
+            worn.close()
+
+    def _kill(self, child: EngineChild) -> None:
         with self._lock:
             self._busy.discard(child)
-        if kill:
-            child.kill()
-        else:
-            child.close()
+        child.kill()
+        self._replenish()
+
+    def _replenish(self) -> None:
         with self._lock:  # a fresh one warms up now, before the next job asks
             if not self._closed and len(self._idle) + len(self._busy) < self.keep_warm:
                 self._idle.append(EngineChild(self.setup))
@@ -303,8 +377,10 @@ def _never() -> bool:
 
 def _call(engines: Engines, name: str, args: tuple[Any, ...], progress: ProgressCallback) -> Any:
     engine: Callable[..., Any] | None = getattr(engines, name, None)
-    if name not in ("fetch", "separate", "analyze") or engine is None:
+    if name not in ("expand", "fetch", "separate", "analyze") or engine is None:
         raise PermanentError(f"unknown engine call {name!r}")
+    if name == "expand":  # no progress to report: a source is expanded in one go
+        return engine(*args)
     if name == "separate":  # the worker stops it by killing this process: no abort check
         return engine(*args, progress, _never)
     return engine(*args, progress)
@@ -349,6 +425,13 @@ class _ProgressSender:
 
 def child_main(fd: int) -> int:
     conn = Connection(fd)
+    try:
+        return _serve(conn)
+    except (EOFError, BrokenPipeError, ConnectionResetError):
+        return 0  # the worker closed its end (it stopped, or closed a child still starting)
+
+
+def _serve(conn: Connection) -> int:
     setup: _Setup = conn.recv()
     _watch_parent(setup.parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker decides; a kill ends this

@@ -18,7 +18,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from procrastinate import JobContext, exceptions
@@ -27,7 +27,7 @@ from procrastinate.jobs import Job as QueueJob
 from procrastinate.retry import BaseRetryStrategy, RetryDecision
 from psycopg_pool import ConnectionPool
 
-from soundforge import jobs, workflow
+from soundforge import jobs, queue, workflow
 from soundforge.engine_process import EngineCall
 from soundforge.errors import (
     JobAbortedError,
@@ -35,10 +35,13 @@ from soundforge.errors import (
     SoundForgeError,
     StaleRowError,
 )
-from soundforge.models import Job, Stage
+from soundforge.models import IMPORT_TASK, Job, Stage
 from soundforge.redact import mask_text
 from soundforge.runtime import Runtime, get_runtime
 from soundforge.status import is_terminal
+
+if TYPE_CHECKING:
+    from soundforge.sources import TrackMetadata
 
 log = logging.getLogger(__name__)
 Connection = psycopg.Connection[Any]
@@ -173,6 +176,39 @@ def run_stage(
             _failed(runtime, conn, stage, writer.job, attempt, error, extra)
         raise
     log.info("%s completed", stage.value, extra=extra)
+
+
+def expand_in_engine_process(
+    context: JobContext, source: str, requeue_args: dict[str, Any]
+) -> list[TrackMetadata]:
+    """Expand `source` (a playlist, an album, a folder...) in an engine child process, under the
+    download stage's time limit: a cancel (`procrastinate` abort) or the limit kills the child,
+    as for a stage. Interrupted by a worker shutdown, the import goes back to the queue with
+    the attempts it had made, instead of being lost."""
+    runtime = get_runtime()
+    stage = Stage.DOWNLOAD  # an import runs on the download queue, with its attempts and limit
+    limit_s = stage.time_limit_s(runtime.settings)
+    try:
+        tracks: list[TrackMetadata] = runtime.engine_processes.run(
+            EngineCall("expand", (source,)), _no_progress, context.should_abort,
+            limit_s=limit_s, limit_message=time_limit_message(stage, limit_s),
+        )  # fmt: skip
+    except (JobAbortedError, exceptions.JobAborted) as error:
+        if context.abort_reason() == AbortReason.SHUTDOWN:
+            with runtime.pool.connection() as conn, conn.transaction():
+                again = queue.defer(conn, IMPORT_TASK, stage.queue, requeue_args)
+                if again is not None:
+                    queue.carry_attempts(conn, again, context.job.attempts)
+            log.warning("import of %s interrupted by shutdown; queued again as job %s",
+                        mask_text(source), again)  # fmt: skip
+        else:
+            log.warning("import of %s aborted: %s", mask_text(source), describe(error))
+        raise exceptions.JobAborted(describe(error)) from None
+    return tracks
+
+
+def _no_progress(percent: float) -> None:
+    pass
 
 
 def _failed(

@@ -14,7 +14,12 @@ from soundforge.engine_process import EngineCall
 from soundforge.engines import AnalysisOutcome
 from soundforge.models import IMPORT_TASK, DownloadJob, Job, Stage
 from soundforge.runtime import Runtime, get_runtime
-from soundforge.stage_runner import Connection, StageRetryStrategy, run_stage
+from soundforge.stage_runner import (
+    Connection,
+    StageRetryStrategy,
+    expand_in_engine_process,
+    run_stage,
+)
 from soundforge.tasks.blueprint import blueprint
 
 
@@ -34,9 +39,11 @@ def import_source(
     model: str = "htdemucs",
     force: bool = False,
 ) -> list[str]:
-    """Expand a source into tracks and give each a queued download; returns the track ids."""
+    """Expand a source into tracks (in an engine child process, which a cancel or the download
+    time limit kills) and give each a queued download; returns the track ids."""
     runtime = get_runtime()
-    tracks = runtime.engines.expand(source)
+    requeue_args = {"source": source, **_options(stems, analysis, model).as_args(), "force": force}
+    tracks = expand_in_engine_process(context, source, requeue_args)
     with runtime.pool.connection() as conn:
         imported = [
             workflow.import_track(conn, metadata, _options(stems, analysis, model), force=force)

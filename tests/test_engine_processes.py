@@ -1,8 +1,8 @@
 """Engines in killable child processes (`soundforge.engine_process`), with real workers, real
 signals and real engines: a cancel or a time limit ends a chunked download without
-Content-Length, the analysis of a 20-minute file and a separation promptly, whatever the engine
-is doing; the engine's process group is gone (no grandchild left) and a fresh child serves the
-next job; the same under a bare `procrastinate worker`."""
+Content-Length, the analysis of a 20-minute file, a separation and the expansion of an import
+promptly, whatever the engine is doing; the engine's process group is gone (no grandchild
+left) and a fresh child serves the next job; the same under a bare `procrastinate worker`."""
 
 from __future__ import annotations
 
@@ -10,9 +10,11 @@ import http.server
 import os
 import subprocess
 import sys
+import threading
 import uuid
 import wave
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +22,22 @@ import numpy as np
 import psycopg
 import pytest
 
-from soundforge import jobs, workflow
-from soundforge.models import Job, Stage
+from soundforge import jobs, queue, workflow
+from soundforge.engine_process import EngineCall, EngineProcesses
+from soundforge.engines import default_engines
+from soundforge.models import IMPORT_TASK, Job, Stage
 from soundforge.runtime import Runtime
 from soundforge.status import Status
 from tests.audio_synth import write_test_song
-from tests.support.engines import FACTORY, FAULTS_VARIABLE, GRANDCHILD_MARK, write_script
+from tests.support.engines import (
+    FACTORY,
+    FAULTS_VARIABLE,
+    GRANDCHILD_MARK,
+    PID_FACTORY,
+    write_script,
+)
+from tests.support.fake_spotify import spotify_id
+from tests.support.job_rows import stage_rows
 from tests.support.loopback_http import LoopbackServer, loopback_server
 from tests.support.pipeline import child_pids, command_line, pid_alive
 from tests.support.worker_thread import running_worker, settings_for, wait_for
@@ -105,13 +117,13 @@ def group_members(pgid: int) -> list[int]:
 
 
 def _import(conn: Connection, runtime: Runtime, source: str, **options: Any) -> Job:
-    [metadata] = runtime.engines.expand(source)
+    [metadata] = default_engines(runtime.settings).expand(source)
     imported = workflow.import_track(conn, metadata, workflow.PipelineOptions(**options))
     return imported.download_job
 
 
 def _stage_row(conn: Connection, stage: Stage, track_id: uuid.UUID) -> Job | None:
-    rows = jobs.list_jobs_for_track(conn, stage, track_id)
+    rows = stage_rows(conn, stage, track_id)
     return rows[-1] if rows else None
 
 
@@ -236,6 +248,132 @@ def test_each_engine_is_stopped_at_its_stage_time_limit(
                              f"(SOUNDFORGE_{stage.value.upper()}_TIME_LIMIT_S)")  # fmt: skip
         wait_for(lambda: runtime.engine_processes.pids(busy_only=True) == [],
                  message="no engine process busy")  # fmt: skip
+
+
+PLAYLIST = f"https://open.spotify.com/playlist/{spotify_id(7)}"
+
+
+def endless_spotify(server: LoopbackServer) -> dict[str, Any]:
+    """Settings for a Spotify whose token endpoint answers with a body that never ends: expanding
+    a playlist hangs in the engine, reporting nothing, until the engine is killed."""
+    return {"spotify_client_id": "id", "spotify_client_secret": "secret",
+            "spotify_auth_url": drip_without_length(server, "/api/token"),
+            "spotify_api_url": server.url("/v1")}  # fmt: skip
+
+
+def _defer_import(conn: Connection, source: str) -> int:
+    queued = queue.defer(conn, IMPORT_TASK, Stage.DOWNLOAD.queue,
+                         {"source": source, "stems": False, "analysis": False})  # fmt: skip
+    assert queued is not None
+    return queued
+
+
+def test_cancelling_an_import_kills_its_expansion_at_once(
+    conn: Connection, database_url: str, tmp_path: Path, song: Path
+) -> None:
+    with loopback_server() as server:
+        settings = settings_for(database_url, tmp_path / "store", **endless_spotify(server))
+        with running_worker(settings) as runtime:
+            queued = _defer_import(conn, PLAYLIST)
+            child = _busy_child(runtime)
+            wait_for(lambda: server.requests_for("/api/token"),
+                     message="the expansion to ask for a token")  # fmt: skip
+            assert queue.cancel(conn, queued)
+            wait_for(lambda: not pid_alive(child) and not group_members(child),
+                     timeout_s=PROMPT_S, message=f"engine process {child} to be gone")  # fmt: skip
+            wait_for(lambda: _queue_status(conn, queued) == "aborted", timeout_s=PROMPT_S,
+                     message="the import to end aborted")  # fmt: skip
+            _next_job_gets_a_fresh_child(conn, runtime, song, child)
+    assert conn.execute("SELECT count(*) AS n FROM tracks").fetchone() == {"n": 1}  # the song
+
+
+def test_an_import_is_stopped_at_the_download_time_limit(
+    conn: Connection, database_url: str, tmp_path: Path
+) -> None:
+    with loopback_server() as server:
+        settings = settings_for(database_url, tmp_path / "store", **endless_spotify(server),
+                                download_time_limit_s=1.0, download_attempts=1)  # fmt: skip
+        with running_worker(settings, concurrency=1) as runtime:
+            queued = _defer_import(conn, PLAYLIST)
+            child = _busy_child(runtime)
+            wait_for(lambda: _queue_status(conn, queued) == "failed", timeout_s=60,
+                     message="the import to hit the download time limit")  # fmt: skip
+            wait_for(lambda: not pid_alive(child) and not group_members(child),
+                     timeout_s=PROMPT_S, message=f"engine process {child} to be gone")  # fmt: skip
+            assert runtime.engine_processes.pids(busy_only=True) == []
+
+
+def test_an_import_interrupted_by_a_worker_shutdown_is_queued_again(
+    conn: Connection, database_url: str, tmp_path: Path
+) -> None:
+    with loopback_server() as server:
+        settings = settings_for(database_url, tmp_path / "store", **endless_spotify(server))
+        with running_worker(settings) as runtime:
+            queued = _defer_import(conn, PLAYLIST)
+            child = _busy_child(runtime)
+        assert not pid_alive(child)
+    assert _queue_status(conn, queued) == "aborted"
+    again = conn.execute(
+        "SELECT args FROM procrastinate_jobs WHERE task_name = %s AND status = 'todo'",
+        (IMPORT_TASK,),
+    ).fetchall()  # fmt: skip
+    assert [row["args"] for row in again] == [
+        {"source": PLAYLIST, "stems": False, "analysis": False, "model": "htdemucs",
+         "force": False}
+    ]  # fmt: skip
+
+
+def _pid_processes(tmp_path: Path, recycle_after: int, count: int) -> EngineProcesses:
+    settings = settings_for("postgresql:///unused", tmp_path / "store",
+                            engine_recycle_after_jobs=recycle_after)  # fmt: skip
+    processes = EngineProcesses(settings, PID_FACTORY)
+    processes.start(count)
+    return processes
+
+
+def _served_by(processes: EngineProcesses) -> int:
+    """The pid of the child that served one call."""
+    [pid] = processes.run(EngineCall("expand", ("any",)), lambda percent: None, lambda: False)
+    return int(pid)
+
+
+def test_a_worn_engine_process_serves_on_until_its_successor_is_ready(tmp_path: Path) -> None:
+    processes = _pid_processes(tmp_path, recycle_after=2, count=1)
+    try:
+        first = _served_by(processes)
+        assert _served_by(processes) == first  # its second call: worn out, successor starting
+        assert _served_by(processes) == first  # no job waits for the successor to start
+        wait_for(lambda: not pid_alive(first), message="the worn child to end")
+        [successor] = processes.pids()
+        assert _served_by(processes) == successor != first
+    finally:
+        processes.close()
+
+
+def test_a_worn_engine_process_is_replaced_while_a_ready_one_serves(tmp_path: Path) -> None:
+    processes = _pid_processes(tmp_path, recycle_after=3, count=2)
+
+    def served_by() -> int:
+        return _served_by(processes)
+
+    try:
+        barrier = threading.Barrier(2)
+
+        def together(_: int) -> int:
+            barrier.wait()
+            return served_by()
+
+        with ThreadPoolExecutor(2) as pair:  # both children busy at once: both have started
+            both = set(pair.map(together, range(2)))
+        assert both == set(processes.pids())
+        worn = served_by()
+        assert served_by() == worn  # the warm child used last serves again: its third call
+        assert served_by() == (both - {worn}).pop()  # the other ready one, not a new one
+        wait_for(lambda: not pid_alive(worn), message="the worn child to exit")
+        wait_for(lambda: len(processes.pids()) == 2, message="a fresh child in its place")
+        assert worn not in processes.pids()
+    finally:
+        processes.close()
 
 
 def _engine_children(parent: int) -> list[int]:

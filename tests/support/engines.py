@@ -77,3 +77,16 @@ def scripted_engines(settings: Settings) -> Engines:
     return dataclasses.replace(
         real, fetch=scripted("fetch"), separate=scripted("separate"), analyze=scripted("analyze")
     )
+
+
+PID_FACTORY = "tests.support.engines:pid_engines"
+
+
+def pid_engines(settings: Settings) -> Engines:
+    """The real engines, except that expanding any source answers with the engine process's
+    pid (tests that need to know which child served a call)."""
+
+    def expand(source: str) -> Any:
+        return [os.getpid()]
+
+    return dataclasses.replace(default_engines(settings), expand=expand)
