@@ -71,7 +71,7 @@ class SoundForgeApp(App):
         return {
             "conninfo": settings.database_url,
             "min_size": 1,
-            "max_size": max(4, settings.download_concurrency + 2),
+            "max_size": settings.queue_pool_max_size,
             "kwargs": {"application_name": "soundforge-queue"},
         }
 

@@ -85,7 +85,9 @@ def connect(conninfo: str, *, autocommit: bool = False, **kwargs: Any) -> psycop
         raise _unavailable(conninfo, error) from None
 
 
-def create_pool(conninfo: str, min_size: int = 1, max_size: int = 10) -> ConnectionPool[Any]:
+def create_pool(
+    conninfo: str, min_size: int = 1, max_size: int = 10, application_name: str = APPLICATION_NAME
+) -> ConnectionPool[Any]:
     """An opened pool of autocommit dict-row connections (`conn.transaction()` is a real
     transaction); fails fast when the database is unreachable."""
     connect(conninfo).close()  # a clear error now instead of a pool timeout later
@@ -93,7 +95,7 @@ def create_pool(conninfo: str, min_size: int = 1, max_size: int = 10) -> Connect
         conninfo,
         min_size=min_size,
         max_size=max_size,
-        kwargs={"row_factory": dict_row, "application_name": APPLICATION_NAME, "autocommit": True},
+        kwargs={"row_factory": dict_row, "application_name": application_name, "autocommit": True},
         open=False,
     )
     try:

@@ -1,9 +1,9 @@
-"""The per-process context a worker runs with: settings (read once), one connection pool, the
-file store, the engines (in this process, for quick calls such as expanding a source) and the
-engine child processes (for the stage engines, see `soundforge.engine_process`). Procrastinate
-calls module-level task functions, so the tasks reach it through `get_runtime()`; the worker
-command, the supervisor and tests install one explicitly with `set_runtime()`, and a bare
-`procrastinate worker` gets one built from the environment on first use.
+"""The per-process context a worker runs with: settings (read once), the tasks' connection pool,
+the file store and the engine child processes every engine call runs in (expanding a source
+too; see `soundforge.engine_process`). Procrastinate calls module-level task functions, so the
+tasks reach it through `get_runtime()`; the worker command, the supervisor and tests install
+one explicitly with `set_runtime()`, and a bare `procrastinate worker` gets one built from the
+environment on first use.
 
 Pools: a worker process holds two, not one, and this is deliberate. Procrastinate's worker only
 runs on an async connector (`PsycopgConnector`, an `AsyncConnectionPool` on the worker's event
@@ -11,9 +11,10 @@ loop: LISTEN, fetching, finishing and aborting queue jobs), while the tasks are 
 run in worker threads that borrow one connection per statement from `Runtime.pool` (a sync
 `ConnectionPool`). An async pool cannot lend a connection to a thread without blocking on the
 loop that owns it, and the sync connector Procrastinate offers cannot run a worker, so sharing
-would mean routing every task statement through the event loop. Both are bounded by the
-settings: the queue pool by `max(4, download_concurrency + 2)` (`soundforge.app`), this one by
-`max(db_pool_max_size, download_concurrency + 2)`, so one process opens at most the sum."""
+would mean routing every task statement through the event loop. Both are bounded by their own
+setting, whatever the worker's concurrency: the queue pool (`soundforge-queue` in
+`pg_stat_activity`) by `queue_pool_max_size`, this one (`soundforge-tasks`) by
+`db_pool_max_size`, so one worker process opens at most their sum."""
 
 from __future__ import annotations
 
@@ -24,10 +25,11 @@ from typing import Any
 from psycopg_pool import ConnectionPool
 
 from soundforge.db import create_pool
-from soundforge.engine_process import DEFAULT_FACTORY, EngineProcesses, load_factory
-from soundforge.engines import Engines
+from soundforge.engine_process import DEFAULT_FACTORY, EngineProcesses
 from soundforge.file_store import FileStore, open_storage
 from soundforge.settings import Settings, load_settings
+
+TASKS_APPLICATION_NAME = "soundforge-tasks"
 
 
 @dataclass
@@ -35,7 +37,6 @@ class Runtime:
     settings: Settings
     engine_factory: str = DEFAULT_FACTORY
     storage: FileStore = field(init=False)
-    _engines: Engines | None = field(default=None, init=False, repr=False)
     _pool: ConnectionPool[Any] | None = field(default=None, init=False, repr=False)
     _processes: EngineProcesses | None = field(default=None, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
@@ -45,27 +46,17 @@ class Runtime:
 
     @property
     def pool(self) -> ConnectionPool[Any]:
-        """The process's one pool: every statement borrows a connection and gives it back."""
+        """The tasks' pool: every statement borrows a connection and gives it back, so a job
+        waits its turn rather than open more than `db_pool_max_size`."""
         with self._lock:
             if self._pool is None:
-                max_size = max(
-                    self.settings.db_pool_max_size,
-                    self.settings.download_concurrency + 2,
-                )
                 self._pool = create_pool(
                     self.settings.database_url,
                     min_size=self.settings.db_pool_min_size,
-                    max_size=max_size,
+                    max_size=self.settings.db_pool_max_size,
+                    application_name=TASKS_APPLICATION_NAME,
                 )
             return self._pool
-
-    @property
-    def engines(self) -> Engines:
-        """The engines in this process (source expansion; tests)."""
-        with self._lock:
-            if self._engines is None:
-                self._engines = load_factory(self.engine_factory)(self.settings)
-            return self._engines
 
     @property
     def engine_processes(self) -> EngineProcesses:

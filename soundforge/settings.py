@@ -12,7 +12,14 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from soundforge.errors import ConfigError
@@ -40,6 +47,12 @@ class Settings(BaseSettings):
     )
     db_pool_min_size: int = Field(default=1, ge=0)
     db_pool_max_size: int = Field(default=10, ge=1)
+    """The most connections a process's own pool opens (a worker's task statements, the web
+    dashboard). A job borrows one per statement, so fewer than a worker's concurrency only make
+    statements wait their turn."""
+    queue_pool_max_size: int = Field(default=6, ge=2)
+    """The most connections Procrastinate's pool opens in a worker: its `LISTEN` connection,
+    fetching, finishing and aborting queue jobs."""
     storage_path: Path = Path("/var/lib/soundforge")
     storage_orphan_grace_s: float = Field(default=3600.0, ge=0)
     # Where files live: `file:///var/lib/soundforge` or `s3://bucket/prefix` (default: the
@@ -157,6 +170,14 @@ class Settings(BaseSettings):
     engine_recycle_after_jobs: int = Field(default=500, ge=0, description="0 = never")
     engine_max_rss_mb: int = Field(default=4096, ge=0, description="0 = no limit")
     log_level: str = "INFO"
+
+    @field_validator("db_pool_max_size")
+    @classmethod
+    def _pool_bounds(cls, value: int, info: ValidationInfo) -> int:
+        smallest = info.data.get("db_pool_min_size")
+        if smallest is not None and value < smallest:
+            raise ValueError(f"must be at least SOUNDFORGE_DB_POOL_MIN_SIZE ({smallest})")
+        return value
 
     @field_validator("storage_url")
     @classmethod
