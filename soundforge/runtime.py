@@ -13,8 +13,9 @@ run in worker threads that borrow one connection per statement from `Runtime.poo
 loop that owns it, and the sync connector Procrastinate offers cannot run a worker, so sharing
 would mean routing every task statement through the event loop. Both are bounded by their own
 setting, whatever the worker's concurrency: the queue pool (`soundforge-queue` in
-`pg_stat_activity`) by `queue_pool_max_size`, this one (`soundforge-tasks`) by
-`db_pool_max_size`, so one worker process opens at most their sum."""
+`pg_stat_activity`) by `queue_pool_max_size`, plus Procrastinate's `LISTEN` connection, which it
+opens outside its pool; this one (`soundforge-tasks`) by `db_pool_max_size`. One worker process
+opens at most their sum plus one."""
 
 from __future__ import annotations
 

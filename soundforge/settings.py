@@ -51,8 +51,8 @@ class Settings(BaseSettings):
     dashboard). A job borrows one per statement, so fewer than a worker's concurrency only make
     statements wait their turn."""
     queue_pool_max_size: int = Field(default=6, ge=2)
-    """The most connections Procrastinate's pool opens in a worker: its `LISTEN` connection,
-    fetching, finishing and aborting queue jobs."""
+    """The most connections Procrastinate's pool opens in a worker (fetching, finishing and
+    aborting queue jobs); its `LISTEN` connection is one more, outside the pool."""
     storage_path: Path = Path("/var/lib/soundforge")
     storage_orphan_grace_s: float = Field(default=3600.0, ge=0)
     # Where files live: `file:///var/lib/soundforge` or `s3://bucket/prefix` (default: the

@@ -1,6 +1,7 @@
 """A worker's two connection pools stay within their own settings whatever its concurrency:
 the tasks' pool (`soundforge-tasks`) within `SOUNDFORGE_DB_POOL_MAX_SIZE`, Procrastinate's
-(`soundforge-queue`) within `SOUNDFORGE_QUEUE_POOL_MAX_SIZE`, counted in `pg_stat_activity`
+(`soundforge-queue`) within `SOUNDFORGE_QUEUE_POOL_MAX_SIZE` (plus the `LISTEN` connection it
+opens outside its pool), counted in `pg_stat_activity`
 while a real worker runs more downloads at once than either pool has connections."""
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ def test_a_busy_worker_opens_no_more_connections_than_its_pool_settings(
         done.set()
         sampler.join()
     assert 1 <= peaks["soundforge-tasks"] <= 2, peaks
-    assert 2 <= peaks["soundforge-queue"] <= 3, peaks  # LISTEN and at least one more
+    assert 2 <= peaks["soundforge-queue"] <= 3 + 1, peaks  # and its LISTEN connection
 
 
 def test_the_tasks_pool_cannot_be_smaller_than_its_minimum() -> None:
