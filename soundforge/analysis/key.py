@@ -18,6 +18,22 @@ Decay 0.7 / 0.9 with Krumhansl: drums 0.757 / 0.840, no drums 0.866 / 0.883, gri
 Adding the bass register's chroma (weight 0.2) lowered every profile (0.76 / 0.87 / 1.0 here),
 so `BASS_WEIGHT` is 0. Pearson correlation as in Krumhansl's algorithm; the confidence is the
 winning correlation clipped to 0..1.
+
+The key a score is annotated with is its opening (and closing) key; a chorale or a hymn
+modulates in its middle phrases, and a loop in the relative minor sounds major when taken as a
+whole. So the opening (`OPENING_SECONDS` from the first sounding block) is correlated too and
+added with `OPENING_WEIGHT`, and the share of the bass register's notes on each key's tonic with
+`BASS_TONIC_WEIGHT`. Chosen on the tuning half of the 150-clip corpus (the second set adds
+four-part hymns and minor-loop grooves), every class also better on the held-back half (MIREX,
+no drums / hymns / drums):
+
+                               tuning                  validation
+    global chroma only         0.820 / 0.855 / 0.719    0.940 / 0.850 / 0.787
+    + opening 2 s x 0.45       0.853 / 0.965 / 0.841    0.975 / 0.929 / 0.860
+      (+ bass tonic x 0.1)
+
+Openings of 3 / 5 / 8 s scored lower on validation; a larger bass weight raised some classes
+and lowered others.
 """
 
 from __future__ import annotations
@@ -77,6 +93,10 @@ KEY_PROFILES: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
 }
 DEFAULT_PROFILE = "krumhansl"
 BASS_WEIGHT = 0.0
+OPENING_SECONDS = 2.0
+OPENING_WEIGHT = 0.45
+BASS_TONIC_WEIGHT = 0.1
+SOUNDING = 0.1  # a block sounds when its notes carry a tenth of the median block's energy
 
 
 @dataclass(frozen=True)
@@ -99,16 +119,38 @@ def _key_templates(profile: str) -> tuple[npt.NDArray[np.float64], list[str]]:
     return np.stack(templates), names
 
 
+def _correlations(chroma: npt.ArrayLike, profile: str) -> npt.NDArray[np.float64] | None:
+    """Pearson correlation with the 24 keys (`_key_templates` order); None when flat."""
+    values = np.asarray(chroma, dtype=np.float64)
+    spread = values.std()
+    if values.shape != (12,) or not np.isfinite(spread) or spread == 0:
+        return None
+    templates, _ = _key_templates(profile)
+    correlations: npt.NDArray[np.float64] = templates @ ((values - values.mean()) / spread) / 12.0
+    return correlations
+
+
 def key_correlations(mean_chroma: npt.ArrayLike,
                      profile: str = DEFAULT_PROFILE) -> dict[str, float]:  # fmt: skip
     """Pearson correlation of a 12-bin chroma vector with every key, by key name."""
-    chroma = np.asarray(mean_chroma, dtype=np.float64)
-    spread = chroma.std()
-    if chroma.shape != (12,) or not np.isfinite(spread) or spread == 0:
+    correlations = _correlations(mean_chroma, profile)
+    if correlations is None:
         return {}
-    templates, names = _key_templates(profile)
-    correlations = templates @ ((chroma - chroma.mean()) / spread) / 12.0
+    _, names = _key_templates(profile)
     return dict(zip(names, (float(value) for value in correlations), strict=True))
+
+
+def opening(chroma: npt.NDArray[np.float64], block_seconds: float) -> npt.NDArray[np.float64]:
+    """The blocks of the first `OPENING_SECONDS` from the first block that sounds."""
+    if chroma.size == 0:
+        return chroma[:0]
+    energy = chroma.sum(axis=1)
+    sounding = np.flatnonzero(energy > SOUNDING * float(np.median(energy)))
+    if sounding.size == 0:
+        return chroma[:0]
+    first = int(sounding[0])
+    count = max(1, round(OPENING_SECONDS / block_seconds))
+    return chroma[first : first + count]
 
 
 def key_profile_input(chroma: npt.NDArray[np.float64], bass_chroma: npt.NDArray[np.float64],
@@ -126,10 +168,24 @@ def key_profile_input(chroma: npt.NDArray[np.float64], bass_chroma: npt.NDArray[
     return [round(float(value), 5) for value in total]
 
 
-def estimate_key(mean_chroma: npt.ArrayLike, profile: str = DEFAULT_PROFILE) -> KeyEstimate | None:
-    """The best-correlating key, or None for a flat (toneless or silent) chroma vector."""
-    correlations = key_correlations(mean_chroma, profile)
-    if not correlations:
+def estimate_key(mean_chroma: npt.ArrayLike, profile: str = DEFAULT_PROFILE,
+                 opening_chroma: npt.ArrayLike | None = None,
+                 bass_chroma: npt.ArrayLike | None = None) -> KeyEstimate | None:  # fmt: skip
+    """The best key, or None for a flat (toneless or silent) chroma vector: the correlation
+    of the whole file's chroma, plus `OPENING_WEIGHT` times that of the opening's and
+    `BASS_TONIC_WEIGHT` times the bass register's share on the tonic, when given. The
+    confidence is the whole file's correlation with that key, clipped to 0..1."""
+    correlations = _correlations(mean_chroma, profile)
+    if correlations is None:
         return None
-    name = max(correlations, key=correlations.__getitem__)
-    return KeyEstimate(name, min(max(correlations[name], 0.0), 1.0))
+    scores = correlations.copy()
+    opening_correlations = (_correlations(opening_chroma, profile)
+                            if opening_chroma is not None else None)  # fmt: skip
+    if opening_correlations is not None:
+        scores += OPENING_WEIGHT * opening_correlations
+    bass = np.asarray(bass_chroma if bass_chroma is not None else np.zeros(12), np.float64)
+    if bass.shape == (12,) and bass.sum() > 0:
+        scores += BASS_TONIC_WEIGHT * np.tile(bass / bass.sum(), 2)
+    _, names = _key_templates(profile)
+    best = int(np.argmax(scores))
+    return KeyEstimate(names[best], min(max(float(correlations[best]), 0.0), 1.0))
