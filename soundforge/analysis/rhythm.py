@@ -66,6 +66,7 @@ DRUM_MIN_CLARITY = 1.8
 # between the mean chroma of the `NOVELTY_HALF_FRAMES` frames before and after each frame.
 # Tuning / validation part, Acc1, hymns 0.90 -> 0.95 / 0.71 -> 0.96, other music without drums
 # 0.73 -> 0.87 / 0.75 -> 0.90, drums unchanged (half-windows of 10 and 14 frames: within a clip).
+# Its own bumps are two half-windows wide, so it is searched below 60 / that (161 BPM).
 NOVELTY_HALF_FRAMES = 8  # 0.19 s
 HALVE_RATIO = 0.15
 STRENGTH_RADIUS = 2  # frames either side of a beat searched for its onset peak
@@ -147,19 +148,22 @@ def mean_tempogram(onset_envelope: FloatArray, sample_rate: int, hop_length: int
 
 
 def first_tempo(
-    onset_envelope: FloatArray, sample_rate: int, hop_length: int
+    onset_envelope: FloatArray, sample_rate: int, hop_length: int,
+    max_bpm: float = PRIOR_MAX_BPM,
 ) -> tuple[float, float]:
     """`prior_tempo` with librosa's prior; when the pulse is unclear (no drums), again with the
     prior of unaccompanied legato music (`LEGATO_PRIOR_BPM`), whose notes moving in eighths
-    otherwise make the eighth the beat."""
-    tempo, clarity = prior_tempo(onset_envelope, sample_rate, hop_length, PRIOR_BPM)
+    otherwise make the eighth the beat. Tempi from `max_bpm` up are not considered."""
+    tempo, clarity = prior_tempo(onset_envelope, sample_rate, hop_length, PRIOR_BPM, max_bpm)
     if clarity < LEGATO_MAX_CLARITY:
-        tempo, _ = prior_tempo(onset_envelope, sample_rate, hop_length, LEGATO_PRIOR_BPM)
+        tempo, _ = prior_tempo(onset_envelope, sample_rate, hop_length, LEGATO_PRIOR_BPM,
+                               max_bpm)  # fmt: skip
     return tempo, clarity
 
 
 def prior_tempo(
-    onset_envelope: FloatArray, sample_rate: int, hop_length: int, prior_bpm: float
+    onset_envelope: FloatArray, sample_rate: int, hop_length: int, prior_bpm: float,
+    max_bpm: float = PRIOR_MAX_BPM,
 ) -> tuple[float, float]:
     """librosa's tempogram-and-prior tempo estimate (`feature.tempo`: a log-normal prior around
     120 BPM, one octave wide, nothing at or above 320 BPM; one octave choice, bin-quantised),
@@ -169,7 +173,7 @@ def prior_tempo(
     bpms = tempo_frequencies(tempogram.size, sample_rate, hop_length)
     with np.errstate(divide="ignore"):
         log_prior = -0.5 * (np.log2(bpms) - np.log2(prior_bpm)) ** 2
-    log_prior[: int(np.argmax(bpms < PRIOR_MAX_BPM))] = -np.inf
+    log_prior[: int(np.argmax(bpms < max_bpm))] = -np.inf
     log_prior[bpms < PRIOR_MIN_BPM] = -np.inf  # a chord per bar is not a 25 BPM beat
     best = int(np.argmax(np.log1p(1e6 * tempogram) + log_prior))
     tempo = float(bpms[best])
@@ -360,8 +364,9 @@ def track_beats(
     bpm, clarity = first_tempo(onset_envelope, sample_rate, hop_length)
     if (novelty is not None and novelty.size == onset_envelope.size and np.any(novelty > 0)
             and clarity < LEGATO_MAX_CLARITY and drums < DRUM_PERCUSSIVENESS):  # fmt: skip
-        onset_envelope = novelty
-        bpm, clarity = first_tempo(onset_envelope, sample_rate, hop_length)
+        onset_envelope = novelty  # it cannot show beats shorter than its two half-windows
+        longest = 60.0 * sample_rate / (2 * NOVELTY_HALF_FRAMES * hop_length)
+        bpm, clarity = first_tempo(onset_envelope, sample_rate, hop_length, longest)
     beats = track_beats_at(onset_envelope, bpm, sample_rate, hop_length)
     if beats.size >= MIN_BEATS:
         level = metrical_level(beats, power_flux, clarity >= DOUBLE_MIN_CLARITY)
