@@ -145,7 +145,7 @@ def default_engines(settings: Settings) -> Engines:
         return AnalysisOutcome(columns=report.result_columns(), features=report.to_dict())
 
     def warm_up(stages: Iterable[Stage]) -> None:
-        """Pay start-up costs (imports, filter banks, model load) at worker start, not in the first job."""
+        """Pay start-up costs (imports, filter banks, the model) at worker start, not in a job."""
         wanted = set(stages)
         if Stage.ANALYZE in wanted:
             try:
