@@ -14,7 +14,10 @@ through `tempo.detection`. Two sets, one run, each per class (no drums / drums):
 Every key profile in `soundforge.analysis.key.KEY_PROFILES` is also scored on this engine's
 note chroma (the evidence for the default profile).
 
-    .venv/bin/python bench/analysis_accuracy.py [--quick] [--only corpus|grid]
+With `--skip-seconds S` the corpus clips are scored with their first S seconds cut off (copies
+kept in `cache/cut-S/`): a clip that does not start where the piece starts.
+
+    .venv/bin/python bench/analysis_accuracy.py [--quick] [--only corpus|grid] [--skip-seconds S]
 """
 
 from __future__ import annotations
@@ -201,8 +204,22 @@ def compare(title: str, cases: list[Case], verbose: bool, cache: Path | None = N
         print("  librosa misses:\n" + _misses(cases, theirs))
 
 
-def corpus_cases(cache: Path) -> list[Case]:
-    return [Case(clip.path, clip.key, clip.tempo, clip.drums, f"{clip.source} ({clip.ensemble})",
+def _cut(path: str, folder: Path, seconds: float) -> str:
+    """A copy of the clip without its first `seconds`, made once in `folder`."""
+    import soundfile
+
+    target = folder / Path(path).name
+    if not target.exists() or target.stat().st_mtime_ns < Path(path).stat().st_mtime_ns:
+        audio, rate = soundfile.read(path, dtype="float32")
+        folder.mkdir(parents=True, exist_ok=True)
+        soundfile.write(str(target), audio[int(seconds * rate) :], rate, subtype="PCM_16")
+    return str(target)
+
+
+def corpus_cases(cache: Path, skip_seconds: float = 0.0) -> list[Case]:
+    folder = cache / f"cut-{skip_seconds:g}"
+    return [Case(_cut(clip.path, folder, skip_seconds) if skip_seconds > 0 else clip.path,
+                 clip.key, clip.tempo, clip.drums, f"{clip.source} ({clip.ensemble})",
                  split_of(clip)) for clip in build_corpus(cache)]  # fmt: skip
 
 
@@ -239,13 +256,17 @@ def main() -> None:
     parser.add_argument("--only", choices=("corpus", "grid"))
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="corpus folder")
     parser.add_argument("--verbose", action="store_true", help="list every miss")
+    parser.add_argument("--skip-seconds", type=float, default=0.0,
+                        help="cut this much off the start of every corpus clip")  # fmt: skip
     args = parser.parse_args()
     if args.only != "grid":
         missing = tools_missing() if not (args.cache / "index.json").exists() else None
         if missing:
             print(f"corpus: skipped ({missing})")
         else:
-            compare("corpus (FluidSynth renderings)", corpus_cases(args.cache), args.verbose,
+            title = "corpus (FluidSynth renderings)" + (
+                f", first {args.skip_seconds:g} s cut" if args.skip_seconds > 0 else "")
+            compare(title, corpus_cases(args.cache, args.skip_seconds), args.verbose,
                     args.cache)  # fmt: skip
     if args.only != "corpus":
         with tempfile.TemporaryDirectory() as folder:

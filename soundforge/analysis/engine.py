@@ -24,7 +24,7 @@ import numpy.typing as npt
 from soundforge import audio_io
 from soundforge.analysis import notes, spectral
 from soundforge.analysis.frontend import HOP_LENGTH, N_FFT, FrameChunk, StftFrontend, real_fft
-from soundforge.analysis.key import KeyEstimate, estimate_key, key_profile_input, opening
+from soundforge.analysis.key import KeyEstimate, estimate_key, key_profile_input, opening_span
 from soundforge.analysis.report import AnalysisReport
 from soundforge.analysis.rhythm import (
     BACKBEAT_BANDS,
@@ -248,9 +248,11 @@ def _key(note_chroma: notes.NoteChroma, mean_chroma: list[float], spectral_chrom
         warnings.append(f"no clear tonal centre (notes explain only {tonality:.0%} of the "
                         "spectrum): no key")  # fmt: skip
         return None
-    first = opening(note_chroma.chroma, note_chroma.block_seconds)
+    span = opening_span(note_chroma.chroma, note_chroma.block_seconds)
+    first = note_chroma.chroma[span]
     estimate = estimate_key(mean_chroma, opening_chroma=first.sum(axis=0) if first.size else None,
-                            bass_chroma=note_chroma.bass_chroma.sum(axis=0))  # fmt: skip
+                            bass_chroma=note_chroma.bass_chroma.sum(axis=0),
+                            opening_bass=note_chroma.bass_chroma[span].sum(axis=0))  # fmt: skip
     if estimate is None:
         warnings.append("no pitched content (flat chroma): no key")
     elif estimate.confidence < MIN_KEY_CONFIDENCE:
