@@ -264,8 +264,8 @@ def main() -> None:
         if missing:
             print(f"corpus: skipped ({missing})")
         else:
-            title = "corpus (FluidSynth renderings)" + (
-                f", first {args.skip_seconds:g} s cut" if args.skip_seconds > 0 else "")
+            cut = f", first {args.skip_seconds:g} s cut" if args.skip_seconds > 0 else ""
+            title = f"corpus (FluidSynth renderings){cut}"
             compare(title, corpus_cases(args.cache, args.skip_seconds), args.verbose,
                     args.cache)  # fmt: skip
     if args.only != "corpus":

@@ -181,7 +181,6 @@ def opening_span(chroma: npt.NDArray[np.float64], block_seconds: float) -> slice
     return slice(first, first + max(1, round(OPENING_SECONDS / block_seconds)))
 
 
-
 def key_profile_input(chroma: npt.NDArray[np.float64], bass_chroma: npt.NDArray[np.float64],
                       bass_weight: float = BASS_WEIGHT) -> list[float]:  # fmt: skip
     """The 12 values the key profiles are matched against: the file's pitch-class energy of
