@@ -17,8 +17,8 @@ import torch
 from demucs.apply import BagOfModels, apply_model
 
 from soundforge.separation import Separator, stem_names, write_local_repo
-from soundforge.separation.loading import LoadedModel
 from soundforge.separation.cpu_workers import SegmentWorkers
+from soundforge.separation.loading import LoadedModel
 from soundforge.separation.streaming import BatchLimit, separate_stream
 from tests.test_separation_support import read_stem, write_mix
 

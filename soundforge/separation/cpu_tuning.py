@@ -14,9 +14,9 @@ peak RSS of the process with 405 MB of torch and weights):
 
 - Even in one arena, freed activations leave free pages inside the heap that stay resident
   until reused: a 30 s song peaked at 1.56-1.82 GB. `malloc_trim` returns them; run every
-  0.5 s while segments run it gave 1.40 GB, every 0.1 s 1.11 GB, for 3.8 and 6.7 s more system
-  time over 23 s of user time (the returned pages are faulted in again when reused).
-  `TRIM_INTERVAL_S` sits between the two.
+  0.5 s while segments run it gave 1.40 GB, every 0.1 s 1.09-1.11 GB (0.05 s: 1.09 GB), for
+  3.8 and 6.7 s more system time over 23 s of user time (the returned pages are faulted in
+  again when reused); the process still used less CPU time than the demucs CLI's.
 
 All are process-wide; the separator sets them on the CPU only (a process that separates on the
 CPU does little else) and runs the trimmer (`trimming_free_memory`) while segments run;
@@ -39,7 +39,7 @@ import torch
 logger = logging.getLogger(__name__)
 
 M_ARENA_MAX = -8  # glibc's mallopt parameter numbers (malloc.h)
-TRIM_INTERVAL_S = 0.2
+TRIM_INTERVAL_S = 0.1
 
 
 @functools.cache
