@@ -13,8 +13,10 @@ Cancel and time limit stay per job: the slot sends `cancel` and returns at once;
 that song at its next segment (its temporaries removed) and the others go on. A time limit counts
 from the moment the child starts the call's batch. Killing the child would stop every job in it,
 so that is left for when it dies on its own (then every call in it fails with
-`EngineDiedError`, retried like any transient error). Out of memory halves the batch inside the
-separator and retries (see `soundforge.separation.streaming`), whatever songs share it.
+`EngineDiedError`, retried like any transient error). A call waiting for the child (a batch
+before it still running) is limited by the same time limit, counted from when it was sent.
+Out of memory halves the batch inside the separator and retries (see
+`soundforge.separation.streaming`), whatever songs share it.
 """
 
 from __future__ import annotations
@@ -148,7 +150,7 @@ class SharedEngineChild:
             call_id = next(self._ids)
             self._calls[call_id] = inbox
             self.busy += 1
-        started: float | None = None
+        started = time.monotonic()  # until the child starts the call: the wait is limited too
         try:
             self._send(("call", call_id, call.name, call.args))
             while True:
@@ -169,9 +171,7 @@ class SharedEngineChild:
                     raise self.dead
                 if should_abort():
                     raise JobAbortedError(f"{call.name} aborted")
-                if limit_s is not None and started is not None and (
-                    time.monotonic() - started > limit_s
-                ):
+                if limit_s is not None and time.monotonic() - started > limit_s:
                     raise StageTimeLimitError(limit_message)
         except (JobAbortedError, StageTimeLimitError):
             with contextlib.suppress(OSError):
