@@ -115,9 +115,9 @@ def print_table(rows: Sequence[Measurement], audio_s: dict[str, float] | None = 
     """One line per run; with `audio_s` (label -> seconds of audio) also audio s per wall s and
     peak GPU memory."""
     extra = f"{'audio s/s':>11}{'peak GPU MB':>13}" if audio_s else ""
-    print(f"{'run':<36}{'wall s':>10}{'cpu s':>10}{'peak RSS MB':>14}{extra}")
+    print(f"{'run':<48}{'wall s':>10}{'cpu s':>10}{'peak RSS MB':>14}{extra}")
     for row in rows:
-        line = f"{row.label:<36}{row.wall_s:>10.1f}{row.cpu_s:>10.1f}{row.peak_rss_mb:>14.0f}"
+        line = f"{row.label:<48}{row.wall_s:>10.1f}{row.cpu_s:>10.1f}{row.peak_rss_mb:>14.0f}"
         if audio_s:
             line += f"{audio_s[row.label] / row.wall_s:>11.1f}{row.peak_gpu_mb:>13.0f}"
         print(line)
