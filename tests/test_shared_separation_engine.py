@@ -13,11 +13,14 @@ from typing import Any
 import psycopg
 import pytest
 
-from soundforge import jobs, workflow
+from soundforge import engine_batching, jobs, workflow
+from soundforge.engine_batching import jobs_together
 from soundforge.models import Job, Stage
 from soundforge.runtime import Runtime
 from soundforge.separation import write_local_repo
+from soundforge.settings import Settings, load_settings
 from soundforge.status import Status
+from soundforge.supervisor import worker_groups
 from tests.audio_synth import write_test_song
 from tests.support.pipeline import pid_alive
 from tests.support.worker_thread import running_worker, settings_for, wait_for
@@ -80,3 +83,26 @@ def test_waiting_separations_share_one_engine_and_a_cancel_stops_only_its_job(
         stems = conn.execute("SELECT count(*) AS n FROM stems WHERE track_id = %s",
                              (track,)).fetchone()  # fmt: skip
         assert stems is not None and stems["n"] == 4
+
+
+def test_jobs_together_follows_the_device_and_raises_the_processing_concurrency(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gpus = tmp_path / "gpus"
+    gpus.mkdir()
+    monkeypatch.setattr(engine_batching, "NVIDIA_GPUS", gpus)
+
+    def settings(**values: Any) -> Settings:
+        return load_settings(processing_concurrency=2, **values)
+
+    assert jobs_together(settings(device="cpu")) == 1
+    assert jobs_together(settings(device="auto")) == 1  # the driver shows no GPU
+    (gpus / "0000:01:00.0").mkdir()
+    assert engine_batching.gpu_count() == 1
+    assert jobs_together(settings(device="auto")) == 4
+    assert jobs_together(settings(device="cuda")) == 4
+    assert jobs_together(settings(device="cpu", separation_jobs_together=3)) == 3
+    groups = {group.name: group for group in worker_groups(settings(device="cuda"))}
+    assert groups["processing"].concurrency == 4
+    groups = {group.name: group for group in worker_groups(settings(device="cpu"))}
+    assert groups["processing"].concurrency == 2
