@@ -5,14 +5,19 @@ scored with mir_eval: key by `key.weighted_score` (MIREX: 1 exact, 0.5 fifth, 0.
 through `tempo.detection`. Two sets, one run, each per class (no drums / drums):
 
 - corpus: the rendered recordings of `bench/analysis_corpus.py` (built on first use; needs
-  fluidsynth, a GM soundfont and the bench extra; skipped with the reason when missing);
+  fluidsynth, a GM soundfont and the bench extra; skipped with the reason when missing), per
+  part (tuning: what the analysis was tuned on; validation: held back, `split_of`), and the
+  four-part hymns alone (the class closest to chorales);
 - grid: the synthesized grid of `tests/audio_synth.py` (24 keys x 3 progressions per mode x
   3 timbres x drums on/off for the key; 60-200 BPM for the tempo), as before.
 
 Every key profile in `soundforge.analysis.key.KEY_PROFILES` is also scored on this engine's
 note chroma (the evidence for the default profile).
 
-    .venv/bin/python bench/analysis_accuracy.py [--quick] [--only corpus|grid]
+With `--skip-seconds S` the corpus clips are scored with their first S seconds cut off (copies
+kept in `cache/cut-S/`): a clip that does not start where the piece starts.
+
+    .venv/bin/python bench/analysis_accuracy.py [--quick] [--only corpus|grid] [--skip-seconds S]
 """
 
 from __future__ import annotations
@@ -28,7 +33,12 @@ from pathlib import Path
 
 sys.path[0] = str(Path(__file__).resolve().parents[1])  # the repository, not bench/
 
-from bench.analysis_corpus import DEFAULT_CACHE, build_corpus, tools_missing  # noqa: E402
+from bench.analysis_corpus import (  # noqa: E402
+    DEFAULT_CACHE,
+    build_corpus,
+    split_of,
+    tools_missing,
+)
 from soundforge.analysis import analyze  # noqa: E402
 from soundforge.analysis.key import KEY_PROFILES, estimate_key  # noqa: E402
 from tests.audio_synth import (  # noqa: E402
@@ -51,6 +61,7 @@ class Case:
     tempo: float | None  # truth; None: not scored for tempo
     drums: bool
     label: str
+    part: str = "all"  # "tuning" / "validation" for corpus clips
 
 
 @dataclass(frozen=True)
@@ -98,25 +109,39 @@ def tempo_hits(truth: float, estimate: float | None) -> tuple[bool, bool]:
     return hit(1.0), any(hit(factor) for factor in OCTAVE_FACTORS)
 
 
+def _row(chosen: list[tuple[Case, Estimate]], system: str, label: str) -> str:
+    keyed = [(case, est) for case, est in chosen if case.key]
+    timed = [(case, est) for case, est in chosen if case.tempo]
+    scores = [key_score(case.key or "", est.key) for case, est in keyed]
+    fifths = sum(score == 0.5 for score in scores)
+    relative = sum(score == 0.3 for score in scores)
+    hits = [tempo_hits(case.tempo or 0.0, est.tempo) for case, est in timed]
+    missing = sum(est.tempo is None for _, est in timed)
+    key_part = (f"key MIREX {sum(scores) / len(scores):.3f} exact "
+                f"{sum(s == 1.0 for s in scores) / len(scores):.3f} fifth {fifths:2d} "
+                f"rel {relative:2d}" if scores else "key -")  # fmt: skip
+    tempo_part = (f"tempo Acc1 {sum(a for a, _ in hits) / len(hits):.3f} "
+                  f"Acc2 {sum(b for _, b in hits) / len(hits):.3f} none {missing:2d}"
+                  if hits else "tempo -")  # fmt: skip
+    return f"  {system:10s} {label:22s} n={len(chosen):3d}  {key_part}  |  {tempo_part}"
+
+
 def _score(cases: list[Case], system: str, estimates: list[Estimate]) -> list[str]:
+    """One row per part (tuning / validation, when the cases have parts) and class (no drums /
+    drums), then the hymns alone per part."""
+    pairs = list(zip(cases, estimates, strict=True))
     rows = []
-    for drums in (False, True):
-        chosen = [(case, est) for case, est in zip(cases, estimates, strict=True)
-                  if case.drums == drums]  # fmt: skip
-        keyed = [(case, est) for case, est in chosen if case.key]
-        timed = [(case, est) for case, est in chosen if case.tempo]
-        scores = [key_score(case.key or "", est.key) for case, est in keyed]
-        fifths = sum(score == 0.5 for score in scores)
-        hits = [tempo_hits(case.tempo or 0.0, est.tempo) for case, est in timed]
-        missing = sum(est.tempo is None for _, est in timed)
-        label = "drums   " if drums else "no drums"
-        key_part = (f"key MIREX {sum(scores) / len(scores):.3f} exact "
-                    f"{sum(s == 1.0 for s in scores) / len(scores):.3f} fifth-off {fifths:2d}"
-                    if scores else "key -")  # fmt: skip
-        tempo_part = (f"tempo Acc1 {sum(a for a, _ in hits) / len(hits):.3f} "
-                      f"Acc2 {sum(b for _, b in hits) / len(hits):.3f} none {missing:2d}"
-                      if hits else "tempo -")  # fmt: skip
-        rows.append(f"  {system:10s} {label} n={len(chosen):3d}  {key_part}  |  {tempo_part}")
+    for part in sorted({case.part for case in cases}, key=("tuning", "validation", "all").index):
+        for drums in (False, True):
+            chosen = [(case, est) for case, est in pairs
+                      if case.drums == drums and case.part == part]  # fmt: skip
+            if chosen:
+                label = f"{'drums' if drums else 'no drums'} {part if part != 'all' else ''}"
+                rows.append(_row(chosen, system, label))
+        hymns = [(case, est) for case, est in pairs
+                 if case.part == part and case.label.startswith("hymn")]  # fmt: skip
+        if hymns:
+            rows.append(_row(hymns, system, f"hymns {part}"))
     return rows
 
 
@@ -124,9 +149,11 @@ def _misses(cases: list[Case], estimates: list[Estimate]) -> str:
     wrong = []
     for case, est in zip(cases, estimates, strict=True):
         if case.key and est.key != case.key:
-            wrong.append(f"key {case.label}: {case.key} -> {est.key}")
+            wrong.append(f"key [{case.part}] {Path(case.path).stem} {case.label}: {case.key}"
+                         f" -> {est.key}")  # fmt: skip
         if case.tempo and not tempo_hits(case.tempo, est.tempo)[0]:
-            wrong.append(f"tempo {case.label}: {case.tempo:g} -> {est.tempo}")
+            wrong.append(f"tempo [{case.part}] {Path(case.path).stem} {case.label}: "
+                         f"{case.tempo:g} -> {est.tempo}")  # fmt: skip
     return "\n".join(f"    {line}" for line in wrong)
 
 
@@ -177,9 +204,23 @@ def compare(title: str, cases: list[Case], verbose: bool, cache: Path | None = N
         print("  librosa misses:\n" + _misses(cases, theirs))
 
 
-def corpus_cases(cache: Path) -> list[Case]:
-    return [Case(clip.path, clip.key, clip.tempo, clip.drums,
-                 f"{clip.source} ({clip.ensemble})") for clip in build_corpus(cache)]  # fmt: skip
+def _cut(path: str, folder: Path, seconds: float) -> str:
+    """A copy of the clip without its first `seconds`, made once in `folder`."""
+    import soundfile
+
+    target = folder / Path(path).name
+    if not target.exists() or target.stat().st_mtime_ns < Path(path).stat().st_mtime_ns:
+        audio, rate = soundfile.read(path, dtype="float32")
+        folder.mkdir(parents=True, exist_ok=True)
+        soundfile.write(str(target), audio[int(seconds * rate) :], rate, subtype="PCM_16")
+    return str(target)
+
+
+def corpus_cases(cache: Path, skip_seconds: float = 0.0) -> list[Case]:
+    folder = cache / f"cut-{skip_seconds:g}"
+    return [Case(_cut(clip.path, folder, skip_seconds) if skip_seconds > 0 else clip.path,
+                 clip.key, clip.tempo, clip.drums, f"{clip.source} ({clip.ensemble})",
+                 split_of(clip)) for clip in build_corpus(cache)]  # fmt: skip
 
 
 def grid_cases(folder: Path, quick: bool) -> Iterator[Case]:
@@ -215,13 +256,17 @@ def main() -> None:
     parser.add_argument("--only", choices=("corpus", "grid"))
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="corpus folder")
     parser.add_argument("--verbose", action="store_true", help="list every miss")
+    parser.add_argument("--skip-seconds", type=float, default=0.0,
+                        help="cut this much off the start of every corpus clip")  # fmt: skip
     args = parser.parse_args()
     if args.only != "grid":
         missing = tools_missing() if not (args.cache / "index.json").exists() else None
         if missing:
             print(f"corpus: skipped ({missing})")
         else:
-            compare("corpus (FluidSynth renderings)", corpus_cases(args.cache), args.verbose,
+            cut = f", first {args.skip_seconds:g} s cut" if args.skip_seconds > 0 else ""
+            title = f"corpus (FluidSynth renderings){cut}"
+            compare(title, corpus_cases(args.cache, args.skip_seconds), args.verbose,
                     args.cache)  # fmt: skip
     if args.only != "corpus":
         with tempfile.TemporaryDirectory() as folder:

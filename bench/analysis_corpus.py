@@ -8,7 +8,14 @@ Sources (never Bach: the held-out set is built from Bach chorales):
   signature and the final bass note (pieces whose last note is neither the major nor the minor
   tonic of their signature are left out), the tempo chosen per piece and written into the MIDI;
 - progressions written here: legato (organ, strings, choir, piano) and grooves (bass, chords,
-  lead, drums), in every key and mode.
+  lead, drums), in every key and mode;
+- a second set (its own index, so the first is never rendered again): four-part hymns written by
+  `bench/hymns.py` (chorale-style SATB, modulating to related keys, 50-110 BPM, 4/4 and 3/4)
+  through organ, piano, strings and choir programs without drums, and more grooves with drums
+  (also the minor loops i-VI-III-VII and i-VII-VI-VII, up to 175 BPM).
+
+Every clip belongs to the tuning part or the held-back validation part, by a hash of its file
+name (each clip is a different piece): tune on the first, report both (`split_of`).
 
 The corpus is built once into a cache folder outside the repository (`--cache`, default
 `~/.cache/soundforge/analysis-corpus`) with an `index.json`; later runs reuse it.
@@ -26,6 +33,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -70,6 +78,26 @@ CLASSICAL = (
     "verdi/laDonnaEMobile", "corelli/opus3no1/1grave", "cpebach/h186",
 )  # fmt: skip
 FOLK_FILES = ("essenFolksong/han1", "essenFolksong/kinder", "essenFolksong/boehme10")
+EXTRA_VERSION = 2
+EXTRA_SEED = 1313
+HYMNS = 48
+EXTRA_GROOVES = 32
+# Hymn ensembles: soprano, alto, tenor, bass programs (organ, piano, strings, choir, as sung
+# and played hymns are).
+HYMN_ENSEMBLES: dict[str, tuple[int, ...]] = {
+    "church organ": (19,),
+    "reed organ": (20,),
+    "drawbar organ": (16,),
+    "piano": (0,),
+    "bright piano": (1,),
+    "strings": (48,),
+    "slow strings": (49,),
+    "string quartet": (40, 40, 41, 42),
+    "choir": (52,),
+    "voice oohs": (53,),
+    "choir and organ": (52, 52, 19, 19),
+    "strings and organ": (48, 48, 19, 19),
+}
 
 # Progressions: (root in semitones above the tonic, chord intervals above the root).
 MAJOR = ((0, 4, 7), (0, 3, 7), (0, 3, 7), (0, 4, 7), (0, 4, 7), (0, 3, 7), (0, 3, 6))
@@ -79,6 +107,7 @@ MAJOR_PROGRESSIONS = ((0, 3, 4, 0), (0, 5, 3, 4), (1, 4, 0, 5), (0, 4, 5, 3),
                       (0, 3, 0, 4, 5, 1, 4, 0))
 MINOR_PROGRESSIONS = ((0, 3, 4, 0), (0, 5, 3, 4), (0, 3, 6, 2, 5, 1, 4, 0), (0, 6, 5, 4),
                       (0, 3, 0, 4))
+EXTRA_MINOR_PROGRESSIONS = (*MINOR_PROGRESSIONS, (0, 5, 2, 6), (0, 6, 5, 6), (0, 3, 6, 2))
 DRUM_PATTERNS: dict[str, tuple[tuple[float, int, int], ...]] = {  # (beat, GM note, velocity)
     "rock": ((0, 36, 110), (1, 38, 100), (2, 36, 110), (3, 38, 100),
              *((step / 2, 42, 80 if step % 2 == 0 else 60) for step in range(8))),
@@ -230,11 +259,12 @@ def _score_events(score: Any, tempo: float, seconds: float) -> tuple[list[NoteEv
 
 
 def _progression_events(rng: random.Random, tonic: int, mode: str, tempo: float, seconds: float,
-                        legato: bool) -> tuple[list[NoteEvent], list[float]]:  # fmt: skip
+                        legato: bool, minors: tuple[tuple[int, ...], ...] = MINOR_PROGRESSIONS,
+                        ) -> tuple[list[NoteEvent], list[float]]:  # fmt: skip
     """A looped progression (a bar per chord) with a root bass, close-voiced chords and a
     melody on chord and scale tones; legato: whole-bar chords; groove: chords on the beats."""
     degrees = DEGREES_MAJOR if mode == "major" else DEGREES_MINOR
-    progression = rng.choice(MAJOR_PROGRESSIONS if mode == "major" else MINOR_PROGRESSIONS)
+    progression = rng.choice(MAJOR_PROGRESSIONS if mode == "major" else minors)
     beat_s = 60.0 / tempo
     events: list[NoteEvent] = []
     bars = int(seconds / (4 * beat_s)) + 1
@@ -312,42 +342,111 @@ def _clips_to_render(rng: random.Random, seconds: float) -> Iterator[tuple[
         yield kind, _key_name(tonic, mode), tempo, events, beats, 4
 
 
-def build_corpus(cache: Path = DEFAULT_CACHE, seconds: float = 20.0,
-                 seed: int = 13) -> list[CorpusClip]:  # fmt: skip
-    """Render the corpus into `cache` once (reused while its index matches the version)."""
-    index_path = cache / "index.json"
-    if index_path.exists():
-        index = json.loads(index_path.read_text())
-        if index.get("version") == CORPUS_VERSION and index.get("seconds") == seconds:
-            return [CorpusClip(**clip) for clip in index["clips"]]
-    missing = tools_missing()
-    if missing:
-        raise RuntimeError(missing)
-    cache.mkdir(parents=True, exist_ok=True)
-    rng = random.Random(seed)
+def _hymn_events(rng: random.Random, tonic: int, mode: str, tempo: float, seconds: float,
+                 beats_per_bar: int) -> tuple[list[NoteEvent], list[float]]:  # fmt: skip
+    """A hymn of `bench/hymns.py` in seconds: voices legato, a repeated note struck again."""
+    from bench.hymns import write_hymn
+
+    beat_s = 60.0 / tempo
+    beats = int(seconds / beat_s) + 2
+    events = [NoteEvent(note.beat * beat_s, (note.beat + note.beats) * beat_s - 0.03,
+                        note.pitch, note.voice, rng.randrange(78, 96))
+              for note in write_hymn(rng, tonic, mode, beats, beats_per_bar)]  # fmt: skip
+    return events, [index * beat_s for index in range(beats + 1)]
+
+
+def _extra_clips(rng: random.Random, seconds: float) -> Iterator[tuple[
+        str, str, float, list[NoteEvent], list[float], int]]:  # fmt: skip
+    """The second set: hymns (no drums), then grooves (drums)."""
+    for index in range(HYMNS):
+        mode = ("major", "minor")[index % 2]
+        tonic = rng.randrange(12)
+        tempo = float(rng.randrange(50, 111))
+        per_bar = 3 if rng.random() < 0.2 else 4
+        events, beats = _hymn_events(rng, tonic, mode, tempo, seconds, per_bar)
+        yield "hymn", _key_name(tonic, mode), tempo, events, beats, per_bar
+    for index in range(EXTRA_GROOVES):
+        mode = ("major", "minor")[index % 2]
+        tonic = rng.randrange(12)
+        tempo = float(rng.randrange(70, 176))
+        events, beats = _progression_events(rng, tonic, mode, tempo, seconds, False,
+                                            EXTRA_MINOR_PROGRESSIONS)  # fmt: skip
+        yield "groove", _key_name(tonic, mode), tempo, events, beats, 4
+
+
+def split_of(clip: CorpusClip) -> str:
+    """"tuning" or "validation": a fixed hash of the clip's file name, half and half."""
+    return "validation" if zlib.crc32(Path(clip.path).name.encode()) % 2 else "tuning"
+
+
+def _cached(index_path: Path, version: int, seconds: float) -> list[CorpusClip] | None:
+    if not index_path.exists():
+        return None
+    index = json.loads(index_path.read_text())
+    if index.get("version") != version or index.get("seconds") != seconds:
+        return None
+    return [CorpusClip(**clip) for clip in index["clips"]]
+
+
+def _render_all(cache: Path, found: Iterator[tuple[str, str, float, list[NoteEvent],
+                list[float], int]], rng: random.Random, prefix: str,
+                ensembles_by_source: dict[str, dict[str, tuple[int, ...]]],
+                drums_of: Any, seconds: float) -> list[CorpusClip]:  # fmt: skip
     clips: list[CorpusClip] = []
-    ensembles = list(ENSEMBLES)
     with tempfile.TemporaryDirectory() as scratch:
         midi_path = Path(scratch) / "clip.mid"
-        for number, (source, key, tempo, events, beats, per_bar) in enumerate(
-            _clips_to_render(rng, seconds)
-        ):
-            ensemble = ensembles[number % len(ensembles)]
-            drums = (number + number // len(ensembles)) % 2 == 1 or source == "groove"
-            if source == "legato progression":
-                drums = False
+        for number, (source, key, tempo, events, beats, per_bar) in enumerate(found):
+            table = ensembles_by_source.get(source, ENSEMBLES)
+            ensemble = list(table)[number % len(table)]
+            drums = bool(drums_of(number, source))
             pattern = rng.choice(list(DRUM_PATTERNS))
             notes = events + (_drum_events(beats, pattern, per_bar) if drums else [])
-            _write_midi(notes, ENSEMBLES[ensemble], tempo, midi_path)
-            wav_path = cache / f"clip{number:03d}.wav"
+            _write_midi(notes, table[ensemble], tempo, midi_path)
+            wav_path = cache / f"{prefix}{number:03d}.wav"
             _render(midi_path, wav_path, seconds)
             clips.append(CorpusClip(str(wav_path), key, tempo, drums, source, ensemble))
             print(f"  {wav_path.name}: {source}, {key}, {tempo:g} BPM, {ensemble}"
                   f"{', drums (' + pattern + ')' if drums else ''}", flush=True)  # fmt: skip
-    document = {"version": CORPUS_VERSION, "seconds": seconds,
-                "clips": [asdict(clip) for clip in clips]}  # fmt: skip
-    index_path.write_text(json.dumps(document, indent=1))
     return clips
+
+
+def build_corpus(cache: Path = DEFAULT_CACHE, seconds: float = 20.0,
+                 seed: int = 13) -> list[CorpusClip]:  # fmt: skip
+    """Render the corpus into `cache` once (each set reused while its index matches its
+    version): the first set of compositions and progressions, then the hymns and grooves."""
+    first = _cached(cache / "index.json", CORPUS_VERSION, seconds)
+    extra = _cached(cache / "index-hymns.json", EXTRA_VERSION, seconds)
+    if first is not None and extra is not None:
+        return first + extra
+    missing = tools_missing()
+    if missing:
+        raise RuntimeError(missing)
+    cache.mkdir(parents=True, exist_ok=True)
+    if first is None:
+        rng = random.Random(seed)
+        ensembles = list(ENSEMBLES)
+
+        def first_drums(number: int, source: str) -> bool:
+            if source == "legato progression":
+                return False
+            return (number + number // len(ensembles)) % 2 == 1 or source == "groove"
+
+        first = _render_all(cache, _clips_to_render(rng, seconds), rng, "clip", {},
+                            first_drums, seconds)  # fmt: skip
+        _write_index(cache / "index.json", CORPUS_VERSION, seconds, first)
+    if extra is None:
+        rng = random.Random(EXTRA_SEED)
+        extra = _render_all(cache, _extra_clips(rng, seconds), rng, "extra",
+                            {"hymn": HYMN_ENSEMBLES}, lambda _, source: source == "groove",
+                            seconds)  # fmt: skip
+        _write_index(cache / "index-hymns.json", EXTRA_VERSION, seconds, extra)
+    return first + extra
+
+
+def _write_index(path: Path, version: int, seconds: float, clips: list[CorpusClip]) -> None:
+    document = {"version": version, "seconds": seconds,
+                "clips": [asdict(clip) for clip in clips]}  # fmt: skip
+    path.write_text(json.dumps(document, indent=1))
 
 
 def main() -> None:
@@ -359,7 +458,9 @@ def main() -> None:
     args = parser.parse_args()
     clips = build_corpus(args.cache, args.seconds)
     drums = sum(clip.drums for clip in clips)
-    print(f"{len(clips)} clips in {args.cache} ({drums} with drums, {len(clips) - drums} without)")
+    held = sum(split_of(clip) == "validation" for clip in clips)
+    print(f"{len(clips)} clips in {args.cache} ({drums} with drums, {len(clips) - drums} without;"
+          f" {len(clips) - held} tuning, {held} validation)")
 
 
 if __name__ == "__main__":

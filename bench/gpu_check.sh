@@ -4,7 +4,8 @@
 # There, from the project root:   bash bench/gpu_check.sh        (about 5 minutes on an H200)
 # 1. fp32 stems equal the CLI's within 1e-4 with batched segments (.gpu/check_separation.sh);
 # 2. bench.separation's device set: one 10-minute song and 10 four-minute songs, the CLI and
-#    SoundForge side by side (wall, audio seconds per second, peak GPU memory), per precision.
+#    SoundForge side by side (wall, audio seconds per second, peak GPU memory), per precision;
+#    for the 10 songs, ours with 4 songs sharing the batches (cross-song) and one at a time.
 set -u
 cd "$(dirname "$0")/.." || exit 1
 [ -d .gpu ] || { echo "no .gpu/ here: run ../shared/gpu/fetch_wheels.sh first"; exit 1; }

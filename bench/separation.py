@@ -14,7 +14,9 @@ of ours) so a machine shared with other work slows both alike, and the CLI/ours 
 and their median (> 1: ours is faster / smaller). `speed --device cuda` (or `throughput` on any
 device, a smoke test on the CPU) runs one long song and then a batch of songs in one process each
 (the CLI takes several files, so does `soundforge separate`) and prints wall time, audio seconds
-per second and peak GPU memory side by side. `memory` prints our peak RSS per track duration (flat
+per second and peak GPU memory side by side; for the batch of songs, ours both with the songs'
+segments sharing batches (cross-song batching, `--songs-together`, by default 4 on a GPU) and
+one song at a time. `memory` prints our peak RSS per track duration (flat
 means memory does not grow with the track). Peak RSS is the child's `ru_maxrss` from `wait4`, so
 each run is measured alone. Linux folds the parent's resident pages at fork/exec into a child's
 `ru_maxrss`, so this process stays small: the model repo and the songs are built by a `prepare`
@@ -100,20 +102,22 @@ def demucs_cli(repo: Path, songs: Sequence[Path], out: Path, shifts: int, overla
 
 
 def ours(repo: Path, songs: Sequence[Path], out: Path, shifts: int, overlap: float,
-         precision: str, threads: int, batch: int = 0, device: str = "cpu") -> list[str]:
+         precision: str, threads: int, batch: int = 0, device: str = "cpu",
+         songs_together: int = 0) -> list[str]:
     return [sys.executable, "-m", "soundforge.cli.main", "separate", *map(str, songs),
             "--out", str(out), "--model", MODEL, "--repo", str(repo), "--format", "wav",
             "--device", device, "--shifts", str(shifts), "--overlap", str(overlap),
-            "--precision", precision, "--threads", str(threads), "--batch", str(batch)]
+            "--precision", precision, "--threads", str(threads), "--batch", str(batch),
+            "--songs-together", str(songs_together)]
 
 
 def print_table(rows: Sequence[Measurement], audio_s: dict[str, float] | None = None) -> None:
     """One line per run; with `audio_s` (label -> seconds of audio) also audio s per wall s and
     peak GPU memory."""
     extra = f"{'audio s/s':>11}{'peak GPU MB':>13}" if audio_s else ""
-    print(f"{'run':<36}{'wall s':>10}{'cpu s':>10}{'peak RSS MB':>14}{extra}")
+    print(f"{'run':<48}{'wall s':>10}{'cpu s':>10}{'peak RSS MB':>14}{extra}")
     for row in rows:
-        line = f"{row.label:<36}{row.wall_s:>10.1f}{row.cpu_s:>10.1f}{row.peak_rss_mb:>14.0f}"
+        line = f"{row.label:<48}{row.wall_s:>10.1f}{row.cpu_s:>10.1f}{row.peak_rss_mb:>14.0f}"
         if audio_s:
             line += f"{audio_s[row.label] / row.wall_s:>11.1f}{row.peak_gpu_mb:>13.0f}"
         print(line)
@@ -195,13 +199,20 @@ def device_speed(args: argparse.Namespace, work: Path) -> None:
             repo, songs, work / "cli", args.shifts, args.overlap, args.device), work / "cli.log"),
             work / "cli.log")]  # fmt: skip
         for precision in args.precision:
-            rows.append(measure(f"soundforge ({precision}) {title}", with_peak_gpu(ours(
-                repo, songs, work / "ours", args.shifts, args.overlap, precision, args.threads,
-                args.batch[0], args.device), work / "ours.log"), work / "ours.log"))  # fmt: skip
+            for together in args.songs_together if len(songs) > 1 else [0]:
+                label = f"soundforge ({precision}{_together_label(together)}) {title}"
+                rows.append(measure(label, with_peak_gpu(ours(
+                    repo, songs, work / "ours", args.shifts, args.overlap, precision,
+                    args.threads, args.batch[0], args.device, together), work / "ours.log"),
+                    work / "ours.log"))  # fmt: skip
         print()
         print_table(rows, {row.label: seconds for row in rows})
         for row in rows[1:]:
             print(f"{row.label}: {rows[0].wall_s / row.wall_s:.2f}x the CLI's songs per hour")
+
+
+def _together_label(together: int) -> str:
+    return {0: "", 1: ", one song at a time"}.get(together, f", {together} songs together")
 
 
 def memory(args: argparse.Namespace, work: Path) -> None:
@@ -239,6 +250,9 @@ def main() -> None:
     parser.add_argument("--songs", type=int, default=10, help="speed --device: batch songs")
     parser.add_argument("--song-seconds", type=float, default=240.0,
                         help="speed --device: length of each batch song")
+    parser.add_argument("--songs-together", type=int, nargs="+", default=[0, 1],
+                        help="speed --device, the batch of songs: ours with each of these "
+                        "(0: by device, 4 on a GPU; 1: one song at a time)")
     parser.add_argument("--durations", type=float, nargs="+", default=[60.0, 600.0],
                         help="memory: track lengths in seconds")
     parser.add_argument("--precision", nargs="+", choices=("fp32", "bf16", "fp16"),

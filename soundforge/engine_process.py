@@ -57,6 +57,7 @@ from soundforge.models import Stage
 from soundforge.redact import install_log_redaction
 
 if TYPE_CHECKING:
+    from soundforge.engine_batching import SharedEngines
     from soundforge.engines import Engines
     from soundforge.settings import Settings
 
@@ -224,7 +225,9 @@ class EngineError(Exception):
 
 class EngineProcesses:
     """The worker's warm children: `run` borrows one per engine call (starting one when none
-    is idle), returns it afterwards, and kills it when the call was stopped."""
+    is idle), returns it afterwards, and kills it when the call was stopped. Separations go
+    to the shared children of `soundforge.engine_batching` instead when more than one may run
+    together (a GPU host; `SOUNDFORGE_SEPARATION_JOBS_TOGETHER`)."""
 
     def __init__(
         self,
@@ -237,6 +240,10 @@ class EngineProcesses:
         self.max_calls = settings.engine_recycle_after_jobs
         self.max_rss_mb = settings.engine_max_rss_mb
         self.keep_warm = 0
+        from soundforge.engine_batching import jobs_together
+
+        self.together = jobs_together(settings)
+        self._shared: SharedEngines | None = None
         self._idle: list[EngineChild] = []
         self._busy: set[EngineChild] = set()
         self._lock = threading.Lock()
@@ -248,6 +255,13 @@ class EngineProcesses:
             if warm_stages is not None:
                 self.setup = _Setup(self.setup.settings, self.setup.factory,
                                     tuple(warm_stages), os.getpid())  # fmt: skip
+            if self.together > 1 and Stage.SEPARATE in self.setup.warm_stages:
+                # The model lives in the shared children only (one per GPU), warm from now.
+                self._shared_engines().start()
+                others = tuple(s for s in self.setup.warm_stages if s is not Stage.SEPARATE)
+                self.setup = _Setup(self.setup.settings, self.setup.factory, others,
+                                    os.getpid())  # fmt: skip
+                count = count if others else 0
             self.keep_warm = count
             while len(self._idle) + len(self._busy) < count:
                 self._idle.append(EngineChild(self.setup))
@@ -261,6 +275,13 @@ class EngineProcesses:
         limit_s: float | None = None,
         limit_message: str = "time limit exceeded",
     ) -> Any:
+        if call.name == "separate" and self.together > 1:
+            with self._lock:
+                shared = self._shared_engines()
+            try:
+                return shared.call(call, progress, should_abort, limit_s, limit_message)
+            except EngineError as error:
+                raise error.error from None
         child = self._checkout()
         try:
             result = child.call(call, progress, should_abort, limit_s, limit_message)
@@ -278,7 +299,20 @@ class EngineProcesses:
         """The children alive now, or only those running an engine call (tests, status)."""
         with self._lock:
             children = list(self._busy) if busy_only else [*self._idle, *self._busy]
-            return [child.pid for child in children]
+            shared = self._shared.pids(busy_only=busy_only) if self._shared else []
+            return [child.pid for child in children] + shared
+
+    def _shared_engines(self) -> SharedEngines:
+        """The shared separation children (call with `_lock` held)."""
+        from soundforge.engine_batching import SharedEngines, gpu_count
+
+        if self._closed:
+            raise TransientError("the worker is stopping; engine processes are closed")
+        if self._shared is None:
+            setup = _Setup(self.setup.settings, self.setup.factory, (Stage.SEPARATE,),
+                           os.getpid())  # fmt: skip
+            self._shared = SharedEngines(setup, gpu_count())
+        return self._shared
 
     def _checkout(self) -> EngineChild:
         """The most recently used ready child (its caches are warmest) that is not worn out,
@@ -364,8 +398,11 @@ class EngineProcesses:
         with self._lock:
             self._closed = True
             idle, self._idle = self._idle, []
+            shared, self._shared = self._shared, None
         for child in idle:
             child.close()
+        if shared is not None:
+            shared.close()
 
 
 # -- the child's side ------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import functools
 import logging
 import threading
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -46,12 +46,43 @@ AnalyzeFn = Callable[[Path, ProgressCallback], AnalysisOutcome]
 
 
 @dataclass(frozen=True)
+class SeparationJob:
+    """One separation of several run together (`Engines.separate_jobs`)."""
+
+    audio: Path
+    out_dir: Path
+    model: str
+    progress: ProgressCallback
+    should_abort: AbortCheck
+
+
+SeparationOutcome = dict[str, Path] | Exception
+SeparateJobsFn = Callable[[Sequence[SeparationJob]], list[SeparationOutcome]]
+
+
+@dataclass(frozen=True)
 class Engines:
     expand: ExpandFn
     fetch: FetchFn
     separate: SeparateFn
     analyze: AnalyzeFn
     warm_up: Callable[[Iterable[Stage]], None] = field(default=lambda stages: None)
+    together: SeparateJobsFn | None = None
+    """Several separations in one batch stream, each with its own progress and abort; None
+    runs them one after the other through `separate`."""
+
+    def separate_jobs(self, jobs: Sequence[SeparationJob]) -> list[SeparationOutcome]:
+        """Each job's stems, or the exception that ended it (the others go on)."""
+        if self.together is not None:
+            return self.together(jobs)
+        outcomes: list[SeparationOutcome] = []
+        for job in jobs:
+            try:
+                outcomes.append(self.separate(job.audio, job.out_dir, job.model, job.progress,
+                                              job.should_abort))  # fmt: skip
+            except Exception as error:
+                outcomes.append(error)
+        return outcomes
 
 
 def with_fetched_weights(
@@ -138,6 +169,24 @@ def default_engines(settings: Settings) -> Engines:
     ) -> dict[str, Path]:
         return separator(model).separate(audio, out_dir, progress=progress, should_abort=abort)
 
+    def together(jobs: Sequence[SeparationJob]) -> list[SeparationOutcome]:
+        from soundforge.separation.separator import SeparationRequest
+
+        outcomes: list[SeparationOutcome | None] = [None] * len(jobs)
+        for model in dict.fromkeys(job.model for job in jobs):  # one stream per model
+            indexes = [index for index, job in enumerate(jobs) if job.model == model]
+            try:
+                found = separator(model).separate_together([
+                    SeparationRequest(jobs[i].audio, jobs[i].out_dir, jobs[i].progress,
+                                      jobs[i].should_abort)
+                    for i in indexes
+                ])  # fmt: skip
+            except Exception as error:  # loading the model, or the device: all of them
+                found = [error] * len(indexes)
+            for index, outcome in zip(indexes, found, strict=True):
+                outcomes[index] = outcome
+        return [outcome for outcome in outcomes if outcome is not None]
+
     def analyze(audio: Path, progress: ProgressCallback) -> AnalysisOutcome:
         from soundforge.analysis import analyze as analyze_file
 
@@ -145,7 +194,7 @@ def default_engines(settings: Settings) -> Engines:
         return AnalysisOutcome(columns=report.result_columns(), features=report.to_dict())
 
     def warm_up(stages: Iterable[Stage]) -> None:
-        """Pay start-up costs (numba JIT, model load) at worker start, not in the first job."""
+        """Pay start-up costs (imports, filter banks, the model) at worker start, not in a job."""
         wanted = set(stages)
         if Stage.ANALYZE in wanted:
             try:
@@ -162,4 +211,4 @@ def default_engines(settings: Settings) -> Engines:
                             settings.demucs_model, error)  # fmt: skip
 
     return Engines(expand=expand, fetch=fetch, separate=separate, analyze=analyze,
-                   warm_up=warm_up)  # fmt: skip
+                   warm_up=warm_up, together=together)  # fmt: skip

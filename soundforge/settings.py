@@ -116,6 +116,11 @@ class Settings(BaseSettings):
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     separation_batch: int = Field(default=0, ge=0, le=1024,
                                   description="segments per model call; 0 = by device")
+    separation_jobs_together: int = Field(
+        default=0, ge=0, le=64,
+        description="separations one engine process runs in one batch stream (a GPU worker); "
+        "0 = 4 when the device is or finds a CUDA GPU, else 1",
+    )
     shifts: int = Field(default=1, ge=0, le=20)
     overlap: float = Field(default=0.25, ge=0.0, lt=1.0)
     stem_format: Literal["flac", "wav"] = "flac"

@@ -38,6 +38,7 @@ from types import FrameType
 
 from soundforge import maintenance, worker_hooks
 from soundforge.db import connect
+from soundforge.engine_batching import jobs_together
 from soundforge.errors import ConfigError
 from soundforge.preflight import check_service_start
 from soundforge.queue import GROUP_NAMES, MAINTENANCE_QUEUE
@@ -90,7 +91,9 @@ def worker_groups(settings: Settings) -> list[WorkerGroup]:
     groups = []
     for name, processes, concurrency in (
         ("download", settings.download_processes, settings.download_concurrency),
-        ("processing", settings.processing_processes, settings.processing_concurrency),
+        # A GPU worker takes as many separations at once as its engine runs together.
+        ("processing", settings.processing_processes,
+         max(settings.processing_concurrency, jobs_together(settings))),
         ("analysis", settings.analysis_processes, settings.analysis_concurrency),
     ):
         groups.append(WorkerGroup(name, (name,), processes if name in queues else 0,

@@ -102,6 +102,12 @@ DRUM_STYLES: dict[str, tuple[tuple[int, str, float], ...]] = {
         (4, "snare", 0.5), (12, "snare", 0.5),
         *((beat * 4 + 2, "hat", 0.5) for beat in range(4)),
     ),
+    # the rock backbeat: kick on 1 and 3, snare on 2 and 4, eighth-note hi-hats (kick and snare
+    # alternate, so the pattern repeats every two beats: the tempogram peaks at half the tempo)
+    "backbeat": (
+        (0, "kick", 0.9), (8, "kick", 0.9), (4, "snare", 0.8), (12, "snare", 0.8),
+        *((eighth * 2, "hat", 0.4 if eighth % 2 == 0 else 0.3) for eighth in range(8)),
+    ),
     # syncopated kick (1, "and" of 2, 3), snare on 2 and 4, sixteenth-note hi-hats
     "funk": (
         (0, "kick", 0.9), (6, "kick", 0.7), (8, "kick", 0.9), (10, "kick", 0.6),
@@ -266,6 +272,26 @@ def chord_sequence(
     return 0.5 * track / max(1e-9, float(np.max(np.abs(track))))
 
 
+def section_sequence(chords: list[tuple[int, ...]], tempo: float, seconds: float,
+                     sample_rate: int = 22050, timbre: str = "strings", attack_s: float = 0.3,
+                     players: int = 3, detune_cents: float = 8.0) -> FloatArray:  # fmt: skip
+    """Chords as MIDI notes, one per beat at `tempo`, each note played by a section of
+    `players` slightly detuned players (a string section, a choir: their beating makes the
+    level waver) with a slow `attack_s` swell, each chord ringing 0.1 s into the next; looped
+    for `seconds`. Mono, peak about 0.5."""
+    track = np.zeros(int(seconds * sample_rate))
+    length = round(60.0 / tempo * sample_rate)
+    for index in range(track.size // length + 1):
+        for voice, note in enumerate(chords[index % len(chords)]):
+            for player in range(players):
+                cents = detune_cents * (player - (players - 1) / 2)
+                tone = instrument_tone(_midi_to_hz(note + cents / 100), length + sample_rate // 10,
+                                       sample_rate, timbre, seed=index * 64 + voice * 8 + player,
+                                       attack_s=attack_s)  # fmt: skip
+                _place(track, tone, index * length, 1.0)
+    return 0.5 * track / max(1e-9, float(np.max(np.abs(track))))
+
+
 def click_track(seconds: float, tempo: float, sample_rate: int = 22050) -> FloatArray:
     """A short high click on every beat (a metronome). Peak about 0.5."""
     track = np.zeros(int(seconds * sample_rate))
@@ -283,3 +309,32 @@ def write_mono(path: Path | str, samples: FloatArray, sample_rate: int = 22050) 
     scaled = samples * (0.8 / max(1e-9, float(np.max(np.abs(samples)))))
     soundfile.write(str(path), scaled.astype(np.float32), sample_rate)
     return path
+
+
+def groove(chords: list[tuple[int, ...]], tempo: float, seconds: float, sample_rate: int = 22050,
+           drum_style: str = "backbeat", timbre: str = "piano") -> FloatArray:  # fmt: skip
+    """A band: drums in `drum_style`, a bass on every beat (the chord's lowest note, octave
+    jumps on the off-beats of the bar), the chord's upper notes struck on beats 1 and 3 and a
+    lead in eighth notes on chord tones, one chord per bar of four beats at `tempo`, looped.
+    Mono, peak about 0.5."""
+    beat = round(60.0 / tempo * sample_rate)
+    track = np.zeros(int(seconds * sample_rate))
+    for bar in range(track.size // (4 * beat) + 1):
+        chord = chords[bar % len(chords)]
+        start = bar * 4 * beat
+        for step in range(4):
+            bass = chord[0] + (12 if step % 2 else 0)
+            _place(track, instrument_tone(_midi_to_hz(bass), beat, sample_rate, "strings",
+                                          seed=bar * 16 + step), start + step * beat, 0.35)
+            if step in (0, 2):
+                for voice, note in enumerate(chord[1:]):
+                    _place(track, instrument_tone(_midi_to_hz(note), 2 * beat, sample_rate, timbre,
+                                                  seed=bar * 16 + voice), start + step * beat,
+                           0.12)
+        for eighth in range(8):
+            note = chord[1 + (eighth * 5 + bar) % (len(chord) - 1)] + 12
+            _place(track, instrument_tone(_midi_to_hz(note), beat // 2, sample_rate, "reed",
+                                          seed=bar * 16 + eighth), start + eighth * beat // 2,
+                   0.1)
+    track *= 0.5 / max(1e-9, float(np.max(np.abs(track))))
+    return track + 0.6 * drum_pattern(seconds, tempo, sample_rate, style=drum_style)[: track.size]

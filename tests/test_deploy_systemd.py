@@ -156,7 +156,7 @@ def test_unit_security_exposure_is_at_most_2_0() -> None:
     assert exposure <= MAX_EXPOSURE, output
 
 
-def test_unit_allows_writable_executable_memory_for_numba_and_torch() -> None:
+def test_unit_allows_writable_executable_memory_for_torch() -> None:
     assert service_values("MemoryDenyWriteExecute") in ([], ["no"])
 
 
@@ -190,7 +190,7 @@ def test_unit_keeps_storage_and_caches_in_its_state_and_cache_directories() -> N
     )
     assert environment["SOUNDFORGE_STORAGE_PATH"] == "%S/soundforge"
     assert environment["XDG_CACHE_HOME"] == "%C/soundforge"
-    assert environment["NUMBA_CACHE_DIR"].startswith("%C/soundforge/")
+    assert "NUMBA_CACHE_DIR" not in environment  # nothing the service runs uses numba
     # The code's default storage path is the same folder systemd's %S/soundforge names.
     assert Settings.model_fields["storage_path"].default == Path("/var/lib/soundforge")
     assert set(single("RestrictAddressFamilies").split()) == {"AF_INET", "AF_INET6", "AF_UNIX"}

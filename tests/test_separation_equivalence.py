@@ -8,7 +8,6 @@ from __future__ import annotations
 import random
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from fractions import Fraction
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import torch
 from demucs.apply import BagOfModels, apply_model
 
 from soundforge.separation import Separator, stem_names, write_local_repo
+from soundforge.separation.cpu_workers import SegmentWorkers
 from soundforge.separation.loading import LoadedModel
 from soundforge.separation.streaming import BatchLimit, separate_stream
 from tests.test_separation_support import read_stem, write_mix
@@ -129,7 +129,7 @@ class _Windows:
 
 def _stream(models: list[_StandInModel], weights: list[list[float]], mix: torch.Tensor, *,
             shifts: int, overlap: float, limit: BatchLimit, seed: int = 5,
-            workers: ThreadPoolExecutor | None = None,
+            workers: SegmentWorkers | None = None,
             ) -> tuple[list[torch.Tensor], list[tuple[int, int]]]:
     loaded = LoadedModel("stand-in", tuple(models), tuple(map(tuple, weights)), ("a", "b", "c"),
                          44100, 2, torch.device("cpu"))
@@ -167,9 +167,9 @@ def test_batched_streaming_overlap_add_equals_apply_model_on_a_long_track(
     weights = [[1.0, 0.5, 0.25], [0.0, 0.5, 1.0]][:members]
     mix = torch.randn(2, 44100 * 7 + extra_frames, generator=torch.Generator().manual_seed(0))
     expected = _apply_model(models, weights, mix, shifts=shifts, overlap=overlap)
-    with ThreadPoolExecutor(threads or 1) as pool:
-        blocks, calls = _stream(models, weights, mix, shifts=shifts, overlap=overlap,
-                                limit=BatchLimit(batch_size), workers=pool if threads else None)
+    workers = SegmentWorkers(threads) if threads else None
+    blocks, calls = _stream(models, weights, mix, shifts=shifts, overlap=overlap,
+                            limit=BatchLimit(batch_size), workers=workers)
     ours = torch.cat(blocks, dim=-1)
     assert ours.shape == expected.shape
     assert float((ours - expected).abs().max()) <= 1e-5

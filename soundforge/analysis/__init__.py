@@ -2,7 +2,7 @@
 MFCCs and chroma of one file, with bounded memory. Pure: no database.
 
     from soundforge.analysis import analyze, warm_up
-    warm_up()                      # once per worker process (imports, numba JIT)
+    warm_up()                      # once per worker process (imports, filter banks)
     report = analyze("song.flac", progress=print)
     report.to_dict()               # the JSON / `features` document
     report.result_columns()        # the six analysis_results columns

@@ -24,9 +24,17 @@ import numpy.typing as npt
 from soundforge import audio_io
 from soundforge.analysis import notes, spectral
 from soundforge.analysis.frontend import HOP_LENGTH, N_FFT, FrameChunk, StftFrontend, real_fft
-from soundforge.analysis.key import KeyEstimate, estimate_key, key_profile_input
+from soundforge.analysis.key import KeyEstimate, estimate_key, key_profile_input, opening_span
 from soundforge.analysis.report import AnalysisReport
-from soundforge.analysis.rhythm import BeatResult, align_onsets, rectified_rise, track_beats
+from soundforge.analysis.rhythm import (
+    BACKBEAT_BANDS,
+    BeatResult,
+    align_onsets,
+    harmonic_novelty,
+    percussiveness,
+    rectified_rise,
+    track_beats,
+)
 from soundforge.audio_limits import DEFAULT_LIMITS, AudioLimits
 from soundforge.errors import AbortCheck, JobAbortedError, ProgressCallback
 
@@ -35,6 +43,7 @@ logger = logging.getLogger(__name__)
 ANALYSIS_SAMPLE_RATE = 22050
 N_MFCC = 13
 TOP_DB = 80.0
+BROADBAND_RISE_DB = 6.0  # a mel band rising this much in a frame takes part in an onset
 SILENCE_RMS = 1e-3  # loudest frame below -60 dBFS: silence
 MIN_TEMPO_SECONDS = 4.0
 MIN_KEY_SECONDS = 2.0
@@ -111,6 +120,8 @@ class MelSummary:
     mfcc: FloatArray  # (frames, 13)
     onset_envelope: FloatArray  # (frames,)
     power_flux: FloatArray  # (frames,)
+    broadband: FloatArray  # (frames,) share of mel bands rising over BROADBAND_RISE_DB
+    low_onsets: FloatArray  # (frames,) the onset envelope of the bands under 4 kHz
 
 
 def _dct_basis(n_mels: int, n_mfcc: int) -> FloatArray:
@@ -129,21 +140,28 @@ def summarise_mel(mel_chunks: list[FloatArray]) -> MelSummary:
     loudest = max((float(chunk.max()) for chunk in mel_chunks if chunk.size), default=0.0)
     floor_db = np.float32(10.0 * np.log10(max(loudest, spectral.AMIN)) - TOP_DB)
     basis = _dct_basis(spectral.N_MELS, N_MFCC)
-    mfcc, onset, power_flux = [], [], []
+    mfcc, onset, power_flux, broadband, low_onsets = [], [], [], [], []
     previous_db: FloatArray | None = None
     previous_power: FloatArray | None = None
     for power in mel_chunks:
         mel_db = np.maximum(spectral.power_to_db(power), floor_db)
         mfcc.append(mel_db @ basis)
-        onset.append(rectified_rise(mel_db, previous_db).mean(axis=1))
+        rise = rectified_rise(mel_db, previous_db)
+        onset.append(rise.mean(axis=1))
+        low_onsets.append(rise[:, :BACKBEAT_BANDS].mean(axis=1))
+        broadband.append((rise > BROADBAND_RISE_DB).mean(axis=1, dtype=np.float32))
         power_flux.append(rectified_rise(power, previous_power).sum(axis=1))
         previous_db, previous_power = mel_db[-1], power[-1]
+
+    def joined(parts: list[FloatArray]) -> FloatArray:
+        return np.concatenate(parts) if parts else np.zeros(0, np.float32)
+
     return MelSummary(
         mfcc=np.concatenate(mfcc) if mfcc else np.zeros((0, N_MFCC), np.float32),
-        onset_envelope=align_onsets(np.concatenate(onset) if onset else np.zeros(0, np.float32)),
-        power_flux=align_onsets(
-            np.concatenate(power_flux) if power_flux else np.zeros(0, np.float32)
-        ),
+        onset_envelope=align_onsets(joined(onset)),
+        power_flux=align_onsets(joined(power_flux)),
+        broadband=joined(broadband),
+        low_onsets=align_onsets(joined(low_onsets)),
     )
 
 
@@ -190,7 +208,8 @@ def _curves(rms: FloatArray, features: _FrameFeatures, chroma: FloatArray,
     }
 
 
-def _tempo(mel: MelSummary, duration: float, pitched: bool, warnings: list[str]) -> BeatResult:
+def _tempo(mel: MelSummary, chroma: FloatArray, duration: float, pitched: bool,
+           warnings: list[str]) -> BeatResult:  # fmt: skip
     """Tempo and beats of audio that is not silent: always an estimate for music (a weak pulse
     only lowers the confidence); none for a clip too short or for noise (no pitched content
     and no pulse). Why there is none goes to `warnings`."""
@@ -200,7 +219,9 @@ def _tempo(mel: MelSummary, duration: float, pitched: bool, warnings: list[str])
             f"clip is {duration:.1f} s long, too short for a tempo (needs {MIN_TEMPO_SECONDS:g} s)"
         )
         return BeatResult(None, no_beats)
-    beats = track_beats(mel.onset_envelope, mel.power_flux, ANALYSIS_SAMPLE_RATE, HOP_LENGTH)
+    beats = track_beats(mel.onset_envelope, mel.power_flux, ANALYSIS_SAMPLE_RATE, HOP_LENGTH,
+                        percussiveness(mel.broadband), harmonic_novelty(chroma),
+                        mel.low_onsets)  # fmt: skip
     if beats.tempo is not None and not pitched and beats.confidence == 0.0:
         warnings.append(f"no steady beat and no pitched content (pulse clarity "
                         f"{beats.clarity:.2f}): no tempo")  # fmt: skip
@@ -210,7 +231,7 @@ def _tempo(mel: MelSummary, duration: float, pitched: bool, warnings: list[str])
     return beats
 
 
-def _key(mean_chroma: list[float], tonality: float, spectral_chroma: list[float],
+def _key(note_chroma: notes.NoteChroma, mean_chroma: list[float], spectral_chroma: list[float],
          duration: float, warnings: list[str]) -> KeyEstimate | None:  # fmt: skip
     """Key of audio that is not silent; why there is none goes to `warnings`. Noise is told
     from music by two signs together: the notes explain little of its spectrum, and its plain
@@ -222,11 +243,16 @@ def _key(mean_chroma: list[float], tonality: float, spectral_chroma: list[float]
         return None
     spectral_key = estimate_key(spectral_chroma)
     spectral_confidence = spectral_key.confidence if spectral_key else 0.0
+    tonality = note_chroma.tonality
     if tonality < MIN_TONALITY and spectral_confidence < MIN_KEY_CONFIDENCE:
         warnings.append(f"no clear tonal centre (notes explain only {tonality:.0%} of the "
                         "spectrum): no key")  # fmt: skip
         return None
-    estimate = estimate_key(mean_chroma)
+    span = opening_span(note_chroma.chroma, note_chroma.block_seconds)
+    first = note_chroma.chroma[span]
+    estimate = estimate_key(mean_chroma, opening_chroma=first.sum(axis=0) if first.size else None,
+                            bass_chroma=note_chroma.bass_chroma.sum(axis=0),
+                            opening_bass=note_chroma.bass_chroma[span].sum(axis=0))  # fmt: skip
     if estimate is None:
         warnings.append("no pitched content (flat chroma): no key")
     elif estimate.confidence < MIN_KEY_CONFIDENCE:
@@ -291,9 +317,9 @@ def _analyze_stream(
     key_warnings: list[str] = []
     key_estimate = None
     if not silent:
-        key_estimate = _key(key_chroma, note_chroma.tonality, mean_chroma, duration, key_warnings)
+        key_estimate = _key(note_chroma, key_chroma, mean_chroma, duration, key_warnings)
     beats = (BeatResult(None, np.zeros(0, np.int64)) if silent
-             else _tempo(mel, duration, key_estimate is not None, warnings))  # fmt: skip
+             else _tempo(mel, chroma, duration, key_estimate is not None, warnings))  # fmt: skip
     warnings.extend(key_warnings)
     tempo, beat_frames = beats.tempo, beats.beat_frames
 

@@ -10,6 +10,12 @@ Non-negative least squares by multiplicative updates (Lee & Seung 2001), all blo
 The activations summed per pitch class give the chroma; the notes in the bass register give a
 separate bass chroma (the tonic sits in the bass more than anywhere else).
 
+The bass chroma is transcribed from the harmonic part of the spectra only: a kick drum leaks
+into the bass register (a drum kit alone transcribes as G-A bass notes, 80 % of its note
+energy below G3). Median filtering separates the parts (Fitzgerald, DAFx 2010) on these
+semitone-resolution spectra: along time for what sustains, along pitch for what is broadband,
+and a soft (Wiener-like) mask keeps what sustains.
+
 Tuning is estimated from where the spectral energy falls among the three bins of each semitone
 and the templates are shifted by it. Written here with numpy (no library offers it under a
 licence this MIT project can use: Essentia is AGPL, the NNLS-chroma Vamp plugin is GPL C++).
@@ -41,6 +47,8 @@ BLOCK_FRAMES = 3  # spectra averaged per block: 3 x 4096 / 22050 = 0.56 s
 ITERATIONS = 40
 BASS_HIGHEST = 55  # notes up to G3 count towards the bass chroma
 WHITEN_BINS = 3 * 12 + 1  # one-octave running mean subtracted from the log spectrum
+HARMONIC_FRAMES = 3  # median along time over 3 x 0.19 s: what sustains
+PERCUSSIVE_BINS = 13  # median along pitch over 4 1/3 semitones: what is broadband
 
 
 def spectrum_bins() -> int:
@@ -81,6 +89,28 @@ def log_spectrum(magnitude: FloatArray, sample_rate: int) -> FloatArray:
     band_max = np.maximum.reduceat(magnitude, mapping.band_edges, axis=1)[:, ::2]
     spectrum: FloatArray = np.where(mapping.wide, band_max, interpolated).astype(np.float32)
     return spectrum
+
+
+def _median_filter(values: FloatArray, width: int, axis: int) -> FloatArray:
+    """Running median of odd `width` along `axis`, edges repeated (a partition, not a sort)."""
+    pad = [(0, 0), (0, 0)]
+    pad[axis] = (width // 2, width // 2)
+    windows = np.lib.stride_tricks.sliding_window_view(np.pad(values, pad, mode="edge"),
+                                                       width, axis=axis)  # fmt: skip
+    filtered: FloatArray = np.partition(windows, width // 2, axis=-1)[..., width // 2]
+    return filtered
+
+
+def harmonic_part(spectra: FloatArray) -> FloatArray:
+    """The sustained part of log spectra (frames, bins): each bin times H^2 / (H^2 + P^2),
+    H its median over `HARMONIC_FRAMES` frames, P over `PERCUSSIVE_BINS` bins."""
+    values = np.asarray(spectra, dtype=np.float32)
+    if values.shape[0] == 0:
+        return values
+    sustained = _median_filter(values, HARMONIC_FRAMES, 0) ** 2
+    broadband = _median_filter(values, PERCUSSIVE_BINS, 1) ** 2
+    harmonic: FloatArray = values * (sustained / (sustained + broadband + np.float32(1e-20)))
+    return harmonic
 
 
 def estimate_tuning(spectra: Float64Array) -> float:
@@ -159,7 +189,7 @@ class NoteChroma:
     and the bass register; plus the tuning found."""
 
     chroma: Float64Array  # (blocks, 12), C first
-    bass_chroma: Float64Array  # (blocks, 12)
+    bass_chroma: Float64Array  # (blocks, 12), of the harmonic part (drums left out)
     tuning: float  # semitones from A440
     block_seconds: float
     tonality: float  # share of the whitened spectrum's energy the notes explain (noise: low)
@@ -181,9 +211,10 @@ def note_chroma(spectra: FloatArray, sample_rate: int) -> NoteChroma:
     energy = float(np.sum(averaged**2))
     notes = np.arange(NOTE_LOWEST, NOTE_HIGHEST + 1)
     bass = notes <= BASS_HIGHEST
+    sustained = transcribe(whiten(blocks(harmonic_part(spectra))), tuning)
     return NoteChroma(
         chroma=_fold(activations, notes),
-        bass_chroma=_fold(activations[:, bass], notes[bass]),
+        bass_chroma=_fold(sustained[:, bass], notes[bass]),
         tuning=tuning,
         block_seconds=BLOCK_FRAMES * NOTE_HOP / sample_rate,
         tonality=1.0 - residual / energy if energy > 0 else 0.0,

@@ -1,6 +1,7 @@
 """`soundforge separate FILE... --out DIR`: split audio files into stem files with demucs and
-print where they went. Several files share one loaded model and run back to back, the next one
-decoded and the previous one encoded while the network works. Flags override the `SOUNDFORGE_*`
+print where they went. Several files share one loaded model and run back to back, a few at a
+time through one batch stream on a GPU (`--songs-together`), the next ones decoded and the
+previous ones encoded while the network works. Flags override the `SOUNDFORGE_*`
 settings; no database is needed."""
 
 from __future__ import annotations
@@ -45,8 +46,11 @@ def register(subparsers: Any) -> None:
                         help="fp32 (matches demucs), bf16 (faster on CPUs with AVX512-BF16 and "
                         "on GPUs) or fp16 (GPU)")
     parser.add_argument("--batch", type=int, metavar="N",
-                        help="segments per model call (0 = by device: 1 on CPU, by free memory "
-                        "on a GPU)")
+                        help="segments per model call (0 = by device: one per core on the CPU, "
+                        "at most 4, side by side; by free memory on a GPU)")
+    parser.add_argument("--songs-together", type=int, metavar="N", default=0,
+                        help="files whose segments share the model's batches (0 = by device: "
+                        "4 on a GPU, 1 on the CPU)")
     parser.add_argument("--device", choices=("cpu", "cuda", "auto"), help="torch device")
     parser.add_argument("--threads", type=int, metavar="N", help="torch threads (0 = default)")
     parser.add_argument("--json", action="store_true", help="print {stem: path} as JSON")
@@ -77,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
         stem_format=pick(args.stem_format, settings.stem_format),
         torch_threads=pick(args.threads, settings.torch_threads),
         batch_size=pick(args.batch, settings.separation_batch),
+        songs_together=args.songs_together,
         limits=limits,
     )
     if len(args.files) == 1:

@@ -17,7 +17,7 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import ExitStack
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -28,14 +28,21 @@ from soundforge import audio_io
 from soundforge.audio_limits import DEFAULT_LIMITS, AudioLimits
 from soundforge.errors import AbortCheck, ConfigError, JobAbortedError, ProgressCallback
 from soundforge.separation import loading
+from soundforge.separation.cpu_tuning import (
+    release_free_memory,
+    trimming_free_memory,
+    tune_for_cpu_separation,
+)
+from soundforge.separation.cpu_workers import SegmentWorkers
 from soundforge.separation.loading import LoadedModel
 from soundforge.separation.mix import MixReader, PreparedMix, prepare_mix
 from soundforge.separation.registry import DEFAULT_MODEL, check_model_name
 from soundforge.separation.stem_files import StemFormat, StemWriter, new_token, temp_name
 from soundforge.separation.streaming import (
     BatchLimit,
+    SongStream,
     precision_context,
-    separate_stream,
+    stream_songs,
     valid_length,
 )
 
@@ -47,6 +54,7 @@ PRECISIONS: tuple[Precision, ...] = ("fp32", "bf16", "fp16")
 CPU_BATCH_CAP = 4  # segments side by side on the CPU: each holds its own activations (~0.5 GB)
 GPU_BATCH_CAP = 32  # more gains little (shared/gpu/model_batch.py) and grows host memory
 GPU_MEMORY_SHARE = 0.7  # of the free device memory the auto batch size may plan for
+GPU_SONGS_TOGETHER = 4  # `separate_many` on a GPU: songs whose segments share the batches
 SEGMENTS_SHARE = 99.0  # percent reported as segments complete; the last 1 is writing the files
 
 
@@ -134,6 +142,7 @@ class Separator:
         stem_format: StemFormat = "flac",
         torch_threads: int = 0,
         batch_size: int = 0,
+        songs_together: int = 0,
         rng: random.Random | None = None,
         limits: AudioLimits = DEFAULT_LIMITS,
     ) -> None:
@@ -142,7 +151,9 @@ class Separator:
         AVX512-BF16/AMX and on recent GPUs, deviates ~1e-3), fp16 autocasts on a GPU; both fall
         back to fp32 where unsupported. `shifts`, `overlap`: as demucs' options.
         `torch_threads`: 0 keeps torch's default (it is a process-wide setting). `batch_size`:
-        segments per model call, 0 for the device's default (`auto_batch_size`). `rng`: draws
+        segments per model call, 0 for the device's default (`auto_batch_size`).
+        `songs_together`: how many files `separate_many` runs through one batch stream, 0 for
+        the device's default (`GPU_SONGS_TOGETHER` on a GPU, 1 on the CPU). `rng`: draws
         the shift offsets (seed it to reproduce a run). `limits`: what an input may ask the
         decoder for (checked before anything is written)."""
         check_model_name(model)
@@ -156,6 +167,8 @@ class Separator:
             raise ConfigError(f"unknown precision {precision!r}; use {', '.join(PRECISIONS)}")
         if batch_size < 0:
             raise ConfigError(f"batch size must be 0 (automatic) or more, not {batch_size}")
+        if songs_together < 0:
+            raise ConfigError(f"songs together must be 0 (automatic) or more, not {songs_together}")
         if torch_threads < 0:
             raise ConfigError(f"torch threads must be 0 (default) or more, not {torch_threads}")
         if torch_threads:
@@ -169,12 +182,17 @@ class Separator:
         self.limits = limits
         self.model = loading.load(model, Path(repo) if repo is not None else None, self.device)
         self.batch = BatchLimit(batch_size or auto_batch_size(self.model, self.precision))
-        self.workers: ThreadPoolExecutor | None = None
+        self.songs_together = songs_together or (
+            GPU_SONGS_TOGETHER if self.device.type == "cuda" else 1)
+        self.workers: SegmentWorkers | None = None
+        if self.device.type == "cpu":
+            tune_for_cpu_separation()
+            release_free_memory()  # what loading the weights left behind
         if self.device.type == "cpu" and self.batch.size > 1:
             # Segments run side by side, each with a share of the cores (process-wide setting).
             if not torch_threads:
                 torch.set_num_threads(max(1, usable_cores() // self.batch.size))
-            self.workers = _worker_pool(self.batch.size)
+            self.workers = _segment_workers(self.batch.size)
         logger.info("separating with %s on %s in %s, %d segment(s) per batch, %d torch thread(s)",
                     model, self.device, self.precision, self.batch.size, torch.get_num_threads())
 
@@ -199,60 +217,89 @@ class Separator:
         before decoding, between segments and between stem files, and True raises
         `JobAbortedError` (no stem file is left behind). Non-audio input raises `AudioError`.
         """
-        source, started = Path(path), time.monotonic()
+        [outcome] = self.separate_together([SeparationRequest(path, out_dir, progress,
+                                                              should_abort)])
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
 
-        def check_abort() -> None:
-            if should_abort is not None and should_abort():
-                raise JobAbortedError(f"separation of {source.name} aborted")
-
-        def after_segment(done: int, total: int) -> None:
-            if progress is not None:
-                progress(SEGMENTS_SHARE * done / total)
-            check_abort()
-
-        if progress is not None:
-            progress(0.0)
-        check_abort()
-        job = self._open(source, Path(out_dir))
-        with job.cleanup:
-            self._infer(job, after_segment)
-            stems = self._finish(job, check_abort)
-        if progress is not None:
-            progress(100.0)
-        self._log_done(job, stems, started)
-        return stems
+    def separate_together(
+        self, requests: Sequence[SeparationRequest]
+    ) -> list[dict[str, Path] | Exception]:
+        """Separate several files in one batch stream: their segments share the model calls
+        (on a GPU, the batches stay full across the ends of songs). Each request keeps its own
+        progress and abort, as `separate` has them: the result list holds, per request, its
+        stems or the exception that ended it (`JobAbortedError`, `AudioError`), and the other
+        requests go on. An error of the model itself (or of the device) raises for all of them;
+        no temporary file is left behind either way."""
+        started = time.monotonic()
+        outcomes: list[dict[str, Path] | Exception | None] = [None] * len(requests)
+        jobs: list[tuple[int, _Job, SongStream]] = []
+        with ExitStack() as cleanups:
+            for index, request in enumerate(requests):
+                check_abort = _abort_check(request)
+                try:
+                    if request.progress is not None:
+                        request.progress(0.0)
+                    check_abort()
+                    job = self._open(Path(request.path), Path(request.out_dir))
+                except Exception as error:
+                    outcomes[index] = error
+                    continue
+                cleanups.enter_context(job.cleanup)
+                jobs.append((index, job, SongStream(job.reader, job.denormalize,
+                                                    _after_segment(request, check_abort))))
+            self._infer([job for _, job, _ in jobs], [song for _, _, song in jobs])
+            for index, job, song in jobs:
+                request = requests[index]
+                try:
+                    if song.error is not None:
+                        raise song.error
+                    with job.cleanup:
+                        outcomes[index] = self._finish(job, _abort_check(request))
+                except Exception as error:
+                    outcomes[index] = error
+                    continue
+                if request.progress is not None:
+                    request.progress(100.0)
+                self._log_done(job, outcomes[index], started)  # type: ignore[arg-type]
+        return [outcome for outcome in outcomes if outcome is not None]
 
     def separate_many(
         self, items: Sequence[tuple[Path | str, Path | str]]
     ) -> list[dict[str, Path]]:
-        """Separate several `(file, out_dir)` pairs, in order, with the model kept busy: the next
-        file is decoded and the previous one's stems are encoded on threads while the current one
-        goes through the network. Returns each file's stems; the first error stops the rest (no
-        temporary file is left behind)."""
+        """Separate several `(file, out_dir)` pairs, in order, with the model kept busy: files
+        go through the network `songs_together` at a time (one batch stream), the next group is
+        decoded and the previous one's stems are encoded on threads meanwhile. Returns each
+        file's stems; the first error stops the rest (no temporary file is left behind)."""
         pending = [(Path(path), Path(out_dir)) for path, out_dir in items]
+        size = self.songs_together
+        groups = [pending[first : first + size] for first in range(0, len(pending), size)]
         results: list[dict[str, Path]] = []
         with ThreadPoolExecutor(2, thread_name_prefix="separation-io") as io:
-            opening: Future[_Job] | None = None
-            finishing: Future[dict[str, Path]] | None = None
+            opening: Future[list[_Job]] | None = None
+            finishing: Future[list[dict[str, Path]]] | None = None
             try:
-                for index, (source, out_dir) in enumerate(pending):
+                for index, group in enumerate(groups):
                     started = time.monotonic()
-                    job = opening.result() if opening else self._open(source, out_dir)
+                    jobs = opening.result() if opening else self._open_all(group)
                     opening = None
-                    if index + 1 < len(pending):
-                        opening = io.submit(self._open, *pending[index + 1])
+                    if index + 1 < len(groups):
+                        opening = io.submit(self._open_all, groups[index + 1])
                     try:
-                        self._infer(job, lambda done, total: None)
+                        songs = [SongStream(job.reader, job.denormalize, _no_progress)
+                                 for job in jobs]  # fmt: skip
+                        self._infer(jobs, songs)
                         if finishing is not None:
                             previous, finishing = finishing, None
-                            results.append(previous.result())
+                            results.extend(previous.result())
                     except BaseException:
-                        job.cleanup.close()
+                        _close_all(jobs)
                         raise
-                    finishing = io.submit(self._finish_and_close, job, started)
+                    finishing = io.submit(self._finish_and_close, jobs, started)
                 if finishing is not None:
                     last, finishing = finishing, None
-                    results.append(last.result())
+                    results.extend(last.result())
             finally:
                 for future in (opening, finishing):
                     _discard(future)
@@ -280,23 +327,44 @@ class Separator:
             raise
         return _Job(source, mix, reader, writer, cleanup)
 
-    def _infer(self, job: _Job, after_segment: Callable[[int, int], None]) -> None:
-        mean, std = job.mix.mean, job.mix.std
-        for block in separate_stream(
-            self.model, job.reader, shifts=self.shifts, overlap=self.overlap, rng=self.rng,
-            precision=self.precision, limit=self.batch, workers=self.workers,
-            denormalize=lambda block: block * std + mean, after_segment=after_segment,
-        ):  # fmt: skip
-            job.writer.append(block)
+    def _open_all(self, group: Sequence[tuple[Path, Path]]) -> list[_Job]:
+        jobs: list[_Job] = []
+        try:
+            for source, out_dir in group:
+                jobs.append(self._open(source, out_dir))
+        except BaseException:
+            _close_all(jobs)
+            raise
+        return jobs
+
+    def _infer(self, jobs: Sequence[_Job], songs: Sequence[SongStream]) -> None:
+        """Run `songs` (one per job) through the model, spooling each one's stems to its job's
+        writer; a song dropped on the way keeps its error (see `SongStream`)."""
+        trimming = trimming_free_memory() if self.device.type == "cpu" else nullcontext()
+        try:
+            with trimming:
+                for index, block in stream_songs(
+                    self.model, songs, shifts=self.shifts, overlap=self.overlap, rng=self.rng,
+                    precision=self.precision, limit=self.batch, workers=self.workers,
+                ):  # fmt: skip
+                    jobs[index].writer.append(block)
+        finally:
+            if self.device.type == "cpu":
+                release_free_memory()
 
     def _finish(self, job: _Job, check_abort: Callable[[], None]) -> dict[str, Path]:
         return job.writer.finish(self.model.sample_rate, self.stem_format, check_abort)
 
-    def _finish_and_close(self, job: _Job, started: float) -> dict[str, Path]:
-        with job.cleanup:
-            stems = self._finish(job, lambda: None)
-        self._log_done(job, stems, started)
-        return stems
+    def _finish_and_close(self, jobs: Sequence[_Job], started: float) -> list[dict[str, Path]]:
+        with ExitStack() as cleanups:
+            for job in jobs:
+                cleanups.enter_context(job.cleanup)
+            results = []
+            for job in jobs:
+                stems = self._finish(job, lambda: None)
+                self._log_done(job, stems, started)
+                results.append(stems)
+        return results
 
     def _log_done(self, job: _Job, stems: dict[str, Path], started: float) -> None:
         logger.info("separated %s (%.1f s of audio) into %d stems in %.1f s",
@@ -304,10 +372,42 @@ class Separator:
                     time.monotonic() - started)
 
 
+@dataclass(frozen=True)
+class SeparationRequest:
+    """One file for `Separator.separate_together`, with its own progress and abort check."""
+
+    path: Path | str
+    out_dir: Path | str
+    progress: ProgressCallback | None = None
+    should_abort: AbortCheck | None = None
+
+
+def _abort_check(request: SeparationRequest) -> Callable[[], None]:
+    def check_abort() -> None:
+        if request.should_abort is not None and request.should_abort():
+            raise JobAbortedError(f"separation of {Path(request.path).name} aborted")
+
+    return check_abort
+
+
+def _after_segment(request: SeparationRequest, check_abort: Callable[[], None]
+                   ) -> Callable[[int, int], None]:
+    def after_segment(done: int, total: int) -> None:
+        if request.progress is not None:
+            request.progress(SEGMENTS_SHARE * done / total)
+        check_abort()
+
+    return after_segment
+
+
+def _no_progress(done: int, total: int) -> None:
+    return None
+
+
 @functools.cache
-def _worker_pool(size: int) -> ThreadPoolExecutor:
+def _segment_workers(size: int) -> SegmentWorkers:
     """The threads CPU segments run on, one pool per size for the whole process."""
-    return ThreadPoolExecutor(size, thread_name_prefix="separation")
+    return SegmentWorkers(size)
 
 
 @dataclass
@@ -320,6 +420,14 @@ class _Job:
     writer: StemWriter
     cleanup: ExitStack
 
+    def denormalize(self, block: torch.Tensor) -> torch.Tensor:
+        return block * self.mix.std + self.mix.mean
+
+
+def _close_all(jobs: Sequence[_Job]) -> None:
+    for job in jobs:
+        job.cleanup.close()
+
 
 def _discard(future: Future[Any] | None) -> None:
     """Wait for a background step of an abandoned `separate_many` and drop what it made."""
@@ -329,5 +437,5 @@ def _discard(future: Future[Any] | None) -> None:
         result = future.result()
     except Exception:  # the error that stopped the run is already propagating
         return
-    if isinstance(result, _Job):
-        result.cleanup.close()
+    if isinstance(result, list) and all(isinstance(job, _Job) for job in result):
+        _close_all(result)

@@ -12,15 +12,21 @@ centre-trimmed and overlap-added with the same triangular weights, one pass per 
 offset drawn with `randint(0, 0.5 s)` in the same order: member by member, shift by shift)
 averaged, and bag members mixed per source with the bag's weights.
 
-Batching: the next chunks (in track order, across the shift passes of one bag member) of equal
-input length go through the network together: stacked into one call on a GPU, or on the CPU one
-call per chunk on worker threads side by side (profiled on full-size htdemucs: one call with two
-torch threads took 1.8x the CPU time of two single-threaded calls for the same work). Every item is
+Batching: the next chunks (in track order, across the shift passes of one bag member, and across
+the songs of a multi-song stream) of equal input length go through the network together: stacked
+into one call on a GPU, or on the CPU one call per chunk on worker threads side by side (see
+`soundforge.separation.cpu_workers`; profiled on full-size htdemucs: one call with two torch
+threads took 1.8x the CPU time of two single-threaded calls for the same work). Every item is
 independent (the network normalises and attends per item), so a batch gives each chunk's estimate
-as a call of its own would, up to float rounding. Memory stays bounded: a batch is planned a
-bounded distance ahead (one batch being read by `Prefetcher` while one runs) and each (member,
-shift) pass keeps an overlap-add window of about one batch of strides plus one segment, on the
-model's device.
+as a call of its own would, up to float rounding, whichever songs share it. Memory stays bounded:
+a batch is planned a bounded distance ahead (one batch being read by `Prefetcher` while one runs)
+and each (song, member, shift) pass keeps an overlap-add window of about one batch of strides
+plus one segment, on the model's device.
+
+Several songs (`SongStream`) share one stream: their chunks are planned earliest-first across the
+songs, each song's finished spans are yielded with its index, and each has its own progress
+callback; a song whose callback raises (an abort) is dropped, its error kept on it, and the others
+go on.
 
 A batch that runs the device out of memory is split: `BatchLimit` halves itself and the batch
 runs in pieces of the new size (halving again if needed); only a single segment that does not fit
@@ -29,13 +35,14 @@ fails the job.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import queue
 import random
 import threading
-from collections.abc import Callable, Iterator
-from concurrent.futures import Executor, wait
+from collections.abc import Callable, Generator, Iterator, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Protocol
@@ -43,6 +50,7 @@ from typing import Protocol
 import torch
 from torch.nn import functional
 
+from soundforge.separation.cpu_workers import SegmentWorkers
 from soundforge.separation.loading import LoadedModel
 
 logger = logging.getLogger(__name__)
@@ -62,10 +70,40 @@ class WindowSource(Protocol):
     def window(self, start: int, length: int) -> torch.Tensor: ...
 
 
-@dataclass
+@dataclass(eq=False)
+class SongStream:
+    """One song of a stream: its normalised mix, how its stems are denormalised, and
+    `after_segment(done, total)`, called after each of its segments (progress, abort). When that
+    raises, the song is dropped from the stream and the exception kept in `error`."""
+
+    mix: WindowSource
+    denormalize: Callable[[torch.Tensor], torch.Tensor]
+    after_segment: Callable[[int, int], None]
+    error: BaseException | None = None
+    passes: list[_Pass] = field(default_factory=list)
+    done: int = 0
+    emitted: int = 0
+
+    @property
+    def total(self) -> int:
+        return sum(p.chunk_count for p in self.passes)
+
+    def emit(self) -> torch.Tensor | None:
+        """The span every pass has finished since the last call, summed and denormalised on the
+        CPU; None when there is none yet."""
+        boundary = min(p.complete_until for p in self.passes)
+        if boundary <= self.emitted:
+            return None
+        block = sum((p.take(boundary) for p in self.passes[1:]), self.passes[0].take(boundary))
+        self.emitted = boundary
+        return self.denormalize(block.cpu())
+
+
+@dataclass(eq=False)
 class _Pass:
     """One member of the bag at one shift: its chunk grid and its overlap-add window."""
 
+    song: SongStream
     model: torch.nn.Module
     source_scale: torch.Tensor  # (sources, 1, 1): its share of each stem in the final mix
     origin: int  # track frame of the grid's first chunk: shift offset - max shift (<= 0)
@@ -170,8 +208,9 @@ def valid_length(model: torch.nn.Module, length: int) -> int:
 
 
 def _passes(
-    loaded: LoadedModel, frames: int, shifts: int, overlap: float, rng: random.Random
+    loaded: LoadedModel, song: SongStream, shifts: int, overlap: float, rng: random.Random
 ) -> list[_Pass]:
+    frames = song.mix.frames
     sources = len(loaded.sources)
     device = loaded.device
     totals = [sum(row[source] for row in loaded.weights) for source in range(sources)]
@@ -191,7 +230,7 @@ def _passes(
         origins = [rng.randint(0, max_shift) - max_shift for _ in range(shifts)] or [0]
         for origin in origins:
             passes.append(_Pass(
-                model=model, source_scale=share, origin=origin, end=frames,
+                song=song, model=model, source_scale=share, origin=origin, end=frames,
                 segment_length=segment_length, stride=stride, weight=weight,
                 acc=torch.zeros(sources, loaded.audio_channels, 0, device=device),
                 den=torch.zeros(0, device=device),
@@ -207,24 +246,26 @@ def _next_chunk(owner: _Pass) -> _Chunk:
 
 
 def plan_batches(passes: list[_Pass], limit: BatchLimit) -> Iterator[list[_Chunk]]:
-    """The chunks of every pass in batches: each batch starts with the earliest unscheduled chunk
-    (so the emitted track advances evenly) and adds the next earliest of the same network with
-    the same input length, up to the limit's current size."""
+    """The chunks of every pass (of every song not dropped) in batches: each batch starts with
+    the earliest unscheduled chunk (so the emitted tracks advance evenly) and adds the next
+    earliest chunks of the same network with the same input length, up to the limit's current
+    size. Within a pass, chunks are always planned (and so added) in track order."""
     while True:
-        pending = [p for p in passes if p.scheduled < p.chunk_count]
+        pending = [p for p in passes if p.scheduled < p.chunk_count and p.song.error is None]
         if not pending:
             return
         first = _next_chunk(min(pending, key=lambda p: p.chunk_start(p.scheduled)))
         first.owner.scheduled += 1
         batch = [first]
         while len(batch) < limit.size:
-            same = [p for p in passes
-                    if p.model is first.owner.model and p.scheduled < p.chunk_count]
-            if not same:
+            fitting = [
+                chunk for chunk in (_next_chunk(p) for p in pending
+                                    if p.model is first.owner.model and p.scheduled < p.chunk_count)
+                if chunk.valid == first.valid
+            ]  # fmt: skip
+            if not fitting:
                 break
-            chunk = _next_chunk(min(same, key=lambda p: p.chunk_start(p.scheduled)))
-            if chunk.valid != first.valid:
-                break
+            chunk = min(fitting, key=lambda c: c.start)
             chunk.owner.scheduled += 1
             batch.append(chunk)
         yield batch
@@ -275,13 +316,12 @@ def run_batch(
 
 
 class Prefetcher:
-    """Reads planned batches' input windows on a thread, `PREFETCH_BATCHES` ahead of the
-    consumer (decode and device compute overlap; memory stays bounded). Iterate it; `close()`
-    stops the thread (also after an error or an abort)."""
+    """Reads planned batches' input windows (each chunk from its song's mix) on a thread,
+    `PREFETCH_BATCHES` ahead of the consumer (decode and device compute overlap; memory stays
+    bounded). Iterate it; `close()` stops the thread (also after an error or an abort)."""
 
-    def __init__(self, batches: Iterator[list[_Chunk]], mix: WindowSource, pin: bool) -> None:
+    def __init__(self, batches: Iterator[list[_Chunk]], pin: bool) -> None:
         self._batches = batches
-        self._mix = mix
         self._pin = pin
         self._queue: queue.Queue[_Batch | BaseException | None] = queue.Queue(PREFETCH_BATCHES)
         self._stop = threading.Event()
@@ -289,7 +329,7 @@ class Prefetcher:
         self._thread.start()
 
     def _read(self, chunks: list[_Chunk]) -> _Batch:
-        inputs = torch.stack([self._mix.window(c.start - c.lead, c.valid) for c in chunks])
+        inputs = torch.stack([c.owner.song.mix.window(c.start - c.lead, c.valid) for c in chunks])
         return _Batch(chunks, inputs.pin_memory() if self._pin else inputs)
 
     def _put(self, item: _Batch | BaseException | None) -> bool:
@@ -325,31 +365,102 @@ class Prefetcher:
         self._thread.join()
 
 
-def segment_count(
-    loaded: LoadedModel, frames: int, shifts: int, overlap: float
-) -> int:
-    """How many model calls at batch size 1 separating `frames` takes (the unit of progress)."""
-    return sum(p.chunk_count for p in _passes(loaded, frames, shifts, overlap, random.Random(0)))
-
-
-def _forward_once(model: torch.nn.Module, inputs: torch.Tensor, precision: Precision
-                  ) -> torch.Tensor:
+def forward(model: torch.nn.Module, inputs: torch.Tensor, precision: Precision) -> torch.Tensor:
+    """The network's estimate for a batch, in one call."""
     with torch.inference_mode(), precision_context(inputs.device, precision):
         estimate: torch.Tensor = model(inputs)
     return estimate
 
 
-def forward(model: torch.nn.Module, inputs: torch.Tensor, precision: Precision,
-            workers: Executor | None) -> torch.Tensor:
-    """The network's estimate for a batch: one stacked call, or with `workers` (the CPU) one call
-    per item on the worker threads, side by side. (On a CPU a stacked call gains nothing and
-    torch's threads inside one call scale poorly: each item on a thread of its own does.)"""
-    if workers is None or inputs.shape[0] == 1:
-        return _forward_once(model, inputs, precision)
-    futures = [workers.submit(_forward_once, model, inputs[index : index + 1], precision)
-               for index in range(inputs.shape[0])]  # fmt: skip
-    wait(futures)
-    return torch.cat([future.result() for future in futures])
+def _stacked_estimates(
+    batches: Iterator[_Batch], device: torch.device, limit: BatchLimit, precision: Precision
+) -> Generator[tuple[_Chunk, torch.Tensor], None, None]:
+    """Each planned chunk and its estimate, a whole batch per model call (`run_batch`)."""
+    for batch in batches:
+        chunks = [c for c in batch.chunks if c.owner.song.error is None]
+        if not chunks:
+            continue
+        inputs = batch.inputs
+        if len(chunks) < len(batch.chunks):  # a song was dropped since the batch was read
+            inputs = inputs[[batch.chunks.index(c) for c in chunks]]
+        outputs = run_batch(chunks[0].owner.model, inputs.to(device, non_blocking=True), limit,
+                            lambda m, x: forward(m, x, precision))  # fmt: skip
+        for index, chunk in enumerate(chunks):
+            yield chunk, outputs[index]
+
+
+def _side_by_side_estimates(
+    batches: Iterator[_Batch], workers: SegmentWorkers, precision: Precision
+) -> Generator[tuple[_Chunk, torch.Tensor], None, None]:
+    """Each planned chunk and its estimate, one call per chunk on the CPU workers, as many in
+    flight as there are workers, handed back in planned order."""
+    in_flight: collections.deque[tuple[_Chunk, Future[torch.Tensor]]] = collections.deque()
+    try:
+        for batch in batches:
+            for index, chunk in enumerate(batch.chunks):
+                if chunk.owner.song.error is not None:
+                    continue
+                while len(in_flight) >= workers.size:
+                    done, future = in_flight.popleft()
+                    yield done, future.result()[0]
+                in_flight.append((chunk, workers.submit(
+                    forward, chunk.owner.model, batch.inputs[index : index + 1], precision)))
+        while in_flight:
+            done, future = in_flight.popleft()
+            yield done, future.result()[0]
+    finally:
+        for _, future in in_flight:
+            future.cancel()
+
+
+def stream_songs(
+    loaded: LoadedModel,
+    songs: Sequence[SongStream],
+    *,
+    shifts: int,
+    overlap: float,
+    rng: random.Random,
+    precision: Precision,
+    limit: BatchLimit,
+    workers: SegmentWorkers | None = None,
+) -> Iterator[tuple[int, StemBlock]]:
+    """Yield `(song index, block)`: each song's stems as consecutive `(sources, channels,
+    frames)` CPU blocks covering its whole track, the songs' segments sharing the model calls.
+    Shift offsets are drawn from `rng` song by song (as separating them one after the other
+    would). A song whose `after_segment` raises is dropped (see `SongStream`); an error of the
+    model itself ends the whole stream. `limit` sets (and may shrink) the batch size; `workers`
+    (the CPU) runs the segments side by side, one call each."""
+    for song in songs:
+        song.passes = _passes(loaded, song, shifts, overlap, rng)
+    passes = [p for song in songs for p in song.passes]
+    index_of = {id(song): index for index, song in enumerate(songs)}
+    reader = Prefetcher(plan_batches(passes, limit), pin=loaded.device.type == "cuda")
+    estimates = (
+        _side_by_side_estimates(iter(reader), workers, precision)
+        if workers is not None
+        else _stacked_estimates(iter(reader), loaded.device, limit, precision)
+    )  # fmt: skip
+    try:
+        for chunk, output in estimates:
+            song = chunk.owner.song
+            if song.error is not None:
+                continue
+            estimate = output[..., chunk.lead : chunk.lead + chunk.length]
+            chunk.owner.add(chunk.start, estimate.float())
+            song.done += 1
+            try:
+                song.after_segment(song.done, song.total)
+            except Exception as error:  # an abort (or a failing callback): this song only
+                song.error = error
+                if all(other.error is not None for other in songs):
+                    return  # nothing left to wait for (segments still running are dropped)
+                continue
+            block = song.emit()
+            if block is not None:
+                yield index_of[id(song)], block
+    finally:
+        estimates.close()
+        reader.close()
 
 
 def separate_stream(
@@ -363,33 +474,13 @@ def separate_stream(
     limit: BatchLimit,
     denormalize: Callable[[torch.Tensor], torch.Tensor],
     after_segment: Callable[[int, int], None],
-    workers: Executor | None = None,
+    workers: SegmentWorkers | None = None,
 ) -> Iterator[StemBlock]:
-    """Yield the stems of `mix` as consecutive `(sources, channels, frames)` CPU blocks covering
-    the whole track. `after_segment(done, total)` runs after each segment's estimate is added
-    (progress, abort); `limit` sets (and may shrink) the batch size; `workers` runs a batch's
-    items side by side (see `forward`)."""
-    passes = _passes(loaded, mix.frames, shifts, overlap, rng)
-    total = sum(p.chunk_count for p in passes)
-    done = 0
-    emitted = 0
-    device = loaded.device
-    reader = Prefetcher(plan_batches(passes, limit), mix, pin=device.type == "cuda")
-    try:
-        for batch in reader:
-            inputs = batch.inputs.to(device, non_blocking=True)
-            model = batch.chunks[0].owner.model
-            outputs = run_batch(model, inputs, limit,
-                                lambda m, x: forward(m, x, precision, workers))  # fmt: skip
-            for index, chunk in enumerate(batch.chunks):
-                estimate = outputs[index, ..., chunk.lead : chunk.lead + chunk.length]
-                chunk.owner.add(chunk.start, estimate.float())
-                done += 1
-                after_segment(done, total)
-            boundary = min(p.complete_until for p in passes)
-            if boundary > emitted:
-                block = sum((p.take(boundary) for p in passes[1:]), passes[0].take(boundary))
-                emitted = boundary
-                yield denormalize(block.cpu())
-    finally:
-        reader.close()
+    """One song's stems as consecutive CPU blocks (`stream_songs` with one song);
+    `after_segment` raising stops it with that error."""
+    song = SongStream(mix, denormalize, after_segment)
+    for _, block in stream_songs(loaded, [song], shifts=shifts, overlap=overlap, rng=rng,
+                                 precision=precision, limit=limit, workers=workers):
+        yield block
+    if song.error is not None:
+        raise song.error

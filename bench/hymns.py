@@ -1,0 +1,207 @@
+"""Four-part hymns written here for the analysis corpus: chorale-style SATB harmonisations,
+generated, never copied (the held-out acceptance set is built from Bach chorales, which this
+project must not use for anything).
+
+Each hymn is a run of two-bar phrases in quarter notes, every phrase ending on a cadence held
+for two beats (authentic V-I, or a half cadence on V). The first and last phrases stand in the
+home key; a phrase between often begins at home and turns, on a chord the two keys share, to
+cadence in a related key (the dominant, the relative, the subdominant, the supertonic or
+mediant in major; the relative major, the minor dominant, the subdominant, the submediant in
+minor), and the next phrase comes back home, as chorale harmonisations do. Chords follow
+functional moves (tonic -> predominant -> dominant -> tonic) with the raised leading tone on
+V and vii in minor; four voices in their ranges (bass E2-C4, tenor C3-G4, alto G3-D5, soprano
+C4-G5), each chord voiced to move the voices least, complete triads, no doubled leading tone,
+no parallel fifths or octaves, the tenor and alto within an octave of their neighbour above.
+Voices moving by a third often fill it with an eighth-note passing tone, as chorale
+harmonisations do. The key a MIREX annotation gives such a piece is the home key.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from dataclasses import dataclass
+
+MAJOR_SCALE = (0, 2, 4, 5, 7, 9, 11)
+MINOR_SCALE = (0, 2, 3, 5, 7, 8, 10)  # natural minor; V and vii take the raised seventh
+# Scale degrees (0 = I) a phrase may go to next, by the degree it is on.
+MOVES: dict[int, tuple[int, ...]] = {
+    0: (3, 1, 5, 4, 3, 5),
+    1: (4, 4, 6),
+    2: (5, 3),
+    3: (4, 1, 0, 4),
+    4: (0, 5, 0),
+    5: (1, 3, 3),
+    6: (0,),
+}
+# Related keys a middle phrase modulates to: (semitones above the home tonic, mode).
+RELATED = {
+    "major": ((7, "major"), (9, "minor"), (5, "major"), (2, "minor"), (4, "minor")),
+    "minor": ((3, "major"), (7, "minor"), (5, "minor"), (8, "major")),
+}
+RANGES = ((60, 79), (55, 74), (48, 67), (40, 60))  # soprano, alto, tenor, bass (MIDI)
+PASSING_CHANCE = 0.35
+MODULATION_CHANCE = 0.6
+
+
+@dataclass(frozen=True)
+class HymnNote:
+    """One note: onset and length in beats, MIDI pitch, voice (0 soprano .. 3 bass)."""
+
+    beat: float
+    beats: float
+    pitch: int
+    voice: int
+
+
+@dataclass(frozen=True)
+class _Chord:
+    tonic: int  # pitch class of the local key
+    mode: str
+    degree: int
+
+    def scale(self) -> tuple[int, ...]:
+        scale = list(MAJOR_SCALE if self.mode == "major" else MINOR_SCALE)
+        if self.mode == "minor" and self.degree in (4, 6):
+            scale[6] = 11  # harmonic minor on the dominant chords
+        return tuple((self.tonic + step) % 12 for step in scale)
+
+    def pitch_classes(self) -> tuple[int, int, int]:
+        scale = self.scale()
+        root, third, fifth = (scale[(self.degree + step) % 7] for step in (0, 2, 4))
+        return root, third, fifth
+
+    def leading_tone(self) -> int | None:
+        return (self.tonic + 11) % 12 if self.degree in (4, 6) else None
+
+
+def _phrase_chords(rng: random.Random, tonic: int, mode: str, first: int, count: int,
+                   cadence: str) -> list[_Chord]:  # fmt: skip
+    """`count` chords from degree `first`, ending on the cadence (the last chord is held)."""
+    degrees = [first]
+    while len(degrees) < count - 2:
+        degrees.append(rng.choice(MOVES[degrees[-1]]))
+    if cadence == "authentic":
+        degrees += [4, 0]
+    elif cadence == "half":
+        degrees += [rng.choice((1, 3, 0)), 4]
+    else:  # the phrase goes on
+        degrees += [rng.choice(MOVES[degrees[-1]])]
+        degrees += [rng.choice(MOVES[degrees[-1]])]
+    if mode == "minor":  # ii and vii are diminished in minor: mostly use iv and V instead
+        degrees = [3 if d == 1 and rng.random() < 0.6 else d for d in degrees]
+        degrees = [4 if d == 6 and index < len(degrees) - 1 else d
+                   for index, d in enumerate(degrees)]  # fmt: skip
+    return [_Chord(tonic, mode, degree) for degree in degrees[:count]]
+
+
+def _shared_degree(rng: random.Random, old: _Chord, tonic: int, mode: str) -> int:
+    """A degree of the new key whose triad is diatonic in the old key (a pivot), else I."""
+    old_scale = set(old.scale())
+    pivots = [degree for degree in (0, 1, 3, 5)
+              if set(_Chord(tonic, mode, degree).pitch_classes()) <= old_scale]  # fmt: skip
+    return rng.choice(pivots) if pivots else 0
+
+
+def _voicings(chord: _Chord, inversion: bool) -> list[tuple[int, int, int, int]]:
+    """Every (soprano, alto, tenor, bass) of the chord within the ranges and spacing rules."""
+    root, third, fifth = chord.pitch_classes()
+    bass_class = third if inversion else root
+    chord_classes = (root, third, fifth)
+    options = [tuple(pitch for pitch in range(low, high + 1) if pitch % 12 in chord_classes)
+               for low, high in RANGES[:3]]  # fmt: skip
+    basses = [pitch for pitch in range(*RANGES[3]) if pitch % 12 == bass_class]
+    found = []
+    for soprano, alto, tenor in itertools.product(*options):
+        if not soprano > alto > tenor or soprano - alto > 12 or alto - tenor > 12:
+            continue
+        for bass in basses:
+            if bass >= tenor or tenor - bass > 19:
+                continue
+            classes = [pitch % 12 for pitch in (soprano, alto, tenor, bass)]
+            if third not in classes or root not in classes:
+                continue
+            leading = chord.leading_tone()
+            if leading is not None and classes.count(leading) > 1:
+                continue
+            if inversion and classes.count(third) > 1:
+                continue
+            found.append((soprano, alto, tenor, bass))
+    return found
+
+
+def _cost(previous: tuple[int, ...] | None, voicing: tuple[int, ...],
+          rng: random.Random) -> float:  # fmt: skip
+    if previous is None:
+        return float(abs(voicing[0] - 72) + abs(voicing[3] - 48)) + rng.random()
+    cost = float(sum(abs(now - before) for now, before in zip(voicing, previous, strict=True)))
+    cost -= 0.5 * abs(voicing[3] - previous[3])  # the bass may leap more than the others
+    for upper, lower in itertools.combinations(range(4), 2):
+        before = (previous[upper] - previous[lower]) % 12
+        now = (voicing[upper] - voicing[lower]) % 12
+        moved = voicing[upper] != previous[upper]
+        if moved and before == now and now in (0, 7):
+            cost += 40.0  # parallel octaves or fifths
+    cost += sum(6.0 for voice in (1, 2) if abs(voicing[voice] - previous[voice]) > 5)
+    cost += 4.0 if abs(voicing[0] - previous[0]) > 4 else 0.0
+    return cost + 2.0 * rng.random()
+
+
+def _voice(rng: random.Random, chords: list[_Chord], cadences: set[int]) -> list[tuple[int, ...]]:
+    voiced: list[tuple[int, ...]] = []
+    for index, chord in enumerate(chords):
+        inversion = index not in cadences and index + 1 not in cadences and rng.random() < 0.25
+        options = _voicings(chord, inversion) or _voicings(chord, False)
+        previous = voiced[-1] if voiced else None
+        voiced.append(min(options, key=lambda option: _cost(previous, option, rng)))
+    return voiced
+
+
+def _passing(rng: random.Random, pitch: int, following: int, scale: tuple[int, ...]) -> int | None:
+    """The scale tone between a note and the next a third away, or None."""
+    if abs(following - pitch) not in (3, 4) or rng.random() > PASSING_CHANCE:
+        return None
+    step = 1 if following > pitch else -1
+    between = [p for p in range(pitch + step, following, step) if p % 12 in scale]
+    return between[0] if len(between) == 1 else None
+
+
+def write_hymn(rng: random.Random, tonic: int, mode: str, beats: int,
+               beats_per_bar: int = 4) -> list[HymnNote]:  # fmt: skip
+    """A hymn of at least `beats` beats in the key `tonic` (pitch class) `mode`."""
+    phrase_beats = 2 * beats_per_bar
+    count = phrase_beats - 1  # chords per phrase, the cadence chord held two beats
+    phrases = max(2, -(-beats // phrase_beats))
+    chords: list[_Chord] = []
+    lengths: list[float] = []
+    cadences: set[int] = set()
+    for number in range(phrases):
+        middle = 0 < number < phrases - 1
+        first = 0 if number == 0 else _shared_degree(rng, chords[-1], tonic, mode)
+        if middle and rng.random() < MODULATION_CHANCE:
+            # begin at home, turn on a shared chord, cadence in the related key
+            offset, related_mode = rng.choice(RELATED[mode])
+            related = (tonic + offset) % 12
+            home = _phrase_chords(rng, tonic, mode, first, count - 1, "none")[: count - 3]
+            pivot = _shared_degree(rng, home[-1], related, related_mode)
+            chords += home + [_Chord(related, related_mode, degree) for degree in (pivot, 4, 0)]
+        else:
+            cadence = "authentic" if number == phrases - 1 or rng.random() < 0.5 else "half"
+            chords += _phrase_chords(rng, tonic, mode, first, count, cadence)
+        lengths += [1.0] * (count - 1) + [2.0]
+        cadences.add(len(chords) - 1)
+    voiced = _voice(rng, chords, cadences)
+    notes: list[HymnNote] = []
+    start = 0.0
+    for index, (chord, voicing, length) in enumerate(zip(chords, voiced, lengths, strict=True)):
+        following = voiced[index + 1] if index + 1 < len(voiced) else None
+        for voice, pitch in enumerate(voicing):
+            passing = (_passing(rng, pitch, following[voice], chord.scale())
+                       if following is not None and length == 1.0 else None)  # fmt: skip
+            if passing is None:
+                notes.append(HymnNote(start, length, pitch, voice))
+            else:
+                notes.append(HymnNote(start, length / 2, pitch, voice))
+                notes.append(HymnNote(start + length / 2, length / 2, passing, voice))
+        start += length
+    return notes

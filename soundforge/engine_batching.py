@@ -1,0 +1,352 @@
+"""Separations that share one engine process and its batches: on a GPU host, one child per GPU
+keeps the model loaded and runs the separations waiting at the same moment together, their
+segments in the same model calls (`Separator.separate_together`).
+
+A worker's separation slots all send their calls to the same child over one socket, each call
+tagged with an id: `("call", id, name, args)` and `("cancel", id)` one way; `("ready", None,
+None)`, `("started", id, None)`, `("progress", id, percent)`, `("result", id, value)` and
+`("error", id, exception)` the other. The child takes the first waiting call, waits
+`GATHER_S` for more (slots that claimed jobs at the same moment), and runs up to `jobs_together`
+of them as one batch; calls arriving meanwhile wait for the next batch.
+
+Cancel and time limit stay per job: the slot sends `cancel` and returns at once; the child drops
+that song at its next segment (its temporaries removed) and the others go on. A time limit counts
+from the moment the child starts the call's batch. Killing the child would stop every job in it,
+so that is left for when it dies on its own (then every call in it fails with
+`EngineDiedError`, retried like any transient error). A call waiting for the child (a batch
+before it still running) is limited by the same time limit, counted from when it was sent.
+Out of memory halves the batch inside the separator and retries (see
+`soundforge.separation.streaming`), whatever songs share it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from soundforge.engine_process import (
+    CLOSE_WAIT_S,
+    POLL_S,
+    EngineDiedError,
+    _portable,
+    _Setup,
+    _watch_parent,
+    load_factory,
+)
+from soundforge.errors import JobAbortedError, ProgressCallback, StageTimeLimitError
+from soundforge.redact import install_log_redaction
+
+if TYPE_CHECKING:
+    from soundforge.engine_process import EngineCall
+    from soundforge.engines import Engines, SeparationJob
+    from soundforge.settings import Settings
+
+log = logging.getLogger(__name__)
+
+GATHER_S = 0.25  # how long the child waits for more calls after the first of a batch
+NVIDIA_GPUS = Path("/proc/driver/nvidia/gpus")
+
+
+def gpu_count() -> int:
+    """GPUs the NVIDIA driver shows (without importing torch into the worker)."""
+    try:
+        return sum(1 for _ in NVIDIA_GPUS.iterdir())
+    except OSError:
+        return 0
+
+
+def jobs_together(settings: Settings) -> int:
+    """How many separations one engine process runs together: the setting, or (0) 4 when the
+    device is (or `auto` finds) a CUDA GPU, else 1 (each separation in a child of its own)."""
+    if settings.separation_jobs_together:
+        return settings.separation_jobs_together
+    if settings.device == "cuda" or (settings.device == "auto" and gpu_count() > 0):
+        return 4
+    return 1
+
+
+class SharedEngineChild:
+    """The worker's end of one shared child: `call` may run on several slots' threads at once."""
+
+    def __init__(self, setup: _Setup, env: dict[str, str] | None = None) -> None:
+        parent_end, child_end = socket.socketpair()
+        child_env = {k: v for k, v in os.environ.items()
+                     if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")}  # fmt: skip
+        child_env["PYTHONPATH"] = os.pathsep.join(path for path in sys.path if path)
+        child_env.update(env or {})
+        with child_end:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "soundforge.engine_batching", str(child_end.fileno())],
+                pass_fds=[child_end.fileno()], env=child_env, stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )  # fmt: skip
+        self.conn = Connection(parent_end.detach())
+        self.conn.send(setup)
+        self._send_lock = threading.Lock()
+        self._lock = threading.Lock()
+        self._calls: dict[int, queue.Queue[tuple[str, Any]]] = {}
+        self._ids = itertools.count(1)
+        self.dead: EngineDiedError | None = None
+        self.busy = 0
+        self._reader = threading.Thread(target=self._read, name="shared-engine", daemon=True)
+        self._reader.start()
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def _send(self, message: tuple[Any, ...]) -> None:
+        with self._send_lock:
+            self.conn.send(message)
+
+    def _read(self) -> None:
+        while True:
+            try:
+                kind, call_id, value = self.conn.recv()
+            except (EOFError, OSError):
+                break
+            with self._lock:
+                waiting = self._calls.get(call_id)
+            if waiting is not None:
+                waiting.put((kind, value))
+        code = self.process.wait()
+        how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
+        hint = " (out of memory?)" if code == -signal.SIGKILL else ""
+        with self._lock:
+            self.dead = EngineDiedError(f"the shared engine process died ({how}){hint}")
+            for waiting in self._calls.values():
+                waiting.put(("died", None))
+
+    def call(
+        self,
+        call: EngineCall,
+        progress: ProgressCallback,
+        should_abort: Callable[[], bool],
+        limit_s: float | None,
+        limit_message: str,
+    ) -> Any:
+        """Run `call` in the shared child beside the others; raises what the engine raised
+        (`EngineError`), `JobAbortedError` or `StageTimeLimitError` (having told the child to
+        drop the call), `EngineDiedError` when the child died."""
+        from soundforge.engine_process import EngineError
+
+        inbox: queue.Queue[tuple[str, Any]] = queue.Queue()
+        with self._lock:
+            if self.dead is not None:
+                raise self.dead
+            call_id = next(self._ids)
+            self._calls[call_id] = inbox
+            self.busy += 1
+        started = time.monotonic()  # until the child starts the call: the wait is limited too
+        try:
+            self._send(("call", call_id, call.name, call.args))
+            while True:
+                try:
+                    kind, value = inbox.get(timeout=POLL_S)
+                except queue.Empty:
+                    kind, value = "", None
+                if kind == "started":
+                    started = time.monotonic()
+                elif kind == "progress":
+                    progress(value)
+                elif kind == "result":
+                    return value
+                elif kind == "error":
+                    raise EngineError(value)
+                elif kind == "died":
+                    assert self.dead is not None
+                    raise self.dead
+                if should_abort():
+                    raise JobAbortedError(f"{call.name} aborted")
+                if limit_s is not None and time.monotonic() - started > limit_s:
+                    raise StageTimeLimitError(limit_message)
+        except (JobAbortedError, StageTimeLimitError):
+            with contextlib.suppress(OSError):
+                self._send(("cancel", call_id, None))
+            raise
+        finally:
+            with self._lock:
+                del self._calls[call_id]
+                self.busy -= 1
+
+    def close(self) -> None:
+        """Ask the child to exit (end of its input), then kill what is left."""
+        self.conn.close()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(CLOSE_WAIT_S)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, signal.SIGKILL)
+        self.process.wait()
+
+
+class SharedEngines:
+    """One `SharedEngineChild` per GPU (each seeing only its own, `CUDA_VISIBLE_DEVICES`), or one
+    without a GPU (tests); a call goes to the least busy child, a dead child is replaced."""
+
+    def __init__(self, setup: _Setup, gpus: int) -> None:
+        self.setup = setup
+        self.envs = [{"CUDA_VISIBLE_DEVICES": str(index)} for index in range(gpus)] or [{}]
+        self._children: list[SharedEngineChild | None] = [None] * len(self.envs)
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def call(self, call: EngineCall, progress: ProgressCallback,
+             should_abort: Callable[[], bool], limit_s: float | None, limit_message: str) -> Any:
+        return self._pick().call(call, progress, should_abort, limit_s, limit_message)
+
+    def _pick(self) -> SharedEngineChild:
+        with self._lock:
+            if self._closed:
+                from soundforge.errors import TransientError
+
+                raise TransientError("the worker is stopping; engine processes are closed")
+            self._replace_dead()
+            children = [child for child in self._children if child is not None]
+            return min(children, key=lambda child: child.busy)
+
+    def start(self) -> None:
+        """Start every child now (each loads the model while the worker registers)."""
+        with self._lock:
+            self._replace_dead()
+
+    def _replace_dead(self) -> None:
+        for index, child in enumerate(self._children):
+            if child is None or child.dead is not None:
+                if child is not None:
+                    child.close()
+                self._children[index] = SharedEngineChild(self.setup, self.envs[index])
+
+    def pids(self, *, busy_only: bool = False) -> list[int]:
+        with self._lock:
+            return [child.pid for child in self._children
+                    if child is not None and (child.busy or not busy_only)]  # fmt: skip
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            children, self._children = self._children, [None] * len(self.envs)
+        for child in children:
+            if child is not None:
+                child.close()
+
+
+# -- the child's side ------------------------------------------------------------------------
+
+
+class _Calls:
+    """The child's inbox: calls waiting for a batch, and the ids cancelled so far."""
+
+    def __init__(self) -> None:
+        self.waiting: queue.Queue[tuple[int, str, tuple[Any, ...]] | None] = queue.Queue()
+        self.cancelled: set[int] = set()
+
+    def receive(self, conn: Connection) -> None:
+        while True:
+            try:
+                message = conn.recv()
+            except (EOFError, OSError):
+                self.waiting.put(None)
+                return
+            if message[0] == "call":
+                _, call_id, name, args = message
+                self.waiting.put((call_id, name, args))
+            elif message[0] == "cancel":
+                self.cancelled.add(message[1])
+
+    def next_batch(self, size: int) -> list[tuple[int, str, tuple[Any, ...]]] | None:
+        first = self.waiting.get()
+        if first is None:
+            return None
+        batch = [first]
+        deadline = time.monotonic() + GATHER_S
+        while len(batch) < size:
+            try:
+                item = self.waiting.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            if item is None:
+                self.waiting.put(None)  # end of input, after this batch
+                break
+            batch.append(item)
+        return batch
+
+
+def _run_batch(engines: Engines, conn: Connection, send_lock: threading.Lock, calls: _Calls,
+               batch: Sequence[tuple[int, str, tuple[Any, ...]]]) -> None:  # fmt: skip
+    from soundforge.engines import SeparationJob
+
+    def send(message: tuple[Any, ...]) -> None:
+        with send_lock:
+            conn.send(message)
+
+    def progress_of(call_id: int) -> ProgressCallback:
+        last = [-1]
+
+        def progress(percent: float) -> None:
+            if int(percent) > last[0]:
+                last[0] = int(percent)
+                send(("progress", call_id, float(percent)))
+
+        return progress
+
+    jobs: list[tuple[int, SeparationJob]] = []
+    for call_id, name, args in batch:
+        if name != "separate":
+            send(("error", call_id, _portable(ValueError(f"{name} is not a batched engine"))))
+            continue
+        send(("started", call_id, None))
+        audio, out_dir, model = args
+        jobs.append((call_id, SeparationJob(
+            audio, out_dir, model, progress_of(call_id),
+            lambda call_id=call_id: call_id in calls.cancelled,  # type: ignore[misc]
+        )))  # fmt: skip
+    try:
+        outcomes = engines.separate_jobs([job for _, job in jobs]) if jobs else []
+    except Exception as error:  # the model or the device: every call of the batch fails
+        log.debug("batched separation failed", exc_info=True)
+        for call_id, _ in jobs:
+            send(("error", call_id, _portable(error)))
+        return
+    for (call_id, _), outcome in zip(jobs, outcomes, strict=True):
+        if isinstance(outcome, BaseException):
+            send(("error", call_id, _portable(outcome)))
+        else:
+            send(("result", call_id, outcome))
+
+
+def shared_child_main(fd: int) -> int:
+    conn = Connection(fd)
+    setup: _Setup = conn.recv()
+    _watch_parent(setup.parent_pid)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    logging.basicConfig(level=setup.settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s[gpu engine]: %(message)s")
+    install_log_redaction()
+    engines = load_factory(setup.factory)(setup.settings)
+    engines.warm_up(setup.warm_stages)
+    send_lock = threading.Lock()
+    with send_lock:
+        conn.send(("ready", None, None))
+    calls = _Calls()
+    threading.Thread(target=calls.receive, args=(conn,), name="calls", daemon=True).start()
+    size = jobs_together(setup.settings)
+    while (batch := calls.next_batch(size)) is not None:
+        _run_batch(engines, conn, send_lock, calls, batch)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(shared_child_main(int(sys.argv[1])))

@@ -1,0 +1,108 @@
+"""The GPU worker's shared separation engine, run on the CPU with the tiny model
+(`SOUNDFORGE_SEPARATION_JOBS_TOGETHER` forces it without a GPU): a processing worker whose slots
+hold several waiting separations runs them in one engine process, together (their progress
+advances side by side); cancelling one of them fails only that job, the engine process is not
+killed, and the others complete with their stems."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from soundforge import engine_batching, jobs, workflow
+from soundforge.engine_batching import jobs_together
+from soundforge.models import Job, Stage
+from soundforge.runtime import Runtime
+from soundforge.separation import write_local_repo
+from soundforge.settings import Settings, load_settings
+from soundforge.status import Status
+from soundforge.supervisor import worker_groups
+from tests.audio_synth import write_test_song
+from tests.support.pipeline import pid_alive
+from tests.support.worker_thread import running_worker, settings_for, wait_for
+
+pytestmark = pytest.mark.timeout(300)
+Connection = psycopg.Connection[Any]
+
+
+def _separation(conn: Connection, track_id: uuid.UUID) -> Job | None:
+    rows = jobs.list_jobs_for_track(conn, Stage.SEPARATE, track_id)
+    return rows[-1] if rows else None
+
+
+def _completed(conn: Connection, track_id: uuid.UUID) -> bool:
+    row = _separation(conn, track_id)
+    return row is not None and row.status is Status.COMPLETED
+
+
+def _running_together(conn: Connection, track_ids: list[uuid.UUID]) -> list[Job] | None:
+    """The separations under way at once (each past 0 %, none done), when two or more are."""
+    rows = [row for row in (_separation(conn, track) for track in track_ids) if row]
+    running = [row for row in rows
+               if row.status is Status.PROCESSING and 0 < (row.progress or 0) < 100]  # fmt: skip
+    return running if len(running) >= 2 else None
+
+
+def test_waiting_separations_share_one_engine_and_a_cancel_stops_only_its_job(
+    conn: Connection, database_url: str, tmp_path: Path
+) -> None:
+    repo = write_local_repo(tmp_path / "models", "htdemucs", size="tiny")
+    settings = settings_for(database_url, tmp_path / "store", demucs_repo=repo,
+                            separation_jobs_together=3)  # fmt: skip
+    songs = [write_test_song(tmp_path / f"song{index}.wav", seconds=seconds, tempo=120.0,
+                             key="A minor")
+             for index, seconds in enumerate((60.0, 60.0, 150.0))]  # fmt: skip
+    track_ids: list[uuid.UUID] = []
+    with running_worker(settings, queues=("download",)) as runtime:
+        for song in songs:
+            [metadata] = runtime.engines.expand(str(song))
+            imported = workflow.import_track(conn, metadata,
+                                             workflow.PipelineOptions(analysis=False))
+            track_ids.append(imported.track.id)
+        wait_for(lambda: all(_separation(conn, track) for track in track_ids), timeout_s=120,
+                 message="three separations waiting")  # fmt: skip
+    with running_worker(settings, queues=("processing",), concurrency=3) as runtime:
+        wait_for(lambda: _running_together(conn, track_ids), timeout_s=120, interval_s=0.05,
+                 message="separations progressing side by side")  # fmt: skip
+        engines: Runtime = runtime
+        [shared] = engines.engine_processes.pids()  # one engine process holds them all
+        cancelled = _separation(conn, track_ids[2])  # the longest song, still running
+        assert cancelled is not None and cancelled.status is Status.PROCESSING
+        workflow.cancel_job(conn, cancelled.id)
+        wait_for(lambda: all(_completed(conn, track) for track in track_ids[:2]),
+                 timeout_s=180, message="the other separations to complete")  # fmt: skip
+        row = wait_for(lambda: (r := jobs.reload(conn, cancelled)).status is Status.FAILED and r,
+                       timeout_s=60, message="the cancelled separation to fail")  # fmt: skip
+        assert row.error == workflow.CANCELLED
+        assert pid_alive(shared) and engines.engine_processes.pids() == [shared]
+    for track in track_ids[:2]:
+        stems = conn.execute("SELECT count(*) AS n FROM stems WHERE track_id = %s",
+                             (track,)).fetchone()  # fmt: skip
+        assert stems is not None and stems["n"] == 4
+
+
+def test_jobs_together_follows_the_device_and_raises_the_processing_concurrency(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gpus = tmp_path / "gpus"
+    gpus.mkdir()
+    monkeypatch.setattr(engine_batching, "NVIDIA_GPUS", gpus)
+
+    def settings(**values: Any) -> Settings:
+        return load_settings(processing_concurrency=2, **values)
+
+    assert jobs_together(settings(device="cpu")) == 1
+    assert jobs_together(settings(device="auto")) == 1  # the driver shows no GPU
+    (gpus / "0000:01:00.0").mkdir()
+    assert engine_batching.gpu_count() == 1
+    assert jobs_together(settings(device="auto")) == 4
+    assert jobs_together(settings(device="cuda")) == 4
+    assert jobs_together(settings(device="cpu", separation_jobs_together=3)) == 3
+    groups = {group.name: group for group in worker_groups(settings(device="cuda"))}
+    assert groups["processing"].concurrency == 4
+    groups = {group.name: group for group in worker_groups(settings(device="cpu"))}
+    assert groups["processing"].concurrency == 2
