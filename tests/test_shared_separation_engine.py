@@ -15,6 +15,7 @@ import pytest
 
 from soundforge import engine_batching, jobs, workflow
 from soundforge.engine_batching import jobs_together
+from soundforge.engines import default_engines
 from soundforge.models import Job, Stage
 from soundforge.runtime import Runtime
 from soundforge.separation import write_local_repo
@@ -22,6 +23,7 @@ from soundforge.settings import Settings, load_settings
 from soundforge.status import Status
 from soundforge.supervisor import worker_groups
 from tests.audio_synth import write_test_song
+from tests.support.job_rows import stage_rows
 from tests.support.pipeline import pid_alive
 from tests.support.worker_thread import running_worker, settings_for, wait_for
 
@@ -30,7 +32,7 @@ Connection = psycopg.Connection[Any]
 
 
 def _separation(conn: Connection, track_id: uuid.UUID) -> Job | None:
-    rows = jobs.list_jobs_for_track(conn, Stage.SEPARATE, track_id)
+    rows = stage_rows(conn, Stage.SEPARATE, track_id)
     return rows[-1] if rows else None
 
 
@@ -59,7 +61,7 @@ def test_waiting_separations_share_one_engine_and_a_cancel_stops_only_its_job(
     track_ids: list[uuid.UUID] = []
     with running_worker(settings, queues=("download",)) as runtime:
         for song in songs:
-            [metadata] = runtime.engines.expand(str(song))
+            [metadata] = default_engines(runtime.settings).expand(str(song))
             imported = workflow.import_track(conn, metadata,
                                              workflow.PipelineOptions(analysis=False))
             track_ids.append(imported.track.id)
