@@ -12,9 +12,11 @@ of them as one batch; calls arriving meanwhile wait for the next batch.
 Cancel and time limit stay per job: the slot sends `cancel` and returns at once; the child drops
 that song at its next segment (its temporaries removed) and the others go on. A time limit counts
 from the moment the child starts the call's batch. Killing the child would stop every job in it,
-so that is left for when it dies on its own (then every call in it fails with
-`EngineDiedError`, retried like any transient error). A call waiting for the child (a batch
-before it still running) is limited by the same time limit, counted from when it was sent.
+so it is killed only when a stopped call it runs has not left it after `DROP_GRACE_S` (the
+engine is stuck and would hold the GPU forever), or when it dies on its own; then every call in
+it fails with `EngineDiedError`, retried like any transient error. A call waiting for the
+child (a batch before it still running) is limited by the same time limit, counted from when it
+was sent.
 Out of memory halves the batch inside the separator and retries (see
 `soundforge.separation.streaming`), whatever songs share it.
 """
@@ -24,11 +26,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
-import os
 import queue
-import signal
-import socket
-import subprocess
 import sys
 import threading
 import time
@@ -38,16 +36,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from soundforge.engine_process import (
-    CLOSE_WAIT_S,
     POLL_S,
+    ChildSetup,
     EngineDiedError,
-    _portable,
-    _Setup,
-    _watch_parent,
-    load_factory,
+    close_child,
+    died_error,
+    kill_group,
+    portable_error,
+    spawn_child,
+    start_engines,
 )
 from soundforge.errors import JobAbortedError, ProgressCallback, StageTimeLimitError
-from soundforge.redact import install_log_redaction
 
 if TYPE_CHECKING:
     from soundforge.engine_process import EngineCall
@@ -57,6 +56,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 GATHER_S = 0.25  # how long the child waits for more calls after the first of a batch
+DROP_GRACE_S = 30.0  # how long a running call stopped by the worker may take to leave its batch
 NVIDIA_GPUS = Path("/proc/driver/nvidia/gpus")
 
 
@@ -81,23 +81,15 @@ def jobs_together(settings: Settings) -> int:
 class SharedEngineChild:
     """The worker's end of one shared child: `call` may run on several slots' threads at once."""
 
-    def __init__(self, setup: _Setup, env: dict[str, str] | None = None) -> None:
-        parent_end, child_end = socket.socketpair()
-        child_env = {k: v for k, v in os.environ.items()
-                     if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")}  # fmt: skip
-        child_env["PYTHONPATH"] = os.pathsep.join(path for path in sys.path if path)
-        child_env.update(env or {})
-        with child_end:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "soundforge.engine_batching", str(child_end.fileno())],
-                pass_fds=[child_end.fileno()], env=child_env, stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )  # fmt: skip
-        self.conn = Connection(parent_end.detach())
-        self.conn.send(setup)
+    def __init__(self, setup: ChildSetup, env: dict[str, str] | None = None,
+                 drop_grace_s: float = DROP_GRACE_S) -> None:  # fmt: skip
+        self.process, self.conn = spawn_child("soundforge.engine_batching", setup, env)
+        self.drop_grace_s = drop_grace_s
         self._send_lock = threading.Lock()
         self._lock = threading.Lock()
         self._calls: dict[int, queue.Queue[tuple[str, Any]]] = {}
+        self._started: set[int] = set()  # calls the child is running (in its batch)
+        self._dropping: set[int] = set()  # calls stopped here that the child has not ended
         self._ids = itertools.count(1)
         self.dead: EngineDiedError | None = None
         self.busy = 0
@@ -120,15 +112,55 @@ class SharedEngineChild:
                 break
             with self._lock:
                 waiting = self._calls.get(call_id)
+                watch = self._track(kind, call_id)
+            if watch:
+                self._watch_drop(call_id)
             if waiting is not None:
                 waiting.put((kind, value))
-        code = self.process.wait()
-        how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
-        hint = " (out of memory?)" if code == -signal.SIGKILL else ""
+        dead = died_error(self.process, "the shared engine process")
         with self._lock:
-            self.dead = EngineDiedError(f"the shared engine process died ({how}){hint}")
+            self.dead = dead
             for waiting in self._calls.values():
                 waiting.put(("died", None))
+
+    def _track(self, kind: str, call_id: int) -> bool:
+        """Follow which calls the child runs (call with `_lock` held); True when a call
+        stopped here has just started there (its drop is to be watched from now)."""
+        if kind == "started":
+            self._started.add(call_id)
+            return call_id in self._dropping
+        if kind in ("result", "error"):
+            self._started.discard(call_id)
+            self._dropping.discard(call_id)
+        return False
+
+    def _stop(self, call_id: int) -> None:
+        """Tell the child to drop a call stopped here (cancel, time limit); watch that it does
+        once it runs the call."""
+        with self._lock:
+            self._dropping.add(call_id)
+            running = call_id in self._started
+        with contextlib.suppress(OSError):
+            self._send(("cancel", call_id, None))
+        if running:
+            self._watch_drop(call_id)
+
+    def _watch_drop(self, call_id: int) -> None:
+        """Kill the child when the running call `call_id`, stopped here, is still in it after
+        `drop_grace_s`: an engine that no longer reaches its abort checks is stuck, and only a
+        kill frees the GPU (its other calls fail as `EngineDiedError` and are retried)."""
+
+        def check() -> None:
+            with self._lock:
+                stuck = call_id in self._dropping and self.dead is None
+            if stuck:
+                log.warning("shared engine process %d did not drop a stopped call within "
+                            "%g s: killing it", self.pid, self.drop_grace_s)  # fmt: skip
+                kill_group(self.process)
+
+        timer = threading.Timer(self.drop_grace_s, check)
+        timer.daemon = True
+        timer.start()
 
     def call(
         self,
@@ -174,8 +206,7 @@ class SharedEngineChild:
                 if limit_s is not None and time.monotonic() - started > limit_s:
                     raise StageTimeLimitError(limit_message)
         except (JobAbortedError, StageTimeLimitError):
-            with contextlib.suppress(OSError):
-                self._send(("cancel", call_id, None))
+            self._stop(call_id)
             raise
         finally:
             with self._lock:
@@ -183,20 +214,14 @@ class SharedEngineChild:
                 self.busy -= 1
 
     def close(self) -> None:
-        """Ask the child to exit (end of its input), then kill what is left."""
-        self.conn.close()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.process.wait(CLOSE_WAIT_S)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.pid, signal.SIGKILL)
-        self.process.wait()
+        close_child(self.process, self.conn)
 
 
 class SharedEngines:
     """One `SharedEngineChild` per GPU (each seeing only its own, `CUDA_VISIBLE_DEVICES`), or one
     without a GPU (tests); a call goes to the least busy child, a dead child is replaced."""
 
-    def __init__(self, setup: _Setup, gpus: int) -> None:
+    def __init__(self, setup: ChildSetup, gpus: int) -> None:
         self.setup = setup
         self.envs = [{"CUDA_VISIBLE_DEVICES": str(index)} for index in range(gpus)] or [{}]
         self._children: list[SharedEngineChild | None] = [None] * len(self.envs)
@@ -305,7 +330,10 @@ def _run_batch(engines: Engines, conn: Connection, send_lock: threading.Lock, ca
     jobs: list[tuple[int, SeparationJob]] = []
     for call_id, name, args in batch:
         if name != "separate":
-            send(("error", call_id, _portable(ValueError(f"{name} is not a batched engine"))))
+            send(("error", call_id, portable_error(ValueError(f"{name} is not a batched engine"))))
+            continue
+        if call_id in calls.cancelled:  # stopped while it waited: never started
+            send(("error", call_id, JobAbortedError("separation stopped before it started")))
             continue
         send(("started", call_id, None))
         audio, out_dir, model = args
@@ -318,25 +346,18 @@ def _run_batch(engines: Engines, conn: Connection, send_lock: threading.Lock, ca
     except Exception as error:  # the model or the device: every call of the batch fails
         log.debug("batched separation failed", exc_info=True)
         for call_id, _ in jobs:
-            send(("error", call_id, _portable(error)))
+            send(("error", call_id, portable_error(error)))
         return
     for (call_id, _), outcome in zip(jobs, outcomes, strict=True):
         if isinstance(outcome, BaseException):
-            send(("error", call_id, _portable(outcome)))
+            send(("error", call_id, portable_error(outcome)))
         else:
             send(("result", call_id, outcome))
 
 
 def shared_child_main(fd: int) -> int:
     conn = Connection(fd)
-    setup: _Setup = conn.recv()
-    _watch_parent(setup.parent_pid)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    logging.basicConfig(level=setup.settings.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s[gpu engine]: %(message)s")
-    install_log_redaction()
-    engines = load_factory(setup.factory)(setup.settings)
-    engines.warm_up(setup.warm_stages)
+    setup, engines = start_engines(conn, "gpu engine")
     send_lock = threading.Lock()
     with send_lock:
         conn.send(("ready", None, None))

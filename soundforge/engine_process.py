@@ -79,7 +79,9 @@ class EngineCall:
 
 
 @dataclass(frozen=True)
-class _Setup:
+class ChildSetup:
+    """What a child is built from; `parent_pid` is its worker (set by `spawn_child`)."""
+
     settings: Settings
     factory: str
     warm_stages: tuple[Stage, ...]
@@ -98,22 +100,56 @@ def load_factory(factory: str) -> Callable[[Settings], Engines]:
     return function
 
 
+def spawn_child(
+    module: str, setup: ChildSetup, env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[bytes], Connection]:
+    """Start `python -m module FD` in a process group of its own (one kill ends all of it),
+    send it `setup` (with this process as its parent) and return it with this end of its
+    socket. The worker's systemd variables stay out of its environment."""
+    parent_end, child_end = socket.socketpair()
+    child_env = {k: v for k, v in os.environ.items()
+                 if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")}  # fmt: skip
+    child_env["PYTHONPATH"] = os.pathsep.join(path for path in sys.path if path)
+    child_env.update(env or {})
+    with child_end:
+        process = subprocess.Popen(
+            [sys.executable, "-m", module, str(child_end.fileno())],
+            pass_fds=[child_end.fileno()], env=child_env, stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )  # fmt: skip
+    conn = Connection(parent_end.detach())
+    conn.send(ChildSetup(setup.settings, setup.factory, setup.warm_stages, os.getpid()))
+    return process, conn
+
+
+def died_error(process: subprocess.Popen[bytes], what: str) -> EngineDiedError:
+    """The error for calls of a child that died on its own (reaped here)."""
+    code = process.wait()
+    how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
+    hint = " (out of memory?)" if code == -signal.SIGKILL else ""
+    return EngineDiedError(f"{what} died ({how}){hint}")
+
+
+def kill_group(process: subprocess.Popen[bytes]) -> None:
+    """SIGKILL a child's whole process group (ffmpeg and all) and reap the child."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+def close_child(process: subprocess.Popen[bytes], conn: Connection) -> None:
+    """Ask a child to exit (end of its input), then kill what is left of its group."""
+    conn.close()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(CLOSE_WAIT_S)
+    kill_group(process)
+
+
 class EngineChild:
     """One child process and the worker's end of its socket."""
 
-    def __init__(self, setup: _Setup) -> None:
-        parent_end, child_end = socket.socketpair()
-        env = {k: v for k, v in os.environ.items()
-               if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")}  # fmt: skip
-        env["PYTHONPATH"] = os.pathsep.join(path for path in sys.path if path)
-        with child_end:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "soundforge.engine_process", str(child_end.fileno())],
-                pass_fds=[child_end.fileno()], env=env, stdin=subprocess.DEVNULL,
-                start_new_session=True,  # its own process group: one kill ends all of it
-            )  # fmt: skip
-        self.conn = Connection(parent_end.detach())
-        self.conn.send(_Setup(setup.settings, setup.factory, setup.warm_stages, os.getpid()))
+    def __init__(self, setup: ChildSetup) -> None:
+        self.process, self.conn = spawn_child("soundforge.engine_process", setup)
         self.ready = False
         self.calls = 0
         self.succeeding = False  # its successor is starting
@@ -185,10 +221,7 @@ class EngineChild:
                 raise StageTimeLimitError(limit_message)
 
     def _died(self) -> EngineDiedError:
-        code = self.process.wait()
-        how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
-        hint = " (out of memory?)" if code == -signal.SIGKILL else ""
-        return EngineDiedError(f"the engine process died ({how}){hint}")
+        return died_error(self.process, "the engine process")
 
     def rss_mb(self) -> float:
         try:
@@ -200,19 +233,11 @@ class EngineChild:
 
     def kill(self) -> None:
         """SIGKILL the child's whole process group (ffmpeg and all) and reap the child."""
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.pid, signal.SIGKILL)
-        self.process.wait()
+        kill_group(self.process)
         self.conn.close()
 
     def close(self) -> None:
-        """Ask the child to exit (end of its input), then kill what is left."""
-        self.conn.close()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.process.wait(CLOSE_WAIT_S)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.pid, signal.SIGKILL)
-        self.process.wait()
+        close_child(self.process, self.conn)
 
 
 class EngineError(Exception):
@@ -236,7 +261,7 @@ class EngineProcesses:
         *,
         warm_stages: Iterable[Stage] = (),
     ) -> None:
-        self.setup = _Setup(settings, factory, tuple(warm_stages), os.getpid())
+        self.setup = ChildSetup(settings, factory, tuple(warm_stages), os.getpid())
         self.max_calls = settings.engine_recycle_after_jobs
         self.max_rss_mb = settings.engine_max_rss_mb
         self.keep_warm = 0
@@ -253,13 +278,13 @@ class EngineProcesses:
         """Start `count` children now (warming up `warm_stages`) and keep that many ready."""
         with self._lock:
             if warm_stages is not None:
-                self.setup = _Setup(self.setup.settings, self.setup.factory,
+                self.setup = ChildSetup(self.setup.settings, self.setup.factory,
                                     tuple(warm_stages), os.getpid())  # fmt: skip
             if self.together > 1 and Stage.SEPARATE in self.setup.warm_stages:
                 # The model lives in the shared children only (one per GPU), warm from now.
                 self._shared_engines().start()
                 others = tuple(s for s in self.setup.warm_stages if s is not Stage.SEPARATE)
-                self.setup = _Setup(self.setup.settings, self.setup.factory, others,
+                self.setup = ChildSetup(self.setup.settings, self.setup.factory, others,
                                     os.getpid())  # fmt: skip
                 count = count if others else 0
             self.keep_warm = count
@@ -309,7 +334,7 @@ class EngineProcesses:
         if self._closed:
             raise TransientError("the worker is stopping; engine processes are closed")
         if self._shared is None:
-            setup = _Setup(self.setup.settings, self.setup.factory, (Stage.SEPARATE,),
+            setup = ChildSetup(self.setup.settings, self.setup.factory, (Stage.SEPARATE,),
                            os.getpid())  # fmt: skip
             self._shared = SharedEngines(setup, gpu_count())
         return self._shared
@@ -423,7 +448,7 @@ def _call(engines: Engines, name: str, args: tuple[Any, ...], progress: Progress
     return engine(*args, progress)
 
 
-def _portable(error: BaseException) -> BaseException:
+def portable_error(error: BaseException) -> BaseException:
     """`error` if it survives pickling, else a SoundForge error with the same text."""
     try:
         restored = pickle.loads(pickle.dumps(error))
@@ -435,7 +460,7 @@ def _portable(error: BaseException) -> BaseException:
     return PermanentError(text) if isinstance(error, PermanentError) else TransientError(text)
 
 
-def _watch_parent(parent_pid: int) -> None:
+def watch_parent(parent_pid: int) -> None:
     """Kill this process group when the worker goes away (its socket end may stay open in
     nothing else, but an engine busy for an hour would not notice)."""
 
@@ -468,15 +493,22 @@ def child_main(fd: int) -> int:
         return 0  # the worker closed its end (it stopped, or closed a child still starting)
 
 
-def _serve(conn: Connection) -> int:
-    setup: _Setup = conn.recv()
-    _watch_parent(setup.parent_pid)
+def start_engines(conn: Connection, tag: str) -> tuple[ChildSetup, Engines]:
+    """A child's start: read its setup, watch its worker, log as it does (masked), build the
+    engines and warm them up."""
+    setup: ChildSetup = conn.recv()
+    watch_parent(setup.parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker decides; a kill ends this
     logging.basicConfig(level=setup.settings.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s[engine]: %(message)s")
+                        format=f"%(asctime)s %(levelname)s %(name)s[{tag}]: %(message)s")
     install_log_redaction()  # the engines log the URLs they fetch: masked, as in the worker
     engines = load_factory(setup.factory)(setup.settings)
     engines.warm_up(setup.warm_stages)
+    return setup, engines
+
+
+def _serve(conn: Connection) -> int:
+    _, engines = start_engines(conn, "engine")
     conn.send(("ready", None))
     while True:
         try:
@@ -487,7 +519,7 @@ def _serve(conn: Connection) -> int:
             result = _call(engines, name, args, _ProgressSender(conn))
         except Exception as error:
             log.debug("engine %s failed", name, exc_info=True)
-            conn.send(("error", _portable(error)))
+            conn.send(("error", portable_error(error)))
         else:
             conn.send(("result", result))
 

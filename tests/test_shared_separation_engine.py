@@ -6,6 +6,9 @@ killed, and the others complete with their stems."""
 
 from __future__ import annotations
 
+import os
+import threading
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -15,7 +18,9 @@ import pytest
 
 from soundforge import engine_batching, jobs, workflow
 from soundforge.engine_batching import jobs_together
+from soundforge.engine_process import ChildSetup, EngineCall, EngineDiedError
 from soundforge.engines import default_engines
+from soundforge.errors import JobAbortedError
 from soundforge.models import Job, Stage
 from soundforge.runtime import Runtime
 from soundforge.separation import write_local_repo
@@ -23,6 +28,7 @@ from soundforge.settings import Settings, load_settings
 from soundforge.status import Status
 from soundforge.supervisor import worker_groups
 from tests.audio_synth import write_test_song
+from tests.support.engines import POLITE_TOGETHER_FACTORY, STUCK_TOGETHER_FACTORY
 from tests.support.job_rows import stage_rows
 from tests.support.pipeline import pid_alive
 from tests.support.worker_thread import running_worker, settings_for, wait_for
@@ -108,3 +114,46 @@ def test_jobs_together_follows_the_device_and_raises_the_processing_concurrency(
     assert groups["processing"].concurrency == 4
     groups = {group.name: group for group in worker_groups(settings(device="cpu"))}
     assert groups["processing"].concurrency == 2
+
+
+def test_a_shared_engine_stuck_in_a_batch_is_killed_after_a_stopped_call_s_grace(
+    tmp_path: Path,
+) -> None:
+    settings = settings_for("postgresql:///unused", tmp_path / "store",
+                            separation_jobs_together=2)  # fmt: skip
+    setup = ChildSetup(settings, STUCK_TOGETHER_FACTORY, (), os.getpid())
+    child = engine_batching.SharedEngineChild(setup, drop_grace_s=1.0)
+    running = threading.Event()
+    call = EngineCall("separate", (tmp_path / "song.wav", tmp_path / "out", "htdemucs"))
+    try:
+        with pytest.raises(JobAbortedError):  # the slot returns at once, the job is ended
+            child.call(call, lambda percent: running.set(), running.is_set, None, "")
+        assert child.dead is None and pid_alive(child.pid)  # not killed on the spot
+        wait_for(lambda: child.dead is not None, timeout_s=60,
+                 message="the stuck engine to be killed after its grace")  # fmt: skip
+        assert not pid_alive(child.pid)
+        with pytest.raises(EngineDiedError):  # later calls fail (retried), never hang
+            child.call(call, lambda percent: None, lambda: False, None, "")
+    finally:
+        child.close()
+
+
+def test_a_shared_engine_that_ends_a_stopped_call_is_kept(tmp_path: Path) -> None:
+    settings = settings_for("postgresql:///unused", tmp_path / "store",
+                            separation_jobs_together=2)  # fmt: skip
+    setup = ChildSetup(settings, POLITE_TOGETHER_FACTORY, (), os.getpid())
+    child = engine_batching.SharedEngineChild(setup, drop_grace_s=1.0)
+    running = threading.Event()
+    call = EngineCall("separate", (tmp_path / "song.wav", tmp_path / "out", "htdemucs"))
+    try:
+        with pytest.raises(JobAbortedError):
+            child.call(call, lambda percent: running.set(), running.is_set, None, "")
+        time.sleep(3.0)  # well past the grace: the engine ended the call, so it is kept
+        assert child.dead is None and pid_alive(child.pid)
+        cancelled = EngineCall("separate", (tmp_path / "other.wav", tmp_path / "o", "htdemucs"))
+        with pytest.raises(JobAbortedError):  # stopped before its batch: never started there
+            child.call(cancelled, lambda percent: None, lambda: True, None, "")
+        time.sleep(2.0)
+        assert child.dead is None and pid_alive(child.pid)
+    finally:
+        child.close()

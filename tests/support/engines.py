@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from soundforge.engines import Engines, default_engines
+from soundforge.errors import JobAbortedError
 from soundforge.settings import Settings
 
 FAULTS_VARIABLE = "SOUNDFORGE_TEST_ENGINE_FAULTS"
@@ -90,3 +91,30 @@ def pid_engines(settings: Settings) -> Engines:
         return [os.getpid()]
 
     return dataclasses.replace(default_engines(settings), expand=expand)
+
+
+STUCK_TOGETHER_FACTORY = "tests.support.engines:stuck_together_engines"
+POLITE_TOGETHER_FACTORY = "tests.support.engines:polite_together_engines"
+
+
+def _together_engines(settings: Settings, *, honour_abort: bool) -> Engines:
+    """The real engines, except that separations run together report 1 % each and then run
+    until every job's abort check is true (`honour_abort`) or forever, never looking at it (an
+    engine stuck inside a batch)."""
+
+    def together(jobs: Any) -> Any:
+        for job in jobs:
+            job.progress(1.0)
+        while not (honour_abort and all(job.should_abort() for job in jobs)):
+            time.sleep(0.05)
+        return [JobAbortedError("separation aborted") for _ in jobs]
+
+    return dataclasses.replace(default_engines(settings), together=together)
+
+
+def stuck_together_engines(settings: Settings) -> Engines:
+    return _together_engines(settings, honour_abort=False)
+
+
+def polite_together_engines(settings: Settings) -> Engines:
+    return _together_engines(settings, honour_abort=True)
