@@ -18,7 +18,7 @@ from soundforge.separation import (
     loading,
     write_local_repo,
 )
-from soundforge.separation.separator import CPU_BATCH_CAP, usable_cores
+from soundforge.separation.separator import CPU_AUTO_BATCH
 from soundforge.separation.stem_files import clip_divisor
 from soundforge.storage import TEMP_PREFIX
 from tests.test_separation_support import read_stem, write_mix
@@ -172,10 +172,11 @@ def test_separate_many_stops_at_a_bad_file_and_cleans_up_the_others(
     assert not (tmp_path / "c").exists()
 
 
-def test_cpu_batch_defaults_to_the_cores_and_fp16_falls_back_to_fp32(repo: Path) -> None:
+def test_cpu_batch_defaults_to_one_segment_and_fp16_falls_back_to_fp32(repo: Path) -> None:
     separator = Separator(repo=repo, precision="fp16")
     assert separator.precision == "fp32"
-    assert separator.batch.size == min(usable_cores(), CPU_BATCH_CAP)
+    assert separator.batch.size == CPU_AUTO_BATCH == 1
+    assert separator.workers is None  # one segment on every core: no segment threads
     assert Separator(repo=repo, batch_size=3).batch.size == 3
     with pytest.raises(ConfigError, match="batch size"):
         Separator(repo=repo, batch_size=-1)

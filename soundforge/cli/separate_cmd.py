@@ -46,8 +46,8 @@ def register(subparsers: Any) -> None:
                         help="fp32 (matches demucs), bf16 (faster on CPUs with AVX512-BF16 and "
                         "on GPUs) or fp16 (GPU)")
     parser.add_argument("--batch", type=int, metavar="N",
-                        help="segments per model call (0 = by device: one per core on the CPU, "
-                        "at most 4, side by side; by free memory on a GPU)")
+                        help="segments per model call (0 = by device: one at a time on the CPU, "
+                        "by free memory on a GPU; N > 1 on the CPU: side by side)")
     parser.add_argument("--songs-together", type=int, metavar="N", default=0,
                         help="files whose segments share the model's batches (0 = by device: "
                         "4 on a GPU, 1 on the CPU)")

@@ -51,7 +51,7 @@ logger = logging.getLogger(__name__)
 Device = Literal["cpu", "cuda", "auto"]
 Precision = Literal["fp32", "bf16", "fp16"]
 PRECISIONS: tuple[Precision, ...] = ("fp32", "bf16", "fp16")
-CPU_BATCH_CAP = 4  # segments side by side on the CPU: each holds its own activations (~0.5 GB)
+CPU_AUTO_BATCH = 1  # the CPU's default: one segment at a time on every core (measured below)
 GPU_BATCH_CAP = 32  # more gains little (shared/gpu/model_batch.py) and grows host memory
 GPU_MEMORY_SHARE = 0.7  # of the free device memory the auto batch size may plan for
 GPU_SONGS_TOGETHER = 4  # `separate_many` on a GPU: songs whose segments share the batches
@@ -90,12 +90,18 @@ def usable_cores() -> int:
 
 
 def auto_batch_size(loaded: LoadedModel, precision: Precision) -> int:
-    """Segments per step: on the CPU one per core (at most `CPU_BATCH_CAP`), each on a thread of
-    its own; on a GPU, what `GPU_MEMORY_SHARE` of the free memory holds, from the peak memory of
-    one probe segment (capped at `GPU_BATCH_CAP`)."""
+    """Segments per step: on the CPU `CPU_AUTO_BATCH`; on a GPU, what `GPU_MEMORY_SHARE` of the
+    free memory holds, from the peak memory of one probe segment (capped at `GPU_BATCH_CAP`).
+
+    Why one on the CPU: on a quiet 2-core machine (full-size htdemucs, 30 s song, whole
+    processes, the demucs CLI 16.5 s wall / 30.7 s CPU / 1314 MB) one segment on both cores
+    took 15.5-16.4 s / 27-28 s / 1271-1290 MB, two side by side (one thread each) 16.1 s /
+    27.3 s / 1982 MB, and 19.9 s / 33.6 s / 1175 MB with the periodic `malloc_trim` that keeps
+    their memory down. Side by side pays only on cores other work keeps busy, where two
+    threads of one call wait for each other (`SOUNDFORGE_SEPARATION_BATCH=2`)."""
     device = loaded.device
     if device.type != "cuda":
-        return min(usable_cores(), CPU_BATCH_CAP)
+        return CPU_AUTO_BATCH
     per_item = max(probe_segment_bytes(loaded, member, precision) for member in loaded.members)
     free, _ = torch.cuda.mem_get_info(device)
     return max(1, min(GPU_BATCH_CAP, int(free * GPU_MEMORY_SHARE) // max(per_item, 1)))
@@ -340,7 +346,9 @@ class Separator:
     def _infer(self, jobs: Sequence[_Job], songs: Sequence[SongStream]) -> None:
         """Run `songs` (one per job) through the model, spooling each one's stems to its job's
         writer; a song dropped on the way keeps its error (see `SongStream`)."""
-        trimming = trimming_free_memory() if self.device.type == "cpu" else nullcontext()
+        # Side by side, freed activations of several segments fragment the heap (see
+        # cpu_tuning): hand free pages back while they run. One at a time reuses its own.
+        trimming = trimming_free_memory() if self.workers is not None else nullcontext()
         try:
             with trimming:
                 for index, block in stream_songs(
