@@ -172,7 +172,7 @@ class Settings(BaseSettings):
     poll_interval_s: float = Field(default=5.0, gt=0)
     restart_backoff_s: float = Field(default=1.0, ge=0)
     restart_backoff_max_s: float = Field(default=60.0, ge=0)
-    engine_recycle_after_jobs: int = Field(default=500, ge=0, description="0 = never")
+    engine_recycle_after_jobs: int = Field(default=5000, ge=0, description="0 = never")
     engine_max_rss_mb: int = Field(default=4096, ge=0, description="0 = no limit")
     log_level: str = "INFO"
 
