@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
 import uuid
 from pathlib import Path
@@ -30,6 +31,8 @@ from tests.support.loopback_http import loopback_server
 from tests.support.pipeline import (
     ServiceProcesses,
     add_track,
+    child_pids,
+    pid_alive,
     serve_slowly,
     service_env,
     wait_for,
@@ -195,8 +198,7 @@ def test_temporaries_a_killed_worker_leaked_go_at_the_next_cleanup(
         leaked = wait_for(lambda: [p for p in (root / "downloads").glob(f"{TEMP_PREFIX}*")
                                    if p.stat().st_size > 0],
                           timeout_s=60, message="a partial download on disk")  # fmt: skip
-        os.kill(worker.pid, signal.SIGKILL)
-        worker.wait(10)
+        _kill_worker_and_its_engines(worker)
 
     kept = run_cli("cleanup", env=env | {"SOUNDFORGE_STORAGE_TEMP_GRACE_S": "0"})
     assert kept.returncode == 0, kept.stderr
@@ -216,6 +218,18 @@ def test_temporaries_a_killed_worker_leaked_go_at_the_next_cleanup(
     assert list((root / "downloads").glob(f"{TEMP_PREFIX}*")) == []
 
 
+def _kill_worker_and_its_engines(worker: subprocess.Popen[bytes]) -> None:
+    """SIGKILL a worker process and its engine children at once (as the OOM killer or a
+    container's end would): nothing of it can clean up after itself. (An engine child that
+    outlives its worker cleans up on its own: its next progress message fails.)"""
+    engines = child_pids(worker.pid)
+    for pid in [*engines, worker.pid]:
+        os.kill(pid, signal.SIGKILL)
+    worker.wait(10)
+    wait_for(lambda: not any(pid_alive(pid) for pid in engines), timeout_s=30,
+             message="the killed engine processes to end")  # fmt: skip
+
+
 @pytest.mark.timeout(400)
 def test_separation_scratch_a_killed_worker_leaked_goes_at_the_next_cleanup(
     conn: Connection, cli_env: dict[str, str], database_url: str, tmp_path: Path,
@@ -233,8 +247,7 @@ def test_separation_scratch_a_killed_worker_leaked_goes_at_the_next_cleanup(
                  if p.name.endswith("-vocals.f32") and p.stat().st_size > 0],
         timeout_s=240, message="stem spools on disk",
     )[0].parent  # fmt: skip
-    os.kill(separating.pid, signal.SIGKILL)
-    separating.wait(10)
+    _kill_worker_and_its_engines(separating)
     leaked = sorted(scratch.iterdir())
     assert any(p.name.endswith("-mix.f32") for p in leaked), leaked
 
