@@ -19,7 +19,7 @@ from demucs.apply import BagOfModels, apply_model
 from soundforge.separation import Separator, stem_names, write_local_repo
 from soundforge.separation.cpu_workers import SegmentWorkers
 from soundforge.separation.loading import LoadedModel
-from soundforge.separation.streaming import BatchLimit, separate_stream
+from soundforge.separation.streaming import BatchLimit, SongStream, stream_songs
 from tests.test_separation_support import read_stem, write_mix
 
 TOLERANCE = 1e-4
@@ -114,7 +114,7 @@ class _StandInModel(torch.nn.Module):
 
 
 class _Windows:
-    """The mix as `separate_stream` reads it: zero-padded windows of an in-memory tensor."""
+    """The mix as `stream_songs` reads it: zero-padded windows of an in-memory tensor."""
 
     def __init__(self, mix: torch.Tensor) -> None:
         self.mix = mix
@@ -134,11 +134,13 @@ def _stream(models: list[_StandInModel], weights: list[list[float]], mix: torch.
     loaded = LoadedModel("stand-in", tuple(models), tuple(map(tuple, weights)), ("a", "b", "c"),
                          44100, 2, torch.device("cpu"))
     calls: list[tuple[int, int]] = []
-    blocks = list(separate_stream(
-        loaded, _Windows(mix), shifts=shifts, overlap=overlap, rng=random.Random(seed),
-        precision="fp32", limit=limit, denormalize=lambda block: block,
-        after_segment=lambda done, total: calls.append((done, total)), workers=workers,
-    ))  # fmt: skip
+    song = SongStream(_Windows(mix), lambda block: block,
+                      lambda done, total: calls.append((done, total)))  # fmt: skip
+    blocks = [block for _, block in stream_songs(
+        loaded, [song], shifts=shifts, overlap=overlap, rng=random.Random(seed),
+        precision="fp32", limit=limit, workers=workers,
+    )]  # fmt: skip
+    assert song.error is None
     return blocks, calls
 
 

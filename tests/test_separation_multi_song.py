@@ -19,7 +19,7 @@ from soundforge.separation import Separator, loading, write_local_repo
 from soundforge.separation.cpu_workers import SegmentWorkers
 from soundforge.separation.loading import LoadedModel
 from soundforge.separation.separator import SeparationRequest
-from soundforge.separation.streaming import BatchLimit, SongStream, separate_stream, stream_songs
+from soundforge.separation.streaming import BatchLimit, SongStream, stream_songs
 from tests.test_separation_equivalence import _StandInModel, _Windows
 from tests.test_separation_support import read_stem, write_mix
 
@@ -41,11 +41,11 @@ def _alone(loaded: LoadedModel, mixes: list[torch.Tensor], shifts: int, seed: in
     """Each song through its own stream, one after the other, sharing one rng."""
     rng = random.Random(seed)
     return [
-        torch.cat(list(separate_stream(
-            loaded, _Windows(mix), shifts=shifts, overlap=0.25, rng=rng, precision="fp32",
-            limit=BatchLimit(batch_size), denormalize=lambda block: block,
-            after_segment=lambda done, total: None,
-        )), dim=-1)
+        torch.cat([block for _, block in stream_songs(
+            loaded, [SongStream(_Windows(mix), lambda block: block, lambda done, total: None)],
+            shifts=shifts, overlap=0.25, rng=rng, precision="fp32",
+            limit=BatchLimit(batch_size),
+        )], dim=-1)
         for mix in mixes
     ]  # fmt: skip
 

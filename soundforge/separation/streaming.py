@@ -461,26 +461,3 @@ def stream_songs(
     finally:
         estimates.close()
         reader.close()
-
-
-def separate_stream(
-    loaded: LoadedModel,
-    mix: WindowSource,
-    *,
-    shifts: int,
-    overlap: float,
-    rng: random.Random,
-    precision: Precision,
-    limit: BatchLimit,
-    denormalize: Callable[[torch.Tensor], torch.Tensor],
-    after_segment: Callable[[int, int], None],
-    workers: SegmentWorkers | None = None,
-) -> Iterator[StemBlock]:
-    """One song's stems as consecutive CPU blocks (`stream_songs` with one song);
-    `after_segment` raising stops it with that error."""
-    song = SongStream(mix, denormalize, after_segment)
-    for _, block in stream_songs(loaded, [song], shifts=shifts, overlap=overlap, rng=rng,
-                                 precision=precision, limit=limit, workers=workers):
-        yield block
-    if song.error is not None:
-        raise song.error
