@@ -39,6 +39,7 @@ from soundforge.engine_process import (
     POLL_S,
     ChildSetup,
     EngineDiedError,
+    EngineError,
     close_child,
     died_error,
     kill_group,
@@ -46,7 +47,12 @@ from soundforge.engine_process import (
     spawn_child,
     start_engines,
 )
-from soundforge.errors import JobAbortedError, ProgressCallback, StageTimeLimitError
+from soundforge.errors import (
+    JobAbortedError,
+    ProgressCallback,
+    StageTimeLimitError,
+    TransientError,
+)
 
 if TYPE_CHECKING:
     from soundforge.engine_process import EngineCall
@@ -173,8 +179,6 @@ class SharedEngineChild:
         """Run `call` in the shared child beside the others; raises what the engine raised
         (`EngineError`), `JobAbortedError` or `StageTimeLimitError` (having told the child to
         drop the call), `EngineDiedError` when the child died."""
-        from soundforge.engine_process import EngineError
-
         inbox: queue.Queue[tuple[str, Any]] = queue.Queue()
         with self._lock:
             if self.dead is not None:
@@ -235,8 +239,6 @@ class SharedEngines:
     def _pick(self) -> SharedEngineChild:
         with self._lock:
             if self._closed:
-                from soundforge.errors import TransientError
-
                 raise TransientError("the worker is stopping; engine processes are closed")
             self._replace_dead()
             children = [child for child in self._children if child is not None]
