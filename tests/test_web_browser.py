@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from selenium.common.exceptions import NoSuchElementException
 from selenium.webdriver.common.by import By
 
 from tests.audio_synth import write_test_song
@@ -26,6 +27,21 @@ def tiny_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from soundforge.separation import write_local_repo
 
     return write_local_repo(tmp_path_factory.mktemp("models"), "htdemucs", size="tiny")
+
+
+def _tracks_after_submit(driver: Any, query: str) -> str:
+    """The track list's text once the page a form submitted (its URL holding `query`) has
+    loaded: reading at once may find the old page, or none while the new one loads."""
+    wait_for(lambda: query in driver.current_url, timeout_s=30, message=f"a page for {query}")
+
+    def text() -> str | None:
+        try:
+            return str(driver.find_element(By.ID, "tracks").text)
+        except NoSuchElementException:
+            return None
+
+    found: str = wait_for(text, timeout_s=30, message="the track list")
+    return found
 
 
 def _stage_values(driver: Any) -> list[tuple[str, float]]:
@@ -87,10 +103,10 @@ def test_a_song_added_in_the_browser_progresses_live_then_plays_and_filters(
         driver.get(web.url + "/")
         driver.find_element(By.NAME, "q").send_keys("browser so")
         driver.find_element(By.NAME, "q").submit()
-        assert "browser song" in driver.find_element(By.ID, "tracks").text
+        assert "browser song" in _tracks_after_submit(driver, "q=browser+so")
         driver.find_element(By.NAME, "tempo_min").send_keys("200")
         driver.find_element(By.NAME, "tempo_min").submit()
-        assert "No tracks match" in driver.find_element(By.ID, "tracks").text
+        assert "No tracks match" in _tracks_after_submit(driver, "tempo_min=200")
         driver.get(web.url + "/?tempo_min=110&tempo_max=130")
         assert "browser song" in driver.find_element(By.ID, "tracks").text
 
