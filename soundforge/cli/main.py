@@ -6,8 +6,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from soundforge.cli.output import safe, say
 from soundforge.errors import SoundForgeError
@@ -52,7 +54,15 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+# Commands that leave nothing to clean up when they return (no database, no temporary files, no
+# threads): run from the shell, their process ends without the interpreter's teardown.
+QUICK_EXIT_COMMANDS = frozenset({"analyze"})
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command in `argv`, or, with None, the one in `sys.argv`: then this process is the
+    command's own (the console script, `python -m`), and a command of `QUICK_EXIT_COMMANDS`
+    ends it here (see `_exit_now`)."""
     arguments = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(STANDALONE_COMMANDS.get(_requested_command(arguments) or ""))
     args = parser.parse_args(arguments)
@@ -61,6 +71,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     install_log_redaction()
+    code = _run(args)
+    if argv is None and args.command in QUICK_EXIT_COMMANDS:
+        _exit_now(code)
+    return code
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         return int(args.handler(args))
     except SoundForgeError as error:
@@ -69,6 +86,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("soundforge: interrupted", file=sys.stderr)
         return 130
+
+
+def _exit_now(code: int) -> NoReturn:
+    """End the process once its output is out, skipping the interpreter's teardown: freeing
+    every module's objects one by one takes about 30 ms once numpy is loaded, a sixth of
+    `soundforge analyze` on a short file, for memory the operating system frees at once."""
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe (`| head`): nothing more to say there
+            code = code or 1
+    os._exit(code)
 
 
 if __name__ == "__main__":
