@@ -44,7 +44,7 @@ def test_the_caller_analyses_beside_its_children_and_the_order_holds(
     clips: list[Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def tagged(path: Path, limits: object = None) -> batch.FileOutcome:
-        time.sleep(0.05)  # long enough for every process to take a file
+        time.sleep(0.1)  # long enough for every process to take a file
         return batch.FileOutcome(path, None, error=str(os.getpid()))
 
     monkeypatch.setattr(batch, "analyze_one", tagged)  # the forked children inherit it
@@ -55,7 +55,7 @@ def test_the_caller_analyses_beside_its_children_and_the_order_holds(
 
 
 PROBE_FIRST_CALL_COSTS = """
-import json, os, sys
+import json, os, sys, time
 from pathlib import Path
 from soundforge.analysis import batch, engine
 parent = os.getpid()
@@ -63,6 +63,7 @@ parent = os.getpid()
 def probe(path, limits=None):
     state = {"pid": os.getpid(), "numpy.ma": "numpy.ma" in sys.modules,
              "blas": engine._blas_controller.cache_info().currsize}
+    time.sleep(0.1)  # long enough for every process to take a file
     return batch.FileOutcome(path, None, error=json.dumps(state))
 
 batch.analyze_one = probe
