@@ -5,9 +5,9 @@ and one librosa call per feature, `bench/analysis.py --worker original --cold`);
 interleaved runs.
 
 A 3 s file takes about 10 ms of analysis, so a folder of them is mostly the process's own start
-(Python, numpy, the settings): the part no second process shares. The best --jobs 2 can do is
-T1 / (S + (T1 - S) / 2), S the start-up, measured here as the whole process on a 2 s file; that
-bound is printed beside the ratio.
+(Python, numpy, the analysis modules): the part no second process shares. The best --jobs 2 can
+do is T1 / (S + (T1 - S) / 2), S the start-up, measured here as the whole process on a 2 s file;
+that bound is printed beside the ratio.
 
 The package's bytecode is compiled first, as `pip install` does: without it (this environment
 sets PYTHONDONTWRITEBYTECODE, so nothing is cached) every process compiles SoundForge's modules
