@@ -11,10 +11,13 @@ Each beat (pairs of beats when they are under `MIN_SEGMENT_SECONDS`; blocks of
 and minor triads (cosine of the chroma, plus the bass register's share on the chord's root),
 smoothed by Viterbi with a cost per change. Per key the evidence is the share of the time in
 chords diatonic to it (V major counts in minor), and the share of chord changes that are a
-major triad resolving down a fifth to its tonic (V-I, V-i). Monophonic music (a folk song's
-melody) matches triads poorly and makes no chords: the evidence is scaled by `chordness`, from
-0 at a mean match of `CHORDLESS_MATCH` to 1 at `CHORDAL_MATCH` (melodies alone 0.52-0.65,
-grooves 0.62-0.83, four-part hymns 0.69-0.84).
+major triad resolving down a fifth to its tonic (V-I, V-i), up to `MAX_CADENCE_SHARE`: a
+two-chord vamp alternates them in every other change, and C-F-C-F is I-IV in C as often as
+V-I in F (uncapped, four synthesized I-IV vamps of four came out in the key of their IV;
+capped, two of four with drums still do; the corpus scored the same either way). Monophonic
+music (a folk song's melody) matches triads poorly and makes no chords: the evidence is scaled
+by `chordness`, from 0 at a mean match of `CHORDLESS_MATCH` to 1 at `CHORDAL_MATCH` (melodies
+alone 0.52-0.65, grooves 0.62-0.83, four-part hymns 0.69-0.84).
 
 The cost is one more transcription, of a segment per beat: `bench/analysis.py` (180 s, warm,
 best of 3, two runs each, back to back under the bench lock) 0.314 / 0.324 s against 0.314 /
@@ -36,6 +39,7 @@ IntArray = npt.NDArray[np.int64]
 MIN_SEGMENT_SECONDS = 0.3  # beats faster than this are taken in pairs
 CHANGE_PENALTY = 0.15  # a chord change costs this much of a segment's match (smoothing)
 BASS_ROOT_WEIGHT = 0.3  # the bass register's share on a chord's root adds this to its match
+MAX_CADENCE_SHARE = 0.25  # a V-I in one change of four says it all (a I-IV vamp: V-I-V-I?)
 CHORDLESS_MATCH = 0.55
 CHORDAL_MATCH = 0.65
 NO_CHORD = -1
@@ -159,7 +163,8 @@ def evidence(sequence: ChordSequence) -> ChordEvidence | None:
     runs = chords[np.r_[True, np.diff(chords) != 0]]  # repeated chords merged
     previous, following = runs[:-1], runs[1:]
     resolving = (previous < 12) & (following % 12 == (previous + 5) % 12)  # major, down a fifth
-    cadences = np.bincount(following[resolving], minlength=24) / max(runs.size - 1, 1)
+    share = np.bincount(following[resolving], minlength=24) / max(runs.size - 1, 1)
+    cadences = np.minimum(share, MAX_CADENCE_SHARE)
     mean_match = float(np.average(sequence.matches[known], weights=lengths))
     chordness = (mean_match - CHORDLESS_MATCH) / (CHORDAL_MATCH - CHORDLESS_MATCH)
     return ChordEvidence(diatonic, cadences, min(max(chordness, 0.0), 1.0))
