@@ -112,7 +112,7 @@ def segment_notes(spectra: npt.NDArray[np.floating], starts: IntArray,
     bass register, and its length in spectra."""
     if spectra.shape[0] == 0 or starts.size == 0:
         return np.zeros((0, 12)), np.zeros((0, 12)), np.zeros(0)
-    sums = np.add.reduceat(spectra.astype(np.float64), starts, axis=0)
+    sums = np.add.reduceat(spectra, starts, axis=0, dtype=np.float64)
     lengths = np.diff(np.append(starts, spectra.shape[0])).astype(np.float64)
     activations = notes.transcribe(notes.whiten(sums / lengths[:, None]), tuning)
     pitches = np.arange(notes.NOTE_LOWEST, notes.NOTE_HIGHEST + 1)
