@@ -124,7 +124,9 @@ def _report_error(path: Path, message: str, as_json: bool) -> None:
 
 @contextmanager
 def _progress_bar(total: int) -> Iterator[Callable[[], None]]:
-    """A bar on stderr when it is a terminal (files done / total); otherwise nothing."""
+    """A bar on stderr when it is a terminal (files done / total); otherwise nothing. Drawn
+    when a file is done, not by rich's refresh thread: `--jobs` forks its workers while the bar
+    is up, and a thread holding a lock at the fork would leave it held in the children."""
     if not sys.stderr.isatty():
         yield lambda: None
         return
@@ -132,9 +134,16 @@ def _progress_bar(total: int) -> Iterator[Callable[[], None]]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
     with Progress(BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  console=Console(stderr=True), transient=True) as progress:  # fmt: skip
+                  console=Console(stderr=True), transient=True,
+                  auto_refresh=False) as progress:  # fmt: skip
         task = progress.add_task("analyse", total=total)
-        yield lambda: progress.advance(task)
+        progress.refresh()
+
+        def advance() -> None:
+            progress.advance(task)
+            progress.refresh()
+
+        yield advance
 
 
 def _clock(seconds: float) -> str:

@@ -57,6 +57,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 # Commands that leave nothing to clean up when they return (no database, no temporary files, no
 # threads): run from the shell, their process ends without the interpreter's teardown.
 QUICK_EXIT_COMMANDS = frozenset({"analyze"})
+BROKEN_PIPE_EXIT = 141  # as a shell reports a command ended by SIGPIPE (128 + 13)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -86,6 +87,17 @@ def _run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("soundforge: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`soundforge analyze --json DIR | head`)
+        _silence_stdout()
+        return BROKEN_PIPE_EXIT
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null: what is still buffered for a closed pipe would otherwise
+    raise again when it is flushed at exit."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def _exit_now(code: int) -> NoReturn:
