@@ -28,7 +28,8 @@ forward: oneDNN convolutions 35 % of the time, the transformer's linear layers (
 flash attention 20 %, copies 6 %, elementwise ops (add, GLU, GroupNorm, mul, GELU) 12 %, STFT and
 inverse STFT 3 %: four fifths are library kernels that fusing the graph cannot speed up. Outside
 the network (30 s song, in one process): model load 1.1 s, decoding 0.05 s, the FLAC stems 0.45 s
-against ~25 s of inference, so overlapping decode and encode with it would save ~2 % at most.
+against 57 s of inference on the loaded machine (about 12 s quiet), so overlapping decode and
+encode with it would save 4 % at most.
 
 All are process-wide; the separator sets them on the CPU only (a process that separates on the
 CPU does little else) and runs the trimmer (`trimming_free_memory`) while segments run;
