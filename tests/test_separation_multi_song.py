@@ -2,8 +2,8 @@
 CPU): each song's stems equal separating it alone, model calls really mix songs, a song that is
 aborted (or fails to decode) is dropped without losing the others, each keeps its own progress,
 and running out of memory shrinks the batch for all of them. Songs that join a running stream
-(continuous batching) start at its next batch, leave it when they are done, and still equal
-each song alone."""
+(continuous batching, also `separate_many`'s files) start at its next batch, leave it when they
+are done, and still equal each song alone."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from soundforge.separation import Separator, loading, write_local_repo
 from soundforge.separation.cpu_workers import SegmentWorkers
 from soundforge.separation.loading import LoadedModel
 from soundforge.separation.separator import SeparationRequest
+from soundforge.separation.stem_files import StemWriter
 from soundforge.separation.streaming import (
     BatchLimit,
     SongFeed,
@@ -29,6 +30,7 @@ from soundforge.separation.streaming import (
     stream_feed,
     stream_songs,
 )
+from soundforge.storage import TEMP_PREFIX
 from tests.test_separation_equivalence import _StandInModel, _Windows
 from tests.test_separation_support import read_stem, write_mix
 
@@ -366,6 +368,39 @@ def test_separate_joined_lets_a_later_call_join_a_running_one(repo: Path, tmp_pa
         stems = outcomes[index]
         assert isinstance(stems, dict), stems
         assert reported[index][0] == 0.0 and reported[index][-1] == 100.0
+        for stem, path in stems.items():
+            ours, theirs = read_stem(path), read_stem(alone[index][stem])
+            assert ours.shape == theirs.shape
+            assert float(np.abs(ours - theirs).max()) <= 1e-4
+
+
+def test_separate_many_admits_the_next_file_as_one_leaves_not_after_the_longest(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two songs at a time, a long one and two short ones: the third file joins the stream once
+    the short one is done, while the long one still runs (fixed groups started it only after
+    the long one ended), and every file's stems equal it separated alone."""
+    songs = [write_mix(tmp_path / f"song{index}.wav", seconds=seconds, seed=index)
+             for index, seconds in enumerate((14.0, 2.5, 3.0))]  # fmt: skip
+    separator = Separator("htdemucs", repo=repo, shifts=0, songs_together=2, stem_format="wav")
+    alone = [separator.separate(song, tmp_path / f"alone{index}")
+             for index, song in enumerate(songs)]  # fmt: skip
+    written: list[str] = []  # the file of each block, in the order the stream hands them out
+    append = StemWriter.append
+
+    def recording_append(writer: StemWriter, block: torch.Tensor) -> None:
+        written.append(writer.out_dir.name)
+        append(writer, block)
+
+    monkeypatch.setattr(StemWriter, "append", recording_append)
+    results = separator.separate_many([(song, tmp_path / f"many{index}")
+                                       for index, song in enumerate(songs)])  # fmt: skip
+    last_of_long = max(i for i, name in enumerate(written) if name == "many0")
+    assert written.index("many2") < last_of_long
+    assert set(written[:written.index("many2")]) == {"many0", "many1"}  # two at a time
+    assert not any(path.name.startswith(TEMP_PREFIX) for path in tmp_path.rglob("*"))
+    for index, stems in enumerate(results):
+        assert stems[next(iter(stems))].parent == tmp_path / f"many{index}"
         for stem, path in stems.items():
             ours, theirs = read_stem(path), read_stem(alone[index][stem])
             assert ours.shape == theirs.shape

@@ -159,12 +159,13 @@ def test_separate_many_equals_one_by_one_and_leaves_no_temporaries(
     assert not any(path.name.startswith(TEMP_PREFIX) for path in tmp_path.rglob("*"))
 
 
+@pytest.mark.parametrize("songs_together", [1, 2])
 def test_separate_many_stops_at_a_bad_file_and_cleans_up_the_others(
-    repo: Path, song: Path, tmp_path: Path
+    repo: Path, song: Path, tmp_path: Path, songs_together: int
 ) -> None:
     bogus = tmp_path / "bogus.wav"
     bogus.write_text("not audio " * 200)
-    separator = Separator(repo=repo, shifts=0)
+    separator = Separator(repo=repo, shifts=0, songs_together=songs_together)
     with pytest.raises(AudioError):
         separator.separate_many([(song, tmp_path / "a"), (bogus, tmp_path / "b"),
                                  (song, tmp_path / "c")])  # fmt: skip

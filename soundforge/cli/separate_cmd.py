@@ -1,7 +1,7 @@
 """`soundforge separate FILE... --out DIR`: split audio files into stem files with demucs and
-print where they went. Several files share one loaded model and run back to back, a few at a
-time through one batch stream on a GPU (`--songs-together`), the next ones decoded and the
-previous ones encoded while the network works. Flags override the `SOUNDFORGE_*`
+print where they went. Several files share one loaded model and one batch stream, a few at a
+time on a GPU (`--songs-together`; the next file joins as soon as one is done), the next ones
+decoded and the finished ones encoded while the network works. Flags override the `SOUNDFORGE_*`
 settings; no database is needed."""
 
 from __future__ import annotations

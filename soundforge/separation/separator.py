@@ -10,17 +10,18 @@ CPU, on a GPU as many segments as the free memory holds (measured with one probe
 
 from __future__ import annotations
 
+import collections
 import functools
 import logging
 import os
 import random
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import ExitStack, nullcontext
+from contextlib import ExitStack, closing, nullcontext, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 
@@ -298,9 +299,9 @@ class Separator:
         self._log_done(job, stems, started)
         return stems
 
-    def _stream(self, feed: SongFeed) -> Iterator[tuple[SongStream, StemBlock]]:
-        """The stream `joined` runs over its feed, with the CPU's memory trimming as in
-        `_infer`."""
+    def _stream(self, feed: SongFeed) -> Generator[tuple[SongStream, StemBlock], None, None]:
+        """A stream over `feed` (`joined`'s, or a `separate_many` run's), with the CPU's memory
+        trimming as in `_infer`."""
         trimming = trimming_free_memory() if self.workers is not None else nullcontext()
         try:
             with trimming:
@@ -315,42 +316,14 @@ class Separator:
     def separate_many(
         self, items: Sequence[tuple[Path | str, Path | str]]
     ) -> list[dict[str, Path]]:
-        """Separate several `(file, out_dir)` pairs, in order, with the model kept busy: files
-        go through the network `songs_together` at a time (one batch stream), the next group is
-        decoded and the previous one's stems are encoded on threads meanwhile. Returns each
-        file's stems; the first error stops the rest (no temporary file is left behind)."""
-        pending = [(Path(path), Path(out_dir)) for path, out_dir in items]
-        size = self.songs_together
-        groups = [pending[first : first + size] for first in range(0, len(pending), size)]
-        results: list[dict[str, Path]] = []
-        with ThreadPoolExecutor(2, thread_name_prefix="separation-io") as io:
-            opening: Future[list[_Job]] | None = None
-            finishing: Future[list[dict[str, Path]]] | None = None
-            try:
-                for index, group in enumerate(groups):
-                    started = time.monotonic()
-                    jobs = opening.result() if opening else self._open_all(group)
-                    opening = None
-                    if index + 1 < len(groups):
-                        opening = io.submit(self._open_all, groups[index + 1])
-                    try:
-                        songs = [SongStream(job.reader, job.denormalize, _no_progress)
-                                 for job in jobs]  # fmt: skip
-                        self._infer(jobs, songs)
-                        if finishing is not None:
-                            previous, finishing = finishing, None
-                            results.extend(previous.result())
-                    except BaseException:
-                        _close_all(jobs)
-                        raise
-                    finishing = io.submit(self._finish_and_close, jobs, started)
-                if finishing is not None:
-                    last, finishing = finishing, None
-                    results.extend(last.result())
-            finally:
-                for future in (opening, finishing):
-                    _discard(future)
-        return results
+        """Separate several `(file, out_dir)` pairs with the model kept busy: up to
+        `songs_together` files share one batch stream, and the next file joins it as soon as one
+        has its last segments planned (continuous batching, `SongFeed`), not when the longest
+        of a group is done. The next file is decoded on a reader thread while the stream runs,
+        and each file's stems are encoded on a writer thread as soon as it leaves the stream.
+        Returns each file's stems, in order; the first error stops the rest (no temporary file
+        is left behind)."""
+        return _FileFeed(self, [(Path(path), Path(out_dir)) for path, out_dir in items]).run()
 
     def _open(self, source: Path, out_dir: Path) -> _Job:
         """Probe and decode `source` into a temporary mix file in `out_dir`; `AudioError` before
@@ -374,16 +347,6 @@ class Separator:
             raise
         return _Job(source, mix, reader, writer, cleanup)
 
-    def _open_all(self, group: Sequence[tuple[Path, Path]]) -> list[_Job]:
-        jobs: list[_Job] = []
-        try:
-            for source, out_dir in group:
-                jobs.append(self._open(source, out_dir))
-        except BaseException:
-            _close_all(jobs)
-            raise
-        return jobs
-
     def _infer(self, jobs: Sequence[_Job], songs: Sequence[SongStream]) -> None:
         """Run `songs` (one per job) through the model, spooling each one's stems to its job's
         writer; a song dropped on the way keeps its error (see `SongStream`)."""
@@ -403,17 +366,6 @@ class Separator:
 
     def _finish(self, job: _Job, check_abort: Callable[[], None]) -> dict[str, Path]:
         return job.writer.finish(self.model.sample_rate, self.stem_format, check_abort)
-
-    def _finish_and_close(self, jobs: Sequence[_Job], started: float) -> list[dict[str, Path]]:
-        with ExitStack() as cleanups:
-            for job in jobs:
-                cleanups.enter_context(job.cleanup)
-            results = []
-            for job in jobs:
-                stems = self._finish(job, lambda: None)
-                self._log_done(job, stems, started)
-                results.append(stems)
-        return results
 
     def _log_done(self, job: _Job, stems: dict[str, Path], started: float) -> None:
         logger.info("separated %s (%.1f s of audio) into %d stems in %.1f s",
@@ -473,18 +425,99 @@ class _Job:
         return block * self.mix.std + self.mix.mean
 
 
-def _close_all(jobs: Sequence[_Job]) -> None:
-    for job in jobs:
-        job.cleanup.close()
+class _FileFeed:
+    """One `Separator.separate_many` run: the files go one by one into a `SongFeed` of
+    `songs_together` songs, which batch streams run over (a stream ends when nothing is left to
+    plan, e.g. while the next file is still being decoded; the next stream takes it). The next
+    files are decoded on the reader thread, one after the other, while fewer than
+    `songs_together` decoded files wait for room in the stream (so the temporary mixes ahead of
+    it stay bounded, and a fast device does not wait for a decode a song leaving could have
+    started); a file whose last block is out is encoded on the writer thread while the stream
+    goes on."""
 
+    def __init__(self, separator: Separator, files: Sequence[tuple[Path, Path]]) -> None:
+        self.separator = separator
+        self.count = len(files)
+        self.files = collections.deque(enumerate(files))
+        self.feed = SongFeed(separator.songs_together)
+        self.opening: tuple[int, float, Future[_Job]] | None = None  # (index, started, decode)
+        self.songs: dict[SongStream, tuple[int, float, _Job]] = {}  # offered, not yet done
+        self.finishing: list[tuple[int, Future[dict[str, Path]]]] = []
+        self.results: dict[int, dict[str, Path]] = {}
+        self.reading = ThreadPoolExecutor(1, thread_name_prefix="separation-read")
+        self.writing = ThreadPoolExecutor(1, thread_name_prefix="separation-write")
 
-def _discard(future: Future[Any] | None) -> None:
-    """Wait for a background step of an abandoned `separate_many` and drop what it made."""
-    if future is None:
-        return
-    try:
-        result = future.result()
-    except Exception:  # the error that stopped the run is already propagating
-        return
-    if isinstance(result, list) and all(isinstance(job, _Job) for job in result):
-        _close_all(result)
+    def run(self) -> list[dict[str, Path]]:
+        try:
+            while self.files or self.opening is not None or self.feed.waiting:
+                self._top_up(wait=True)
+                with closing(self.separator._stream(self.feed)) as stream:
+                    for song, block in stream:
+                        index, started, job = self.songs[song]
+                        job.writer.append(block)
+                        if song.done == song.total:  # its last block: encode it beside the stream
+                            del self.songs[song]
+                            self.finishing.append((index, self.writing.submit(
+                                self._finish, job, started)))  # fmt: skip
+                        self._collect(wait=False)
+                        self._top_up(wait=False)
+                for song in self.songs:  # a song the stream let go without its last block
+                    if song.left.is_set():
+                        raise song.error or RuntimeError("the separation stream stopped early")
+            self._collect(wait=True)
+        except BaseException:
+            self._abandon()
+            raise
+        finally:
+            self.reading.shutdown()
+            self.writing.shutdown()
+        return [self.results[index] for index in range(self.count)]
+
+    def _top_up(self, wait: bool) -> None:
+        """Offer the decoded file to the feed once it is ready (`wait`: wait for it when no file
+        waits in the feed), and start decoding the next while the feed has room ahead."""
+        if self.opening is None and self.files and self.feed.waiting < self.feed.capacity:
+            index, (source, out_dir) = self.files.popleft()
+            self.opening = (index, time.monotonic(),
+                            self.reading.submit(self.separator._open, source, out_dir))  # fmt: skip
+        if self.opening is None:
+            return
+        index, started, opening = self.opening
+        if opening.done() or (wait and not self.feed.waiting):
+            self.opening = None
+            job = opening.result()  # a file that cannot be decoded stops the run here
+            song = SongStream(job.reader, job.denormalize, _no_progress)
+            self.songs[song] = (index, started, job)
+            self.feed.offer(song)
+            self._top_up(wait=False)
+
+    def _finish(self, job: _Job, started: float) -> dict[str, Path]:
+        with job.cleanup:
+            stems = self.separator._finish(job, lambda: None)
+        self.separator._log_done(job, stems, started)
+        return stems
+
+    def _collect(self, wait: bool) -> None:
+        """Take the stems of the files encoded by now (`wait`: of all); raises the first error."""
+        remaining = []
+        for index, finishing in self.finishing:
+            if wait or finishing.done():
+                self.results[index] = finishing.result()
+            else:
+                remaining.append((index, finishing))
+        self.finishing = remaining
+
+    def _abandon(self) -> None:
+        """After an error: remove the temporaries of every file not yet encoded (the stream is
+        closed by now) and wait for the encodes under way."""
+        if self.opening is not None:
+            _, _, opening = self.opening
+            self.opening = None
+            with suppress(Exception):  # a failed decode removed its own temporaries
+                opening.result().cleanup.close()
+        for _, _, job in self.songs.values():
+            job.cleanup.close()
+        self.songs.clear()
+        for _, finishing in self.finishing:
+            with suppress(Exception):  # the error that stopped the run is already propagating
+                finishing.result()
