@@ -6,6 +6,8 @@
 # 2. bench.separation's device set: one 10-minute song and 10 four-minute songs, the CLI and
 #    SoundForge side by side (wall, audio seconds per second, peak GPU memory), per precision;
 #    for the 10 songs, ours with 4 songs sharing the batches (cross-song) and one at a time.
+# Before spending device time, the same Python paths on the CPU (tiny model, short songs): the
+# smoke command in bench/separation.py's docstring.
 set -u
 cd "$(dirname "$0")/.." || exit 1
 [ -d .gpu ] || { echo "no .gpu/ here: run ../shared/gpu/fetch_wheels.sh first"; exit 1; }

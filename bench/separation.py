@@ -6,6 +6,9 @@ subprocess on the same synthesized stereo files and the same locally built (untr
     python -m bench.separation speed --device cuda [--long-seconds 600] [--songs 10]
                                       [--song-seconds 240] [--precision fp32 bf16]
     python -m bench.separation throughput --device cpu --size tiny   (the same, any device)
+    python -m bench.separation throughput --device cpu --size tiny --long-seconds 6 --songs 3
+        --song-seconds 4 --precision fp32 --songs-together 2 1 --shifts 0
+                          (one command: a one-minute CPU smoke of the GPU set's code paths)
     python -m bench.separation memory [--durations 60 600] [--precision bf16] [--with-cli]
 
 `speed` on the CPU prints wall time, CPU time (user + system) and peak RSS of the CLI and of ours
