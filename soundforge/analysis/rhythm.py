@@ -65,13 +65,16 @@ DOUBLE_MIN_CLARITY = 5.0  # ...and a pulse this clear (drums); legato music stay
 #   sixteenth-note hats at 60-85 BPM: 0.49-0.64), beats tracked at the tempo 0.80-0.94.
 BACKBEAT_RATIO = 0.35
 HALFWAY_QUANTILE = 0.25
+QUARTER_RATIO = 0.55
 BACKBEAT_POWER_RATIO = 0.5
 BACKBEAT_BANDS = 90  # mel bands (of 128 at 22.05 kHz) under 4 kHz
 SNARE_BANDS = (54, 99)  # mel bands (of 128 at 22.05 kHz) from 1.5 to 5 kHz
 SNARE_PHASE_RATIO = 0.7
+OFF_BEAT_LOW_RATIO = 0.35
 MAX_DOUBLED_BPM = 200.0
 DRUM_PERCUSSIVENESS = 0.35
-DRUM_MIN_CLARITY = 1.8
+DRUM_MIN_CLARITY = 1.8  # for halving
+DRUM_DOUBLE_MIN_CLARITY = 1.3  # for doubling
 # Legato music without drums (strings, choir, organ: soft or hidden attacks) leaves the onset
 # envelope flat (pulse clarity 1.0-1.1), and its tempo was the prior's. Its chords change on
 # the beat, so its pulse is taken from the harmonic novelty instead: the cosine distance
@@ -349,22 +352,45 @@ def _halfway_ratio(envelope: FloatArray, beat_frames: IntArray) -> float:
     return between / on_beat if on_beat > 0 else 0.0
 
 
-def drum_level(beat_frames: IntArray, bpm: float, low_onsets: FloatArray, power_flux: FloatArray,
-               snare_onsets: FloatArray) -> float:  # fmt: skip
+def drum_level(beat_frames: IntArray, bpm: float, clarity: float, low_onsets: FloatArray,
+               power_flux: FloatArray, snare_onsets: FloatArray) -> float:  # fmt: skip
     """2.0, 0.5 or 1.0: the metrical level a drum groove's pattern asks for (see
-    `BACKBEAT_RATIO` and `SNARE_PHASE_RATIO`)."""
+    `BACKBEAT_RATIO` and `SNARE_PHASE_RATIO`), given the pulse clarity at `bpm`."""
     if beat_frames.size < 2 * MIN_BEATS:
         return 1.0
-    if (2.0 * bpm <= MAX_DOUBLED_BPM
+    if (2.0 * bpm <= MAX_DOUBLED_BPM and clarity >= DRUM_DOUBLE_MIN_CLARITY
             and _halfway_ratio(low_onsets, beat_frames) >= BACKBEAT_RATIO
-            and _halfway_ratio(power_flux, beat_frames) >= BACKBEAT_POWER_RATIO):
+            and _halfway_ratio(power_flux, beat_frames) >= BACKBEAT_POWER_RATIO
+            and _quarter_ratio(low_onsets, beat_frames) < QUARTER_RATIO):
         return 2.0  # fmt: skip
+    if clarity < DRUM_MIN_CLARITY or bpm / 2.0 < MIN_TEMPO_BPM:
+        return 1.0
     snare = _strengths(snare_onsets, beat_frames)
     bars = snare.size // 4
     phases = np.sort(np.median(snare[: 4 * bars].reshape(bars, 4), axis=0))
-    if bpm / 2.0 >= MIN_TEMPO_BPM and phases[-2] < SNARE_PHASE_RATIO * phases[-1]:
+    if phases[-2] < SNARE_PHASE_RATIO * phases[-1]:
         return 0.5
+    if (_median_alternation(power_flux, beat_frames) < HALVE_RATIO
+            and _median_alternation(low_onsets, beat_frames) < OFF_BEAT_LOW_RATIO):
+        return 0.5  # fmt: skip
     return 1.0
+
+
+def _quarter_ratio(envelope: FloatArray, beat_frames: IntArray) -> float:
+    """Median strength a quarter and three quarters of the way between beats over the median
+    strength on the beats and halfway between them."""
+    before, after = beat_frames[:-1], beat_frames[1:]
+    grid = np.concatenate((beat_frames, (before + after) // 2))
+    quarters = np.concatenate(((3 * before + after) // 4, (before + 3 * after) // 4))
+    on_grid = float(np.median(_strengths(envelope, grid)))
+    return float(np.median(_strengths(envelope, quarters))) / on_grid if on_grid > 0 else 1.0
+
+
+def _median_alternation(envelope: FloatArray, beat_frames: IntArray) -> float:
+    """Median strength of the weaker of the two alternate sets of beats over the stronger's."""
+    strengths = _strengths(envelope, beat_frames)
+    medians = sorted((float(np.median(strengths[0::2])), float(np.median(strengths[1::2]))))
+    return medians[0] / medians[1] if medians[1] > 0 else 1.0
 
 
 def track_beats(
@@ -396,8 +422,8 @@ def track_beats(
     if beats.size >= MIN_BEATS:
         level = metrical_level(beats, power_flux, clarity >= DOUBLE_MIN_CLARITY)
         if (level == 1.0 and low_onsets is not None and snare_onsets is not None
-                and drums >= DRUM_PERCUSSIVENESS and clarity >= DRUM_MIN_CLARITY):  # fmt: skip
-            level = drum_level(beats, bpm, low_onsets, power_flux, snare_onsets)
+                and drums >= DRUM_PERCUSSIVENESS):  # fmt: skip
+            level = drum_level(beats, bpm, clarity, low_onsets, power_flux, snare_onsets)
         if level != 1.0 and MIN_TEMPO_BPM <= bpm * level <= MAX_DOUBLED_BPM:
             bpm *= level
             beats = track_beats_at(onset_envelope, bpm, sample_rate, hop_length)
