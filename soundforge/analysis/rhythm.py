@@ -22,7 +22,9 @@ process (~2.7 s, more than the analysis of a whole song).
    events dominate it, hi-hats barely count): when the points halfway between beats are about as
    loud as the beats and the pulse is drum-clear, the beat is twice as fast; when every other
    beat is much weaker than its neighbours, those are off-beats and the beat is half as fast.
-   Beats are then tracked again at the chosen level.
+   With drums, the pattern decides next (`drum_level`): snares halfway between the beats double
+   the beat, a snare on every fourth beat halves it. Beats are then tracked again at the chosen
+   level (never above 200 BPM: a folk song strummed in eighths read 240).
 5. Tempo: 60 / the mean inter-beat interval, over the intervals within 10 % of the median (a
    missed or doubled beat does not drag it). Averaging frame-quantised intervals gives a tempo
    finer than the 23 ms frame grid and than librosa's tempogram bins.
@@ -48,21 +50,27 @@ TEMPOGRAM_HOP = 16
 DOUBLE_RATIO = 0.6
 DOUBLE_MIN_CLARITY = 5.0  # ...and a pulse this clear (drums); legato music stays under 3
 # ...or, with drums (`percussiveness`), by the drum pattern itself, whatever the tempogram's prior
-# says (`drum_level`); medians over the beats, so one syncopated kick does not count:
-# - twice as fast when the points halfway between beats are as loud as the beats both in the
-#   bands under 4 kHz (`low_onsets`, dB: kick and snare count alike, hi-hats hardly) and in the
-#   linear-power flux (`BACKBEAT_RATIO`, `BACKBEAT_POWER_RATIO`): a backbeat groove has its kick
-#   and snare a beat apart, and the tempogram often peaks at the two-beat period, so a 170 BPM
-#   groove reads 85 BPM with its snares halfway. Only up to `MAX_DOUBLED_BPM`. Measured at the
-#   tempogram's tempo on the drum clips of the rendered corpus, two more rendered groove sets
-#   (60-180 BPM, every pattern) and the synthesized grid: at half the tempo, low 0.45-1.4 and
-#   power 0.5-5; at the tempo (under 100 BPM), never both (low up to 0.46 with power under 0.35,
-#   power up to 1.5 with low under 0.4).
+# says (`drum_level`), counting most of the beats (medians, quantiles), not one syncopated kick:
+# - twice as fast (up to `MAX_DOUBLED_BPM`) when three in four points halfway between beats are
+#   nearly as loud as the beats both in the bands under 4 kHz (`low_onsets`, dB: kick and snare
+#   count alike, hi-hats hardly; `BACKBEAT_RATIO`) and in the linear-power flux
+#   (`BACKBEAT_POWER_RATIO`), while the points a quarter of the way are weaker (`QUARTER_RATIO`:
+#   the doubled beat is a grid, not a smear of notes). A backbeat groove has its kick and snare
+#   a beat apart and the tempogram often peaks at the two-beat period: a 170 BPM groove read
+#   85 BPM with its snares halfway (the old gate, doubling only under 85 BPM, left 170-180 BPM
+#   halved). Measured at the tempogram's tempo (up to 100 BPM, clarity 1.3 and up) on the drum
+#   clips of the rendered corpus (also cut 3 s in), four more rendered groove sets (60-180 BPM,
+#   every pattern; not committed) and the synthesized grid: at half the tempo (143 clips) low
+#   0.36-1.3, power 0.45-4, quarter 0.06-0.46; at the tempo (161) low 0.03-0.42, and low and
+#   power both over the bars once (ride cymbal and choir at 99 BPM: quarter 0.61).
 # - half as fast when the snare lands on every fourth beat instead of every other: the beat
 #   phase (of four) second loudest in the 1.5-5 kHz bands (`snare_onsets`: the snare's noise,
-#   hardly the kick or the hats' highest partials) under `SNARE_PHASE_RATIO` of the loudest.
-#   Measured likewise at the tempogram's tempo: eighth notes tracked as beats 0.49-0.76 (funk with
-#   sixteenth-note hats at 60-85 BPM: 0.49-0.64), beats tracked at the tempo 0.80-0.94.
+#   hardly the kick) under `SNARE_PHASE_RATIO` of the loudest; or when alternate beats are weak
+#   both in power (`HALVE_RATIO`) and under 4 kHz (`OFF_BEAT_LOW_RATIO`). Measured likewise (pulse
+#   clarity 1.8 and up, where `metrical_level` keeps the level): eighth notes tracked as beats
+#   (14 clips, funk with sixteenth-note hats at 60-85 BPM) snare 0.49-0.76, and once 0.90 with
+#   alternations 0.11 / 0.25; beats tracked at the tempo (165) snare 0.78-1.0, alternations from
+#   0.17 / 0.50.
 BACKBEAT_RATIO = 0.35
 HALFWAY_QUANTILE = 0.25
 QUARTER_RATIO = 0.55
@@ -73,8 +81,11 @@ SNARE_PHASE_RATIO = 0.7
 OFF_BEAT_LOW_RATIO = 0.35
 MAX_DOUBLED_BPM = 200.0
 DRUM_PERCUSSIVENESS = 0.35
-DRUM_MIN_CLARITY = 1.8  # for halving
-DRUM_DOUBLE_MIN_CLARITY = 1.3  # for doubling
+DRUM_MIN_CLARITY = 1.8  # pulse clarity to halve by the pattern
+# ...and to double: over noise (1.0-1.1), where a legato vibraphone or string piece with plucked
+# attacks (percussiveness 0.4-0.5, clarity 1.0-1.2) was doubled; a ride cymbal under strings or
+# reeds at half its tempo reads 1.4 and up
+DRUM_DOUBLE_MIN_CLARITY = 1.3
 # Legato music without drums (strings, choir, organ: soft or hidden attacks) leaves the onset
 # envelope flat (pulse clarity 1.0-1.1), and its tempo was the prior's. Its chords change on
 # the beat, so its pulse is taken from the harmonic novelty instead: the cosine distance
@@ -91,7 +102,7 @@ PRIOR_MIN_BPM = 40.0
 LEGATO_PRIOR_BPM = 80.0
 LEGATO_MAX_CLARITY = 3.0
 MIN_TEMPO_BPM = 55.0  # a level change never goes below this (halving a 2:3 error would)
-MAX_TEMPO_BPM = 240.0
+MAX_TEMPO_BPM = 240.0  # top of the band the pulse clarity's median is taken over
 MIN_BEATS = 4
 MIN_PULSE_CLARITY = 1.1  # tempogram peak over its median: noise ~1.1, legato music 1.1-1.5
 CLEAR_PULSE = 3.0  # ...steady drums 10+
