@@ -50,6 +50,19 @@ class AudioLimits:
         return cls(max_duration_s=settings.max_duration_s,
                    max_decoded_bytes=settings.max_decoded_bytes)  # fmt: skip
 
+    @classmethod
+    def configured(cls) -> AudioLimits:
+        """The limits the settings give (`SOUNDFORGE_MAX_DURATION_S`,
+        `SOUNDFORGE_MAX_DECODED_BYTES`); when neither is given, in the environment or the env
+        file, the defaults without building the settings (see `soundforge.settings_source`)."""
+        from soundforge.settings_source import any_given
+
+        if not any_given(("max_duration_s", "max_decoded_bytes")):
+            return cls()
+        from soundforge.settings import load_settings
+
+        return cls.from_settings(load_settings())
+
     def max_frames(self, sample_rate: int) -> int:
         """The most frames a stream at `sample_rate` may decode to."""
         return int(self.max_duration_s * sample_rate)

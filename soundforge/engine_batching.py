@@ -1,22 +1,23 @@
 """Separations that share one engine process and its batches: on a GPU host, one child per GPU
-keeps the model loaded and runs the separations waiting at the same moment together, their
-segments in the same model calls (`Separator.separate_together`).
+keeps the model loaded and runs up to `jobs_together` separations at once, their segments in the
+same model calls (continuous batching, `Separator.separate_joined`).
 
 A worker's separation slots all send their calls to the same child over one socket, each call
 tagged with an id: `("call", id, name, args)` and `("cancel", id)` one way; `("ready", None,
 None)`, `("started", id, None)`, `("progress", id, percent)`, `("result", id, value)` and
-`("error", id, exception)` the other. The child takes the first waiting call, waits
-`GATHER_S` for more (slots that claimed jobs at the same moment), and runs up to `jobs_together`
-of them as one batch; calls arriving meanwhile wait for the next batch.
+`("error", id, exception)` the other. The child starts each call on a thread of its own as it
+arrives (while fewer than `jobs_together` run; a further call waits for one of them to end):
+the call decodes its song and joins the batch stream of the songs under way at its next model
+batch, and leaves it when its own stems are done, whatever the others still have to run.
 
 Cancel and time limit stay per job: the slot sends `cancel` and returns at once; the child drops
 that song at its next segment (its temporaries removed) and the others go on. A time limit counts
-from the moment the child starts the call's batch. Killing the child would stop every job in it,
+from the moment the child starts the call. Killing the child would stop every job in it,
 so it is killed only when a stopped call it runs has not left it after `DROP_GRACE_S` (the
 engine is stuck and would hold the GPU forever), or when it dies on its own; then every call in
 it fails with `EngineDiedError`, retried like any transient error. A call waiting for the
-child (a batch before it still running) is limited by the same time limit, counted from when it
-was sent.
+child (`jobs_together` others still running) is limited by the same time limit, counted from
+when it was sent.
 Out of memory halves the batch inside the separator and retries (see
 `soundforge.separation.streaming`), whatever songs share it.
 """
@@ -30,7 +31,7 @@ import queue
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -56,12 +57,11 @@ from soundforge.errors import (
 
 if TYPE_CHECKING:
     from soundforge.engine_process import EngineCall
-    from soundforge.engines import Engines, SeparationJob
+    from soundforge.engines import Engines
     from soundforge.settings import Settings
 
 log = logging.getLogger(__name__)
 
-GATHER_S = 0.25  # how long the child waits for more calls after the first of a batch
 DROP_GRACE_S = 30.0  # how long a running call stopped by the worker may take to leave its batch
 NVIDIA_GPUS = Path("/proc/driver/nvidia/gpus")
 
@@ -274,17 +274,21 @@ class SharedEngines:
 
 
 class _Calls:
-    """The child's inbox: calls waiting for a batch, and the ids cancelled so far."""
+    """The child's inbox: calls waiting to start, and the ids cancelled so far. When the
+    worker's end closes, every call counts as cancelled (its separation stops at its next
+    segment and removes its temporaries)."""
 
     def __init__(self) -> None:
         self.waiting: queue.Queue[tuple[int, str, tuple[Any, ...]] | None] = queue.Queue()
         self.cancelled: set[int] = set()
+        self.closed = False
 
     def receive(self, conn: Connection) -> None:
         while True:
             try:
                 message = conn.recv()
             except (EOFError, OSError):
+                self.closed = True
                 self.waiting.put(None)
                 return
             if message[0] == "call":
@@ -293,81 +297,75 @@ class _Calls:
             elif message[0] == "cancel":
                 self.cancelled.add(message[1])
 
-    def next_batch(self, size: int) -> list[tuple[int, str, tuple[Any, ...]]] | None:
-        first = self.waiting.get()
-        if first is None:
-            return None
-        batch = [first]
-        deadline = time.monotonic() + GATHER_S
-        while len(batch) < size:
-            try:
-                item = self.waiting.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                break
-            if item is None:
-                self.waiting.put(None)  # end of input, after this batch
-                break
-            batch.append(item)
-        return batch
+    def stopped(self, call_id: int) -> bool:
+        return self.closed or call_id in self.cancelled
 
 
-def _run_batch(engines: Engines, conn: Connection, send_lock: threading.Lock, calls: _Calls,
-               batch: Sequence[tuple[int, str, tuple[Any, ...]]]) -> None:  # fmt: skip
+def _run_call(engines: Engines, send: Callable[[tuple[Any, ...]], None], calls: _Calls,
+              call_id: int, args: tuple[Any, ...]) -> None:  # fmt: skip
+    """One separation on its own thread, joining the stream of those under way."""
     from soundforge.engines import SeparationJob
 
-    def send(message: tuple[Any, ...]) -> None:
-        with send_lock:
-            conn.send(message)
+    last = [-1]
 
-    def progress_of(call_id: int) -> ProgressCallback:
-        last = [-1]
+    def progress(percent: float) -> None:
+        if int(percent) > last[0]:
+            last[0] = int(percent)
+            send(("progress", call_id, float(percent)))
 
-        def progress(percent: float) -> None:
-            if int(percent) > last[0]:
-                last[0] = int(percent)
-                send(("progress", call_id, float(percent)))
-
-        return progress
-
-    jobs: list[tuple[int, SeparationJob]] = []
-    for call_id, name, args in batch:
-        if name != "separate":
-            send(("error", call_id, portable_error(ValueError(f"{name} is not a batched engine"))))
-            continue
-        if call_id in calls.cancelled:  # stopped while it waited: never started
-            send(("error", call_id, JobAbortedError("separation stopped before it started")))
-            continue
-        send(("started", call_id, None))
-        audio, out_dir, model = args
-        jobs.append((call_id, SeparationJob(
-            audio, out_dir, model, progress_of(call_id),
-            lambda call_id=call_id: call_id in calls.cancelled,  # type: ignore[misc]
-        )))  # fmt: skip
+    audio, out_dir, model = args
+    job = SeparationJob(audio, out_dir, model, progress, lambda: calls.stopped(call_id))
     try:
-        outcomes = engines.separate_jobs([job for _, job in jobs]) if jobs else []
-    except Exception as error:  # the model or the device: every call of the batch fails
-        log.debug("batched separation failed", exc_info=True)
-        for call_id, _ in jobs:
+        stems = engines.separate_job(job)
+    except Exception as error:  # this job's (an abort, its audio) or the model's
+        log.debug("separation %d failed", call_id, exc_info=True)
+        with contextlib.suppress(OSError):
             send(("error", call_id, portable_error(error)))
         return
-    for (call_id, _), outcome in zip(jobs, outcomes, strict=True):
-        if isinstance(outcome, BaseException):
-            send(("error", call_id, portable_error(outcome)))
-        else:
-            send(("result", call_id, outcome))
+    with contextlib.suppress(OSError):
+        send(("result", call_id, stems))
 
 
 def shared_child_main(fd: int) -> int:
     conn = Connection(fd)
     setup, engines = start_engines(conn, "gpu engine")
     send_lock = threading.Lock()
-    with send_lock:
-        conn.send(("ready", None, None))
+
+    def send(message: tuple[Any, ...]) -> None:
+        with send_lock:
+            conn.send(message)
+
+    send(("ready", None, None))
     calls = _Calls()
     threading.Thread(target=calls.receive, args=(conn,), name="calls", daemon=True).start()
-    size = jobs_together(setup.settings)
-    while (batch := calls.next_batch(size)) is not None:
-        _run_batch(engines, conn, send_lock, calls, batch)
+    slots = threading.Semaphore(jobs_together(setup.settings))
+    running: list[threading.Thread] = []
+
+    def run(call_id: int, args: tuple[Any, ...]) -> None:
+        try:
+            _run_call(engines, send, calls, call_id, args)
+        finally:
+            slots.release()
+
+    while (item := calls.waiting.get()) is not None:
+        call_id, name, args = item
+        if name != "separate":
+            send(("error", call_id, portable_error(ValueError(f"{name} is not a batched engine"))))
+            continue
+        slots.acquire()  # at most `jobs_together` calls under way; the next waits for a slot
+        if calls.stopped(call_id):  # stopped while it waited: never started
+            slots.release()
+            with contextlib.suppress(OSError):
+                send(("error", call_id, JobAbortedError("separation stopped before it started")))
+            continue
+        with contextlib.suppress(OSError):
+            send(("started", call_id, None))
+        thread = threading.Thread(target=run, args=(call_id, args), name=f"call-{call_id}",
+                                  daemon=True)  # fmt: skip
+        thread.start()
+        running = [*[t for t in running if t.is_alive()], thread]
+    for thread in running:  # the worker has gone: each call stops at its next segment
+        thread.join()
     return 0
 
 

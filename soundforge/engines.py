@@ -12,7 +12,7 @@ import functools
 import logging
 import threading
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -47,7 +47,7 @@ AnalyzeFn = Callable[[Path, ProgressCallback], AnalysisOutcome]
 
 @dataclass(frozen=True)
 class SeparationJob:
-    """One separation of several run together (`Engines.separate_jobs`)."""
+    """One separation of several run together (`Engines.separate_job`)."""
 
     audio: Path
     out_dir: Path
@@ -56,8 +56,7 @@ class SeparationJob:
     should_abort: AbortCheck
 
 
-SeparationOutcome = dict[str, Path] | Exception
-SeparateJobsFn = Callable[[Sequence[SeparationJob]], list[SeparationOutcome]]
+SeparateJoinedFn = Callable[[SeparationJob], dict[str, Path]]
 
 
 @dataclass(frozen=True)
@@ -67,22 +66,20 @@ class Engines:
     separate: SeparateFn
     analyze: AnalyzeFn
     warm_up: Callable[[Iterable[Stage]], None] = field(default=lambda stages: None)
-    together: SeparateJobsFn | None = None
-    """Several separations in one batch stream, each with its own progress and abort; None
-    runs them one after the other through `separate`."""
+    together: SeparateJoinedFn | None = None
+    """One separation in the batch stream shared by every thread calling this at once (a job
+    arriving while others run joins them), with its own progress and abort; None runs each
+    through `separate`, one at a time."""
+    _alone: threading.Lock = field(default_factory=threading.Lock, init=False, compare=False,
+                                   repr=False)
 
-    def separate_jobs(self, jobs: Sequence[SeparationJob]) -> list[SeparationOutcome]:
-        """Each job's stems, or the exception that ended it (the others go on)."""
+    def separate_job(self, job: SeparationJob) -> dict[str, Path]:
+        """`job`'s stems, beside the other jobs of other threads (see `together`)."""
         if self.together is not None:
-            return self.together(jobs)
-        outcomes: list[SeparationOutcome] = []
-        for job in jobs:
-            try:
-                outcomes.append(self.separate(job.audio, job.out_dir, job.model, job.progress,
-                                              job.should_abort))  # fmt: skip
-            except Exception as error:
-                outcomes.append(error)
-        return outcomes
+            return self.together(job)
+        with self._alone:
+            return self.separate(job.audio, job.out_dir, job.model, job.progress,
+                                 job.should_abort)  # fmt: skip
 
 
 def with_fetched_weights(
@@ -156,6 +153,7 @@ def default_engines(settings: Settings) -> Engines:
                 stem_format=settings.stem_format,
                 torch_threads=settings.torch_threads,
                 batch_size=settings.separation_batch,
+                songs_together=settings.separation_jobs_together,
                 limits=limits,
             )
 
@@ -169,23 +167,11 @@ def default_engines(settings: Settings) -> Engines:
     ) -> dict[str, Path]:
         return separator(model).separate(audio, out_dir, progress=progress, should_abort=abort)
 
-    def together(jobs: Sequence[SeparationJob]) -> list[SeparationOutcome]:
+    def together(job: SeparationJob) -> dict[str, Path]:
         from soundforge.separation.separator import SeparationRequest
 
-        outcomes: list[SeparationOutcome | None] = [None] * len(jobs)
-        for model in dict.fromkeys(job.model for job in jobs):  # one stream per model
-            indexes = [index for index, job in enumerate(jobs) if job.model == model]
-            try:
-                found = separator(model).separate_together([
-                    SeparationRequest(jobs[i].audio, jobs[i].out_dir, jobs[i].progress,
-                                      jobs[i].should_abort)
-                    for i in indexes
-                ])  # fmt: skip
-            except Exception as error:  # loading the model, or the device: all of them
-                found = [error] * len(indexes)
-            for index, outcome in zip(indexes, found, strict=True):
-                outcomes[index] = outcome
-        return [outcome for outcome in outcomes if outcome is not None]
+        return separator(job.model).separate_joined(  # one stream per model
+            SeparationRequest(job.audio, job.out_dir, job.progress, job.should_abort))
 
     def analyze(audio: Path, progress: ProgressCallback) -> AnalysisOutcome:
         from soundforge.analysis import analyze as analyze_file

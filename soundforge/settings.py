@@ -8,7 +8,6 @@ Sources, highest first: explicit keyword arguments, environment variables (`DATA
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,11 +23,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from soundforge.errors import ConfigError
 from soundforge.separation.weights import DEFAULT_WEIGHTS_URL
+from soundforge.settings_source import ENV_PREFIX, env_file_path
 from soundforge.source_policy import parse_networks
 from soundforge.storage import IMPORTS_DIR
-
-DEFAULT_ENV_FILE = Path("/etc/soundforge/soundforge.env")
-ENV_PREFIX = "SOUNDFORGE_"
 
 
 class Settings(BaseSettings):
@@ -230,23 +227,6 @@ class Settings(BaseSettings):
         return value
 
 
-def _env_file_path() -> Path | None:
-    named = os.environ.get("SOUNDFORGE_ENV_FILE")
-    if named:
-        path = Path(named)
-        if not path.is_file():
-            raise ConfigError(f"SOUNDFORGE_ENV_FILE={named}: no such file")
-        return path
-    try:
-        present = DEFAULT_ENV_FILE.is_file()
-    except OSError as error:  # e.g. /etc/soundforge not readable by this user
-        raise ConfigError(
-            f"cannot read {DEFAULT_ENV_FILE} ({error.strerror}); run as a user in the "
-            "soundforge group, or point SOUNDFORGE_ENV_FILE at a readable file"
-        ) from None
-    return DEFAULT_ENV_FILE if present else None
-
-
 def _variable_name(field_name: str) -> str:
     if field_name == "database_url":
         return "DATABASE_URL"
@@ -260,7 +240,7 @@ def load_settings(**overrides: Any) -> Settings:
     (raised outside the handler), so tools that print every cause still print one line.
     """
     try:
-        return Settings(_env_file=_env_file_path(), **overrides)  # type: ignore[call-arg]
+        return Settings(_env_file=env_file_path(), **overrides)  # type: ignore[call-arg]
     except ValidationError as error:
         problems = []
         for detail in error.errors():

@@ -8,6 +8,7 @@ import itertools
 import json
 import math
 import os
+import select
 import shutil
 import subprocess
 import sys
@@ -276,3 +277,49 @@ def test_analyze_command_loads_no_librosa_numba_or_queue_stack(song: Path) -> No
                           text=True, timeout=120, check=False)  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "HEAVY []" in done.stdout
+
+
+def test_a_reader_that_stops_early_ends_the_command_quietly(tmp_path: Path) -> None:
+    """`soundforge analyze --json DIR | head -1`: once the reader has gone, the next line
+    cannot be written; the command stops there with SIGPIPE's exit status and no traceback."""
+    folder = tmp_path / "music"
+    folder.mkdir()
+    for index in range(30):
+        write_test_song(folder / f"clip{index:02d}.wav", 2.0, SR, tempo=100.0 + index,
+                        channels=1, seed=index)  # fmt: skip
+    command = [sys.executable, "-m", "soundforge.cli.main", "analyze", "--json", "--jobs", "1",
+               str(folder)]  # fmt: skip
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as process:
+        assert process.stdout is not None and process.stderr is not None
+        first = process.stdout.readline()
+        process.stdout.close()  # the reader goes away with 29 files still to analyse
+        errors = process.stderr.read().decode()
+        code = process.wait(timeout=120)
+    assert json.loads(first)["file"].endswith("clip00.wav")
+    assert "Traceback" not in errors and "BrokenPipe" not in errors
+    assert code == 141
+
+
+def test_progress_bar_is_drawn_in_a_terminal_without_a_refresh_thread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """--jobs forks its workers while the bar is up: a refresh thread holding a lock at the
+    fork would leave it held in every child, so the bar is drawn as files finish instead."""
+    import threading
+
+    from soundforge.cli import analyze_cmd
+
+    leader, follower = os.openpty()
+    drawn = b""
+    with open(follower, "w", encoding="utf-8") as terminal:
+        monkeypatch.setattr(sys, "stderr", terminal)
+        threads = threading.active_count()
+        with analyze_cmd._progress_bar(2) as advance:
+            assert threading.active_count() == threads
+            advance()
+            advance()
+            terminal.flush()
+            while select.select([leader], [], [], 0.5)[0]:
+                drawn += os.read(leader, 65536)
+    os.close(leader)
+    assert b"1/2" in drawn and b"2/2" in drawn

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from soundforge import settings as settings_module
+from soundforge import settings_source
 from soundforge.settings import Settings, load_settings
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
@@ -168,7 +168,7 @@ def test_unit_runs_the_notify_supervisor_after_migrations_as_its_own_user() -> N
     assert single("User") == "soundforge"
     assert single("ExecStart") == "/opt/soundforge/venv/bin/soundforge run"
     assert "/opt/soundforge/venv/bin/soundforge migrate" in single("ExecStartPre")
-    assert single("EnvironmentFile") == str(settings_module.DEFAULT_ENV_FILE)
+    assert single("EnvironmentFile") == str(settings_source.DEFAULT_ENV_FILE)
 
 
 def test_unit_stops_by_letting_the_supervisor_drain_within_its_grace() -> None:

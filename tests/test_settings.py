@@ -76,3 +76,34 @@ def test_allowed_networks_and_import_roots_are_checked_and_defaulted(
     monkeypatch.setenv("SOUNDFORGE_IMPORT_ROOTS", "music")
     with pytest.raises(ConfigError, match=r"SOUNDFORGE_IMPORT_ROOTS.*not an absolute folder"):
         load_settings()
+
+
+def test_audio_limits_are_read_without_the_settings_unless_given(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """`soundforge analyze` needs only the two limits: their defaults come without pydantic
+    (a tenth of a second per process); given anywhere, the settings read them as before."""
+    import subprocess
+    import sys
+
+    from soundforge.audio_limits import AudioLimits
+
+    probe = ("import sys; from soundforge.audio_limits import AudioLimits; "
+             "limits = AudioLimits.configured(); "
+             "print(limits.max_duration_s, 'pydantic' in sys.modules)")  # fmt: skip
+    env_file = tmp_path / "soundforge.env"
+    env_file.write_text("DATABASE_URL=postgresql://a@h/db\n")
+    monkeypatch.setenv("SOUNDFORGE_ENV_FILE", str(env_file))
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          check=True, timeout=60)  # fmt: skip
+    assert done.stdout.split() == ["7200.0", "False"]
+    env_file.write_text("soundforge_max_duration_s=60\n")  # any case, as the settings read it
+    assert AudioLimits.configured().max_duration_s == 60.0
+    monkeypatch.setenv("SOUNDFORGE_MAX_DECODED_BYTES", str(2 << 20))
+    assert AudioLimits.configured() == AudioLimits(60.0, 2 << 20)
+    monkeypatch.setenv("SOUNDFORGE_MAX_DECODED_BYTES", "1")
+    with pytest.raises(ConfigError, match="SOUNDFORGE_MAX_DECODED_BYTES"):
+        AudioLimits.configured()
+    monkeypatch.setenv("SOUNDFORGE_ENV_FILE", str(tmp_path / "missing.env"))
+    with pytest.raises(ConfigError, match="no such file"):
+        AudioLimits.configured()

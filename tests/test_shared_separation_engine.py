@@ -1,8 +1,10 @@
 """The GPU worker's shared separation engine, run on the CPU with the tiny model
 (`SOUNDFORGE_SEPARATION_JOBS_TOGETHER` forces it without a GPU): a processing worker whose slots
 hold several waiting separations runs them in one engine process, together (their progress
-advances side by side); cancelling one of them fails only that job, the engine process is not
-killed, and the others complete with their stems."""
+advances side by side); a separation that arrives while another runs joins it at once instead
+of waiting for it to end (continuous batching); cancelling one of them fails only that job, the
+engine process is not killed, and the others complete with their stems, equal to each song
+separated alone."""
 
 from __future__ import annotations
 
@@ -13,25 +15,28 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import psycopg
 import pytest
 
-from soundforge import engine_batching, jobs, workflow
+from soundforge import engine_batching, jobs, music, workflow
 from soundforge.engine_batching import jobs_together
 from soundforge.engine_process import ChildSetup, EngineCall, EngineDiedError
 from soundforge.engines import default_engines
 from soundforge.errors import JobAbortedError
 from soundforge.models import Job, Stage
 from soundforge.runtime import Runtime
-from soundforge.separation import write_local_repo
+from soundforge.separation import Separator, write_local_repo
 from soundforge.settings import Settings, load_settings
 from soundforge.status import Status
+from soundforge.storage import Storage
 from soundforge.supervisor import worker_groups
 from tests.audio_synth import write_test_song
 from tests.support.engines import POLITE_TOGETHER_FACTORY, STUCK_TOGETHER_FACTORY
 from tests.support.job_rows import stage_rows
 from tests.support.pipeline import pid_alive
 from tests.support.worker_thread import running_worker, settings_for, wait_for
+from tests.test_separation_support import read_stem
 
 pytestmark = pytest.mark.timeout(300)
 Connection = psycopg.Connection[Any]
@@ -91,6 +96,74 @@ def test_waiting_separations_share_one_engine_and_a_cancel_stops_only_its_job(
         stems = conn.execute("SELECT count(*) AS n FROM stems WHERE track_id = %s",
                              (track,)).fetchone()  # fmt: skip
         assert stems is not None and stems["n"] == 4
+
+
+def _progress(conn: Connection, track_id: uuid.UUID) -> tuple[Status, float] | None:
+    row = _separation(conn, track_id)
+    return (row.status, row.progress or 0.0) if row is not None else None
+
+
+def test_a_separation_arriving_mid_stream_joins_it_and_a_cancelled_one_leaves_alone(
+    conn: Connection, database_url: str, tmp_path: Path
+) -> None:
+    repo = write_local_repo(tmp_path / "models", "htdemucs", size="tiny")
+    settings = settings_for(database_url, tmp_path / "store", demucs_repo=repo,
+                            separation_jobs_together=3)  # fmt: skip
+    songs = [write_test_song(tmp_path / f"song{index}.wav", seconds=seconds, tempo=120.0,
+                             key="A minor", seed=index)
+             for index, seconds in enumerate((120.0, 20.0, 90.0))]  # fmt: skip
+    track_ids: list[uuid.UUID] = []
+    # (status and progress of the first song's separation) when each later one first progressed
+    first_when_joined: dict[int, tuple[Status, float]] = {}
+
+    def import_song(runtime: Runtime, song: Path) -> None:
+        [metadata] = default_engines(runtime.settings).expand(str(song))
+        imported = workflow.import_track(conn, metadata, workflow.PipelineOptions(analysis=False))
+        track_ids.append(imported.track.id)
+
+    def watch_joins() -> bool:
+        first = _progress(conn, track_ids[0])
+        for index in range(1, len(track_ids)):
+            later = _progress(conn, track_ids[index])
+            if first and later and later[1] > 0 and index not in first_when_joined:
+                first_when_joined[index] = first
+        return len(first_when_joined) == 2
+
+    with running_worker(settings, queues=("download", "processing"), concurrency=4) as runtime:
+        import_song(runtime, songs[0])
+        wait_for(lambda: (p := _progress(conn, track_ids[0])) and p[1] > 0, timeout_s=120,
+                 interval_s=0.05, message="the first separation to run")  # fmt: skip
+        engines: Runtime = runtime
+        [shared] = engines.engine_processes.pids(busy_only=True)  # the download's child is idle
+        import_song(runtime, songs[1])  # they arrive while the first one runs
+        import_song(runtime, songs[2])
+        wait_for(watch_joins, timeout_s=240, interval_s=0.05,
+                 message="the later separations to progress")  # fmt: skip
+        cancelled = _separation(conn, track_ids[2])
+        assert cancelled is not None and cancelled.status is Status.PROCESSING
+        workflow.cancel_job(conn, cancelled.id)
+        wait_for(lambda: all(_completed(conn, track) for track in track_ids[:2]),
+                 timeout_s=240, message="the other separations to complete")  # fmt: skip
+        row = wait_for(lambda: (r := jobs.reload(conn, cancelled)).status is Status.FAILED and r,
+                       timeout_s=60, message="the cancelled separation to fail")  # fmt: skip
+        assert row.error == workflow.CANCELLED
+        assert pid_alive(shared) and shared in engines.engine_processes.pids()
+    # Each later separation started while the first one was still separating, not after it.
+    for index in (1, 2):
+        status, percent = first_when_joined[index]
+        assert status is Status.PROCESSING and percent < 99.0, (index, status, percent)
+    store = Storage(settings.storage_path)
+    alone = Separator("htdemucs", repo=repo, shifts=0)
+    for index in (0, 1):
+        expected = alone.separate(songs[index], tmp_path / f"alone{index}")
+        stems = music.list_stems_for_track(conn, track_ids[index])
+        assert sorted(stem.stem_type for stem in stems) == sorted(expected)
+        for stem in stems:
+            assert stem.file_path is not None
+            ours = read_stem(store.resolve(stem.file_path))
+            theirs = read_stem(expected[stem.stem_type])
+            assert ours.shape == theirs.shape
+            assert float(np.abs(ours - theirs).max()) <= 1e-4, (index, stem.stem_type)
 
 
 def test_jobs_together_follows_the_device_and_raises_the_processing_concurrency(

@@ -15,6 +15,7 @@ import logging
 from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ import numpy as np
 import numpy.typing as npt
 
 from soundforge import audio_io
-from soundforge.analysis import notes, spectral
+from soundforge.analysis import chords, notes, spectral
 from soundforge.analysis.frontend import HOP_LENGTH, N_FFT, FrameChunk, StftFrontend, real_fft
 from soundforge.analysis.key import KeyEstimate, estimate_key, key_profile_input, opening_span
 from soundforge.analysis.report import AnalysisReport
@@ -212,20 +213,27 @@ def _curves(rms: FloatArray, features: _FrameFeatures, chroma: FloatArray,
     }
 
 
-def _tempo(mel: MelSummary, chroma: FloatArray, duration: float, pitched: bool,
-           warnings: list[str]) -> BeatResult:  # fmt: skip
-    """Tempo and beats of audio that is not silent: always an estimate for music (a weak pulse
-    only lowers the confidence); none for a clip too short or for noise (no pitched content
-    and no pulse). Why there is none goes to `warnings`."""
-    no_beats = np.zeros(0, np.int64)
+def _track(mel: MelSummary, chroma: FloatArray, duration: float,
+           warnings: list[str]) -> BeatResult | None:  # fmt: skip
+    """Tempo and beats of audio that is not silent; None for a clip too short (why goes to
+    `warnings`)."""
     if duration < MIN_TEMPO_SECONDS:
         warnings.append(
             f"clip is {duration:.1f} s long, too short for a tempo (needs {MIN_TEMPO_SECONDS:g} s)"
         )
+        return None
+    return track_beats(mel.onset_envelope, mel.power_flux, ANALYSIS_SAMPLE_RATE, HOP_LENGTH,
+                       percussiveness(mel.broadband), harmonic_novelty(chroma),
+                       mel.low_onsets, mel.snare_onsets)  # fmt: skip
+
+
+def _tempo(beats: BeatResult | None, pitched: bool, warnings: list[str]) -> BeatResult:
+    """The tempo to report: always an estimate for music (a weak pulse only lowers the
+    confidence); none for a clip too short (`beats` None) or for noise (no pitched content and
+    no pulse). Why there is none goes to `warnings`."""
+    no_beats = np.zeros(0, np.int64)
+    if beats is None:
         return BeatResult(None, no_beats)
-    beats = track_beats(mel.onset_envelope, mel.power_flux, ANALYSIS_SAMPLE_RATE, HOP_LENGTH,
-                        percussiveness(mel.broadband), harmonic_novelty(chroma),
-                        mel.low_onsets, mel.snare_onsets)  # fmt: skip
     if beats.tempo is not None and not pitched and beats.confidence == 0.0:
         warnings.append(f"no steady beat and no pitched content (pulse clarity "
                         f"{beats.clarity:.2f}): no tempo")  # fmt: skip
@@ -236,7 +244,8 @@ def _tempo(mel: MelSummary, chroma: FloatArray, duration: float, pitched: bool,
 
 
 def _key(note_chroma: notes.NoteChroma, mean_chroma: list[float], spectral_chroma: list[float],
-         duration: float, warnings: list[str]) -> KeyEstimate | None:  # fmt: skip
+         duration: float, chord_evidence: chords.ChordEvidence | None,
+         warnings: list[str]) -> KeyEstimate | None:  # fmt: skip
     """Key of audio that is not silent; why there is none goes to `warnings`. Noise is told
     from music by two signs together: the notes explain little of its spectrum, and its plain
     spectral chroma correlates with no key."""
@@ -256,7 +265,8 @@ def _key(note_chroma: notes.NoteChroma, mean_chroma: list[float], spectral_chrom
     first = note_chroma.chroma[span]
     estimate = estimate_key(mean_chroma, opening_chroma=first.sum(axis=0) if first.size else None,
                             bass_chroma=note_chroma.bass_chroma.sum(axis=0),
-                            opening_bass=note_chroma.bass_chroma[span].sum(axis=0))  # fmt: skip
+                            opening_bass=note_chroma.bass_chroma[span].sum(axis=0),
+                            chords=chord_evidence)  # fmt: skip
     if estimate is None:
         warnings.append("no pitched content (flat chroma): no key")
     elif estimate.confidence < MIN_KEY_CONFIDENCE:
@@ -266,6 +276,16 @@ def _key(note_chroma: notes.NoteChroma, mean_chroma: list[float], spectral_chrom
         )
         return None
     return estimate
+
+
+def _chord_evidence(spectra: FloatArray, tuning: float,
+                    beats: BeatResult | None) -> chords.ChordEvidence | None:  # fmt: skip
+    """The key evidence of the chords, beat by beat (`chords`)."""
+    beat_times = (beats.beat_frames * (HOP_LENGTH / ANALYSIS_SAMPLE_RATE) if beats is not None
+                  else np.zeros(0))  # fmt: skip
+    frame_seconds = notes.NOTE_HOP / ANALYSIS_SAMPLE_RATE
+    starts = chords.segment_starts(beat_times, spectra.shape[0], frame_seconds)
+    return chords.evidence(chords.recognise(*chords.segment_notes(spectra, starts, tuning)))
 
 
 def _analyze_stream(
@@ -312,18 +332,19 @@ def _analyze_stream(
     if silent:
         warnings.append("audio is silent (loudest frame below -60 dBFS): no tempo or key")
     mean_chroma = _means(chroma, spectral.N_CHROMA)
-    note_chroma = notes.note_chroma(
-        np.concatenate(log_spectra) if log_spectra else np.zeros((0, notes.spectrum_bins()),
-                                                                 np.float32),
-        ANALYSIS_SAMPLE_RATE,
-    )  # fmt: skip
+    spectra = (np.concatenate(log_spectra) if log_spectra
+               else np.zeros((0, notes.spectrum_bins()), np.float32))  # fmt: skip
+    note_chroma = notes.note_chroma(spectra, ANALYSIS_SAMPLE_RATE)
     key_chroma = key_profile_input(note_chroma.chroma, note_chroma.bass_chroma)
     key_warnings: list[str] = []
     key_estimate = None
+    tracked = None if silent else _track(mel, chroma, duration, warnings)
     if not silent:
-        key_estimate = _key(note_chroma, key_chroma, mean_chroma, duration, key_warnings)
+        chord_evidence = _chord_evidence(spectra, note_chroma.tuning, tracked)
+        key_estimate = _key(note_chroma, key_chroma, mean_chroma, duration, chord_evidence,
+                            key_warnings)  # fmt: skip
     beats = (BeatResult(None, np.zeros(0, np.int64)) if silent
-             else _tempo(mel, chroma, duration, key_estimate is not None, warnings))  # fmt: skip
+             else _tempo(tracked, key_estimate is not None, warnings))  # fmt: skip
     warnings.extend(key_warnings)
     tempo, beat_frames = beats.tempo, beats.beat_frames
 
@@ -387,10 +408,27 @@ def _single_threaded_blas() -> AbstractContextManager[object]:
     """The matrix products here are small (a chunk of frames by a filter bank): a second BLAS
     thread gains little alone and loses a lot when the cores are shared (two analysis workers,
     other jobs): measured 0.29 s vs 0.50-0.60 s for 180 s of audio on a busy 2-core machine."""
-    from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
-
-    limits: AbstractContextManager[object] = threadpool_limits(limits=1, user_api="blas")
+    limits: AbstractContextManager[object] = _blas_controller().limit(limits=1, user_api="blas")
     return limits
+
+
+def prepare_process() -> None:
+    """Pay the first-call costs of an analysis that do not depend on the file: numpy's lazy
+    `numpy.ma` import (`np.median` reaches it) and threadpoolctl's search of the loaded
+    libraries. Processes forked after this start with both paid (`batch.analyze_many`)."""
+    import numpy.ma  # noqa: F401
+
+    _blas_controller()
+
+
+@lru_cache(maxsize=1)
+def _blas_controller() -> Any:
+    """threadpoolctl's view of the loaded BLAS, found once per process: `threadpool_limits`
+    searches the loaded libraries again on every call (0.45 ms, 4 % of a 3 s file's analysis).
+    numpy's BLAS is loaded with numpy, before this can run."""
+    from threadpoolctl import ThreadpoolController  # type: ignore[import-untyped]
+
+    return ThreadpoolController()
 
 
 def _warm_up_blocks(seconds: float = 6.0) -> Iterator[tuple[FloatArray, int]]:

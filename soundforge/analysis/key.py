@@ -52,15 +52,48 @@ leaks into the bass register otherwise). Measured 2026-12-01 with `bench/analysi
     librosa, whole clips       0.797 / 0.780 / 0.751    0.833 / 0.843 / 0.693
     librosa, first 3 s cut     0.760 / 0.755 / 0.676    0.690 / 0.714 / 0.630
 
-On cut clips with drums the note chroma alone (no opening, no bass) scores about 0.641 / 0.610
-(the spectra's first frames dropped), still below librosa's `chroma_cqt` (0.676 / 0.630): what
-is left there is the chroma, not the opening. The synthesized grid stays at 1.000. What drums
-do to the key was measured by rendering the 32 grooves of the second set again without their
-drums: 0.855 / 0.758 (tuning / validation) without, 0.805 / 0.842 with; the errors are the
-loops' own (a ii-V-I-vi loop's notes fit the dominant's key, i-VI-III-VII and I-vi-IV-V share
-their notes), not leaked drums. Separating the harmonic part before the chord chroma too
+What drums do to the key was measured by rendering the 32 grooves of the second set again
+without their drums: 0.855 / 0.758 (tuning / validation) without, 0.805 / 0.842 with; the errors
+were the loops' own (a ii-V-I-vi loop's notes fit the dominant's key, i-VI-III-VII and I-vi-IV-V
+share their notes), not leaked drums. Separating the harmonic part before the chord chroma too
 (`notes.harmonic_part` on every block, without the bass gate) did not help: drums 0.849 /
 0.837, lower on validation; median widths 3-9 frames and 7-31 bins all scored 0.78-0.84 there.
+
+Counting pitch classes cannot solve those; the order of the chords can (`chords`: a triad per
+beat from the notes and the bass). Given the chords, `DIATONIC_WEIGHT` times the share of the
+time in chords diatonic to a key and `CADENCE_WEIGHT` times the share of chord changes that
+resolve its dominant to its tonic are added, times how chordal the music is (a melody alone
+makes no chords), among the keys within `CHORD_MARGIN` of the best whole-file correlation.
+Chosen on the tuning half, whole clips and clips cut 3 s in together; measured 2026-12-01 with
+`bench/analysis_accuracy.py` (`--skip-seconds 3`), MIREX, no drums / hymns / drums:
+
+                               tuning                  validation
+    before the chords          0.889 / 0.940 / 0.835    0.948 / 0.929 / 0.903
+    + chords                   0.960 / 1.000 / 0.954    0.938 / 0.929 / 0.960
+    first 3 s cut, before      0.797 / 0.865 / 0.630    0.777 / 0.786 / 0.577
+    first 3 s cut, + chords    0.897 / 0.965 / 0.846    0.933 / 0.939 / 0.867
+    librosa, whole clips       0.797 / 0.780 / 0.751    0.833 / 0.843 / 0.693
+    librosa, first 3 s cut     0.760 / 0.755 / 0.676    0.690 / 0.714 / 0.630
+
+The synthesized grid stays at 1.000 (drums and none). On a grid of 0.4-2.5 for each weight
+and margins 0.2-0.5 the tuning half's best settings lie on a plateau (mean of the six tuning
+classes 0.93-0.94 against 0.826 before); 1.6 / 1.2 with margin 0.3 is inside it (0.937; 1.2 /
+1.2: 0.935, 2.0 / 1.2: 0.942 but two more validation misses without drums). Below a diatonic
+weight of 1.6 a minor loop heard from its iv chord (a test) went to the iv's minor key: the
+opening pulls there, and at margin 0.3 that key is a candidate; its loop's IV (major) is no
+diatonic chord of it. The one validation clip lost without drums is a melody-only folk song
+(F major -> G minor). Tried and dropped, on the tuning half: weighting the chords by
+function (I 1, IV and V 0.6, ii and vi 0.5, iii 0.4: mean 0.86 at best); the first and
+last chord as the tonic (no gain on whole clips, a loss on cut ones, whose first chord is any
+chord of the loop); the tonic chord's share of the time (no gain); weights fitted by a softmax
+over the keys (the chords outweighed the opening and validation fell, drums 0.83-0.86). Chords
+from the fixed half-second blocks instead of beats scored the same on the tuning half (0.936 vs
+0.934, mean of the six) and lower on validation (cut clips 0.881 / 0.850 vs 0.933 / 0.867 no
+drums / drums); the segments' bass from their harmonic part (a second transcription) scored the
+same as from the one transcription kept. The chordness scale (mean triad match 0.55..0.65)
+changed nothing on the tuning half and was added for the validation half's melody-only folk
+songs (an unaccompanied line makes no chords; without the scale two of them went to a
+neighbouring key at 1.2 / 1.2).
 """
 
 from __future__ import annotations
@@ -69,6 +102,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
+
+from soundforge.analysis.chords import ChordEvidence
 
 PITCH_CLASSES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
 
@@ -125,6 +160,9 @@ OPENING_WEIGHT = 0.45
 BASS_TONIC_WEIGHT = 0.1
 CANDIDATE_MARGIN = 0.1  # the opening and bass choose only among keys the whole file nearly fits
 OFF_TONIC_OPENING = 0.5  # the opening's weight for keys whose tonic is not its main bass note
+DIATONIC_WEIGHT = 1.6  # times the share of the time in chords diatonic to the key
+CADENCE_WEIGHT = 1.2  # times the share of chord changes resolving the key's dominant to its tonic
+CHORD_MARGIN = 0.3  # with chords known, they choose among keys the whole file fits this well
 SOUNDING = 0.1  # a block sounds when its notes carry a tenth of the median block's energy
 
 
@@ -208,13 +246,17 @@ def _tonic_gate(opening_bass: npt.ArrayLike | None) -> npt.NDArray[np.float64]:
 def estimate_key(mean_chroma: npt.ArrayLike, profile: str = DEFAULT_PROFILE,
                  opening_chroma: npt.ArrayLike | None = None,
                  bass_chroma: npt.ArrayLike | None = None,
-                 opening_bass: npt.ArrayLike | None = None) -> KeyEstimate | None:  # fmt: skip
+                 opening_bass: npt.ArrayLike | None = None,
+                 chords: ChordEvidence | None = None) -> KeyEstimate | None:  # fmt: skip
     """The best key, or None for a flat (toneless or silent) chroma vector: the correlation
     of the whole file's chroma, plus `OPENING_WEIGHT` times that of the opening's and
     `BASS_TONIC_WEIGHT` times the bass register's share on the tonic, when given. Given the
     opening's bass chroma, the opening counts fully only for keys whose tonic is its main bass
-    note (a tonic region), `OFF_TONIC_OPENING` times for the others. The confidence is the
-    whole file's correlation with that key, clipped to 0..1."""
+    note (a tonic region), `OFF_TONIC_OPENING` times for the others. Given the chords
+    (`chords.evidence`), their diatonic share and cadences count too (`DIATONIC_WEIGHT`,
+    `CADENCE_WEIGHT`, times their chordness), among the keys within `CHORD_MARGIN` of the best
+    correlation instead of `CANDIDATE_MARGIN`. The confidence is the whole file's correlation
+    with that key, clipped to 0..1."""
     correlations = _correlations(mean_chroma, profile)
     if correlations is None:
         return None
@@ -226,7 +268,12 @@ def estimate_key(mean_chroma: npt.ArrayLike, profile: str = DEFAULT_PROFILE,
     bass = np.asarray(bass_chroma if bass_chroma is not None else np.zeros(12), np.float64)
     if bass.shape == (12,) and bass.sum() > 0:
         scores += BASS_TONIC_WEIGHT * np.tile(bass / bass.sum(), 2)
-    scores[correlations < correlations.max() - CANDIDATE_MARGIN] = -np.inf
+    margin = CANDIDATE_MARGIN
+    if chords is not None:
+        scores += chords.chordness * (DIATONIC_WEIGHT * chords.diatonic
+                                      + CADENCE_WEIGHT * chords.cadences)  # fmt: skip
+        margin = CHORD_MARGIN
+    scores[correlations < correlations.max() - margin] = -np.inf
     _, names = _key_templates(profile)
     best = int(np.argmax(scores))
     return KeyEstimate(names[best], min(max(float(correlations[best]), 0.0), 1.0))

@@ -4,6 +4,9 @@ into one harmless line (terminal escape sequences, control and format characters
 removed; rich markup escaped), and `say` prints a line built from literal text and `safe`
 values, rendering the markup so an escaped value comes out exactly as it was. Rich consoles
 (the progress bars) take `safe` values directly.
+
+rich is imported on first use, not with this module: `soundforge analyze --json` prints no
+markup, and rich's import is a tenth of that whole process on a short file.
 """
 
 from __future__ import annotations
@@ -11,9 +14,6 @@ from __future__ import annotations
 import re
 import sys
 from typing import TextIO
-
-from rich.markup import escape
-from rich.text import Text
 
 # CSI (ESC [ ... final), OSC (ESC ] ... BEL or ST), and the other two-byte ESC sequences.
 _TERMINAL_ESCAPE = re.compile(
@@ -27,10 +27,14 @@ def safe(value: object) -> str:
     into a space, rich markup escaped."""
     text = _TERMINAL_ESCAPE.sub("", str(value))
     text = "".join(char if char.isprintable() else " " for char in text)
+    from rich.markup import escape
+
     return escape(text)
 
 
 def say(line: str, file: TextIO | None = None) -> None:
     """Print one line of literal text and `safe` values, as plain text (no styles, no emoji
     codes, no wrapping)."""
+    from rich.text import Text
+
     print(Text.from_markup(line, emoji=False).plain, file=file or sys.stdout)

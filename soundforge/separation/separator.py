@@ -15,7 +15,7 @@ import logging
 import os
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass
@@ -34,14 +34,18 @@ from soundforge.separation.cpu_tuning import (
     tune_for_cpu_separation,
 )
 from soundforge.separation.cpu_workers import SegmentWorkers
+from soundforge.separation.joining import JoinedStreams
 from soundforge.separation.loading import LoadedModel
 from soundforge.separation.mix import MixReader, PreparedMix, prepare_mix
 from soundforge.separation.registry import DEFAULT_MODEL, check_model_name
 from soundforge.separation.stem_files import StemFormat, StemWriter, new_token, temp_name
 from soundforge.separation.streaming import (
     BatchLimit,
+    SongFeed,
     SongStream,
+    StemBlock,
     precision_context,
+    stream_feed,
     stream_songs,
     valid_length,
 )
@@ -158,10 +162,10 @@ class Separator:
         back to fp32 where unsupported. `shifts`, `overlap`: as demucs' options.
         `torch_threads`: 0 keeps torch's default (it is a process-wide setting). `batch_size`:
         segments per model call, 0 for the device's default (`auto_batch_size`).
-        `songs_together`: how many files `separate_many` runs through one batch stream, 0 for
-        the device's default (`GPU_SONGS_TOGETHER` on a GPU, 1 on the CPU). `rng`: draws
-        the shift offsets (seed it to reproduce a run). `limits`: what an input may ask the
-        decoder for (checked before anything is written)."""
+        `songs_together`: how many files `separate_many` and `separate_joined` run through one
+        batch stream, 0 for the device's default (`GPU_SONGS_TOGETHER` on a GPU, 1 on the
+        CPU). `rng`: draws the shift offsets (seed it to reproduce a run). `limits`: what an
+        input may ask the decoder for (checked before anything is written)."""
         check_model_name(model)
         if shifts < 0:
             raise ConfigError(f"shifts must be 0 or more, not {shifts}")
@@ -199,6 +203,7 @@ class Separator:
             if not torch_threads:
                 torch.set_num_threads(max(1, usable_cores() // self.batch.size))
             self.workers = _segment_workers(self.batch.size)
+        self.joined = JoinedStreams(self._stream, self.songs_together)
         logger.info("separating with %s on %s in %s, %d segment(s) per batch, %d torch thread(s)",
                     model, self.device, self.precision, self.batch.size, torch.get_num_threads())
 
@@ -270,6 +275,42 @@ class Separator:
                     request.progress(100.0)
                 self._log_done(job, outcomes[index], started)  # type: ignore[arg-type]
         return [outcome for outcome in outcomes if outcome is not None]
+
+    def separate_joined(self, request: SeparationRequest) -> dict[str, Path]:
+        """Separate one file as `separate` does, in the batch stream this separator runs for
+        every thread calling this method: a call arriving while others run joins their stream
+        at its next batch (continuous batching, `songs_together` songs at once; see
+        `soundforge.separation.joining`) and leaves it when its own stems are done. Decoding
+        and writing the stem files run on the calling thread, beside the stream."""
+        started = time.monotonic()
+        check_abort = _abort_check(request)
+        if request.progress is not None:
+            request.progress(0.0)
+        check_abort()
+        job = self._open(Path(request.path), Path(request.out_dir))
+        with job.cleanup:
+            song = SongStream(job.reader, job.denormalize, _after_segment(request, check_abort))
+            self.joined.run(song, job.writer.append,
+                            lambda: request.should_abort is not None and request.should_abort())
+            stems = self._finish(job, check_abort)
+        if request.progress is not None:
+            request.progress(100.0)
+        self._log_done(job, stems, started)
+        return stems
+
+    def _stream(self, feed: SongFeed) -> Iterator[tuple[SongStream, StemBlock]]:
+        """The stream `joined` runs over its feed, with the CPU's memory trimming as in
+        `_infer`."""
+        trimming = trimming_free_memory() if self.workers is not None else nullcontext()
+        try:
+            with trimming:
+                yield from stream_feed(
+                    self.model, feed, shifts=self.shifts, overlap=self.overlap, rng=self.rng,
+                    precision=self.precision, limit=self.batch, workers=self.workers,
+                )  # fmt: skip
+        finally:
+            if self.device.type == "cpu":
+                release_free_memory()
 
     def separate_many(
         self, items: Sequence[tuple[Path | str, Path | str]]

@@ -24,9 +24,13 @@ and each (song, member, shift) pass keeps an overlap-add window of about one bat
 plus one segment, on the model's device.
 
 Several songs (`SongStream`) share one stream: their chunks are planned earliest-first across the
-songs, each song's finished spans are yielded with its index, and each has its own progress
-callback; a song whose callback raises (an abort) is dropped, its error kept on it, and the others
-go on.
+songs, each song's finished spans are yielded with it, and each has its own progress callback; a
+song whose callback raises (an abort) is dropped, its error kept on it, and the others go on.
+Songs join a running stream (continuous batching, `SongFeed`): a song offered while the stream
+runs is admitted when the next batch is planned (at most `PREFETCH_BATCHES` + 1 batches before it
+runs) and leaves it when its last span is out, without waiting for the other songs. Each song's
+passes, shift offsets and overlap-add windows are its own, so its stems are those it would get
+alone (the offsets are drawn when it joins, in the order songs join).
 
 A batch that runs the device out of memory is split: `BatchLimit` halves itself and the batch
 runs in pieces of the new size (halving again if needed); only a single segment that does not fit
@@ -83,6 +87,12 @@ class SongStream:
     passes: list[_Pass] = field(default_factory=list)
     done: int = 0
     emitted: int = 0
+    joined_at: int = 0
+    """Where the stream's planning stood when the song joined it (frames): its segments are
+    planned as if its track started there, so a late song shares the batches with the others
+    instead of taking them all until it catches up."""
+    left: threading.Event = field(default_factory=threading.Event)
+    """Set once the song is out of its stream: every span emitted, dropped, or the stream ended."""
 
     @property
     def total(self) -> int:
@@ -245,16 +255,110 @@ def _next_chunk(owner: _Pass) -> _Chunk:
     return _Chunk(owner, start, length, valid, (valid - length) // 2)
 
 
-def plan_batches(passes: list[_Pass], limit: BatchLimit) -> Iterator[list[_Chunk]]:
+class SongFeed:
+    """The songs of a stream, which may join it while it runs. `offer` (from any thread) queues
+    a song; the stream admits queued songs, in the order offered, each time it plans a batch,
+    while fewer than `capacity` of its songs have segments left to plan (a song whose last
+    segments are planned makes room for the next). `withdraw` takes back a song not yet
+    admitted. A stream that has nothing left to run ends; songs offered after that wait for the
+    next stream over the same feed (`waiting`)."""
+
+    def __init__(self, capacity: int) -> None:
+        if capacity < 1:
+            raise ValueError(f"a stream holds 1 song or more, not {capacity}")
+        self.capacity = capacity
+        self._lock = threading.Lock()
+        self._queued: collections.deque[SongStream] = collections.deque()
+        self._admitted: list[SongStream] = []
+        self._open = False
+
+    def offer(self, song: SongStream) -> None:
+        with self._lock:
+            self._queued.append(song)
+
+    def withdraw(self, song: SongStream) -> bool:
+        """Take back `song` when no stream has admitted it yet (True); False once admitted."""
+        with self._lock:
+            if song in self._queued:
+                self._queued.remove(song)
+                return True
+            return False
+
+    @property
+    def waiting(self) -> int:
+        with self._lock:
+            return len(self._queued)
+
+    def drop(self, song: SongStream, error: BaseException) -> None:
+        """End `song` with `error` (e.g. its blocks could not be written); the others go on."""
+        if song.error is None:
+            song.error = error
+        self._leave(song)
+
+    def _start(self) -> None:
+        with self._lock:
+            self._open = True
+
+    def _admit(self, planning: Callable[[SongStream], bool]) -> list[SongStream]:
+        """Queued songs the stream takes now; `planning(song)`: whether an admitted song still
+        has segments to plan."""
+        with self._lock:
+            if not self._open:
+                return []
+            room = self.capacity - sum(1 for song in self._admitted if planning(song))
+            taken = [self._queued.popleft() for _ in range(min(room, len(self._queued)))]
+            self._admitted.extend(taken)
+            return taken
+
+    def _leave(self, song: SongStream) -> None:
+        with self._lock:
+            if song in self._admitted:
+                self._admitted.remove(song)
+        song.left.set()
+
+    def _close_if_idle(self) -> bool:
+        """Admit no more songs into this stream when none is in it or queued (True)."""
+        with self._lock:
+            if self._admitted or self._queued:
+                return False
+            self._open = False
+            return True
+
+    def _end(self, error: BaseException | None) -> None:
+        """The stream is over: every song still in it leaves (with `error` when it has none)."""
+        with self._lock:
+            self._open = False
+            admitted, self._admitted = self._admitted, []
+        for song in admitted:
+            if song.error is None:
+                song.error = error or RuntimeError("the separation stream stopped early")
+            song.left.set()
+
+
+def _position(owner: _Pass) -> int:
+    """Where `owner`'s next chunk stands in the stream's planning order (see `joined_at`)."""
+    return owner.chunk_start(owner.scheduled) + owner.song.joined_at
+
+
+def plan_batches(
+    passes: list[_Pass], limit: BatchLimit, admit: Callable[[int], list[_Pass]] | None = None
+) -> Iterator[list[_Chunk]]:
     """The chunks of every pass (of every song not dropped) in batches: each batch starts with
     the earliest unscheduled chunk (so the emitted tracks advance evenly) and adds the next
     earliest chunks of the same network with the same input length, up to the limit's current
-    size. Within a pass, chunks are always planned (and so added) in track order."""
+    size. Within a pass, chunks are always planned (and so added) in track order.
+    `admit(position)`, called before each batch with the planning position reached, adds the
+    passes of songs that join (see `SongFeed`)."""
+    pending = list(passes)
+    reached = 0
     while True:
-        pending = [p for p in passes if p.scheduled < p.chunk_count and p.song.error is None]
+        if admit is not None:
+            pending.extend(admit(reached))
+        pending = [p for p in pending if p.scheduled < p.chunk_count and p.song.error is None]
         if not pending:
             return
-        first = _next_chunk(min(pending, key=lambda p: p.chunk_start(p.scheduled)))
+        first = _next_chunk(min(pending, key=_position))
+        reached = max(reached, _position(first.owner))
         first.owner.scheduled += 1
         batch = [first]
         while len(batch) < limit.size:
@@ -265,7 +369,7 @@ def plan_batches(passes: list[_Pass], limit: BatchLimit) -> Iterator[list[_Chunk
             ]  # fmt: skip
             if not fitting:
                 break
-            chunk = min(fitting, key=lambda c: c.start)
+            chunk = min(fitting, key=lambda c: c.start + c.owner.song.joined_at)
             chunk.owner.scheduled += 1
             batch.append(chunk)
         yield batch
@@ -316,14 +420,17 @@ def run_batch(
 
 
 class Prefetcher:
-    """Reads planned batches' input windows (each chunk from its song's mix) on a thread,
+    """Plans and reads batches' input windows (each chunk from its song's mix) on a thread,
     `PREFETCH_BATCHES` ahead of the consumer (decode and device compute overlap; memory stays
-    bounded). Iterate it; `close()` stops the thread (also after an error or an abort)."""
+    bounded). A batch is planned only once there is room for it, so a song that joins the
+    stream (`SongFeed`) is in the batch after the one read ahead. Iterate it; `close()` stops
+    the thread (also after an error or an abort)."""
 
     def __init__(self, batches: Iterator[list[_Chunk]], pin: bool) -> None:
         self._batches = batches
         self._pin = pin
-        self._queue: queue.Queue[_Batch | BaseException | None] = queue.Queue(PREFETCH_BATCHES)
+        self._queue: queue.Queue[_Batch | BaseException | None] = queue.Queue()
+        self._room = threading.Semaphore(PREFETCH_BATCHES)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="separation-reader", daemon=True)
         self._thread.start()
@@ -332,24 +439,23 @@ class Prefetcher:
         inputs = torch.stack([c.owner.song.mix.window(c.start - c.lead, c.valid) for c in chunks])
         return _Batch(chunks, inputs.pin_memory() if self._pin else inputs)
 
-    def _put(self, item: _Batch | BaseException | None) -> bool:
+    def _wait_for_room(self) -> bool:
         while not self._stop.is_set():
-            try:
-                self._queue.put(item, timeout=0.1)
+            if self._room.acquire(timeout=0.1):
                 return True
-            except queue.Full:
-                continue
         return False
 
     def _run(self) -> None:
         try:
-            for chunks in self._batches:
-                if not self._put(self._read(chunks)):
-                    return
+            while self._wait_for_room():
+                chunks = next(self._batches, None)
+                if chunks is None:
+                    break
+                self._queue.put(self._read(chunks))
         except BaseException as error:  # handed to the consumer, which re-raises it
-            self._put(error)
+            self._queue.put(error)
             return
-        self._put(None)
+        self._queue.put(None)
 
     def __iter__(self) -> Iterator[_Batch]:
         while True:
@@ -358,6 +464,7 @@ class Prefetcher:
                 return
             if isinstance(item, BaseException):
                 raise item
+            self._room.release()
             yield item
 
     def close(self) -> None:
@@ -430,16 +537,51 @@ def stream_songs(
     would). A song whose `after_segment` raises is dropped (see `SongStream`); an error of the
     model itself ends the whole stream. `limit` sets (and may shrink) the batch size; `workers`
     (the CPU) runs the segments side by side, one call each."""
+    feed = SongFeed(max(1, len(songs)))
     for song in songs:
-        song.passes = _passes(loaded, song, shifts, overlap, rng)
-    passes = [p for song in songs for p in song.passes]
+        feed.offer(song)
     index_of = {id(song): index for index, song in enumerate(songs)}
-    reader = Prefetcher(plan_batches(passes, limit), pin=loaded.device.type == "cuda")
+    for song, block in stream_feed(loaded, feed, shifts=shifts, overlap=overlap, rng=rng,
+                                   precision=precision, limit=limit, workers=workers):  # fmt: skip
+        yield index_of[id(song)], block
+
+
+def stream_feed(
+    loaded: LoadedModel,
+    feed: SongFeed,
+    *,
+    shifts: int,
+    overlap: float,
+    rng: random.Random,
+    precision: Precision,
+    limit: BatchLimit,
+    workers: SegmentWorkers | None = None,
+) -> Iterator[tuple[SongStream, StemBlock]]:
+    """Yield `(song, block)` for the songs of `feed`, those queued now and those that join
+    while it runs (see `SongFeed`), as `stream_songs` does; ends when no song is left in it or
+    queued. A song leaves (`SongStream.left`) right after its last block is yielded, or when it
+    is dropped; when the stream ends early (an error of the model, or the consumer stops), the
+    songs still in it leave with that error."""
+    feed._start()
+
+    def planning(song: SongStream) -> bool:
+        return song.error is None and any(p.scheduled < p.chunk_count for p in song.passes)
+
+    def admit(position: int) -> list[_Pass]:
+        joined = []
+        for song in feed._admit(planning):
+            song.joined_at = position
+            song.passes = _passes(loaded, song, shifts, overlap, rng)
+            joined.extend(song.passes)
+        return joined
+
+    reader = Prefetcher(plan_batches([], limit, admit), pin=loaded.device.type == "cuda")
     estimates = (
         _side_by_side_estimates(iter(reader), workers, precision)
         if workers is not None
         else _stacked_estimates(iter(reader), loaded.device, limit, precision)
     )  # fmt: skip
+    failure: BaseException | None = None
     try:
         for chunk, output in estimates:
             song = chunk.owner.song
@@ -452,12 +594,21 @@ def stream_songs(
                 song.after_segment(song.done, song.total)
             except Exception as error:  # an abort (or a failing callback): this song only
                 song.error = error
-                if all(other.error is not None for other in songs):
+                feed._leave(song)
+                if feed._close_if_idle():
                     return  # nothing left to wait for (segments still running are dropped)
                 continue
             block = song.emit()
             if block is not None:
-                yield index_of[id(song)], block
+                yield song, block
+            if song.done == song.total:
+                feed._leave(song)
+    except GeneratorExit:  # the consumer stopped: the songs in the stream leave unfinished
+        raise
+    except BaseException as error:
+        failure = error
+        raise
     finally:
         estimates.close()
         reader.close()
+        feed._end(failure)

@@ -98,16 +98,15 @@ POLITE_TOGETHER_FACTORY = "tests.support.engines:polite_together_engines"
 
 
 def _together_engines(settings: Settings, *, honour_abort: bool) -> Engines:
-    """The real engines, except that separations run together report 1 % each and then run
-    until every job's abort check is true (`honour_abort`) or forever, never looking at it (an
-    engine stuck inside a batch)."""
+    """The real engines, except that a separation run together reports 1 % and then runs until
+    its abort check is true (`honour_abort`) or forever, never looking at it (an engine stuck
+    inside a batch)."""
 
-    def together(jobs: Any) -> Any:
-        for job in jobs:
-            job.progress(1.0)
-        while not (honour_abort and all(job.should_abort() for job in jobs)):
+    def together(job: Any) -> Any:
+        job.progress(1.0)
+        while not (honour_abort and job.should_abort()):
             time.sleep(0.05)
-        return [JobAbortedError("separation aborted") for _ in jobs]
+        raise JobAbortedError("separation aborted")
 
     return dataclasses.replace(default_engines(settings), together=together)
 

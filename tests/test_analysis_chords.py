@@ -1,0 +1,79 @@
+"""The key from the order of the chords (`soundforge.analysis.chords`), on grooves with drums
+whose notes alone point elsewhere: a ii-V-I-vi loop (its notes fit the key a fifth up, the
+dominant's), the same loop heard from its V chord (a clip cut mid-loop), and a minor i-iv-v
+loop (read as the parallel major from its notes); and the chords recognised beat by beat."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from soundforge.analysis import analyze, chords, notes
+from soundforge.analysis.frontend import StftFrontend
+from tests.audio_synth import PITCH_CLASSES, groove, write_mono
+
+SR = 22050
+# In C major, bass first (MIDI notes): ii - V - I - vi
+TWO_FIVE_ONE: list[tuple[int, ...]] = [(50, 62, 65, 69), (43, 59, 62, 67), (48, 60, 64, 67),
+                                       (45, 57, 60, 64)]  # fmt: skip
+# In A minor: i - iv - v
+MINOR_ONE_FOUR_FIVE: list[tuple[int, ...]] = [(45, 57, 60, 64), (38, 57, 62, 65),
+                                              (40, 55, 59, 64)]  # fmt: skip
+
+
+def _shifted(loop: list[tuple[int, ...]], semitones: int) -> list[tuple[int, ...]]:
+    return [tuple(note + semitones for note in chord) for chord in loop]
+
+
+def _name(tonic_of_c: str, semitones: int, mode: str) -> str:
+    return f"{PITCH_CLASSES[(PITCH_CLASSES.index(tonic_of_c) + semitones) % 12]} {mode}"
+
+
+@pytest.mark.parametrize(("semitones", "style"), [(0, "backbeat"), (2, "funk"), (-3, "rock"),
+                                                  (5, "backbeat")])  # fmt: skip
+def test_a_two_five_one_six_groove_is_in_its_one_not_its_five(tmp_path: Path, semitones: int,
+                                                              style: str) -> None:  # fmt: skip
+    mix = groove(_shifted(TWO_FIVE_ONE, semitones), 100.0, 16.0, SR, drum_style=style)
+    report = analyze(write_mono(tmp_path / "two_five_one.wav", mix, SR))
+    assert report.key == _name("C", semitones, "major")
+
+
+@pytest.mark.parametrize(("semitones", "style"), [(0, "backbeat"), (-3, "rock")])
+def test_a_two_five_one_six_groove_cut_at_its_five_is_in_its_one(tmp_path: Path, semitones: int,
+                                                                 style: str) -> None:  # fmt: skip
+    # the clip opens on V and its notes fit V's key: only the V-I resolutions say I
+    loop = _shifted(TWO_FIVE_ONE, semitones)
+    mix = groove(loop[1:] + loop[:1], 100.0, 16.0, SR, drum_style=style)
+    report = analyze(write_mono(tmp_path / "from_five.wav", mix, SR))
+    assert report.key == _name("C", semitones, "major")
+
+
+@pytest.mark.parametrize(("semitones", "style"), [(0, "backbeat"), (2, "funk")])
+def test_a_minor_one_four_five_groove_is_minor(tmp_path: Path, semitones: int,
+                                               style: str) -> None:  # fmt: skip
+    mix = groove(_shifted(MINOR_ONE_FOUR_FIVE, semitones), 100.0, 16.0, SR, drum_style=style)
+    report = analyze(write_mono(tmp_path / "minor.wav", mix, SR))
+    assert report.key == _name("A", semitones, "minor")
+
+
+def test_the_chords_of_a_groove_are_recognised_beat_by_beat() -> None:
+    tempo = 100.0
+    mix = groove(TWO_FIVE_ONE, tempo, 12.0, SR, drum_style="backbeat").astype(np.float32)
+    frontend = StftFrontend(notes.NOTE_FFT, notes.NOTE_HOP, notes.CHUNK_FRAMES)
+    chunks = [*frontend.push(mix), *frontend.finish()]
+    spectra = np.concatenate([notes.log_spectrum(chunk.magnitude, SR) for chunk in chunks])
+    frame_seconds = notes.NOTE_HOP / SR
+    starts = chords.segment_starts(np.arange(0.0, 12.0, 60.0 / tempo), spectra.shape[0],
+                                   frame_seconds)  # fmt: skip
+    sequence = chords.recognise(*chords.segment_notes(spectra, starts, 0.0))
+    found = sequence.chords
+    runs = [int(chord) for index, chord in enumerate(found)
+            if index == 0 or chord != found[index - 1]]  # fmt: skip
+    d_minor, g_major, c_major, a_minor = 12 + 2, 7, 0, 12 + 9
+    assert runs[:5] == [d_minor, g_major, c_major, a_minor, d_minor]
+    evidence = chords.evidence(sequence)
+    assert evidence is not None and evidence.chordness > 0.5
+    assert int(np.argmax(evidence.cadences)) == c_major  # G resolves to C
+    assert evidence.diatonic[c_major] > evidence.diatonic[g_major]  # Dm is foreign to G major
