@@ -6,7 +6,10 @@ feeding the chroma of the fifth), a fast backbeat groove reported at half its te
 groove with drums read as its relative major, and a string section or choir (slow swells,
 wavering level) whose slow tempo was lost in the onsets and came out as the prior's; a drum kit
 leaking into the bass register's notes, and a minor loop with drums heard from its iv chord (a
-clip cut mid-loop) read as the major key a tone below its tonic."""
+clip cut mid-loop) read as the major key a tone below its tonic; a backbeat groove above
+170 BPM halved (its kick and snare a beat apart, the tempogram peaking at the two-beat period),
+and a funk groove at 60-85 BPM doubled (its sixteenth-note hi-hats and syncopated kicks read as
+a beat of eighth notes)."""
 
 from __future__ import annotations
 
@@ -165,3 +168,28 @@ def test_a_minor_loop_heard_from_its_iv_chord_is_its_minor_key(tmp_path: Path, t
     mix = groove(loop[3:] + loop[:3], 100.0, 16.0, SR, drum_style=style)
     report = analyze(write_mono(tmp_path / "from_iv.wav", mix, SR))
     assert report.key == f"{tonic} minor"
+
+
+@pytest.mark.parametrize(("tempo", "style", "timbre"), [(176.0, "backbeat", "organ"),
+                                                        (172.0, "rock", "strings"),
+                                                        (180.0, "four-on-the-floor", "piano"),
+                                                        (176.0, "funk", "piano")])  # fmt: skip
+def test_a_backbeat_groove_above_170_bpm_is_not_halved(tmp_path: Path, tempo: float, style: str,
+                                                       timbre: str) -> None:  # fmt: skip
+    # the snare lands halfway between the tempogram's beats: nearly every halfway point is as
+    # loud as the beats, and the points between those are not
+    mix = groove(POP_LOOP, tempo, 16.0, SR, drum_style=style, timbre=timbre)
+    report = analyze(write_mono(tmp_path / "fast.wav", mix, SR))
+    assert report.tempo == pytest.approx(tempo, rel=0.04)
+    assert report.beat_count >= 0.8 * 16.0 * tempo / 60.0
+
+
+@pytest.mark.parametrize(("tempo", "timbre"), [(72.0, "piano"), (64.0, "organ"),
+                                               (80.0, "strings")])  # fmt: skip
+def test_a_slow_funk_groove_is_not_doubled(tmp_path: Path, tempo: float, timbre: str) -> None:
+    # kicks on 1, the "and" of 2, 3 and its "and", snare on 2 and 4, sixteenth-note hi-hats:
+    # tracked in eighth notes, the snare falls on every fourth beat instead of every other
+    mix = groove(POP_LOOP, tempo, 16.0, SR, drum_style="funk", timbre=timbre)
+    report = analyze(write_mono(tmp_path / "funk.wav", mix, SR))
+    assert report.tempo == pytest.approx(tempo, rel=0.04)
+    assert report.beat_count <= 1.2 * 16.0 * tempo / 60.0

@@ -29,6 +29,7 @@ from soundforge.analysis.key import KeyEstimate, estimate_key, key_profile_input
 from soundforge.analysis.report import AnalysisReport
 from soundforge.analysis.rhythm import (
     BACKBEAT_BANDS,
+    SNARE_BANDS,
     BeatResult,
     align_onsets,
     harmonic_novelty,
@@ -123,6 +124,7 @@ class MelSummary:
     power_flux: FloatArray  # (frames,)
     broadband: FloatArray  # (frames,) share of mel bands rising over BROADBAND_RISE_DB
     low_onsets: FloatArray  # (frames,) the onset envelope of the bands under 4 kHz
+    snare_onsets: FloatArray  # (frames,) ...and of the bands from 1.5 to 5 kHz
 
 
 def _dct_basis(n_mels: int, n_mfcc: int) -> FloatArray:
@@ -141,7 +143,7 @@ def summarise_mel(mel_chunks: list[FloatArray]) -> MelSummary:
     loudest = max((float(chunk.max()) for chunk in mel_chunks if chunk.size), default=0.0)
     floor_db = np.float32(10.0 * np.log10(max(loudest, spectral.AMIN)) - TOP_DB)
     basis = _dct_basis(spectral.N_MELS, N_MFCC)
-    mfcc, onset, power_flux, broadband, low_onsets = [], [], [], [], []
+    mfcc, onset, power_flux, broadband, low_onsets, snare_onsets = [], [], [], [], [], []
     previous_db: FloatArray | None = None
     previous_power: FloatArray | None = None
     for power in mel_chunks:
@@ -150,6 +152,7 @@ def summarise_mel(mel_chunks: list[FloatArray]) -> MelSummary:
         rise = rectified_rise(mel_db, previous_db)
         onset.append(rise.mean(axis=1))
         low_onsets.append(rise[:, :BACKBEAT_BANDS].mean(axis=1))
+        snare_onsets.append(rise[:, SNARE_BANDS[0] : SNARE_BANDS[1]].mean(axis=1))
         broadband.append((rise > BROADBAND_RISE_DB).mean(axis=1, dtype=np.float32))
         power_flux.append(rectified_rise(power, previous_power).sum(axis=1))
         previous_db, previous_power = mel_db[-1], power[-1]
@@ -163,6 +166,7 @@ def summarise_mel(mel_chunks: list[FloatArray]) -> MelSummary:
         power_flux=align_onsets(joined(power_flux)),
         broadband=joined(broadband),
         low_onsets=align_onsets(joined(low_onsets)),
+        snare_onsets=align_onsets(joined(snare_onsets)),
     )
 
 
@@ -220,7 +224,7 @@ def _track(mel: MelSummary, chroma: FloatArray, duration: float,
         return None
     return track_beats(mel.onset_envelope, mel.power_flux, ANALYSIS_SAMPLE_RATE, HOP_LENGTH,
                        percussiveness(mel.broadband), harmonic_novelty(chroma),
-                       mel.low_onsets)  # fmt: skip
+                       mel.low_onsets, mel.snare_onsets)  # fmt: skip
 
 
 def _tempo(beats: BeatResult | None, pitched: bool, warnings: list[str]) -> BeatResult:

@@ -22,7 +22,9 @@ process (~2.7 s, more than the analysis of a whole song).
    events dominate it, hi-hats barely count): when the points halfway between beats are about as
    loud as the beats and the pulse is drum-clear, the beat is twice as fast; when every other
    beat is much weaker than its neighbours, those are off-beats and the beat is half as fast.
-   Beats are then tracked again at the chosen level.
+   With drums, the pattern decides next (`drum_level`): snares halfway between the beats double
+   the beat, a snare on every fourth beat halves it. Beats are then tracked again at the chosen
+   level (never above 200 BPM: a folk song strummed in eighths read 240).
 5. Tempo: 60 / the mean inter-beat interval, over the intervals within 10 % of the median (a
    missed or doubled beat does not drag it). Averaging frame-quantised intervals gives a tempo
    finer than the 23 ms frame grid and than librosa's tempogram bins.
@@ -47,19 +49,43 @@ TEMPOGRAM_HOP = 16
 # 15 % of its neighbours (off-beats tracked as beats: under 0.05; a backbeat: 0.3 and up).
 DOUBLE_RATIO = 0.6
 DOUBLE_MIN_CLARITY = 5.0  # ...and a pulse this clear (drums); legato music stays under 3
-# ...or, with drums (`percussiveness`) and a pulse of some clarity, when twice the tempo is
-# nearer the preferred 120 BPM (Moelants 2002; librosa's prior centre) than the tempo and the
-# points halfway are at least `BACKBEAT_RATIO` as loud as the beats in the bands under 4 kHz
-# (`low_onsets`, dB: kick and snare count alike, hi-hats hardly): a backbeat groove at 130-170
-# BPM has its kick and snare a beat apart, the tempogram peaks at half the tempo, and the
-# linear-power flux hears the kick over the snare. On the tuning part of the rendered corpus,
-# grooves that needed doubling: 0.55-0.79; drum grooves at their tempo under 85 BPM: 0.13-0.39;
-# drum grooves 0.40-0.94 percussive, legato organ, strings and choir under 0.3 (piano 0.75-0.85,
-# but its pulse is clear and its off-beats weak).
-BACKBEAT_RATIO = 0.5
+# ...or, with drums (`percussiveness`), by the drum pattern itself, whatever the tempogram's prior
+# says (`drum_level`), counting most of the beats (medians, quantiles), not one syncopated kick:
+# - twice as fast (up to `MAX_DOUBLED_BPM`) when three in four points halfway between beats are
+#   nearly as loud as the beats both in the bands under 4 kHz (`low_onsets`, dB: kick and snare
+#   count alike, hi-hats hardly; `BACKBEAT_RATIO`) and in the linear-power flux
+#   (`BACKBEAT_POWER_RATIO`), while the points a quarter of the way are weaker (`QUARTER_RATIO`:
+#   the doubled beat is a grid, not a smear of notes). A backbeat groove has its kick and snare
+#   a beat apart and the tempogram often peaks at the two-beat period: a 170 BPM groove read
+#   85 BPM with its snares halfway (the old gate, doubling only under 85 BPM, left 170-180 BPM
+#   halved). Measured at the tempogram's tempo (up to 100 BPM, clarity 1.3 and up) on the drum
+#   clips of the rendered corpus (also cut 3 s in), four more rendered groove sets (60-180 BPM,
+#   every pattern; not committed) and the synthesized grid: at half the tempo (143 clips) low
+#   0.36-1.3, power 0.45-4, quarter 0.06-0.46; at the tempo (161) low 0.03-0.42, and low and
+#   power both over the bars once (ride cymbal and choir at 99 BPM: quarter 0.61).
+# - half as fast when the snare lands on every fourth beat instead of every other: the beat
+#   phase (of four) second loudest in the 1.5-5 kHz bands (`snare_onsets`: the snare's noise,
+#   hardly the kick) under `SNARE_PHASE_RATIO` of the loudest; or when alternate beats are weak
+#   both in power (`HALVE_RATIO`) and under 4 kHz (`OFF_BEAT_LOW_RATIO`). Measured likewise (pulse
+#   clarity 1.8 and up, where `metrical_level` keeps the level): eighth notes tracked as beats
+#   (14 clips, funk with sixteenth-note hats at 60-85 BPM) snare 0.49-0.76, and once 0.90 with
+#   alternations 0.11 / 0.25; beats tracked at the tempo (165) snare 0.78-1.0, alternations from
+#   0.17 / 0.50.
+BACKBEAT_RATIO = 0.35
+HALFWAY_QUANTILE = 0.25
+QUARTER_RATIO = 0.55
+BACKBEAT_POWER_RATIO = 0.4
 BACKBEAT_BANDS = 90  # mel bands (of 128 at 22.05 kHz) under 4 kHz
+SNARE_BANDS = (54, 99)  # mel bands (of 128 at 22.05 kHz) from 1.5 to 5 kHz
+SNARE_PHASE_RATIO = 0.7
+OFF_BEAT_LOW_RATIO = 0.35
+MAX_DOUBLED_BPM = 200.0
 DRUM_PERCUSSIVENESS = 0.35
-DRUM_MIN_CLARITY = 1.8
+DRUM_MIN_CLARITY = 1.8  # pulse clarity to halve by the pattern
+# ...and to double: over noise (1.0-1.1), where a legato vibraphone or string piece with plucked
+# attacks (percussiveness 0.4-0.5, clarity 1.0-1.2) was doubled; a ride cymbal under strings or
+# reeds at half its tempo reads 1.4 and up
+DRUM_DOUBLE_MIN_CLARITY = 1.3
 # Legato music without drums (strings, choir, organ: soft or hidden attacks) leaves the onset
 # envelope flat (pulse clarity 1.0-1.1), and its tempo was the prior's. Its chords change on
 # the beat, so its pulse is taken from the harmonic novelty instead: the cosine distance
@@ -76,7 +102,7 @@ PRIOR_MIN_BPM = 40.0
 LEGATO_PRIOR_BPM = 80.0
 LEGATO_MAX_CLARITY = 3.0
 MIN_TEMPO_BPM = 55.0  # a level change never goes below this (halving a 2:3 error would)
-MAX_TEMPO_BPM = 240.0
+MAX_TEMPO_BPM = 240.0  # top of the band the pulse clarity's median is taken over
 MIN_BEATS = 4
 MIN_PULSE_CLARITY = 1.1  # tempogram peak over its median: noise ~1.1, legato music 1.1-1.5
 CLEAR_PULSE = 3.0  # ...steady drums 10+
@@ -328,20 +354,54 @@ def percussiveness(broadband: FloatArray) -> float:
     return float(top.mean())
 
 
-def drums_may_double(bpm: float, clarity: float, drums: float) -> bool:
-    """Whether a drum groove's beat may be twice `bpm` (see `BACKBEAT_RATIO`)."""
-    return (drums >= DRUM_PERCUSSIVENESS and clarity >= DRUM_MIN_CLARITY
-            and bpm * np.sqrt(2.0) < PRIOR_BPM)  # fmt: skip
-
-
-def backbeat_level(beat_frames: IntArray, low_onsets: FloatArray) -> float:
-    """2.0 when the points halfway between beats are at least `BACKBEAT_RATIO` as loud as the
-    beats in `low_onsets`, else 1.0."""
-    if beat_frames.size < MIN_BEATS:
-        return 1.0
+def _halfway_ratio(envelope: FloatArray, beat_frames: IntArray) -> float:
+    """How loud the points halfway between beats are, nearly all of them (the strength three
+    in four exceed), over the median strength on the beats."""
+    on_beat = float(np.median(_strengths(envelope, beat_frames)))
     midpoints = (beat_frames[:-1] + beat_frames[1:]) // 2
-    on_beat = _strengths(low_onsets, beat_frames)[:-1]
-    return 2.0 if _balance(on_beat, _strengths(low_onsets, midpoints)) >= BACKBEAT_RATIO else 1.0
+    between = float(np.quantile(_strengths(envelope, midpoints), HALFWAY_QUANTILE))
+    return between / on_beat if on_beat > 0 else 0.0
+
+
+def drum_level(beat_frames: IntArray, bpm: float, clarity: float, low_onsets: FloatArray,
+               power_flux: FloatArray, snare_onsets: FloatArray) -> float:  # fmt: skip
+    """2.0, 0.5 or 1.0: the metrical level a drum groove's pattern asks for (see
+    `BACKBEAT_RATIO` and `SNARE_PHASE_RATIO`), given the pulse clarity at `bpm`."""
+    if beat_frames.size < 2 * MIN_BEATS:
+        return 1.0
+    if (2.0 * bpm <= MAX_DOUBLED_BPM and clarity >= DRUM_DOUBLE_MIN_CLARITY
+            and _halfway_ratio(low_onsets, beat_frames) >= BACKBEAT_RATIO
+            and _halfway_ratio(power_flux, beat_frames) >= BACKBEAT_POWER_RATIO
+            and _quarter_ratio(low_onsets, beat_frames) < QUARTER_RATIO):
+        return 2.0  # fmt: skip
+    if clarity < DRUM_MIN_CLARITY or bpm / 2.0 < MIN_TEMPO_BPM:
+        return 1.0
+    snare = _strengths(snare_onsets, beat_frames)
+    bars = snare.size // 4
+    phases = np.sort(np.median(snare[: 4 * bars].reshape(bars, 4), axis=0))
+    if phases[-2] < SNARE_PHASE_RATIO * phases[-1]:
+        return 0.5
+    if (_median_alternation(power_flux, beat_frames) < HALVE_RATIO
+            and _median_alternation(low_onsets, beat_frames) < OFF_BEAT_LOW_RATIO):
+        return 0.5  # fmt: skip
+    return 1.0
+
+
+def _quarter_ratio(envelope: FloatArray, beat_frames: IntArray) -> float:
+    """Median strength a quarter and three quarters of the way between beats over the median
+    strength on the beats and halfway between them."""
+    before, after = beat_frames[:-1], beat_frames[1:]
+    grid = np.concatenate((beat_frames, (before + after) // 2))
+    quarters = np.concatenate(((3 * before + after) // 4, (before + 3 * after) // 4))
+    on_grid = float(np.median(_strengths(envelope, grid)))
+    return float(np.median(_strengths(envelope, quarters))) / on_grid if on_grid > 0 else 1.0
+
+
+def _median_alternation(envelope: FloatArray, beat_frames: IntArray) -> float:
+    """Median strength of the weaker of the two alternate sets of beats over the stronger's."""
+    strengths = _strengths(envelope, beat_frames)
+    medians = sorted((float(np.median(strengths[0::2])), float(np.median(strengths[1::2]))))
+    return medians[0] / medians[1] if medians[1] > 0 else 1.0
 
 
 def track_beats(
@@ -352,12 +412,14 @@ def track_beats(
     drums: float = 0.0,
     novelty: FloatArray | None = None,
     low_onsets: FloatArray | None = None,
+    snare_onsets: FloatArray | None = None,
 ) -> BeatResult:
     """Tempo and beats of a whole file from its onset envelope and linear-power flux (both
     aligned per frame, see `align_onsets`); `drums`: the `percussiveness` of its onsets;
     `novelty`: its `harmonic_novelty`, the envelope used instead when the pulse of the onsets
     is unclear and there are no drums; `low_onsets`: the onset envelope of the bands under
-    4 kHz (aligned), for the backbeat check."""
+    4 kHz (aligned), for the backbeat check; `snare_onsets`: that of the bands from 1.5 to
+    5 kHz (aligned), for the snare's period."""
     no_beats = np.zeros(0, dtype=np.int64)
     if not np.any(onset_envelope > 0):
         return BeatResult(None, no_beats, "no onsets found: no tempo")
@@ -370,9 +432,10 @@ def track_beats(
     beats = track_beats_at(onset_envelope, bpm, sample_rate, hop_length)
     if beats.size >= MIN_BEATS:
         level = metrical_level(beats, power_flux, clarity >= DOUBLE_MIN_CLARITY)
-        if level == 1.0 and low_onsets is not None and drums_may_double(bpm, clarity, drums):
-            level = backbeat_level(beats, low_onsets)
-        if level != 1.0 and MIN_TEMPO_BPM <= bpm * level <= MAX_TEMPO_BPM:
+        if (level == 1.0 and low_onsets is not None and snare_onsets is not None
+                and drums >= DRUM_PERCUSSIVENESS):  # fmt: skip
+            level = drum_level(beats, bpm, clarity, low_onsets, power_flux, snare_onsets)
+        if level != 1.0 and MIN_TEMPO_BPM <= bpm * level <= MAX_DOUBLED_BPM:
             bpm *= level
             beats = track_beats_at(onset_envelope, bpm, sample_rate, hop_length)
     tempo = tempo_from_intervals(beats, sample_rate, hop_length)
