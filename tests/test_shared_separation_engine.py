@@ -52,6 +52,26 @@ def _completed(conn: Connection, track_id: uuid.UUID) -> bool:
     return row is not None and row.status is Status.COMPLETED
 
 
+def _three_songs(database_url: str, tmp_path: Path,
+                 lengths: tuple[float, float, float]) -> tuple[Settings, list[Path]]:  # fmt: skip
+    """Settings for a worker whose shared engine runs three separations together (tiny
+    htdemucs), and three songs of `lengths` seconds."""
+    repo = write_local_repo(tmp_path / "models", "htdemucs", size="tiny")
+    settings = settings_for(database_url, tmp_path / "store", demucs_repo=repo,
+                            separation_jobs_together=3)  # fmt: skip
+    songs = [write_test_song(tmp_path / f"song{index}.wav", seconds=seconds, tempo=120.0,
+                             key="A minor", seed=index)
+             for index, seconds in enumerate(lengths)]  # fmt: skip
+    return settings, songs
+
+
+def _import_song(conn: Connection, runtime: Runtime, song: Path) -> uuid.UUID:
+    """Import a local song (its download is queued, with stems and no analysis)."""
+    [metadata] = default_engines(runtime.settings).expand(str(song))
+    return workflow.import_track(conn, metadata,
+                                 workflow.PipelineOptions(analysis=False)).track.id  # fmt: skip
+
+
 def _running_together(conn: Connection, track_ids: list[uuid.UUID]) -> list[Job] | None:
     """The separations under way at once (each past 0 %, none done), when two or more are."""
     rows = [row for row in (_separation(conn, track) for track in track_ids) if row]
@@ -63,19 +83,11 @@ def _running_together(conn: Connection, track_ids: list[uuid.UUID]) -> list[Job]
 def test_waiting_separations_share_one_engine_and_a_cancel_stops_only_its_job(
     conn: Connection, database_url: str, tmp_path: Path
 ) -> None:
-    repo = write_local_repo(tmp_path / "models", "htdemucs", size="tiny")
-    settings = settings_for(database_url, tmp_path / "store", demucs_repo=repo,
-                            separation_jobs_together=3)  # fmt: skip
-    songs = [write_test_song(tmp_path / f"song{index}.wav", seconds=seconds, tempo=120.0,
-                             key="A minor")
-             for index, seconds in enumerate((60.0, 60.0, 150.0))]  # fmt: skip
+    settings, songs = _three_songs(database_url, tmp_path, (60.0, 60.0, 150.0))
     track_ids: list[uuid.UUID] = []
     with running_worker(settings, queues=("download",)) as runtime:
         for song in songs:
-            [metadata] = default_engines(runtime.settings).expand(str(song))
-            imported = workflow.import_track(conn, metadata,
-                                             workflow.PipelineOptions(analysis=False))
-            track_ids.append(imported.track.id)
+            track_ids.append(_import_song(conn, runtime, song))
         wait_for(lambda: all(_separation(conn, track) for track in track_ids), timeout_s=120,
                  message="three separations waiting")  # fmt: skip
     with running_worker(settings, queues=("processing",), concurrency=3) as runtime:
@@ -106,20 +118,13 @@ def _progress(conn: Connection, track_id: uuid.UUID) -> tuple[Status, float] | N
 def test_a_separation_arriving_mid_stream_joins_it_and_a_cancelled_one_leaves_alone(
     conn: Connection, database_url: str, tmp_path: Path
 ) -> None:
-    repo = write_local_repo(tmp_path / "models", "htdemucs", size="tiny")
-    settings = settings_for(database_url, tmp_path / "store", demucs_repo=repo,
-                            separation_jobs_together=3)  # fmt: skip
-    songs = [write_test_song(tmp_path / f"song{index}.wav", seconds=seconds, tempo=120.0,
-                             key="A minor", seed=index)
-             for index, seconds in enumerate((120.0, 20.0, 90.0))]  # fmt: skip
+    settings, songs = _three_songs(database_url, tmp_path, (120.0, 20.0, 90.0))
     track_ids: list[uuid.UUID] = []
     # (status and progress of the first song's separation) when each later one first progressed
     first_when_joined: dict[int, tuple[Status, float]] = {}
 
     def import_song(runtime: Runtime, song: Path) -> None:
-        [metadata] = default_engines(runtime.settings).expand(str(song))
-        imported = workflow.import_track(conn, metadata, workflow.PipelineOptions(analysis=False))
-        track_ids.append(imported.track.id)
+        track_ids.append(_import_song(conn, runtime, song))
 
     def watch_joins() -> bool:
         first = _progress(conn, track_ids[0])
@@ -153,7 +158,7 @@ def test_a_separation_arriving_mid_stream_joins_it_and_a_cancelled_one_leaves_al
         status, percent = first_when_joined[index]
         assert status is Status.PROCESSING and percent < 99.0, (index, status, percent)
     store = Storage(settings.storage_path)
-    alone = Separator("htdemucs", repo=repo, shifts=0)
+    alone = Separator("htdemucs", repo=settings.demucs_repo, shifts=0)
     for index in (0, 1):
         expected = alone.separate(songs[index], tmp_path / f"alone{index}")
         stems = music.list_stems_for_track(conn, track_ids[index])
