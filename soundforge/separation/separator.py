@@ -16,9 +16,9 @@ import logging
 import os
 import random
 import time
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import ExitStack, closing, nullcontext, suppress
+from contextlib import ExitStack, closing, contextmanager, nullcontext, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -301,17 +301,12 @@ class Separator:
 
     def _stream(self, feed: SongFeed) -> Generator[tuple[SongStream, StemBlock], None, None]:
         """A stream over `feed` (`joined`'s, or a `separate_many` run's), with the CPU's memory
-        trimming as in `_infer`."""
-        trimming = trimming_free_memory() if self.workers is not None else nullcontext()
-        try:
-            with trimming:
-                yield from stream_feed(
-                    self.model, feed, shifts=self.shifts, overlap=self.overlap, rng=self.rng,
-                    precision=self.precision, limit=self.batch, workers=self.workers,
-                )  # fmt: skip
-        finally:
-            if self.device.type == "cpu":
-                release_free_memory()
+        care as in `_infer`."""
+        with self._memory_care():
+            yield from stream_feed(
+                self.model, feed, shifts=self.shifts, overlap=self.overlap, rng=self.rng,
+                precision=self.precision, limit=self.batch, workers=self.workers,
+            )  # fmt: skip
 
     def separate_many(
         self, items: Sequence[tuple[Path | str, Path | str]]
@@ -350,16 +345,22 @@ class Separator:
     def _infer(self, jobs: Sequence[_Job], songs: Sequence[SongStream]) -> None:
         """Run `songs` (one per job) through the model, spooling each one's stems to its job's
         writer; a song dropped on the way keeps its error (see `SongStream`)."""
-        # Side by side, freed activations of several segments fragment the heap (see
-        # cpu_tuning): hand free pages back while they run. One at a time reuses its own.
+        with self._memory_care():
+            for index, block in stream_songs(
+                self.model, songs, shifts=self.shifts, overlap=self.overlap, rng=self.rng,
+                precision=self.precision, limit=self.batch, workers=self.workers,
+            ):  # fmt: skip
+                jobs[index].writer.append(block)
+
+    @contextmanager
+    def _memory_care(self) -> Iterator[None]:
+        """Around a batch stream: side by side, freed activations of several segments fragment
+        the heap (see cpu_tuning), so free pages are handed back while they run (one at a time
+        reuses its own); on the CPU, the freed pages are handed back once it ends."""
         trimming = trimming_free_memory() if self.workers is not None else nullcontext()
         try:
             with trimming:
-                for index, block in stream_songs(
-                    self.model, songs, shifts=self.shifts, overlap=self.overlap, rng=self.rng,
-                    precision=self.precision, limit=self.batch, workers=self.workers,
-                ):  # fmt: skip
-                    jobs[index].writer.append(block)
+                yield
         finally:
             if self.device.type == "cpu":
                 release_free_memory()
