@@ -12,10 +12,10 @@ Decoding the next block in a second thread was tried and measured: no gain on th
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -244,11 +244,12 @@ def _tempo(beats: BeatResult | None, pitched: bool, warnings: list[str]) -> Beat
 
 
 def _key(note_chroma: notes.NoteChroma, mean_chroma: list[float], spectral_chroma: list[float],
-         duration: float, chord_evidence: chords.ChordEvidence | None,
+         duration: float, chord_evidence: Callable[[], chords.ChordEvidence | None],
          warnings: list[str]) -> KeyEstimate | None:  # fmt: skip
     """Key of audio that is not silent; why there is none goes to `warnings`. Noise is told
     from music by two signs together: the notes explain little of its spectrum, and its plain
-    spectral chroma correlates with no key."""
+    spectral chroma correlates with no key. `chord_evidence` is called (a transcription per
+    beat) only for a clip long enough and tonal enough to have a key."""
     if duration < MIN_KEY_SECONDS:
         warnings.append(
             f"clip is {duration:.1f} s long, too short for a key (needs {MIN_KEY_SECONDS:g} s)"
@@ -266,7 +267,7 @@ def _key(note_chroma: notes.NoteChroma, mean_chroma: list[float], spectral_chrom
     estimate = estimate_key(mean_chroma, opening_chroma=first.sum(axis=0) if first.size else None,
                             bass_chroma=note_chroma.bass_chroma.sum(axis=0),
                             opening_bass=note_chroma.bass_chroma[span].sum(axis=0),
-                            chords=chord_evidence)  # fmt: skip
+                            chords=chord_evidence())  # fmt: skip
     if estimate is None:
         warnings.append("no pitched content (flat chroma): no key")
     elif estimate.confidence < MIN_KEY_CONFIDENCE:
@@ -340,7 +341,7 @@ def _analyze_stream(
     key_estimate = None
     tracked = None if silent else _track(mel, chroma, duration, warnings)
     if not silent:
-        chord_evidence = _chord_evidence(spectra, note_chroma.tuning, tracked)
+        chord_evidence = partial(_chord_evidence, spectra, note_chroma.tuning, tracked)
         key_estimate = _key(note_chroma, key_chroma, mean_chroma, duration, chord_evidence,
                             key_warnings)  # fmt: skip
     beats = (BeatResult(None, np.zeros(0, np.int64)) if silent
