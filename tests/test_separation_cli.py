@@ -110,3 +110,23 @@ def test_stem_names_and_cli_import_without_torch() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             check=True, timeout=60)
     assert "soundforge[stems]" in result.stdout
+
+
+def test_separate_command_loads_no_database_or_queue_stack(
+    repo: Path, song: Path, tmp_path: Path
+) -> None:
+    """`soundforge separate` needs no database: its fresh process imports neither psycopg nor
+    procrastinate (the other commands' modules cost about half a second of every run)."""
+    probe = (
+        "import sys; from soundforge.cli.main import main;"
+        "code = main(['separate', sys.argv[1], '--out', sys.argv[2], '--repo', sys.argv[3],"
+        " '--shifts', '0']);"
+        "print('HEAVY', [name for name in ('psycopg', 'procrastinate') if name in sys.modules]);"
+        "sys.exit(code)"
+    )
+    done = subprocess.run([sys.executable, "-c", probe, str(song), str(tmp_path / "out"),
+                           str(repo)], capture_output=True, text=True, timeout=300,
+                          check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "HEAVY []" in done.stdout
+    assert len(list((tmp_path / "out").glob("*.flac"))) == 4

@@ -30,9 +30,12 @@ COMMAND_MODULES: tuple[str, ...] = (
 
 
 # Commands whose module is registered alone when they are the one asked for: the other command
-# modules import the database, settings and queue stacks (about half a second), which
-# `soundforge analyze` of a short file does not need.
-STANDALONE_COMMANDS: dict[str, str] = {"analyze": "soundforge.cli.analyze_cmd"}
+# modules import the database and queue stacks (about half a second, paid by every process),
+# which neither `soundforge analyze` nor `soundforge separate` uses.
+STANDALONE_COMMANDS: dict[str, str] = {
+    "analyze": "soundforge.cli.analyze_cmd",
+    "separate": "soundforge.cli.separate_cmd",
+}
 
 
 def _requested_command(argv: Sequence[str]) -> str | None:
