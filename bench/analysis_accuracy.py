@@ -7,7 +7,8 @@ through `tempo.detection`. Two sets, one run, each per class (no drums / drums):
 - corpus: the rendered recordings of `bench/analysis_corpus.py` (built on first use; needs
   fluidsynth, a GM soundfont and the bench extra; skipped with the reason when missing), per
   part (tuning: what the analysis was tuned on; validation: held back, `split_of`), and the
-  four-part hymns alone (the class closest to chorales);
+  four-part hymns alone and the hymns with secondary dominants alone (the classes closest to
+  chorales);
 - grid: the synthesized grid of `tests/audio_synth.py` (24 keys x 3 progressions per mode x
   3 timbres x drums on/off for the key; 60-200 BPM for the tempo), as before.
 
@@ -128,7 +129,7 @@ def _row(chosen: list[tuple[Case, Estimate]], system: str, label: str) -> str:
 
 def _score(cases: list[Case], system: str, estimates: list[Estimate]) -> list[str]:
     """One row per part (tuning / validation, when the cases have parts) and class (no drums /
-    drums), then the hymns alone per part."""
+    drums), then the hymns and the chromatic hymns alone per part."""
     pairs = list(zip(cases, estimates, strict=True))
     rows = []
     for part in sorted({case.part for case in cases}, key=("tuning", "validation", "all").index):
@@ -138,10 +139,11 @@ def _score(cases: list[Case], system: str, estimates: list[Estimate]) -> list[st
             if chosen:
                 label = f"{'drums' if drums else 'no drums'} {part if part != 'all' else ''}"
                 rows.append(_row(chosen, system, label))
-        hymns = [(case, est) for case, est in pairs
-                 if case.part == part and case.label.startswith("hymn")]  # fmt: skip
-        if hymns:
-            rows.append(_row(hymns, system, f"hymns {part}"))
+        for source, label in (("hymn", "hymns"), ("chromatic hymn", "chromatic hymns")):
+            chosen = [(case, est) for case, est in pairs
+                      if case.part == part and case.label.startswith(source + " (")]  # fmt: skip
+            if chosen:
+                rows.append(_row(chosen, system, f"{label} {part}"))
     return rows
 
 

@@ -12,7 +12,9 @@ Sources (never Bach: the held-out set is built from Bach chorales):
 - a second set (its own index, so the first is never rendered again): four-part hymns written by
   `bench/hymns.py` (chorale-style SATB, modulating to related keys, 50-110 BPM, 4/4 and 3/4)
   through organ, piano, strings and choir programs without drums, and more grooves with drums
-  (also the minor loops i-VI-III-VII and i-VII-VI-VII, up to 175 BPM).
+  (also the minor loops i-VI-III-VII and i-VII-VI-VII, up to 175 BPM);
+- a third set: hymns with secondary dominants (`bench/hymns.py`'s `applied_chance`), without
+  drums.
 
 Every clip belongs to the tuning part or the held-back validation part, by a hash of its file
 name (each clip is a different piece): tune on the first, report both (`split_of`).
@@ -81,6 +83,12 @@ FOLK_FILES = ("essenFolksong/han1", "essenFolksong/kinder", "essenFolksong/boehm
 EXTRA_VERSION = 2
 EXTRA_SEED = 1313
 HYMNS = 48
+# The third set: hymns with secondary dominants (V/V, V/vi...: notes foreign to the key on the
+# way to a chord of it), as chorale harmonisations have.
+CHROMATIC_VERSION = 1
+CHROMATIC_SEED = 4242
+CHROMATIC_HYMNS = 60
+APPLIED_CHANCE = 0.25
 EXTRA_GROOVES = 32
 # Hymn ensembles: soprano, alto, tenor, bass programs (organ, piano, strings, choir, as sung
 # and played hymns are).
@@ -343,7 +351,8 @@ def _clips_to_render(rng: random.Random, seconds: float) -> Iterator[tuple[
 
 
 def _hymn_events(rng: random.Random, tonic: int, mode: str, tempo: float, seconds: float,
-                 beats_per_bar: int) -> tuple[list[NoteEvent], list[float]]:  # fmt: skip
+                 beats_per_bar: int, applied_chance: float = 0.0) -> tuple[
+                     list[NoteEvent], list[float]]:  # fmt: skip
     """A hymn of `bench/hymns.py` in seconds: voices legato, a repeated note struck again."""
     from bench.hymns import write_hymn
 
@@ -351,20 +360,15 @@ def _hymn_events(rng: random.Random, tonic: int, mode: str, tempo: float, second
     beats = int(seconds / beat_s) + 2
     events = [NoteEvent(note.beat * beat_s, (note.beat + note.beats) * beat_s - 0.03,
                         note.pitch, note.voice, rng.randrange(78, 96))
-              for note in write_hymn(rng, tonic, mode, beats, beats_per_bar)]  # fmt: skip
+              for note in write_hymn(rng, tonic, mode, beats, beats_per_bar,
+                                     applied_chance)]  # fmt: skip
     return events, [index * beat_s for index in range(beats + 1)]
 
 
 def _extra_clips(rng: random.Random, seconds: float) -> Iterator[tuple[
         str, str, float, list[NoteEvent], list[float], int]]:  # fmt: skip
     """The second set: hymns (no drums), then grooves (drums)."""
-    for index in range(HYMNS):
-        mode = ("major", "minor")[index % 2]
-        tonic = rng.randrange(12)
-        tempo = float(rng.randrange(50, 111))
-        per_bar = 3 if rng.random() < 0.2 else 4
-        events, beats = _hymn_events(rng, tonic, mode, tempo, seconds, per_bar)
-        yield "hymn", _key_name(tonic, mode), tempo, events, beats, per_bar
+    yield from _hymns(rng, seconds, HYMNS, "hymn")
     for index in range(EXTRA_GROOVES):
         mode = ("major", "minor")[index % 2]
         tonic = rng.randrange(12)
@@ -372,6 +376,19 @@ def _extra_clips(rng: random.Random, seconds: float) -> Iterator[tuple[
         events, beats = _progression_events(rng, tonic, mode, tempo, seconds, False,
                                             EXTRA_MINOR_PROGRESSIONS)  # fmt: skip
         yield "groove", _key_name(tonic, mode), tempo, events, beats, 4
+
+
+def _hymns(rng: random.Random, seconds: float, count: int, source: str,
+           applied_chance: float = 0.0) -> Iterator[tuple[
+               str, str, float, list[NoteEvent], list[float], int]]:  # fmt: skip
+    """`count` hymns, major and minor in turn, 50-110 BPM, one in five in 3/4."""
+    for index in range(count):
+        mode = ("major", "minor")[index % 2]
+        tonic = rng.randrange(12)
+        tempo = float(rng.randrange(50, 111))
+        per_bar = 3 if rng.random() < 0.2 else 4
+        events, beats = _hymn_events(rng, tonic, mode, tempo, seconds, per_bar, applied_chance)
+        yield source, _key_name(tonic, mode), tempo, events, beats, per_bar
 
 
 def split_of(clip: CorpusClip) -> str:
@@ -416,8 +433,9 @@ def build_corpus(cache: Path = DEFAULT_CACHE, seconds: float = 20.0,
     version): the first set of compositions and progressions, then the hymns and grooves."""
     first = _cached(cache / "index.json", CORPUS_VERSION, seconds)
     extra = _cached(cache / "index-hymns.json", EXTRA_VERSION, seconds)
-    if first is not None and extra is not None:
-        return first + extra
+    chromatic = _cached(cache / "index-chromatic.json", CHROMATIC_VERSION, seconds)
+    if first is not None and extra is not None and chromatic is not None:
+        return first + extra + chromatic
     missing = tools_missing()
     if missing:
         raise RuntimeError(missing)
@@ -440,7 +458,14 @@ def build_corpus(cache: Path = DEFAULT_CACHE, seconds: float = 20.0,
                             {"hymn": HYMN_ENSEMBLES}, lambda _, source: source == "groove",
                             seconds)  # fmt: skip
         _write_index(cache / "index-hymns.json", EXTRA_VERSION, seconds, extra)
-    return first + extra
+    if chromatic is None:
+        rng = random.Random(CHROMATIC_SEED)
+        chromatic = _render_all(cache, _hymns(rng, seconds, CHROMATIC_HYMNS, "chromatic hymn",
+                                              APPLIED_CHANCE), rng, "chromatic",
+                                {"chromatic hymn": HYMN_ENSEMBLES}, lambda *_: False,
+                                seconds)  # fmt: skip
+        _write_index(cache / "index-chromatic.json", CHROMATIC_VERSION, seconds, chromatic)
+    return first + extra + chromatic
 
 
 def _write_index(path: Path, version: int, seconds: float, clips: list[CorpusClip]) -> None:

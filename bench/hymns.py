@@ -13,7 +13,10 @@ V and vii in minor; four voices in their ranges (bass E2-C4, tenor C3-G4, alto G
 C4-G5), each chord voiced to move the voices least, complete triads, no doubled leading tone,
 no parallel fifths or octaves, the tenor and alto within an octave of their neighbour above.
 Voices moving by a third often fill it with an eighth-note passing tone, as chorale
-harmonisations do. The key a MIREX annotation gives such a piece is the home key.
+harmonisations do. With `applied_chance`, a chord before ii, IV, V or vi (iv, V or VI in minor)
+becomes that chord's own dominant (V/V, V/vi...: a major triad a fifth above it, its third a
+leading tone foreign to the key), as chorale harmonisations tonicize on the way. The key a
+MIREX annotation gives such a piece is the home key.
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ RELATED = {
     "minor": ((3, "major"), (7, "minor"), (5, "minor"), (8, "major")),
 }
 RANGES = ((60, 79), (55, 74), (48, 67), (40, 60))  # soprano, alto, tenor, bass (MIDI)
+# Degrees a secondary dominant may lead to: ii, IV, V, vi in major; iv, V, VI in minor.
+APPLIED_TARGETS = {"major": (1, 3, 4, 5), "minor": (3, 4, 5)}
 PASSING_CHANCE = 0.35
 MODULATION_CHANCE = 0.6
 
@@ -59,25 +64,35 @@ class _Chord:
     tonic: int  # pitch class of the local key
     mode: str
     degree: int
+    applied_root: int | None = None  # a secondary dominant: the major triad on this root
 
     def scale(self) -> tuple[int, ...]:
         scale = list(MAJOR_SCALE if self.mode == "major" else MINOR_SCALE)
         if self.mode == "minor" and self.degree in (4, 6):
             scale[6] = 11  # harmonic minor on the dominant chords
-        return tuple((self.tonic + step) % 12 for step in scale)
+        pitches = tuple((self.tonic + step) % 12 for step in scale)
+        if self.applied_root is None:
+            return pitches
+        leading = (self.applied_root + 4) % 12  # raised: replaces the tone a semitone below
+        return tuple(leading if (leading - pitch) % 12 == 1 else pitch for pitch in pitches)
 
     def pitch_classes(self) -> tuple[int, int, int]:
+        if self.applied_root is not None:
+            return self.applied_root, (self.applied_root + 4) % 12, (self.applied_root + 7) % 12
         scale = self.scale()
         root, third, fifth = (scale[(self.degree + step) % 7] for step in (0, 2, 4))
         return root, third, fifth
 
     def leading_tone(self) -> int | None:
+        if self.applied_root is not None:
+            return (self.applied_root + 4) % 12
         return (self.tonic + 11) % 12 if self.degree in (4, 6) else None
 
 
 def _phrase_chords(rng: random.Random, tonic: int, mode: str, first: int, count: int,
-                   cadence: str) -> list[_Chord]:  # fmt: skip
-    """`count` chords from degree `first`, ending on the cadence (the last chord is held)."""
+                   cadence: str, applied_chance: float = 0.0) -> list[_Chord]:  # fmt: skip
+    """`count` chords from degree `first`, ending on the cadence (the last chord is held); with
+    `applied_chance`, chords made secondary dominants of the next (`_with_applied`)."""
     degrees = [first]
     while len(degrees) < count - 2:
         degrees.append(rng.choice(MOVES[degrees[-1]]))
@@ -92,7 +107,20 @@ def _phrase_chords(rng: random.Random, tonic: int, mode: str, first: int, count:
         degrees = [3 if d == 1 and rng.random() < 0.6 else d for d in degrees]
         degrees = [4 if d == 6 and index < len(degrees) - 1 else d
                    for index, d in enumerate(degrees)]  # fmt: skip
-    return [_Chord(tonic, mode, degree) for degree in degrees[:count]]
+    chords = [_Chord(tonic, mode, degree) for degree in degrees[:count]]
+    return _with_applied(rng, chords, applied_chance) if applied_chance > 0 else chords
+
+
+def _with_applied(rng: random.Random, chords: list[_Chord], chance: float) -> list[_Chord]:
+    """Each chord but the phrase's first, before a chord of `APPLIED_TARGETS`, becomes that
+    chord's dominant with probability `chance`."""
+    result = list(chords)
+    for index in range(1, len(chords) - 1):
+        chord, target = chords[index], chords[index + 1]
+        if target.degree in APPLIED_TARGETS[target.mode] and rng.random() < chance:
+            root = (target.pitch_classes()[0] + 7) % 12
+            result[index] = _Chord(chord.tonic, chord.mode, chord.degree, root)
+    return result
 
 
 def _shared_degree(rng: random.Random, old: _Chord, tonic: int, mode: str) -> int:
@@ -166,9 +194,10 @@ def _passing(rng: random.Random, pitch: int, following: int, scale: tuple[int, .
     return between[0] if len(between) == 1 else None
 
 
-def write_hymn(rng: random.Random, tonic: int, mode: str, beats: int,
-               beats_per_bar: int = 4) -> list[HymnNote]:  # fmt: skip
-    """A hymn of at least `beats` beats in the key `tonic` (pitch class) `mode`."""
+def write_hymn(rng: random.Random, tonic: int, mode: str, beats: int, beats_per_bar: int = 4,
+               applied_chance: float = 0.0) -> list[HymnNote]:  # fmt: skip
+    """A hymn of at least `beats` beats in the key `tonic` (pitch class) `mode`; with
+    `applied_chance`, secondary dominants on the way (see the module's docstring)."""
     phrase_beats = 2 * beats_per_bar
     count = phrase_beats - 1  # chords per phrase, the cadence chord held two beats
     phrases = max(2, -(-beats // phrase_beats))
@@ -182,12 +211,13 @@ def write_hymn(rng: random.Random, tonic: int, mode: str, beats: int,
             # begin at home, turn on a shared chord, cadence in the related key
             offset, related_mode = rng.choice(RELATED[mode])
             related = (tonic + offset) % 12
-            home = _phrase_chords(rng, tonic, mode, first, count - 1, "none")[: count - 3]
+            home = _phrase_chords(rng, tonic, mode, first, count - 1, "none",
+                                  applied_chance)[: count - 3]  # fmt: skip
             pivot = _shared_degree(rng, home[-1], related, related_mode)
             chords += home + [_Chord(related, related_mode, degree) for degree in (pivot, 4, 0)]
         else:
             cadence = "authentic" if number == phrases - 1 or rng.random() < 0.5 else "half"
-            chords += _phrase_chords(rng, tonic, mode, first, count, cadence)
+            chords += _phrase_chords(rng, tonic, mode, first, count, cadence, applied_chance)
         lengths += [1.0] * (count - 1) + [2.0]
         cadences.add(len(chords) - 1)
     voiced = _voice(rng, chords, cadences)
