@@ -77,3 +77,13 @@ def test_the_chords_of_a_groove_are_recognised_beat_by_beat() -> None:
     assert evidence is not None and evidence.chordness > 0.5
     assert int(np.argmax(evidence.cadences)) == c_major  # G resolves to C
     assert evidence.diatonic[c_major] > evidence.diatonic[g_major]  # Dm is foreign to G major
+
+
+def test_a_cadence_on_a_held_chord_outweighs_a_passing_resolution() -> None:
+    # C F E Am Dm G C(held): V/vi -> vi passes on a beat, V -> I ends the phrase on a held chord
+    c_major, f_major, e_major, g_major, a_minor, d_minor = 0, 5, 4, 7, 12 + 9, 12 + 2
+    found = np.array([c_major, f_major, e_major, a_minor, d_minor, g_major, c_major])
+    lengths = np.array([4.0, 4.0, 4.0, 4.0, 4.0, 4.0, 8.0])
+    evidence = chords.evidence(chords.ChordSequence(found, lengths, np.full(found.size, 0.9)))
+    assert evidence is not None
+    assert evidence.cadences[c_major] > evidence.cadences[a_minor] > 0

@@ -11,7 +11,9 @@ Each beat (pairs of beats when they are under `MIN_SEGMENT_SECONDS`; blocks of
 and minor triads (cosine of the chroma, plus the bass register's share on the chord's root),
 smoothed by Viterbi with a cost per change. Per key the evidence is the share of the time in
 chords diatonic to it (V major counts in minor), and the share of chord changes that are a
-major triad resolving down a fifth to its tonic (V-I, V-i), up to `MAX_CADENCE_SHARE`: a
+major triad resolving down a fifth to its tonic (V-I, V-i), each counted by how long its
+arrival is held against the median chord (up to `MAX_ARRIVAL_WEIGHT`: a phrase's cadence lands
+on a held chord, a V/vi-vi on the way does not; measured in `key`), up to `MAX_CADENCE_SHARE`: a
 two-chord vamp alternates them in every other change, and C-F-C-F is I-IV in C as often as
 V-I in F (uncapped, four synthesized I-IV vamps of four came out in the key of their IV;
 capped, two of four with drums still do; the corpus scored the same either way). Monophonic
@@ -40,6 +42,7 @@ MIN_SEGMENT_SECONDS = 0.3  # beats faster than this are taken in pairs
 CHANGE_PENALTY = 0.15  # a chord change costs this much of a segment's match (smoothing)
 BASS_ROOT_WEIGHT = 0.3  # the bass register's share on a chord's root adds this to its match
 MAX_CADENCE_SHARE = 0.25  # a V-I in one change of four says it all (a I-IV vamp: V-I-V-I?)
+MAX_ARRIVAL_WEIGHT = 2.0  # a resolution counts its arrival's length over the median chord's
 CHORDLESS_MATCH = 0.55
 CHORDAL_MATCH = 0.65
 NO_CHORD = -1
@@ -160,10 +163,14 @@ def evidence(sequence: ChordSequence) -> ChordEvidence | None:
     chords, lengths = sequence.chords[known], sequence.lengths[known]
     weights = lengths * sequence.matches[known]
     diatonic = DIATONIC[:, chords] @ weights / max(float(weights.sum()), 1e-12)
-    runs = chords[np.r_[True, np.diff(chords) != 0]]  # repeated chords merged
+    changes = np.flatnonzero(np.r_[True, np.diff(chords) != 0])
+    runs = chords[changes]  # repeated chords merged
+    held = np.add.reduceat(lengths, changes)  # each run's length
     previous, following = runs[:-1], runs[1:]
     resolving = (previous < 12) & (following % 12 == (previous + 5) % 12)  # major, down a fifth
-    share = np.bincount(following[resolving], minlength=24) / max(runs.size - 1, 1)
+    arrival = np.minimum(held[1:] / float(np.median(held)), MAX_ARRIVAL_WEIGHT)
+    share = (np.bincount(following[resolving], weights=arrival[resolving], minlength=24)
+             / max(runs.size - 1, 1))  # fmt: skip
     cadences = np.minimum(share, MAX_CADENCE_SHARE)
     mean_match = float(np.average(sequence.matches[known], weights=lengths))
     chordness = (mean_match - CHORDLESS_MATCH) / (CHORDAL_MATCH - CHORDLESS_MATCH)

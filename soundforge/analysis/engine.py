@@ -25,7 +25,13 @@ import numpy.typing as npt
 from soundforge import audio_io
 from soundforge.analysis import chords, notes, spectral
 from soundforge.analysis.frontend import HOP_LENGTH, N_FFT, FrameChunk, StftFrontend, real_fft
-from soundforge.analysis.key import KeyEstimate, estimate_key, key_profile_input, opening_span
+from soundforge.analysis.key import (
+    KeyEstimate,
+    estimate_key,
+    key_profile_input,
+    opening_bass,
+    opening_span,
+)
 from soundforge.analysis.report import AnalysisReport
 from soundforge.analysis.rhythm import (
     BACKBEAT_BANDS,
@@ -266,7 +272,7 @@ def _key(note_chroma: notes.NoteChroma, mean_chroma: list[float], spectral_chrom
     first = note_chroma.chroma[span]
     estimate = estimate_key(mean_chroma, opening_chroma=first.sum(axis=0) if first.size else None,
                             bass_chroma=note_chroma.bass_chroma.sum(axis=0),
-                            opening_bass=note_chroma.bass_chroma[span].sum(axis=0),
+                            opening_bass=opening_bass(note_chroma.bass_chroma[span]),
                             chords=chord_evidence())  # fmt: skip
     if estimate is None:
         warnings.append("no pitched content (flat chroma): no key")
