@@ -11,10 +11,12 @@ subprocess on the same synthesized stereo files and the same locally built (untr
                           (one command: a one-minute CPU smoke of the GPU set's code paths)
     python -m bench.separation memory [--durations 60 600] [--precision bf16] [--with-cli]
 
-`speed` on the CPU prints wall time, CPU time (user + system) and peak RSS of the CLI and of ours
-per song length, precision and batch size, the runs interleaved round by round (the CLI, then each
-of ours) so a machine shared with other work slows both alike, and the CLI/ours ratios per round
-and their median (> 1: ours is faster / smaller). `speed --device cuda` (or `throughput` on any
+`speed` on the CPU prints wall time, CPU time (user + system) and peak RSS of the CLI, of demucs'
+`apply_model` called in a Python process of its own (`bench/apply_model_process.py`: no CLI
+layer) and of ours per song length, precision and batch size, the runs interleaved round by round
+(the CLI, apply_model, then each of ours) so a machine shared with other work slows all alike,
+and the CLI/ours and apply_model/ours ratios per round and their median (> 1: ours is faster /
+smaller). `speed --device cuda` (or `throughput` on any
 device, a smoke test on the CPU) runs one long song and then a batch of songs in one process each
 (the CLI takes several files, so does `soundforge separate`) and prints wall time, audio seconds
 per second and peak GPU memory side by side; for the batch of songs, ours both with the songs'
@@ -104,6 +106,14 @@ def demucs_cli(repo: Path, songs: Sequence[Path], out: Path, shifts: int, overla
             *map(str, songs)]
 
 
+def in_process(repo: Path, songs: Sequence[Path], out: Path, shifts: int,
+               overlap: float) -> list[str]:
+    """demucs' `apply_model` in a Python process of its own (`bench/apply_model_process.py`)."""
+    return [sys.executable, "-m", "bench.apply_model_process", "--repo", str(repo), "--name",
+            MODEL, "--shifts", str(shifts), "--overlap", str(overlap), "--out", str(out),
+            *map(str, songs)]
+
+
 def ours(repo: Path, songs: Sequence[Path], out: Path, shifts: int, overlap: float,
          precision: str, threads: int, batch: int = 0, device: str = "cpu",
          songs_together: int = 0) -> list[str]:
@@ -162,12 +172,16 @@ def speed(args: argparse.Namespace, work: Path) -> None:
     for seconds in args.seconds:
         song = song_path(work, seconds)
         rows: list[Measurement] = []
-        ratios: dict[str, list[tuple[float, float, float]]] = {}
+        ratios: dict[str, list[tuple[float, float, float, float]]] = {}
         for round_ in range(1, args.rounds + 1):
             cli = measure(f"demucs CLI (fp32) #{round_}",
                           demucs_cli(repo, [song], work / "cli", args.shifts, args.overlap),
                           work / "cli.log")  # fmt: skip
             rows.append(cli)
+            baseline = measure(f"demucs apply_model in-process (fp32) #{round_}",
+                               in_process(repo, [song], work / "apply", args.shifts,
+                                          args.overlap), work / "apply.log")  # fmt: skip
+            rows.append(baseline)
             for precision, batch in configs:
                 name = f"soundforge ({precision}, batch {batch or 'auto'})"
                 row = measure(f"{name} #{round_}", ours(
@@ -176,14 +190,17 @@ def speed(args: argparse.Namespace, work: Path) -> None:
                 rows.append(row)
                 ratios.setdefault(name, []).append((cli.wall_s / row.wall_s,
                                                     cli.cpu_s / row.cpu_s,
-                                                    cli.peak_rss_mb / row.peak_rss_mb))
+                                                    cli.peak_rss_mb / row.peak_rss_mb,
+                                                    baseline.wall_s / row.wall_s))
         print(f"\n{seconds:g} s stereo")
         print_table(rows)
         for name, values in ratios.items():
-            wall, cpu, rss = (statistics.median(column) for column in zip(*values, strict=True))
+            wall, cpu, rss, apply = (statistics.median(column)
+                                     for column in zip(*values, strict=True))  # fmt: skip
             by_round = ", ".join(f"{value[0]:.2f}" for value in values)
             print(f"{name}: {wall:.2f}x faster (wall; rounds {by_round}), {cpu:.2f}x less CPU, "
-                  f"{rss:.2f}x less peak RSS than the CLI (medians)")
+                  f"{rss:.2f}x less peak RSS than the CLI; {apply:.2f}x the wall of apply_model "
+                  "in-process (medians)")
 
 
 def device_speed(args: argparse.Namespace, work: Path) -> None:
