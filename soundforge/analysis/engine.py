@@ -38,7 +38,6 @@ from soundforge.analysis.rhythm import (
     SNARE_BANDS,
     BeatResult,
     align_onsets,
-    harmonic_novelty,
     percussiveness,
     rectified_rise,
     track_beats,
@@ -229,7 +228,7 @@ def _track(mel: MelSummary, chroma: FloatArray, duration: float,
         )
         return None
     return track_beats(mel.onset_envelope, mel.power_flux, ANALYSIS_SAMPLE_RATE, HOP_LENGTH,
-                       percussiveness(mel.broadband), harmonic_novelty(chroma),
+                       percussiveness(mel.broadband), chroma,
                        mel.low_onsets, mel.snare_onsets)  # fmt: skip
 
 
