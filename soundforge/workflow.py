@@ -54,11 +54,30 @@ class PipelineOptions:
 
 @dataclass(frozen=True)
 class StartedStage:
-    """A row a task has taken, and the stored path of its track's downloaded audio when the
-    start statement read it (None: not known yet)."""
+    """A row a task has taken, and what its start statement read with it (None: not known
+    yet): the stored path of its track's downloaded audio (separation, analysis), or its
+    track and the source to fetch (a download)."""
 
     job: Job
     audio_path: str | None = None
+    track: Track | None = None
+    fetch_source: str | None = None
+
+
+_TRACK_COLUMNS = ("title", "artist", "album", "album_art_url", "duration", "spotify_id",
+                  "spotify_url", "inserted_at", "updated_at")  # fmt: skip
+
+
+def _started(stage: Stage, row: dict[str, Any]) -> StartedStage:
+    """The StartedStage of a start statement's row (`start_job`, `start_download_job`)."""
+    job = JOB_MODELS[stage].from_row(row)
+    if stage is not Stage.DOWNLOAD:
+        return StartedStage(job, row["audio_path"])
+    track = None
+    if row["track_found"]:
+        track = Track(id=job.track_id,
+                      **{name: row[f"track_{name}"] for name in _TRACK_COLUMNS})  # fmt: skip
+    return StartedStage(job, track=track, fetch_source=row["fetch_source"])
 
 
 @dataclass(frozen=True)
@@ -174,11 +193,14 @@ def _log_queued_download(track_id: uuid.UUID, job: Job) -> None:
              extra={"track_id": str(track_id), "job_id": str(job.id)})  # fmt: skip
 
 
-def download_metadata(conn: Connection, track: Track, job: DownloadJob) -> TrackMetadata:
-    """Rebuild what the sources engine needs to fetch a track's audio from its rows."""
+def download_metadata(conn: Connection, started: StartedStage) -> TrackMetadata:
+    """Rebuild what the sources engine needs to fetch a track's audio from its rows (those the
+    start statement read, else read now)."""
     from soundforge.sources import TrackMetadata
 
-    origin = fetch_source(conn, job)
+    job = started.job
+    track = started.track or music.require_track(conn, job.track_id)
+    origin = started.fetch_source if started.track is not None else fetch_source(conn, job)
     if origin is None:
         previous = conn.execute(
             query("newest_download_source"), {"track_id": track.id}
@@ -229,13 +251,15 @@ def begin_stage(
         ).fetchone()
         job_id = earlier["id"] if earlier is not None else None
     if job_id is not None:
+        start = (query("start_download_job") if stage is Stage.DOWNLOAD
+                 else query("start_job", table=stage.table))  # fmt: skip
         row = conn.execute(
-            query("start_job", table=stage.table),
+            start,
             {"id": job_id, "status": stage.active_status,
              "procrastinate_job_id": procrastinate_job_id, "attempts": attempt},
         ).fetchone()  # fmt: skip
         if row is not None:  # the common path: one statement
-            return StartedStage(JOB_MODELS[stage].from_row(row), row["audio_path"])
+            return _started(stage, row)
     with conn.transaction():
         music.require_track(conn, track_id)
         conn.execute(query("lock_track"), {"track_id": track_id})

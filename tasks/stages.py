@@ -9,7 +9,7 @@ from typing import Any
 
 from procrastinate import JobContext
 
-from soundforge import music, workflow
+from soundforge import workflow
 from soundforge.engine_process import EngineCall
 from soundforge.engines import AnalysisOutcome
 from soundforge.models import IMPORT_TASK, DownloadJob, Job, Stage
@@ -70,7 +70,7 @@ def download(
     def prepare(runtime: Runtime, conn: Connection, started: workflow.StartedStage) -> EngineCall:
         job = started.job
         assert isinstance(job, DownloadJob)
-        metadata = workflow.download_metadata(conn, music.require_track(conn, job.track_id), job)
+        metadata = workflow.download_metadata(conn, started)
         return EngineCall("fetch", (metadata, runtime.storage, job.track_id))
 
     def finish(runtime: Runtime, conn: Connection, job: Job, call: EngineCall,

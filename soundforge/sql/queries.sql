@@ -311,6 +311,28 @@ WITH job AS (
 )
 SELECT job.*, soundforge_track_audio_v1(job.track_id) AS audio_path FROM job;
 
+-- name: start_download_job
+-- start_job for a download, returning with the row what its fetch needs: the track's columns
+-- (prefixed `track_`) and the source to fetch (`fetch_source`: the credential-bearing form from
+-- download_credentials when masking changed it, else the row's own), so a download starts in
+-- one round trip. Returns nothing when the row is finished or elsewhere.
+WITH job AS (
+    UPDATE download_jobs
+    SET status = %(status)s, procrastinate_job_id = %(procrastinate_job_id)s,
+        attempts = greatest(attempts, %(attempts)s)
+    WHERE id = %(id)s AND status IN ('queued', %(status)s)
+    RETURNING *
+)
+SELECT job.*, coalesce(credential.source, job.source) AS fetch_source,
+       track.id IS NOT NULL AS track_found, track.title AS track_title, track.artist AS track_artist,
+       track.album AS track_album, track.album_art_url AS track_album_art_url,
+       track.duration AS track_duration, track.spotify_id AS track_spotify_id,
+       track.spotify_url AS track_spotify_url, track.inserted_at AS track_inserted_at,
+       track.updated_at AS track_updated_at
+FROM job
+LEFT JOIN tracks track ON track.id = job.track_id
+LEFT JOIN download_credentials credential ON credential.download_job_id = job.id;
+
 -- name: set_job_queue_info
 -- Record which Procrastinate job drives a row and how many attempts it has made.
 UPDATE {table} SET procrastinate_job_id = %(procrastinate_job_id)s, attempts = %(attempts)s
@@ -328,10 +350,10 @@ RETURNING *;
 -- name: complete_download_and_fan_out
 -- A download finished: record the stored file, complete the row, learn the track's duration
 -- when the source did not say, and create and enqueue the follow-ups, in one statement (see
--- soundforge_complete_download_v1), recording the file's SHA-256 (v2). No rows: the row
--- changed since it was read.
+-- soundforge_complete_download_v1), recording the file's SHA-256 in the same row change (v3).
+-- No rows: the row changed since it was read.
 SELECT stage, created_id
-FROM soundforge_complete_download_v2(%(id)s, %(lock_version)s, %(output_path)s,
+FROM soundforge_complete_download_v3(%(id)s, %(lock_version)s, %(output_path)s,
                                      %(file_size)s, %(duration)s, %(follow_ups)s, %(sha256)s);
 
 -- name: complete_processing_job
