@@ -9,7 +9,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from soundforge.analysis.rhythm import track_beats
+from soundforge.analysis.rhythm import (
+    HARMONIC_MIN_BEATS,
+    harmonic_novelty,
+    harmonic_tempo,
+    track_beats,
+)
 
 SR = 22050
 HOP = 512
@@ -54,3 +59,16 @@ def test_a_slow_chorale_with_passing_eighths_is_not_read_at_twice_its_tempo(
 @pytest.mark.parametrize("tempo", [58.0, 70.0, 90.0])
 def test_a_chorale_at_its_tempo_keeps_it(tempo: float) -> None:
     assert _tempo(tempo, 0) == pytest.approx(tempo, rel=0.04)
+
+
+def test_a_clip_too_short_for_enough_slower_beats_keeps_its_first_reading() -> None:
+    # 20 s of the 46 BPM chorale read at 92 is halved; 10 s hold 7 of its slow beats, too few
+    # to overrule the reading (short hymn excerpts at 81-103 BPM were halved to 40-51)
+    chroma = chorale_chroma(46.0, 20.0, 0)
+    novelty = harmonic_novelty(chroma)
+    long_bpm, _ = harmonic_tempo(novelty, chroma, 92.0, SR, HOP)
+    assert long_bpm == pytest.approx(46.0)
+    short = chroma[: int(10.0 * SR / HOP)]
+    short_bpm, beats = harmonic_tempo(harmonic_novelty(short), short, 92.0, SR, HOP)
+    assert short_bpm == pytest.approx(92.0) and beats.size >= 10
+    assert HARMONIC_MIN_BEATS > 7
