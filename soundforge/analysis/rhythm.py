@@ -365,26 +365,25 @@ def tempo_from_intervals(beat_frames: IntArray, sample_rate: int,
     return 60.0 / float(regular.mean()) if regular.size and median > 0 else None
 
 
+def cumulative_chroma(chroma: FloatArray) -> npt.NDArray[np.float64]:
+    """The chroma's running sum per frame, with a leading zero row (window sums by difference)."""
+    cumulative: npt.NDArray[np.float64] = np.concatenate(
+        (np.zeros((1, chroma.shape[1])), np.cumsum(chroma, axis=0, dtype=np.float64)))
+    return cumulative
+
+
 def harmonic_novelty(chroma: FloatArray, half: int = NOVELTY_HALF_FRAMES) -> FloatArray:
     """Per frame, 1 - cosine similarity of the summed chroma of the `half` frames before and
     the `half` frames from it on (0 within a chord, up to 1 where it changes)."""
-    count = chroma.shape[0]
-    cumulative = np.concatenate((np.zeros((1, chroma.shape[1])),
-                                 np.cumsum(chroma, axis=0, dtype=np.float64)))  # fmt: skip
-    frames = np.arange(count)
-    before = cumulative[frames] - cumulative[np.maximum(frames - half, 0)]
-    after = cumulative[np.minimum(frames + half, count)] - cumulative[frames]
-    norms = np.linalg.norm(before, axis=1) * np.linalg.norm(after, axis=1)
-    similarity = np.divide((before * after).sum(axis=1), norms, out=np.ones(count),
-                           where=norms > 0)  # fmt: skip
-    novelty: FloatArray = (1.0 - similarity).astype(np.float32)
+    change = _chord_change(cumulative_chroma(chroma), np.arange(chroma.shape[0]), half)
+    novelty: FloatArray = change.astype(np.float32)
     return novelty
 
 
 def _chord_change(cumulative: npt.NDArray[np.float64], frames: IntArray,
                   half: int) -> npt.NDArray[np.float64]:  # fmt: skip
-    """`harmonic_novelty` at `frames` only, from the chroma's cumulative sum (a leading zero row)
-    and a half-window of `half` frames."""
+    """`harmonic_novelty` at `frames`, from `cumulative_chroma` and a half-window of `half`
+    frames."""
     count = cumulative.shape[0] - 1
     at = np.clip(frames, 0, count)
     before = cumulative[at] - cumulative[np.maximum(at - half, 0)]
@@ -419,12 +418,11 @@ def harmonic_tempo(envelope: FloatArray, chroma: FloatArray, bpm: float, sample_
     beats = track_beats_at(envelope, bpm, sample_rate, hop_length)
     if bpm / 2.0 < PRIOR_MIN_BPM:
         return bpm, beats
-    cumulative = np.concatenate((np.zeros((1, chroma.shape[1])),
-                                 np.cumsum(chroma, axis=0, dtype=np.float64)))  # fmt: skip
-    contrast, _ = chord_contrast(cumulative, beats)
     slower = track_beats_at(envelope, bpm / 2.0, sample_rate, hop_length)
     if slower.size < HARMONIC_MIN_BEATS:
         return bpm, beats
+    cumulative = cumulative_chroma(chroma)
+    contrast, _ = chord_contrast(cumulative, beats)
     slower_contrast, balance = chord_contrast(cumulative, slower)
     if balance >= HARMONIC_BALANCE and slower_contrast >= contrast + HARMONIC_MARGIN:
         return bpm / 2.0, slower
