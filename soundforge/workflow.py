@@ -64,19 +64,15 @@ class StartedStage:
     fetch_source: str | None = None
 
 
-_TRACK_COLUMNS = ("title", "artist", "album", "album_art_url", "duration", "spotify_id",
-                  "spotify_url", "inserted_at", "updated_at")  # fmt: skip
-
-
 def _started(stage: Stage, row: dict[str, Any]) -> StartedStage:
     """The StartedStage of a start statement's row (`start_job`, `start_download_job`)."""
     job = JOB_MODELS[stage].from_row(row)
     if stage is not Stage.DOWNLOAD:
         return StartedStage(job, row["audio_path"])
     track = None
-    if row["track_found"]:
-        track = Track(id=job.track_id,
-                      **{name: row[f"track_{name}"] for name in _TRACK_COLUMNS})  # fmt: skip
+    if row["track_found"]:  # its columns come prefixed `track_` (the job's `track_id`: its id)
+        track = Track.from_row({name.removeprefix("track_"): value for name, value in row.items()
+                                if name.startswith("track_")})  # fmt: skip
     return StartedStage(job, track=track, fetch_source=row["fetch_source"])
 
 
