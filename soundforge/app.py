@@ -17,15 +17,22 @@ import psycopg_pool
 from procrastinate import App, Blueprint, PsycopgConnector
 from procrastinate.connector import BaseConnector
 
+from soundforge.pool_checks import check_async_connection
 from soundforge.redact import install_log_redaction
 from soundforge.settings import Settings, load_settings
+
+
+def _queue_pool(**arguments: Any) -> psycopg_pool.AsyncConnectionPool:
+    """The queue's pool, checking a connection before lending it only when the server has
+    spoken to it (`pool_checks`): Procrastinate's own check costs two round trips a job."""
+    return psycopg_pool.AsyncConnectionPool(**{**arguments, "check": check_async_connection})
 
 
 class _SettingsConnector(PsycopgConnector):
     """A `PsycopgConnector` whose connection arguments come from `resolve()` on first use."""
 
     def __init__(self, resolve: Callable[[], dict[str, Any]]) -> None:
-        super().__init__()
+        super().__init__(pool_factory=_queue_pool)
         self._resolve = resolve
         self._resolved = False
 

@@ -13,6 +13,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from soundforge.errors import ConfigError, DatabaseUnavailableError
+from soundforge.pool_checks import check_connection
 from soundforge.redact import mask_database_text, mask_url
 
 APPLICATION_NAME = "soundforge"
@@ -96,6 +97,7 @@ def create_pool(
         min_size=min_size,
         max_size=max_size,
         kwargs={"row_factory": dict_row, "application_name": application_name, "autocommit": True},
+        check=check_connection,
         open=False,
     )
     try:
