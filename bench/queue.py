@@ -132,6 +132,22 @@ def _process_cpu_s(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+@dataclasses.dataclass(frozen=True)
+class CpuSplit:
+    """CPU seconds of a timed window, by where they were spent."""
+
+    worker: float  # this process: the worker's threads and the defers
+    engines: float  # the engine children
+    database: float  # the bench database's backends
+
+    @property
+    def total(self) -> float:
+        return self.worker + self.engines + self.database
+
+    def per_job_ms(self, jobs: int) -> CpuSplit:
+        return CpuSplit(*(1000 * value / jobs for value in dataclasses.astuple(self)))
+
+
 class CpuMeter:
     """CPU seconds a timed window cost: this process (the worker and the defers), its engine
     children (alive, or ended and reaped meanwhile) and the bench database's backends. Unlike
@@ -139,6 +155,8 @@ class CpuMeter:
 
     def __init__(self, conn: psycopg.Connection[Any], children: Callable[[], list[int]]):
         self.conn, self.children = conn, children
+        times = os.times()
+        self.reaped_start = times.children_user + times.children_system
         self.start = self._sample()
 
     def _sample(self) -> tuple[float, dict[int, float], dict[int, float]]:
@@ -152,13 +170,18 @@ class CpuMeter:
     def _cpu(pids: list[int]) -> dict[int, float]:
         return {pid: cpu for pid in pids if (cpu := _process_cpu_s(pid)) is not None}
 
-    def seconds(self) -> float:
+    def seconds(self) -> CpuSplit:
         (own_start, children_start, backends_start), (own, children, backends) = (
             self.start, self._sample())  # fmt: skip
-        total = own - own_start  # reaped children's whole lives are in it
-        total += sum(cpu - children_start.get(pid, 0.0) for pid, cpu in children.items())
-        total -= sum(cpu for pid, cpu in children_start.items() if pid not in children)
-        return total + sum(cpu - backends_start.get(pid, 0.0) for pid, cpu in backends.items())
+        reaped = os.times()  # reaped children's whole lives are in `own`: moved to theirs
+        engines = sum(cpu - children_start.get(pid, 0.0) for pid, cpu in children.items())
+        engines -= sum(cpu for pid, cpu in children_start.items() if pid not in children)
+        engines_reaped = reaped.children_user + reaped.children_system - self.reaped_start
+        return CpuSplit(
+            worker=own - own_start - engines_reaped,
+            engines=engines + engines_reaped,
+            database=sum(cpu - backends_start.get(pid, 0.0) for pid, cpu in backends.items()),
+        )  # fmt: skip
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -183,7 +206,7 @@ def bare_app(database_url: str) -> App:
 
 def bench_bare(
     database_url: str, jobs: int, concurrency: int, samples: int
-) -> tuple[float, list[float], float]:
+) -> tuple[float, list[float], CpuSplit]:
     started_at.clear()  # keys repeat from round to round
     app = bare_app(database_url)
     with connect(database_url, autocommit=True) as conn, worker_running(app, concurrency):
@@ -205,7 +228,7 @@ def bench_bare(
             latencies.append(started_at[key] - deferred)
             time.sleep(0.02)
         conn.execute("DELETE FROM procrastinate_events; DELETE FROM procrastinate_jobs")
-    return jobs / elapsed, latencies, 1000 * cpu_s / jobs
+    return jobs / elapsed, latencies, cpu_s.per_job_ms(jobs)
 
 
 # -- SoundForge stage tasks with no-op engines ------------------------------------------------
@@ -284,7 +307,7 @@ def started_in_child(key: str, starts: Path) -> Callable[[], bool]:
 
 
 def bench_soundforge(database_url: str, jobs: int, concurrency: int, samples: int,
-                     *, in_process: bool) -> tuple[float, list[float], float]:  # fmt: skip
+                     *, in_process: bool) -> tuple[float, list[float], CpuSplit]:  # fmt: skip
     with TemporaryDirectory() as store:
         settings = load_settings(database_url=database_url, storage_path=Path(store))
         storage = Storage(store)
@@ -336,7 +359,7 @@ def bench_soundforge(database_url: str, jobs: int, concurrency: int, samples: in
             conn.execute("DELETE FROM procrastinate_events; DELETE FROM procrastinate_jobs")
         runtime.close()
         set_runtime(None)
-    return tracks * 3 / elapsed, latencies, 1000 * cpu_s / (tracks * 3)
+    return tracks * 3 / elapsed, latencies, cpu_s.per_job_ms(tracks * 3)
 
 
 SIDES = ("bare", "child", "in-process")
@@ -344,7 +367,7 @@ SIDES = ("bare", "child", "in-process")
 
 def run_side(
     side: str, database_url: str, args: argparse.Namespace
-) -> tuple[float, list[float], float]:
+) -> tuple[float, list[float], CpuSplit]:
     if side == "bare":
         return bench_bare(database_url, args.jobs, args.concurrency, args.latency_samples)
     return bench_soundforge(database_url, args.jobs, args.concurrency, args.latency_samples,
@@ -363,7 +386,7 @@ def main() -> None:
     sides = tuple(side for side in SIDES if side in args.sides.split(","))
     rates: dict[str, list[float]] = {side: [] for side in sides}
     latencies: dict[str, list[float]] = {side: [] for side in sides}
-    cpu_ms: dict[str, list[float]] = {side: [] for side in sides}
+    cpu_ms: dict[str, list[CpuSplit]] = {side: [] for side in sides}
     for round_index in range(args.rounds):  # every side in every round: drift hits them all
         turn = round_index % len(sides)
         order = sides[turn:] + sides[:turn]
@@ -393,12 +416,16 @@ def main() -> None:
         print(f"ratio {label}: median {statistics.median(ratios):6.2f}   "
               f"({', '.join(f'{ratio:.2f}' for ratio in ratios)}; {goal})")  # fmt: skip
     for side in sides:
-        values = cpu_ms[side]
-        print(f"CPU per job {side:10}: median {statistics.median(values):5.2f} ms  "
-              f"({', '.join(f'{value:.2f}' for value in values)}; this process, engine "
-              "children, database backends)")  # fmt: skip
+        splits = cpu_ms[side]
+        parts = {name: statistics.median(getattr(split, name) for split in splits)
+                 for name in ("worker", "engines", "database")}  # fmt: skip
+        print(f"CPU per job {side:10}: median {statistics.median(s.total for s in splits):5.2f} ms"
+              f"  ({', '.join(f'{split.total:.2f}' for split in splits)}); medians: worker "
+              f"process {parts['worker']:.2f}, engine children {parts['engines']:.2f}, "
+              f"database backends {parts['database']:.2f}")  # fmt: skip
     if "child" in sides and "in-process" in sides:
-        ratios = [a / b for a, b in zip(cpu_ms["in-process"], cpu_ms["child"], strict=True)]
+        ratios = [a.total / b.total
+                  for a, b in zip(cpu_ms["in-process"], cpu_ms["child"], strict=True)]
         print(f"CPU ratio in-process / child: median {statistics.median(ratios):5.2f}   "
               f"({', '.join(f'{ratio:.2f}' for ratio in ratios)}; the jobs/s ratio on a "
               "saturated machine)")  # fmt: skip
