@@ -17,7 +17,8 @@ Sources (never Bach: the held-out set is built from Bach chorales):
   drums;
 - a fourth set: modulating hymns (`bench/hymns.py`'s `write_modulating_hymn`: a middle phrase
   or two cadence in the dominant, the relative major or the minor dominant, the last returns
-  home), without drums; half end inside the clip on their final cadence, half go on past it.
+  home), without drums; a third end inside the clip on their final cadence, a third go on past
+  it, a third are excerpts ending at rest after the phrase in the other key.
 
 Every clip belongs to the tuning part or the held-back validation part, by a hash of its file
 name (each clip is a different piece): tune on the first, report both (`split_of`).
@@ -93,8 +94,9 @@ CHROMATIC_SEED = 4242
 CHROMATIC_HYMNS = 60
 APPLIED_CHANCE = 0.25
 # The fourth set: hymns that modulate for a phrase or two and come back home
-# (`bench/hymns.py`'s `write_modulating_hymn`), as the held-out chorales do; half of them end
-# inside the clip on their final cadence, half go on past its end.
+# (`bench/hymns.py`'s `write_modulating_hymn`), as the held-out chorales do; a third end inside
+# the clip on their final cadence, a third go on past its end, a third are excerpts of their
+# first two phrases, ending at rest in the other key (`_modulating_hymns`).
 MODULATING_VERSION = 1
 MODULATING_SEED = 5151
 MODULATING_HYMNS = 48
@@ -408,9 +410,11 @@ def _hymns(rng: random.Random, seconds: float, count: int, source: str,
 
 def _modulating_hymns(rng: random.Random, seconds: float, count: int) -> Iterator[tuple[
         str, str, float, list[NoteEvent], list[float], int]]:  # fmt: skip
-    """`count` modulating hymns, major and minor in turn, one in five in 3/4; of each four, two
-    end inside the clip (3 or 4 phrases, the tempo at least what fits them, up to 110 BPM), two
-    go on past it (50-110 BPM, a phrase more than the clip holds)."""
+    """`count` modulating hymns, major and minor in turn, one in five in 3/4, of three kinds in
+    turn: the whole hymn inside the clip (3 or 4 phrases, the tempo at least what fits them, up
+    to 110 BPM), ending on its final cadence at home; a hymn going on past the clip's end
+    (50-110 BPM, a phrase more than the clip holds); an excerpt of its first two phrases, ending
+    at rest on the cadence in the other key (as an excerpt cut at a phrase's end does)."""
     from bench.hymns import write_modulating_hymn
 
     for index in range(count):
@@ -418,7 +422,8 @@ def _modulating_hymns(rng: random.Random, seconds: float, count: int) -> Iterato
         tonic = rng.randrange(12)
         per_bar = 3 if rng.random() < 0.2 else 4
         phrase_beats = 2 * per_bar
-        if index % 4 < 2:
+        kind = index % 3
+        if kind == 0:
             phrases = rng.choice((3, 4))
             slowest = max(50, -(-60 * phrases * phrase_beats // int(seconds)))
             tempo = float(rng.randrange(slowest, 111))
@@ -427,6 +432,8 @@ def _modulating_hymns(rng: random.Random, seconds: float, count: int) -> Iterato
             phrases = int(seconds * tempo / 60.0) // phrase_beats + 1
         notes = write_modulating_hymn(rng, tonic, mode, phrases, per_bar,
                                       MODULATING_APPLIED_CHANCE)  # fmt: skip
+        if kind == 2:
+            notes = [note for note in notes if note.beat < 2 * phrase_beats]
         beats = [beat * 60.0 / tempo for beat in range(int(seconds * tempo / 60.0) + 2)]
         yield ("modulating hymn", _key_name(tonic, mode), tempo, _timed(rng, notes, tempo), beats,
                per_bar)  # fmt: skip

@@ -63,14 +63,12 @@ class ChordSequence:
 @dataclass(frozen=True)
 class ChordEvidence:
     """Per key (the 24 of `key`, C..B major then minor): the share of the time in chords
-    diatonic to it, the share of chord changes that resolve a dominant to its tonic, and 1
-    where its tonic is the root of the last chord (either mode: a minor piece may end on a
-    major tonic chord); and how chordal the music is (0..1)."""
+    diatonic to it and the share of chord changes that resolve a dominant to its tonic; and
+    how chordal the music is (0..1)."""
 
     diatonic: Float64Array
     cadences: Float64Array
     chordness: float
-    last_root: Float64Array
 
 
 def _triads() -> Float64Array:
@@ -176,5 +174,4 @@ def evidence(sequence: ChordSequence) -> ChordEvidence | None:
     cadences = np.minimum(share, MAX_CADENCE_SHARE)
     mean_match = float(np.average(sequence.matches[known], weights=lengths))
     chordness = (mean_match - CHORDLESS_MATCH) / (CHORDAL_MATCH - CHORDLESS_MATCH)
-    last_root = np.tile(np.arange(12) == chords[-1] % 12, 2).astype(np.float64)
-    return ChordEvidence(diatonic, cadences, min(max(chordness, 0.0), 1.0), last_root)
+    return ChordEvidence(diatonic, cadences, min(max(chordness, 0.0), 1.0))

@@ -27,7 +27,6 @@ from soundforge.analysis import chords, notes, spectral
 from soundforge.analysis.frontend import HOP_LENGTH, N_FFT, FrameChunk, StftFrontend, real_fft
 from soundforge.analysis.key import (
     KeyEstimate,
-    ends_at_rest,
     estimate_key,
     key_profile_input,
     opening_bass,
@@ -273,8 +272,7 @@ def _key(note_chroma: notes.NoteChroma, mean_chroma: list[float], spectral_chrom
     estimate = estimate_key(mean_chroma, opening_chroma=first.sum(axis=0) if first.size else None,
                             bass_chroma=note_chroma.bass_chroma.sum(axis=0),
                             opening_bass=opening_bass(note_chroma.bass_chroma[span]),
-                            chords=chord_evidence(),
-                            ends_at_rest=ends_at_rest(note_chroma.chroma))  # fmt: skip
+                            chords=chord_evidence())  # fmt: skip
     if estimate is None:
         warnings.append("no pitched content (flat chroma): no key")
     elif estimate.confidence < MIN_KEY_CONFIDENCE:

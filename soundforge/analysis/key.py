@@ -114,32 +114,6 @@ second, as before.) Decays 0.3-0.5 scored alike; 0 (the first block alone) lost 
 drum groove. The synthesized grid stays 1.000. Counting a secondary dominant
 as belonging to the key of the chord it resolves to raised the chromatic hymns further (0.95)
 but lowered the cut grooves (0.70-0.82: in a I-IV vamp every I is a V/IV), so it was left out.
-
-A chorale modulates: a middle phrase turns on a pivot chord to the dominant (or the relative
-major, or the minor dominant) and cadences there, and the last phrase comes home. Heard from
-inside the modulation, the other key has more of the notes and the cadences. A piece's last
-chord is its tonic, though, and when the music stops before the clip does (`ends_at_rest`: the
-last block under `SOUNDING` of the median's), `FINAL_WEIGHT` times the chordness is added for
-the keys whose tonic is the last chord's root, in either mode (a minor chorale may end on a
-major tonic chord). Measured 2026-12-02 on a fourth corpus set, 48 modulating hymns
-(`bench/hymns.py` `write_modulating_hymn`; half end inside the clip, half go on past it), MIREX
-tuning / validation, whole clips and first 3 s cut:
-
-                               modulating hymns   no drums (all)   the rest, drums, grid
-    before                     0.975 / 0.957      0.948 / 0.940    unchanged
-    + last chord at rest       1.000 / 0.957      0.954 / 0.949
-    first 3 s cut, before      0.875 / 0.807      0.855 / 0.869    unchanged
-    first 3 s cut, now         0.950 / 0.854      0.873 / 0.881
-
-(librosa: 0.750 / 0.839 whole, 0.700 / 0.796 cut.) Weights 0.4-0.8 scored alike (0.3: two cut
-clips fewer). Tried and dropped: the last bass note instead of the last chord's root (two
-tuning clips lost: the bass register misread on a held final chord); a minor last chord for
-the minor key alone (a validation folk song lost: F major ending on a chord read as F minor);
-the last chord only when held twice the median chord (a phrase's end; no clip changed). Every
-clip faded out over its last 2 s: 30 of 258 then end at rest, and no key changed for the worse
-(a fade-out is not a final cadence, but it seldom reaches the rest level within the last block).
-The misses left are clips cut before a modulation and ending inside it: the opening's first
-chord and its bass are all that says home.
 """
 
 from __future__ import annotations
@@ -210,7 +184,6 @@ OPENING_BASS_DECAY = 0.4  # each block of the opening's bass counts this much of
 DIATONIC_WEIGHT = 1.6  # times the share of the time in chords diatonic to the key
 CADENCE_WEIGHT = 1.2  # times the share of chord changes resolving the key's dominant to its tonic
 CHORD_MARGIN = 0.3  # with chords known, they choose among keys the whole file fits this well
-FINAL_WEIGHT = 0.5  # for the keys whose tonic is the last chord's root, when the music ends
 SOUNDING = 0.1  # a block sounds when its notes carry a tenth of the median block's energy
 
 
@@ -290,15 +263,6 @@ def opening_bass(bass_blocks: npt.NDArray[np.float64]) -> npt.NDArray[np.float64
     return summed
 
 
-def ends_at_rest(chroma: npt.NDArray[np.float64]) -> bool:
-    """Whether the music stops before the clip does (a piece's end, not a cut): its last block
-    carries under `SOUNDING` of the median block's energy."""
-    if chroma.shape[0] < 2:
-        return False
-    energy = chroma.sum(axis=1)
-    return bool(energy[-1] < SOUNDING * float(np.median(energy)))
-
-
 def _tonic_gate(opening_bass: npt.ArrayLike | None) -> npt.NDArray[np.float64]:
     """Per key: 1 where its tonic is the opening's strongest bass pitch class (or nothing is
     known of the bass), `OFF_TONIC_OPENING` elsewhere."""
@@ -312,8 +276,7 @@ def estimate_key(mean_chroma: npt.ArrayLike, profile: str = DEFAULT_PROFILE,
                  opening_chroma: npt.ArrayLike | None = None,
                  bass_chroma: npt.ArrayLike | None = None,
                  opening_bass: npt.ArrayLike | None = None,
-                 chords: ChordEvidence | None = None,
-                 ends_at_rest: bool = False) -> KeyEstimate | None:  # fmt: skip
+                 chords: ChordEvidence | None = None) -> KeyEstimate | None:  # fmt: skip
     """The best key, or None for a flat (toneless or silent) chroma vector: the correlation
     of the whole file's chroma, plus `OPENING_WEIGHT` times that of the opening's and
     `BASS_TONIC_WEIGHT` times the bass register's share on the tonic, when given. Given the
@@ -321,10 +284,8 @@ def estimate_key(mean_chroma: npt.ArrayLike, profile: str = DEFAULT_PROFILE,
     note (a tonic region), `OFF_TONIC_OPENING` times for the others. Given the chords
     (`chords.evidence`), their diatonic share and cadences count too (`DIATONIC_WEIGHT`,
     `CADENCE_WEIGHT`, times their chordness), among the keys within `CHORD_MARGIN` of the best
-    correlation instead of `CANDIDATE_MARGIN`; when the music `ends_at_rest` (a piece's final
-    cadence), `FINAL_WEIGHT` times their chordness for the keys whose tonic is the last
-    chord's root. The confidence is the whole file's correlation with that key, clipped to
-    0..1."""
+    correlation instead of `CANDIDATE_MARGIN`. The confidence is the whole file's correlation
+    with that key, clipped to 0..1."""
     correlations = _correlations(mean_chroma, profile)
     if correlations is None:
         return None
@@ -340,8 +301,6 @@ def estimate_key(mean_chroma: npt.ArrayLike, profile: str = DEFAULT_PROFILE,
     if chords is not None:
         scores += chords.chordness * (DIATONIC_WEIGHT * chords.diatonic
                                       + CADENCE_WEIGHT * chords.cadences)  # fmt: skip
-        if ends_at_rest:
-            scores += chords.chordness * FINAL_WEIGHT * chords.last_root
         margin = CHORD_MARGIN
     scores[correlations < correlations.max() - margin] = -np.inf
     _, names = _key_templates(profile)
