@@ -14,7 +14,11 @@ Sources (never Bach: the held-out set is built from Bach chorales):
   through organ, piano, strings and choir programs without drums, and more grooves with drums
   (also the minor loops i-VI-III-VII and i-VII-VI-VII, up to 175 BPM);
 - a third set: hymns with secondary dominants (`bench/hymns.py`'s `applied_chance`), without
-  drums.
+  drums;
+- a fourth set: modulating hymns (`bench/hymns.py`'s `write_modulating_hymn`: a middle phrase
+  or two cadence in the dominant, the relative major or the minor dominant, the last returns
+  home), without drums; a third end inside the clip on their final cadence, a third go on past
+  it, a third are excerpts ending at rest after the phrase in the other key.
 
 Every clip belongs to the tuning part or the held-back validation part, by a hash of its file
 name (each clip is a different piece): tune on the first, report both (`split_of`).
@@ -89,6 +93,14 @@ CHROMATIC_VERSION = 1
 CHROMATIC_SEED = 4242
 CHROMATIC_HYMNS = 60
 APPLIED_CHANCE = 0.25
+# The fourth set: hymns that modulate for a phrase or two and come back home
+# (`bench/hymns.py`'s `write_modulating_hymn`), as the held-out chorales do; a third end inside
+# the clip on their final cadence, a third go on past its end, a third are excerpts of their
+# first two phrases, ending at rest in the other key (`_modulating_hymns`).
+MODULATING_VERSION = 1
+MODULATING_SEED = 5151
+MODULATING_HYMNS = 48
+MODULATING_APPLIED_CHANCE = 0.15
 EXTRA_GROOVES = 32
 # Hymn ensembles: soprano, alto, tenor, bass programs (organ, piano, strings, choir, as sung
 # and played hymns are).
@@ -358,11 +370,16 @@ def _hymn_events(rng: random.Random, tonic: int, mode: str, tempo: float, second
 
     beat_s = 60.0 / tempo
     beats = int(seconds / beat_s) + 2
-    events = [NoteEvent(note.beat * beat_s, (note.beat + note.beats) * beat_s - 0.03,
-                        note.pitch, note.voice, rng.randrange(78, 96))
-              for note in write_hymn(rng, tonic, mode, beats, beats_per_bar,
-                                     applied_chance)]  # fmt: skip
-    return events, [index * beat_s for index in range(beats + 1)]
+    notes = write_hymn(rng, tonic, mode, beats, beats_per_bar, applied_chance)
+    return _timed(rng, notes, tempo), [index * beat_s for index in range(beats + 1)]
+
+
+def _timed(rng: random.Random, notes: list[Any], tempo: float) -> list[NoteEvent]:
+    """Hymn notes (`bench.hymns.HymnNote`) at `tempo`, each ended 30 ms early (a repeated note
+    is struck again), at a random velocity."""
+    beat_s = 60.0 / tempo
+    return [NoteEvent(note.beat * beat_s, (note.beat + note.beats) * beat_s - 0.03, note.pitch,
+                      note.voice, rng.randrange(78, 96)) for note in notes]  # fmt: skip
 
 
 def _extra_clips(rng: random.Random, seconds: float) -> Iterator[tuple[
@@ -389,6 +406,37 @@ def _hymns(rng: random.Random, seconds: float, count: int, source: str,
         per_bar = 3 if rng.random() < 0.2 else 4
         events, beats = _hymn_events(rng, tonic, mode, tempo, seconds, per_bar, applied_chance)
         yield source, _key_name(tonic, mode), tempo, events, beats, per_bar
+
+
+def _modulating_hymns(rng: random.Random, seconds: float, count: int) -> Iterator[tuple[
+        str, str, float, list[NoteEvent], list[float], int]]:  # fmt: skip
+    """`count` modulating hymns, major and minor in turn, one in five in 3/4, of three kinds in
+    turn: the whole hymn inside the clip (3 or 4 phrases, the tempo at least what fits them, up
+    to 110 BPM), ending on its final cadence at home; a hymn going on past the clip's end
+    (50-110 BPM, a phrase more than the clip holds); an excerpt of its first two phrases, ending
+    at rest on the cadence in the other key (as an excerpt cut at a phrase's end does)."""
+    from bench.hymns import write_modulating_hymn
+
+    for index in range(count):
+        mode = ("major", "minor")[index % 2]
+        tonic = rng.randrange(12)
+        per_bar = 3 if rng.random() < 0.2 else 4
+        phrase_beats = 2 * per_bar
+        kind = index % 3
+        if kind == 0:
+            phrases = rng.choice((3, 4))
+            slowest = max(50, -(-60 * phrases * phrase_beats // int(seconds)))
+            tempo = float(rng.randrange(slowest, 111))
+        else:
+            tempo = float(rng.randrange(50, 111))
+            phrases = int(seconds * tempo / 60.0) // phrase_beats + 1
+        notes = write_modulating_hymn(rng, tonic, mode, phrases, per_bar,
+                                      MODULATING_APPLIED_CHANCE)  # fmt: skip
+        if kind == 2:
+            notes = [note for note in notes if note.beat < 2 * phrase_beats]
+        beats = [beat * 60.0 / tempo for beat in range(int(seconds * tempo / 60.0) + 2)]
+        yield ("modulating hymn", _key_name(tonic, mode), tempo, _timed(rng, notes, tempo), beats,
+               per_bar)  # fmt: skip
 
 
 def split_of(clip: CorpusClip) -> str:
@@ -430,12 +478,14 @@ def _render_all(cache: Path, found: Iterator[tuple[str, str, float, list[NoteEve
 def build_corpus(cache: Path = DEFAULT_CACHE, seconds: float = 20.0,
                  seed: int = 13) -> list[CorpusClip]:  # fmt: skip
     """Render the corpus into `cache` once (each set reused while its index matches its
-    version): the first set of compositions and progressions, then the hymns and grooves."""
+    version): the first set of compositions and progressions, then the hymns and grooves, the
+    chromatic hymns and the modulating hymns."""
     first = _cached(cache / "index.json", CORPUS_VERSION, seconds)
     extra = _cached(cache / "index-hymns.json", EXTRA_VERSION, seconds)
     chromatic = _cached(cache / "index-chromatic.json", CHROMATIC_VERSION, seconds)
-    if first is not None and extra is not None and chromatic is not None:
-        return first + extra + chromatic
+    modulating = _cached(cache / "index-modulating.json", MODULATING_VERSION, seconds)
+    if first is not None and extra is not None and chromatic is not None and modulating is not None:
+        return first + extra + chromatic + modulating
     missing = tools_missing()
     if missing:
         raise RuntimeError(missing)
@@ -465,7 +515,13 @@ def build_corpus(cache: Path = DEFAULT_CACHE, seconds: float = 20.0,
                                 {"chromatic hymn": HYMN_ENSEMBLES}, lambda *_: False,
                                 seconds)  # fmt: skip
         _write_index(cache / "index-chromatic.json", CHROMATIC_VERSION, seconds, chromatic)
-    return first + extra + chromatic
+    if modulating is None:
+        rng = random.Random(MODULATING_SEED)
+        modulating = _render_all(cache, _modulating_hymns(rng, seconds, MODULATING_HYMNS), rng,
+                                 "modulating", {"modulating hymn": HYMN_ENSEMBLES},
+                                 lambda *_: False, seconds)  # fmt: skip
+        _write_index(cache / "index-modulating.json", MODULATING_VERSION, seconds, modulating)
+    return first + extra + chromatic + modulating
 
 
 def _write_index(path: Path, version: int, seconds: float, clips: list[CorpusClip]) -> None:

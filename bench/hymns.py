@@ -15,8 +15,11 @@ no parallel fifths or octaves, the tenor and alto within an octave of their neig
 Voices moving by a third often fill it with an eighth-note passing tone, as chorale
 harmonisations do. With `applied_chance`, a chord before ii, IV, V or vi (iv, V or VI in minor)
 becomes that chord's own dominant (V/V, V/vi...: a major triad a fifth above it, its third a
-leading tone foreign to the key), as chorale harmonisations tonicize on the way. The key a
-MIREX annotation gives such a piece is the home key.
+leading tone foreign to the key), as chorale harmonisations tonicize on the way.
+`write_modulating_hymn` always modulates, for a whole phrase or two: a middle phrase turns on a
+pivot chord to the dominant (major) or the relative major or minor dominant (minor) and
+cadences there, and the last phrase returns and cadences at home. The key a MIREX annotation
+gives such a piece is the home key.
 """
 
 from __future__ import annotations
@@ -47,6 +50,10 @@ RANGES = ((60, 79), (55, 74), (48, 67), (40, 60))  # soprano, alto, tenor, bass 
 APPLIED_TARGETS = {"major": (1, 3, 4, 5), "minor": (3, 4, 5)}
 PASSING_CHANCE = 0.35
 MODULATION_CHANCE = 0.6
+# Keys a modulating hymn's middle phrases go to and cadence in (`write_modulating_hymn`): the
+# dominant in major; the relative major or the minor dominant in minor, as a chorale's do.
+MODULATIONS = {"major": ((7, "major"),), "minor": ((3, "major"), (7, "minor"))}
+AWAY_CHANCE = 0.4  # a second phrase in the new key, in hymns of four phrases or more
 
 
 @dataclass(frozen=True)
@@ -220,6 +227,48 @@ def write_hymn(rng: random.Random, tonic: int, mode: str, beats: int, beats_per_
             chords += _phrase_chords(rng, tonic, mode, first, count, cadence, applied_chance)
         lengths += [1.0] * (count - 1) + [2.0]
         cadences.add(len(chords) - 1)
+    return _written(rng, chords, lengths, cadences)
+
+
+def write_modulating_hymn(rng: random.Random, tonic: int, mode: str, phrases: int,
+                          beats_per_bar: int = 4, applied_chance: float = 0.0,
+                          ) -> list[HymnNote]:  # fmt: skip
+    """A hymn of `phrases` phrases (at least 3) that modulates and comes back, as a chorale
+    does: the first phrase at home; the second begins at home, turns on a pivot (a chord of
+    the new key diatonic to both) and cadences V-I in a key of `MODULATIONS`; with
+    `AWAY_CHANCE`, when there are four phrases or more, the third stays there; the next begins
+    on a chord the two keys share and is home again, and the last cadences V-I at home."""
+    phrase_beats = 2 * beats_per_bar
+    count = phrase_beats - 1  # chords per phrase, the cadence chord held two beats
+    phrases = max(3, phrases)
+    offset, related_mode = rng.choice(MODULATIONS[mode])
+    related = (tonic + offset) % 12
+    away = {1} | ({2} if phrases >= 4 and rng.random() < AWAY_CHANCE else set())
+    chords: list[_Chord] = []
+    lengths: list[float] = []
+    cadences: set[int] = set()
+    for number in range(phrases):
+        last = number == phrases - 1
+        if number == 1:
+            home_count = max(1, count - 5 + rng.randrange(2))
+            home = _phrase_chords(rng, tonic, mode, _shared_degree(rng, chords[-1], tonic, mode),
+                                  home_count + 2, "none", applied_chance)[:home_count]  # fmt: skip
+            pivot = _shared_degree(rng, home[-1], related, related_mode)
+            chords += home + _phrase_chords(rng, related, related_mode, pivot, count - home_count,
+                                            "authentic", applied_chance)  # fmt: skip
+        else:
+            key, key_mode = (related, related_mode) if number in away else (tonic, mode)
+            first = 0 if number == 0 else _shared_degree(rng, chords[-1], key, key_mode)
+            cadence = "authentic" if last or rng.random() < 0.5 else "half"
+            chords += _phrase_chords(rng, key, key_mode, first, count, cadence, applied_chance)
+        lengths += [1.0] * (count - 1) + [2.0]
+        cadences.add(len(chords) - 1)
+    return _written(rng, chords, lengths, cadences)
+
+
+def _written(rng: random.Random, chords: list[_Chord], lengths: list[float],
+             cadences: set[int]) -> list[HymnNote]:  # fmt: skip
+    """The chords voiced (`_voice`) and written out as notes, with passing tones."""
     voiced = _voice(rng, chords, cadences)
     notes: list[HymnNote] = []
     start = 0.0

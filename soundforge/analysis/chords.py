@@ -10,7 +10,9 @@ Each beat (pairs of beats when they are under `MIN_SEGMENT_SECONDS`; blocks of
 (`notes.transcribe`, one more pass over the file's segments) and matched against the 24 major
 and minor triads (cosine of the chroma, plus the bass register's share on the chord's root),
 smoothed by Viterbi with a cost per change. Per key the evidence is the share of the time in
-chords diatonic to it (V major counts in minor), and the share of chord changes that are a
+chords diatonic to it (V major counts in minor; each chord weighted down linearly with its time
+in the clip, to 1 - `EARLY_WEIGHT` at its end: the key a piece is annotated with is the one it
+opens in, and a chorale modulates on the way, see `key`), and the share of chord changes that are a
 major triad resolving down a fifth to its tonic (V-I, V-i), each counted by how long its
 arrival is held against the median chord (up to `MAX_ARRIVAL_WEIGHT`: a phrase's cadence lands
 on a held chord, a V/vi-vi on the way does not; measured in `key`), up to `MAX_CADENCE_SHARE`: a
@@ -43,6 +45,7 @@ CHANGE_PENALTY = 0.15  # a chord change costs this much of a segment's match (sm
 BASS_ROOT_WEIGHT = 0.3  # the bass register's share on a chord's root adds this to its match
 MAX_CADENCE_SHARE = 0.25  # a V-I in one change of four says it all (a I-IV vamp: V-I-V-I?)
 MAX_ARRIVAL_WEIGHT = 2.0  # a resolution counts its arrival's length over the median chord's
+EARLY_WEIGHT = 0.3  # a chord at the clip's end counts 1 - EARLY_WEIGHT of one at its start
 CHORDLESS_MATCH = 0.55
 CHORDAL_MATCH = 0.65
 NO_CHORD = -1
@@ -161,7 +164,9 @@ def evidence(sequence: ChordSequence) -> ChordEvidence | None:
     if not np.any(known):
         return None
     chords, lengths = sequence.chords[known], sequence.lengths[known]
-    weights = lengths * sequence.matches[known]
+    ends = np.cumsum(sequence.lengths)
+    middles = (ends - sequence.lengths / 2.0)[known] / float(ends[-1])
+    weights = lengths * sequence.matches[known] * (1.0 - EARLY_WEIGHT * middles)
     diatonic = DIATONIC[:, chords] @ weights / max(float(weights.sum()), 1e-12)
     changes = np.flatnonzero(np.r_[True, np.diff(chords) != 0])
     runs = chords[changes]  # repeated chords merged
