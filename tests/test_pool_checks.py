@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from procrastinate import PsycopgConnector
 from psycopg import pq
 
 from soundforge.app import build_app
@@ -86,7 +87,9 @@ def test_the_queue_pool_lends_a_healthy_idle_connection_without_a_round_trip(
 
     async def scenario() -> str:
         async with app.open_async():
-            pool = app.connector.pool
+            connector = app.connector
+            assert isinstance(connector, PsycopgConnector)
+            pool = connector.pool
             async with pool.connection() as conn:
                 await conn.execute("SELECT 1")
             trace.start(conn)  # after the COMMIT that gave it back
