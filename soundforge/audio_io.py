@@ -56,6 +56,10 @@ FloatArray = npt.NDArray[np.float32]
 
 SOUNDFILE_FORMATS = frozenset({"wav", "aiff", "flac", "ogg", "mp3", "caf", "au", "w64"})
 FFMPEG_FORMATS = frozenset({"mp4", "matroska", "asf", "aac", "amr", "wavpack", "ape"})
+# ffmpeg's demuxers for the containers above and those soundfile reads (names as in
+# `ffmpeg -demuxers`); none of them opens another file or URL.
+FFMPEG_DEMUXERS = ("mov,mp4,m4a,3gp,3g2,mj2,matroska,webm,asf,aac,amr,amrnb,amrwb,wv,ape,"
+                   "mp3,ogg,flac,wav,w64,aiff,caf,au")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -133,6 +137,14 @@ def _check_readable(path: Path) -> None:
         raise AudioError(f"{path}: file is empty (0 bytes)")
 
 
+def ffmpeg_input(path: Path) -> list[str]:
+    """ffmpeg's arguments for reading `path`, and nothing else: the absolute path behind the
+    `file:` protocol (a name like `concat:a|b`, `http:...` or `-x` is never read as a protocol
+    or an option), and only self-contained audio demuxers (`FFMPEG_DEMUXERS`), so a playlist
+    (HLS, concat, ...) cannot make ffmpeg open other files or URLs."""
+    return ["-format_whitelist", FFMPEG_DEMUXERS, "-i", f"file:{path.absolute()}"]
+
+
 def ffmpeg_path() -> str | None:
     """The ffmpeg executable on PATH, or None."""
     return shutil.which("ffmpeg")
@@ -188,7 +200,7 @@ def _probe_with_ffmpeg(path: Path, count_frames: bool, limits: AudioLimits) -> A
         raise FfmpegMissingError(f"{path.name}: this format (not WAV/FLAC/OGG/MP3)")
     # `ffmpeg -i FILE` with no output prints the stream header and exits 1; that is the probe.
     result = subprocess.run(
-        [executable, "-nostdin", "-hide_banner", "-i", str(path)],
+        [executable, "-nostdin", "-hide_banner", *ffmpeg_input(path)],
         capture_output=True, text=True, errors="replace", check=False,
     )  # fmt: skip
     if "Audio:" not in result.stderr:
@@ -239,7 +251,7 @@ def _ffmpeg_blocks(info: AudioInfo, channels: int) -> Generator[FloatArray, None
     if executable is None:
         raise FfmpegMissingError(f"{info.path.name}: this format (not WAV/FLAC/OGG/MP3)")
     command = [
-        executable, "-nostdin", "-hide_banner", "-loglevel", "error", "-i", str(info.path),
+        executable, "-nostdin", "-hide_banner", "-loglevel", "error", *ffmpeg_input(info.path),
         "-vn", "-f", "f32le", "-acodec", "pcm_f32le",
         "-ac", str(channels), "-ar", str(info.sample_rate), "pipe:1",
     ]  # fmt: skip

@@ -20,6 +20,7 @@ from soundforge.queries import query
 
 Connection = psycopg.Connection[Any]
 MAX_PAGE = 1000
+MAX_OFFSET = 2**63 - 1  # PostgreSQL's OFFSET is a bigint
 
 
 class TrackNotFoundError(PermanentError):
@@ -62,8 +63,8 @@ def parse_uuid(text: str | uuid.UUID, what: str = "id") -> uuid.UUID:
 
 
 def _page(limit: int, offset: int) -> dict[str, int]:
-    if limit < 1 or offset < 0:
-        raise PermanentError("limit must be at least 1 and offset at least 0")
+    if limit < 1 or not 0 <= offset <= MAX_OFFSET:
+        raise PermanentError(f"limit must be at least 1 and offset from 0 to {MAX_OFFSET}")
     return {"limit": min(limit, MAX_PAGE), "offset": offset}
 
 

@@ -138,6 +138,8 @@ class Settings(BaseSettings):
     read_timeout_s: float = Field(default=30.0, gt=0)
     max_redirects: int = Field(default=5, ge=0)
     duration_tolerance_s: float = Field(default=5.0, ge=0)
+    max_expanded_tracks: int = Field(default=10_000, ge=1)
+    """How many tracks one album or playlist may expand into (Spotify's own playlist limit)."""
     allowed_networks: str = ""
     """Comma-separated CIDRs that outgoing connections may reach although the destination
     policy refuses their kind (loopback, private, link-local...): a LAN NAS, tests' servers."""

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +38,7 @@ from soundforge.models import IMPORT_TASK, Job, Stage
 from soundforge.redact import mask_text
 from soundforge.runtime import Runtime, get_runtime
 from soundforge.status import is_terminal
+from soundforge.task_args import uuid_argument
 
 if TYPE_CHECKING:
     from soundforge.sources import TrackMetadata
@@ -140,13 +140,15 @@ def run_stage(
     """Start the row, run the engine call `prepare` builds in an engine child process, and
     finish or fail the row. Each step borrows a pooled connection for its statements only: no
     connection is held while the engine runs."""
+    track_uuid = uuid_argument("track_id", track_id)
+    job_uuid = uuid_argument("job_id", job_id) if job_id else None
     runtime = get_runtime()
     queue_job = context.job
     assert queue_job.id is not None
     attempt = queue_job.attempts + 1
     with runtime.pool.connection() as conn:
         started = workflow.begin_stage(
-            conn, stage, uuid.UUID(track_id), uuid.UUID(job_id) if job_id else None,
+            conn, stage, track_uuid, job_uuid,
             procrastinate_job_id=queue_job.id, attempt=attempt, force=force, model=model,
         )  # fmt: skip
         if started is None:

@@ -27,6 +27,7 @@ from soundforge.models import (
 )
 from soundforge.queries import query
 from soundforge.redact import MASK
+from soundforge.separation.registry import check_model_name
 from soundforge.status import Status, is_terminal
 from soundforge.storage import stems_relpath
 
@@ -42,11 +43,15 @@ CANCELLED = "cancelled"
 
 @dataclass(frozen=True)
 class PipelineOptions:
-    """What follows a download: stems (with which model) and analysis."""
+    """What follows a download: stems (with which model) and analysis. An unknown model is
+    refused here (`UnknownModelError`, permanent), before any track or job row is made."""
 
     stems: bool = True
     analysis: bool = True
     model: str = "htdemucs"
+
+    def __post_init__(self) -> None:
+        check_model_name(self.model)
 
     def as_args(self) -> dict[str, Any]:
         return {"stems": self.stems, "analysis": self.analysis, "model": self.model}

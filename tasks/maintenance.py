@@ -18,10 +18,10 @@ from soundforge import maintenance
 from soundforge.queue import MAINTENANCE_QUEUE
 from soundforge.runtime import get_runtime
 from soundforge.settings import Settings
-from soundforge.tasks.blueprint import blueprint
+from soundforge.tasks.blueprint import task
 
 
-@blueprint.task(name="soundforge.rescue_stalled", queue=MAINTENANCE_QUEUE)
+@task(name="soundforge.rescue_stalled", queue=MAINTENANCE_QUEUE)
 def rescue_stalled(timestamp: int | None = None, dry_run: bool = False) -> dict[str, Any]:
     """Retry (or fail, when out of attempts) running jobs whose worker stopped heartbeating."""
     runtime = get_runtime()
@@ -30,7 +30,7 @@ def rescue_stalled(timestamp: int | None = None, dry_run: bool = False) -> dict[
     return {"retried": report.retried, "failed": report.failed, "dry_run": dry_run}
 
 
-@blueprint.task(name="soundforge.prune_jobs", queue=MAINTENANCE_QUEUE)
+@task(name="soundforge.prune_jobs", queue=MAINTENANCE_QUEUE)
 def prune_jobs(timestamp: int | None = None, days: int | None = None) -> dict[str, int]:
     """Delete finished queue jobs older than `days` (default: `prune_after_days`)."""
     runtime = get_runtime()
@@ -38,7 +38,7 @@ def prune_jobs(timestamp: int | None = None, days: int | None = None) -> dict[st
         return maintenance.prune_finished_jobs(conn, days or runtime.settings.prune_after_days)
 
 
-@blueprint.task(name="soundforge.cleanup_orphaned", queue=MAINTENANCE_QUEUE)
+@task(name="soundforge.cleanup_orphaned", queue=MAINTENANCE_QUEUE)
 def cleanup_orphaned(timestamp: int | None = None, dry_run: bool = False) -> dict[str, Any]:
     """Remove the files of downloads/ and stems/ that no row needs and leaked temporaries
     (older than their grace periods); nothing else under the storage root."""
@@ -56,8 +56,8 @@ def register_schedules(app: App, settings: Settings) -> None:
         (prune_jobs, settings.prune_cron, "prune"),
         (cleanup_orphaned, settings.cleanup_cron, "cleanup"),
     )
-    for task, cron, periodic_id in schedules:
+    for periodic_task, cron, periodic_id in schedules:
         app.periodic_registry.register_task(
-            task=task, cron=cron, periodic_id=periodic_id,
-            configure_kwargs={"queueing_lock": task.name},
+            task=periodic_task, cron=cron, periodic_id=periodic_id,
+            configure_kwargs={"queueing_lock": periodic_task.name},
         )  # fmt: skip

@@ -20,14 +20,14 @@ from soundforge.stage_runner import (
     expand_in_engine_process,
     run_stage,
 )
-from soundforge.tasks.blueprint import blueprint
+from soundforge.tasks.blueprint import task
 
 
 def _options(stems: bool, analysis: bool, model: str) -> workflow.PipelineOptions:
     return workflow.PipelineOptions(stems=stems, analysis=analysis, model=model)
 
 
-@blueprint.task(
+@task(
     name=IMPORT_TASK, queue=Stage.DOWNLOAD.queue, pass_context=True,
     retry=StageRetryStrategy(Stage.DOWNLOAD),
 )  # fmt: skip
@@ -52,7 +52,7 @@ def import_source(
     return [str(item.track.id) for item in imported]
 
 
-@blueprint.task(
+@task(
     name=Stage.DOWNLOAD.task_name, queue=Stage.DOWNLOAD.queue, pass_context=True,
     retry=StageRetryStrategy(Stage.DOWNLOAD),
 )  # fmt: skip
@@ -83,7 +83,7 @@ def download(
     )  # fmt: skip
 
 
-@blueprint.task(
+@task(
     name=Stage.SEPARATE.task_name, queue=Stage.SEPARATE.queue, pass_context=True,
     retry=StageRetryStrategy(Stage.SEPARATE),
 )  # fmt: skip
@@ -111,7 +111,7 @@ def separate(
     )  # fmt: skip
 
 
-@blueprint.task(
+@task(
     name=Stage.ANALYZE.task_name, queue=Stage.ANALYZE.queue, pass_context=True,
     retry=StageRetryStrategy(Stage.ANALYZE),
 )  # fmt: skip

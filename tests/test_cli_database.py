@@ -51,6 +51,16 @@ def test_a_bad_uuid_is_a_clear_message_not_a_traceback(cli_env: dict[str, str]) 
     assert result.stderr.strip() == "soundforge: error: track id 'not-a-uuid' is not a valid UUID"
 
 
+def test_an_offset_past_postgresqls_bigint_is_a_clear_message_not_a_traceback(
+    cli_env: dict[str, str],
+) -> None:
+    result = run_cli("tracks", "--offset", str(2**64), env=cli_env)
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        "soundforge: error: limit must be at least 1 and offset from 0 to 9223372036854775807"
+    )
+
+
 def test_an_invalid_setting_names_the_variable(cli_env: dict[str, str]) -> None:
     result = run_cli("tracks", env={**cli_env, "SOUNDFORGE_DB_POOL_MAX_SIZE": "zero"})
     assert result.returncode == 2

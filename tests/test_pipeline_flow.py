@@ -12,12 +12,13 @@ from typing import Any
 import psycopg
 import pytest
 
-from soundforge import live, music, workflow
+from soundforge import live, music, queue, workflow
 from soundforge.engines import default_engines
 from soundforge.models import DownloadJob, Stage
 from soundforge.runtime import Runtime
 from soundforge.settings import Settings
 from soundforge.sources import TrackMetadata
+from soundforge.status import Status
 from soundforge.storage import Storage
 from tests.audio_synth import write_test_song
 from tests.support.engines import FACTORY, FAULTS_VARIABLE, write_script
@@ -225,10 +226,14 @@ def test_separation_with_an_unknown_model_fails_at_once(
     conn: psycopg.Connection[Any], database_url: str, tmp_path: Path, song: Path,
     tiny_repo: Path,
 ) -> None:  # fmt: skip
+    """An import refuses an unknown model before any row (`PipelineOptions`); a separation
+    deferred by hand with one makes its row and fails it at its first attempt."""
     settings = _settings(database_url, tmp_path, demucs_repo=tiny_repo)
     with running_worker(settings) as runtime:
-        imported = _import(conn, runtime, str(song), analysis=False, model="nope")
-        row = wait_for(lambda: _finished_row(conn, imported.track.id), message="failure")
-    assert row["separate_status"] == "failed" and "nope" in row["separate_error"]
-    [job] = stage_rows(conn, Stage.SEPARATE, imported.track.id)
-    assert job.attempts == 1
+        imported = _import(conn, runtime, str(song), stems=False, analysis=False)
+        wait_for(lambda: _finished_row(conn, imported.track.id), message="the download")
+        queue.defer(conn, Stage.SEPARATE.task_name, Stage.SEPARATE.queue,
+                    {"track_id": str(imported.track.id), "model": "nope"})  # fmt: skip
+        [job] = wait_for(lambda: [j for j in stage_rows(conn, Stage.SEPARATE, imported.track.id)
+                                  if j.status is Status.FAILED], message="failure")  # fmt: skip
+    assert job.error is not None and "nope" in job.error and job.attempts == 1

@@ -11,6 +11,7 @@ plays a public host where a test allows exactly 127.0.0.1/32."""
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 import socket
 import sys
@@ -21,7 +22,12 @@ from typing import Any
 
 import pytest
 
-from soundforge.errors import DestinationRefusedError, ImportRootError, PermanentError
+from soundforge.errors import (
+    DestinationRefusedError,
+    ImportRootError,
+    PermanentError,
+    SourceError,
+)
 from soundforge.source_policy import DestinationPolicy, ImportRoots, refusal_rule
 from soundforge.sources import (
     DownloadNetworkError,
@@ -482,6 +488,25 @@ def test_a_file_swapped_for_a_symlink_after_the_check_is_not_read(tmp_path: Path
     with pytest.raises(ImportRootError, match="became a symbolic link"):
         _link_or_copy(swapped, staging)
     assert not staging.exists() and not staging.is_symlink()
+
+
+@pytest.mark.timeout(60)
+def test_a_file_swapped_for_a_fifo_after_the_check_is_refused_without_blocking(
+    tmp_path: Path,
+) -> None:
+    """The same race with a named pipe: linked, it is refused as not a regular file; copied
+    (another filesystem), it is refused before a read that would wait for a writer forever."""
+    from soundforge.sources.fetch import _copy_without_following, _link_or_copy
+
+    fifo = tmp_path / "imports" / "song.flac"
+    fifo.parent.mkdir()
+    os.mkfifo(fifo)
+    staging = tmp_path / "staging.part"
+    with pytest.raises(SourceError, match="not a regular file"):
+        _link_or_copy(fifo, staging)
+    with pytest.raises(SourceError, match="not a regular file"):
+        _copy_without_following(fifo, staging)
+    assert not staging.exists()
 
 
 @pytest.fixture

@@ -22,6 +22,7 @@ from soundforge.sources import (
     expand_source,
     parse_source,
 )
+from soundforge.sources.errors import ExpansionTooLargeError
 from tests.support.fake_spotify import FakeSpotify
 from tests.support.loopback_http import LOOPBACK_POLICY
 
@@ -95,6 +96,29 @@ def test_playlist_of_120_tracks_is_read_in_pages(spotify: FakeSpotify, clock: Fa
     assert [m.spotify_id for m in listed] == [t["id"] for t in tracks]
     pages = [p for p in spotify.api_requests if f"/playlists/{playlist_id}/tracks" in p]
     assert len(pages) == 2 and "offset=100" in pages[1]
+
+
+def test_a_playlist_past_the_expansion_limit_is_refused_for_good(
+    spotify: FakeSpotify, clock: FakeClock
+) -> None:
+    tracks = [spotify.add_track(f"Song {n}", ["Artist"]) for n in range(30)]
+    playlist_id = spotify.add_playlist([*tracks, None])  # and one removed entry
+    config = spotify.source_config(clock=clock, sleep=clock.sleep, max_expanded_tracks=20)
+    with pytest.raises(ExpansionTooLargeError, match="more than 20 tracks") as refused:
+        SpotifyClient(config).playlist_tracks(playlist_id)
+    assert isinstance(refused.value, PermanentError)
+
+
+def test_a_next_link_that_loops_ends_the_expansion_at_once(
+    spotify: FakeSpotify, clock: FakeClock
+) -> None:
+    spotify.looping_pages = True
+    tracks = [spotify.add_track(f"Song {n}", ["Artist"]) for n in range(120)]
+    playlist_id = spotify.add_playlist([*tracks, None])  # and one removed entry
+    with pytest.raises(ExpansionTooLargeError, match="never end"):
+        client_for(spotify, clock).playlist_tracks(playlist_id)
+    pages = [p for p in spotify.api_requests if f"/playlists/{playlist_id}/tracks" in p]
+    assert len(pages) == 2  # the first page and its next, whose next names itself: refused
 
 
 def test_album_expands_into_its_tracks_with_the_album_art(

@@ -274,7 +274,8 @@ def test_a_source_added_through_the_api_uses_the_cli_import(
         assert "Traceback" not in missing.text
         bad_model = client.post("/api/tracks", headers=AUTH,
                                 json={"source": "x.wav", "model": "nope"})  # fmt: skip
-        assert bad_model.status_code == 400 and "unknown model" in bad_model.json()["error"]
+        assert bad_model.status_code == 400
+        assert "unknown separation model" in bad_model.json()["error"]
         not_json = client.post("/api/tracks", headers=AUTH, content=b"[1,")
         assert not_json.status_code == 400 and "JSON object" in not_json.json()["error"]
 

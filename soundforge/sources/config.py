@@ -32,6 +32,8 @@ class SourceConfig:
     read_timeout_s: float = 30.0
     max_redirects: int = 5
     duration_tolerance_s: float = 5.0
+    max_expanded_tracks: int = 10_000
+    """How many tracks one album or playlist may expand into (and pages read for it)."""
     resume_attempts: int = 3
     """How often an http download is resumed (Range) after a dropped connection or a stall."""
     spotify_rate_limit_retries: int = 3
@@ -63,6 +65,7 @@ class SourceConfig:
             read_timeout_s=settings.read_timeout_s,
             max_redirects=settings.max_redirects,
             duration_tolerance_s=settings.duration_tolerance_s,
+            max_expanded_tracks=settings.max_expanded_tracks,
             audio_limits=AudioLimits.from_settings(settings),
             destinations=DestinationPolicy.allowing(settings.allowed_networks),
             import_roots=ImportRoots(settings.import_root_paths),

@@ -29,6 +29,10 @@ class SpotifyAuthError(SourceError):
     """Spotify refused the configured client credentials (or a fresh token)."""
 
 
+class ExpansionTooLargeError(SourceError):
+    """An album or playlist expands into more tracks (or pages) than one import may make."""
+
+
 class SpotifyUnavailableError(TransientError):
     """The Spotify API cannot be reached, answers 5xx, or rate-limits us for too long."""
 

@@ -9,6 +9,7 @@ import hashlib
 import logging
 import os
 import shutil
+import stat
 import urllib.parse
 import uuid
 from collections.abc import Iterator
@@ -149,26 +150,33 @@ def _staging(storage: FileStore, track_id: uuid.UUID | str) -> Iterator[Path]:
 
 def _link_or_copy(source: Path, destination: Path) -> Path:
     """Hard-link when on the same filesystem, else copy; the source is never moved. Neither
-    follows a symlink: one swapped in since the import-root check is refused, not read."""
+    follows a symlink, nor reads anything but a regular file: a symlink, FIFO or device
+    swapped in since the import-root check is refused, not read (a FIFO would block)."""
     try:
         os.link(source, destination, follow_symlinks=False)
     except OSError:
         _copy_without_following(source, destination)
-    if destination.is_symlink():
+    linked = os.lstat(destination).st_mode
+    if not stat.S_ISREG(linked):
         destination.unlink()
-        raise _became_symlink(source)
+        raise _became_symlink(source) if stat.S_ISLNK(linked) else _not_regular(source)
     return destination
 
 
 def _copy_without_following(source: Path, destination: Path) -> None:
-    """Copy `source` (refusing a symlink) to the new file `destination`; a failure names the
-    side that failed: reading the source, or writing into the storage folder."""
+    """Copy `source` (refusing a symlink or anything but a regular file) to the new file
+    `destination`; a failure names the side that failed: reading the source, or writing into
+    the storage folder. Opened without blocking, so a FIFO is refused instead of waited on."""
     try:
-        descriptor = os.open(source, os.O_RDONLY | os.O_NOFOLLOW)
+        descriptor = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError as error:
         if error.errno == errno.ELOOP:
             raise _became_symlink(source) from None
         raise SourceError(f"{source}: cannot read ({error.strerror})") from None
+    if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+        os.close(descriptor)
+        raise _not_regular(source)
+    os.set_blocking(descriptor, True)
     with open(descriptor, "rb") as reader:
         try:
             with open(destination, "xb") as writer:
@@ -182,6 +190,10 @@ def _became_symlink(source: Path) -> ImportRootError:
     return ImportRootError(f"{source}: became a symbolic link while it was imported")
 
 
+def _not_regular(source: Path) -> SourceError:
+    return SourceError(f"{source}: not a regular file")
+
+
 def _check_local_file(path: Path, config: SourceConfig) -> Path:
     """The file a local source names, symlinks and `..` resolved, once it is known to lie
     under an import root and to be a readable regular file."""
@@ -189,7 +201,7 @@ def _check_local_file(path: Path, config: SourceConfig) -> Path:
     if not path.exists():
         raise SourceNotFoundError(f"{path}: no such file")
     if not path.is_file():
-        raise SourceError(f"{path}: not a regular file")
+        raise _not_regular(path)
     if not os.access(path, os.R_OK):
         raise SourceError(f"{path}: not readable (permission denied)")
     return path

@@ -23,6 +23,7 @@ ACCEPTED = (
     "a Spotify URI (spotify:track:ID) or a bare 22-character Spotify track id"
 )
 
+MAX_SOURCE_CHARS = 8192  # longer than any path or real URL; never echoed back whole
 SPOTIFY_KINDS: tuple[SpotifyKind, ...] = ("track", "album", "playlist")
 SPOTIFY_ID = re.compile(r"[0-9A-Za-z]{22}")
 SPOTIFY_HOSTS = frozenset({"open.spotify.com", "play.spotify.com"})
@@ -42,6 +43,10 @@ def parse_source(text: str) -> Source:
     stripped = text.strip()
     if not stripped:
         raise UnsupportedSourceError(f"empty source; {ACCEPTED}")
+    if len(stripped) > MAX_SOURCE_CHARS:
+        raise UnsupportedSourceError(
+            f"source is {len(stripped)} characters long; at most {MAX_SOURCE_CHARS} are accepted"
+        )
     lowered = stripped.lower()
     if lowered.startswith("spotify:"):
         return _parse_spotify_uri(stripped)

@@ -24,6 +24,7 @@ import httpx
 
 from soundforge.sources.config import SourceConfig
 from soundforge.sources.errors import (
+    ExpansionTooLargeError,
     SourceNotFoundError,
     SpotifyAuthError,
     SpotifyCredentialsMissingError,
@@ -150,11 +151,30 @@ class SpotifyClient:
             raise _status_error(status, what, _error_message(response))
 
     def _pages(self, page: JSON, what: str) -> Iterator[JSON]:
+        """The items of a paged answer, following its `next` links: at most
+        `max_expanded_tracks` items over at most as many pages, never one page twice (an
+        endless or looping `next` would otherwise keep an import busy until its time limit)."""
+        limit = self._config.max_expanded_tracks
+        items_read = 0
+        pages_read: set[str] = set()
         while True:
-            yield from page.get("items") or []
+            items = page.get("items") or []
+            items_read += len(items)
+            if items_read > limit:
+                raise ExpansionTooLargeError(
+                    f"Spotify {what} holds more than {limit} tracks "
+                    "(SOUNDFORGE_MAX_EXPANDED_TRACKS); import it in parts or raise the limit"
+                )
+            yield from items
             next_url = page.get("next")
             if not next_url:
                 return
+            if next_url in pages_read or len(pages_read) >= limit:
+                raise ExpansionTooLargeError(
+                    f"Spotify's pages of {what} never end (a next link repeats or the pages "
+                    f"run past {limit})"
+                )
+            pages_read.add(next_url)
             page = self.get(next_url, what=what)
 
     def _check_same_api(self, url: str) -> None:

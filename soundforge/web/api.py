@@ -85,9 +85,7 @@ def get_track(request: Request) -> Response:
 
 def pipeline_options(ctx: WebContext, data: dict[str, Any]) -> workflow.PipelineOptions:
     model = str(data.get("model") or ctx.settings.demucs_model)
-    if model not in MODEL_NAMES:
-        raise BadRequestError(f"unknown model {model!r}; choose one of {', '.join(MODEL_NAMES)}")
-    return workflow.PipelineOptions(
+    return workflow.PipelineOptions(  # an unknown model: UnknownModelError, 400
         stems=_flag(data, "stems", True), analysis=_flag(data, "analysis", True), model=model
     )
 
@@ -101,7 +99,11 @@ def _flag(data: dict[str, Any], name: str, default: bool) -> bool:
 
 def add_source(ctx: WebContext, data: dict[str, Any]) -> list[workflow.ImportedTrack]:
     """Import one source as `soundforge add` does (same expansion, input policy and import)."""
-    source = str(data.get("source") or "").strip()
+    source = data.get("source") or ""
+    if not isinstance(source, str):
+        raise BadRequestError("source must be a string: a file path, an http(s) URL or a "
+                              "Spotify link")  # fmt: skip
+    source = source.strip()
     if not source:
         raise BadRequestError("give a source: a file path, an http(s) URL or a Spotify link")
     options = pipeline_options(ctx, data)
@@ -113,7 +115,7 @@ def add_source(ctx: WebContext, data: dict[str, Any]) -> list[workflow.ImportedT
 async def read_json(request: Request) -> dict[str, Any]:
     try:
         data = await request.json()
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than json can parse
         raise BadRequestError("the body must be a JSON object") from None
     if not isinstance(data, dict):
         raise BadRequestError("the body must be a JSON object")

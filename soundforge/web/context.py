@@ -25,6 +25,7 @@ from soundforge.settings import Settings
 from soundforge.web.events import ProgressBroadcaster
 from soundforge.web.security import WriteGuard
 
+MAX_WHOLE_DIGITS = 12  # a page number or offset beyond any real library
 STAGE_LABELS = {"download": "download", "separate": "stems", "analyze": "analysis"}
 
 
@@ -76,16 +77,26 @@ def _number(params: Any, name: str) -> float | None:
     try:
         return float(text)
     except ValueError:
-        raise BadRequestError(f"{name} must be a number, not {text!r}") from None
+        raise BadRequestError(f"{name} must be a number, not {_shown(text)}") from None
 
 
 def _whole(params: Any, name: str, default: int) -> int:
+    """A whole-number parameter: ASCII digits only (`str.isdigit` also takes '²' and other
+    scripts' digits, which `int` then refuses), at most `MAX_WHOLE_DIGITS` of them."""
     text = (params.get(name) or "").strip()
     if not text:
         return default
-    if not text.isdigit():
-        raise BadRequestError(f"{name} must be a whole number, not {text!r}")
+    if not (text.isascii() and text.isdigit()) or len(text) > MAX_WHOLE_DIGITS:
+        raise BadRequestError(
+            f"{name} must be a whole number (at most {MAX_WHOLE_DIGITS} digits), not "
+            f"{_shown(text)}"
+        )
     return int(text)
+
+
+def _shown(text: str) -> str:
+    """A parameter quoted in an error, cut short: an answer never echoes a huge input."""
+    return repr(text if len(text) <= 40 else text[:40] + "...")
 
 
 def track_query(request: Request, page_size: int) -> music.TrackQuery:

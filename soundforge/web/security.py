@@ -55,13 +55,11 @@ class WriteGuard:
         return self._mac("csrf")
 
     def token_matches(self, offered: str) -> bool:
-        return bool(self.token) and hmac.compare_digest(
-            offered.encode(), (self.token or "").encode()
-        )
+        return bool(self.token) and same_secret(offered, self.token or "")
 
     def signed_in(self, request: Request) -> bool:
         cookie = request.cookies.get(SESSION_COOKIE, "")
-        return bool(self.token) and hmac.compare_digest(cookie, self.session_value())
+        return bool(self.token) and same_secret(cookie, self.session_value())
 
     def check(self, request: Request, form_csrf: str | None = None) -> None:
         """Raise `WriteDeniedError` unless `request` may write (counts against the rate limit)."""
@@ -81,8 +79,17 @@ class WriteGuard:
                               "'Authorization: Bearer <SOUNDFORGE_WEB_TOKEN>'")  # fmt: skip
         check_same_origin(request)
         offered = request.headers.get(CSRF_HEADER) or form_csrf or ""
-        if not hmac.compare_digest(offered, self.csrf_token()):
+        if not same_secret(offered, self.csrf_token()):
             raise WriteDeniedError(403, "missing or wrong CSRF token; reload the page")
+
+
+def same_secret(offered: str, expected: str) -> bool:
+    """Constant-time comparison of what a client sent with a secret. Compared as UTF-8 bytes:
+    `hmac.compare_digest` raises on a str with non-ASCII characters, which a client chooses
+    (a crafted cookie would otherwise be a 500 on every page)."""
+    return hmac.compare_digest(
+        offered.encode("utf-8", "surrogateescape"), expected.encode("utf-8", "surrogateescape")
+    )
 
 
 def check_same_origin(request: Request) -> None:

@@ -55,6 +55,8 @@ class FakeSpotify:
     albums: dict[str, JSON] = field(default_factory=dict)
     playlists: dict[str, list[JSON]] = field(default_factory=dict)
     token_requests: int = 0
+    looping_pages: bool = False
+    """Every page's `next` link names that page again (a broken or hostile API)."""
     api_requests: list[str] = field(default_factory=list)
     _valid_tokens: set[str] = field(default_factory=set)
     _failures: deque[InjectedFailure] = field(default_factory=deque)
@@ -245,13 +247,14 @@ class FakeSpotify:
     def _page(self, path: str, items: list[JSON], offset: int, limit: int) -> JSON:
         href = f"{self.api_url}/{path}"
         end = offset + limit
+        following = offset if self.looping_pages else end
         return {
             "href": f"{href}?offset={offset}&limit={limit}",
             "items": items[offset:end],
             "limit": limit,
             "offset": offset,
             "total": len(items),
-            "next": f"{href}?offset={end}&limit={limit}" if end < len(items) else None,
+            "next": f"{href}?offset={following}&limit={limit}" if end < len(items) else None,
             "previous": f"{href}?offset={max(0, offset - limit)}&limit={limit}" if offset else None,
         }
 
