@@ -511,6 +511,7 @@ def track_beats(
         return BeatResult(None, no_beats, "no onsets found: no tempo")
     bpm, clarity = first_tempo(onset_envelope, sample_rate, hop_length)
     beats = None
+    may_double = clarity >= DOUBLE_MIN_CLARITY  # the onsets' clarity, not the novelty's
     if (chroma is not None and chroma.shape[0] == onset_envelope.size
             and clarity < LEGATO_MAX_CLARITY and drums < DRUM_PERCUSSIVENESS):  # fmt: skip
         novelty = harmonic_novelty(chroma)
@@ -522,7 +523,7 @@ def track_beats(
     if beats is None:
         beats = track_beats_at(onset_envelope, bpm, sample_rate, hop_length)
     if beats.size >= MIN_BEATS:
-        level = metrical_level(beats, power_flux, clarity >= DOUBLE_MIN_CLARITY)
+        level = metrical_level(beats, power_flux, may_double)
         if (level == 1.0 and low_onsets is not None and snare_onsets is not None
                 and drums >= DRUM_PERCUSSIVENESS):  # fmt: skip
             level = drum_level(beats, bpm, clarity, low_onsets, power_flux, snare_onsets)
