@@ -465,7 +465,8 @@ def chord_paced_tempo(envelope: FloatArray, chroma: FloatArray, bpm: float, beat
     the chord changes best (`chord_contrast`), where they do so at least `CHORD_SCAN_RATIO`
     times as well and the chords change on nearly every one of them (`CHORD_SCAN_MIN_BALANCE`);
     beats tracked slower than `PRIOR_MIN_BPM` (a bar of a progression with a chord a bar,
-    where the tracker allows twice the beat) do not count. Searched over the first `CHORD_SCAN_SECONDS` (the cost of a long file)."""
+    where the tracker allows twice the beat) do not count. Searched over the first
+    `CHORD_SCAN_SECONDS` (the cost of a long file)."""
     frames = min(envelope.size, int(CHORD_SCAN_SECONDS * sample_rate / hop_length))
     window, cumulative = envelope[:frames], cumulative_chroma(chroma[:frames])
     contrast, _ = chord_contrast(cumulative, beats[beats < frames])
