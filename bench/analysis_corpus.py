@@ -18,7 +18,9 @@ Sources (never Bach: the held-out set is built from Bach chorales):
 - a fourth set: modulating hymns (`bench/hymns.py`'s `write_modulating_hymn`: a middle phrase
   or two cadence in the dominant, the relative major or the minor dominant, the last returns
   home), without drums; a third end inside the clip on their final cadence, a third go on past
-  it, a third are excerpts ending at rest after the phrase in the other key.
+  it, a third are excerpts ending at rest after the phrase in the other key;
+- a fermata set: slow hymns (40-90 BPM, one in three in 3/4) whose cadence chords are mostly
+  held a beat or two longer under a fermata, more voices moving in eighths, without drums.
 
 Every clip belongs to the tuning part or the held-back validation part, by a hash of its file
 name (each clip is a different piece): tune on the first, report both (`split_of`).
@@ -101,6 +103,15 @@ MODULATING_VERSION = 1
 MODULATING_SEED = 5151
 MODULATING_HYMNS = 48
 MODULATING_APPLIED_CHANCE = 0.15
+# The fermata set: slow hymns with fermatas (`bench/hymns.py`'s `fermata_chance`): a held
+# chord breaks the pulse of the chord changes at every phrase end, as in sung chorales.
+FERMATA_VERSION = 1
+FERMATA_SEED = 6363
+FERMATA_HYMNS = 48
+FERMATA_CHANCE = 0.75
+FERMATA_PASSING_CHANCE = 0.5
+FERMATA_TEMPI = (40, 91)
+FERMATA_THREE_FOUR_CHANCE = 0.33
 EXTRA_GROOVES = 32
 # Hymn ensembles: soprano, alto, tenor, bass programs (organ, piano, strings, choir, as sung
 # and played hymns are).
@@ -363,14 +374,18 @@ def _clips_to_render(rng: random.Random, seconds: float) -> Iterator[tuple[
 
 
 def _hymn_events(rng: random.Random, tonic: int, mode: str, tempo: float, seconds: float,
-                 beats_per_bar: int, applied_chance: float = 0.0) -> tuple[
+                 beats_per_bar: int, applied_chance: float = 0.0,
+                 fermata: tuple[float, float] | None = None) -> tuple[
                      list[NoteEvent], list[float]]:  # fmt: skip
-    """A hymn of `bench/hymns.py` in seconds: voices legato, a repeated note struck again."""
-    from bench.hymns import write_hymn
+    """A hymn of `bench/hymns.py` in seconds: voices legato, a repeated note struck again;
+    `fermata`: its (fermata chance, passing-tone chance)."""
+    from bench.hymns import PASSING_CHANCE, write_hymn
 
+    fermata_chance, passing_chance = fermata or (0.0, PASSING_CHANCE)
     beat_s = 60.0 / tempo
     beats = int(seconds / beat_s) + 2
-    notes = write_hymn(rng, tonic, mode, beats, beats_per_bar, applied_chance)
+    notes = write_hymn(rng, tonic, mode, beats, beats_per_bar, applied_chance, fermata_chance,
+                       passing_chance)  # fmt: skip
     return _timed(rng, notes, tempo), [index * beat_s for index in range(beats + 1)]
 
 
@@ -396,15 +411,18 @@ def _extra_clips(rng: random.Random, seconds: float) -> Iterator[tuple[
 
 
 def _hymns(rng: random.Random, seconds: float, count: int, source: str,
-           applied_chance: float = 0.0) -> Iterator[tuple[
-               str, str, float, list[NoteEvent], list[float], int]]:  # fmt: skip
-    """`count` hymns, major and minor in turn, 50-110 BPM, one in five in 3/4."""
+           applied_chance: float = 0.0, tempi: tuple[int, int] = (50, 111),
+           three_four_chance: float = 0.2, fermata: tuple[float, float] | None = None,
+           ) -> Iterator[tuple[str, str, float, list[NoteEvent], list[float], int]]:  # fmt: skip
+    """`count` hymns, major and minor in turn, at `tempi` BPM (50-110), `three_four_chance` of
+    them in 3/4 (one in five); `fermata`: see `_hymn_events`."""
     for index in range(count):
         mode = ("major", "minor")[index % 2]
         tonic = rng.randrange(12)
-        tempo = float(rng.randrange(50, 111))
-        per_bar = 3 if rng.random() < 0.2 else 4
-        events, beats = _hymn_events(rng, tonic, mode, tempo, seconds, per_bar, applied_chance)
+        tempo = float(rng.randrange(*tempi))
+        per_bar = 3 if rng.random() < three_four_chance else 4
+        events, beats = _hymn_events(rng, tonic, mode, tempo, seconds, per_bar, applied_chance,
+                                     fermata)  # fmt: skip
         yield source, _key_name(tonic, mode), tempo, events, beats, per_bar
 
 
@@ -479,13 +497,15 @@ def build_corpus(cache: Path = DEFAULT_CACHE, seconds: float = 20.0,
                  seed: int = 13) -> list[CorpusClip]:  # fmt: skip
     """Render the corpus into `cache` once (each set reused while its index matches its
     version): the first set of compositions and progressions, then the hymns and grooves, the
-    chromatic hymns and the modulating hymns."""
+    chromatic hymns, the modulating hymns and the fermata hymns."""
     first = _cached(cache / "index.json", CORPUS_VERSION, seconds)
     extra = _cached(cache / "index-hymns.json", EXTRA_VERSION, seconds)
     chromatic = _cached(cache / "index-chromatic.json", CHROMATIC_VERSION, seconds)
     modulating = _cached(cache / "index-modulating.json", MODULATING_VERSION, seconds)
-    if first is not None and extra is not None and chromatic is not None and modulating is not None:
-        return first + extra + chromatic + modulating
+    fermata = _cached(cache / "index-fermata.json", FERMATA_VERSION, seconds)
+    if (first is not None and extra is not None and chromatic is not None
+            and modulating is not None and fermata is not None):  # fmt: skip
+        return first + extra + chromatic + modulating + fermata
     missing = tools_missing()
     if missing:
         raise RuntimeError(missing)
@@ -521,7 +541,15 @@ def build_corpus(cache: Path = DEFAULT_CACHE, seconds: float = 20.0,
                                  "modulating", {"modulating hymn": HYMN_ENSEMBLES},
                                  lambda *_: False, seconds)  # fmt: skip
         _write_index(cache / "index-modulating.json", MODULATING_VERSION, seconds, modulating)
-    return first + extra + chromatic + modulating
+    if fermata is None:
+        rng = random.Random(FERMATA_SEED)
+        fermata_and_passing = (FERMATA_CHANCE, FERMATA_PASSING_CHANCE)
+        hymns = _hymns(rng, seconds, FERMATA_HYMNS, "fermata hymn", 0.0, FERMATA_TEMPI,
+                       FERMATA_THREE_FOUR_CHANCE, fermata_and_passing)  # fmt: skip
+        fermata = _render_all(cache, hymns, rng, "fermata", {"fermata hymn": HYMN_ENSEMBLES},
+                              lambda *_: False, seconds)  # fmt: skip
+        _write_index(cache / "index-fermata.json", FERMATA_VERSION, seconds, fermata)
+    return first + extra + chromatic + modulating + fermata
 
 
 def _write_index(path: Path, version: int, seconds: float, clips: list[CorpusClip]) -> None:

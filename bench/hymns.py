@@ -19,7 +19,8 @@ leading tone foreign to the key), as chorale harmonisations tonicize on the way.
 `write_modulating_hymn` always modulates, for a whole phrase or two: a middle phrase turns on a
 pivot chord to the dominant (major) or the relative major or minor dominant (minor) and
 cadences there, and the last phrase returns and cadences at home. The key a MIREX annotation
-gives such a piece is the home key.
+gives such a piece is the home key. With `fermata_chance`, a cadence chord is held a beat or two
+longer, as a fermata is sung: the chords stop changing, the beat goes on.
 """
 
 from __future__ import annotations
@@ -49,6 +50,9 @@ RANGES = ((60, 79), (55, 74), (48, 67), (40, 60))  # soprano, alto, tenor, bass 
 # Degrees a secondary dominant may lead to: ii, IV, V, vi in major; iv, V, VI in minor.
 APPLIED_TARGETS = {"major": (1, 3, 4, 5), "minor": (3, 4, 5)}
 PASSING_CHANCE = 0.35
+# A fermata over a cadence chord, as sung: the chord held a beat or two longer than written,
+# the pulse resuming on the next phrase (the beat grid goes on; the chords stop changing).
+FERMATA_BEATS = (1, 2)
 MODULATION_CHANCE = 0.6
 # Keys a modulating hymn's middle phrases go to and cadence in (`write_modulating_hymn`): the
 # dominant in major; the relative major or the minor dominant in minor, as a chorale's do.
@@ -192,9 +196,11 @@ def _voice(rng: random.Random, chords: list[_Chord], cadences: set[int]) -> list
     return voiced
 
 
-def _passing(rng: random.Random, pitch: int, following: int, scale: tuple[int, ...]) -> int | None:
-    """The scale tone between a note and the next a third away, or None."""
-    if abs(following - pitch) not in (3, 4) or rng.random() > PASSING_CHANCE:
+def _passing(rng: random.Random, pitch: int, following: int, scale: tuple[int, ...],
+             chance: float = PASSING_CHANCE) -> int | None:  # fmt: skip
+    """The scale tone between a note and the next a third away (with probability `chance`),
+    or None."""
+    if abs(following - pitch) not in (3, 4) or rng.random() > chance:
         return None
     step = 1 if following > pitch else -1
     between = [p for p in range(pitch + step, following, step) if p % 12 in scale]
@@ -202,9 +208,12 @@ def _passing(rng: random.Random, pitch: int, following: int, scale: tuple[int, .
 
 
 def write_hymn(rng: random.Random, tonic: int, mode: str, beats: int, beats_per_bar: int = 4,
-               applied_chance: float = 0.0) -> list[HymnNote]:  # fmt: skip
+               applied_chance: float = 0.0, fermata_chance: float = 0.0,
+               passing_chance: float = PASSING_CHANCE) -> list[HymnNote]:  # fmt: skip
     """A hymn of at least `beats` beats in the key `tonic` (pitch class) `mode`; with
-    `applied_chance`, secondary dominants on the way (see the module's docstring)."""
+    `applied_chance`, secondary dominants on the way (see the module's docstring); with
+    `fermata_chance`, each cadence chord held under a fermata that chance (`FERMATA_BEATS`
+    more); `passing_chance`: how often a voice moving by a third fills it."""
     phrase_beats = 2 * beats_per_bar
     count = phrase_beats - 1  # chords per phrase, the cadence chord held two beats
     phrases = max(2, -(-beats // phrase_beats))
@@ -225,9 +234,12 @@ def write_hymn(rng: random.Random, tonic: int, mode: str, beats: int, beats_per_
         else:
             cadence = "authentic" if number == phrases - 1 or rng.random() < 0.5 else "half"
             chords += _phrase_chords(rng, tonic, mode, first, count, cadence, applied_chance)
-        lengths += [1.0] * (count - 1) + [2.0]
+        held = 0
+        if fermata_chance > 0 and rng.random() < fermata_chance:
+            held = rng.choice(FERMATA_BEATS)
+        lengths += [1.0] * (count - 1) + [2.0 + held]
         cadences.add(len(chords) - 1)
-    return _written(rng, chords, lengths, cadences)
+    return _written(rng, chords, lengths, cadences, passing_chance)
 
 
 def write_modulating_hymn(rng: random.Random, tonic: int, mode: str, phrases: int,
@@ -266,16 +278,17 @@ def write_modulating_hymn(rng: random.Random, tonic: int, mode: str, phrases: in
     return _written(rng, chords, lengths, cadences)
 
 
-def _written(rng: random.Random, chords: list[_Chord], lengths: list[float],
-             cadences: set[int]) -> list[HymnNote]:  # fmt: skip
-    """The chords voiced (`_voice`) and written out as notes, with passing tones."""
+def _written(rng: random.Random, chords: list[_Chord], lengths: list[float], cadences: set[int],
+             passing_chance: float = PASSING_CHANCE) -> list[HymnNote]:  # fmt: skip
+    """The chords voiced (`_voice`) and written out as notes, with passing tones (`_passing`,
+    with probability `passing_chance`)."""
     voiced = _voice(rng, chords, cadences)
     notes: list[HymnNote] = []
     start = 0.0
     for index, (chord, voicing, length) in enumerate(zip(chords, voiced, lengths, strict=True)):
         following = voiced[index + 1] if index + 1 < len(voiced) else None
         for voice, pitch in enumerate(voicing):
-            passing = (_passing(rng, pitch, following[voice], chord.scale())
+            passing = (_passing(rng, pitch, following[voice], chord.scale(), passing_chance)
                        if following is not None and length == 1.0 else None)  # fmt: skip
             if passing is None:
                 notes.append(HymnNote(start, length, pitch, voice))
