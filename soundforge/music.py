@@ -53,13 +53,15 @@ class TrackFields:
 
 
 def parse_uuid(text: str | uuid.UUID, what: str = "id") -> uuid.UUID:
-    """A user-typed id as a UUID, or `InvalidIdError` saying what was wrong."""
+    """A user-typed id as a UUID, or `InvalidIdError` saying what was wrong (quoting at most
+    64 characters of it: whoever defers a task chooses its ids)."""
     if isinstance(text, uuid.UUID):
         return text
     try:
         return uuid.UUID(text.strip())
     except (ValueError, AttributeError):
-        raise InvalidIdError(f"{what} {text!r} is not a valid UUID") from None
+        shown = text if not isinstance(text, str) or len(text) <= 64 else text[:64] + "..."
+        raise InvalidIdError(f"{what} {shown!r} is not a valid UUID") from None
 
 
 def _page(limit: int, offset: int) -> dict[str, int]:

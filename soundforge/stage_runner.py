@@ -35,10 +35,10 @@ from soundforge.errors import (
     StaleRowError,
 )
 from soundforge.models import IMPORT_TASK, Job, Stage
+from soundforge.music import parse_uuid
 from soundforge.redact import mask_text
 from soundforge.runtime import Runtime, get_runtime
 from soundforge.status import is_terminal
-from soundforge.task_args import uuid_argument
 
 if TYPE_CHECKING:
     from soundforge.sources import TrackMetadata
@@ -140,8 +140,8 @@ def run_stage(
     """Start the row, run the engine call `prepare` builds in an engine child process, and
     finish or fail the row. Each step borrows a pooled connection for its statements only: no
     connection is held while the engine runs."""
-    track_uuid = uuid_argument("track_id", track_id)
-    job_uuid = uuid_argument("job_id", job_id) if job_id else None
+    track_uuid = parse_uuid(track_id, "track id")  # deferred ids are untrusted: permanent
+    job_uuid = parse_uuid(job_id, "job id") if job_id else None
     runtime = get_runtime()
     queue_job = context.job
     assert queue_job.id is not None

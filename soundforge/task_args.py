@@ -5,8 +5,8 @@ untrusted: `checked_arguments` binds them to the task's signature (an unknown or
 refused) and holds each to its annotation (`str`, `bool`, `int`, `X | None`), so `"false"`
 never reads as true and a list never reaches a query as a PostgreSQL array. A refusal is
 `BadTaskArgumentError`: permanent (no retry) and naming the argument; the values themselves
-are checked where they are used (`uuid_argument` for row ids, the source parser, the model
-registry).
+are checked where they are used (`music.parse_uuid` for row ids, the source parser, the
+model registry).
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import functools
 import inspect
 import types
 import typing
-import uuid
 from collections.abc import Callable
 from typing import ParamSpec, TypeVar
 
@@ -87,12 +86,3 @@ def _json_name(kind: type) -> str:
     names = {str: "a string", bool: "true or false", int: "a whole number",
              float: "a number", type(None): "null", list: "a list", dict: "an object"}  # fmt: skip
     return names.get(kind, kind.__name__)
-
-
-def uuid_argument(name: str, value: str) -> uuid.UUID:
-    """A row id given as text; `BadTaskArgumentError` when it is no UUID."""
-    try:
-        return uuid.UUID(value)
-    except ValueError:
-        shown = value if len(value) <= 64 else value[:64] + "..."
-        raise BadTaskArgumentError(f"argument {name!r} is not a valid UUID: {shown!r}") from None
