@@ -475,9 +475,9 @@ def chord_paced_tempo(envelope: FloatArray, chroma: FloatArray, bpm: float, beat
     while candidate >= PRIOR_MIN_BPM:
         slower_beats = track_beats_at(window, candidate, sample_rate, hop_length)
         slower, balance = chord_contrast(cumulative, slower_beats)
-        tracked = tempo_from_intervals(slower_beats, sample_rate, hop_length) or 0.0
         if (slower >= best_contrast and balance >= CHORD_SCAN_MIN_BALANCE
-                and tracked >= PRIOR_MIN_BPM):  # fmt: skip
+                and (tempo_from_intervals(slower_beats, sample_rate, hop_length) or 0.0)
+                >= PRIOR_MIN_BPM):  # fmt: skip
             best_contrast, best_bpm = slower, candidate
         candidate /= CHORD_SCAN_STEP
     if best_bpm == bpm:
