@@ -134,6 +134,7 @@ class Settings(BaseSettings):
     resolver: Literal["yt-dlp", "spotdl"] = "yt-dlp"
     resolver_search_template: str = "ytsearch5:{query}"
     max_download_bytes: int = Field(default=500 * 1024 * 1024, ge=1024)
+    max_import_bytes: int = Field(default=2 * 1024**3, ge=1024)
     connect_timeout_s: float = Field(default=10.0, gt=0)
     read_timeout_s: float = Field(default=30.0, gt=0)
     max_redirects: int = Field(default=5, ge=0)

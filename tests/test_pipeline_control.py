@@ -378,6 +378,17 @@ def test_add_rejects_a_bad_source_before_queueing_anything(
     assert _count(conn, "tracks") == 0
 
 
+def test_add_refuses_a_local_file_over_the_import_limit(
+    conn: psycopg.Connection[Any], cli_env: dict[str, str], song: Path
+) -> None:
+    env = {**cli_env, "SOUNDFORGE_MAX_IMPORT_BYTES": str(song.stat().st_size - 1)}
+    result = run_cli("add", str(song), env=env)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "over the import limit" in result.stderr
+    assert "SOUNDFORGE_MAX_IMPORT_BYTES" in result.stderr
+    assert _count(conn, "tracks") == 0
+
+
 
 def test_rerunning_a_completed_stage_does_nothing_unless_forced(
     conn: psycopg.Connection[Any], database_url: str, tmp_path: Path, song: Path

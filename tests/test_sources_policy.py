@@ -32,6 +32,7 @@ from soundforge.source_policy import DestinationPolicy, ImportRoots, refusal_rul
 from soundforge.sources import (
     DownloadNetworkError,
     DownloadTooLargeError,
+    ImportTooLargeError,
     SourceConfig,
     expand_source,
     fetch_audio,
@@ -435,6 +436,51 @@ def test_local_files_only_from_the_import_roots(tmp_path: Path, storage: Storage
         expand_source(parse_source(str(inside_file)), SourceConfig())
 
 
+def test_a_local_file_over_the_import_limit_is_refused_when_added_and_when_fetched(
+    tmp_path: Path, storage: Storage
+) -> None:
+    """SOUNDFORGE_MAX_IMPORT_BYTES holds for local files as the download limit does for URLs:
+    refused at `add` and again by the job, permanently, nothing left in the storage folder."""
+    root = tmp_path / "imports"
+    root.mkdir()
+    song = root / "song.flac"
+    song.write_bytes(tone_bytes(1.0, "flac"))
+    size = song.stat().st_size
+    tight = SourceConfig(import_roots=ImportRoots((root,)), max_import_bytes=size - 1)
+    with pytest.raises(ImportTooLargeError, match=f"{size} bytes.*SOUNDFORGE_MAX_IMPORT_BYTES"):
+        expand_source(parse_source(str(song)), tight)
+    metadata = TrackMetadata("x", None, None, None, None, None, None, origin=str(song))
+    with pytest.raises(ImportTooLargeError) as refused:
+        fetch_audio(metadata, storage, TRACK_ID, tight)
+    assert isinstance(refused.value, PermanentError)
+    assert not [path for path in storage.root.rglob("*") if path.is_file()]
+    exact = SourceConfig(import_roots=ImportRoots((root,)), max_import_bytes=size)
+    assert fetch(str(song), storage, exact).file_size == size and song.exists()
+
+
+def test_a_link_or_copy_over_the_import_limit_leaves_nothing(tmp_path: Path) -> None:
+    """The size is checked again where the file is taken (it may have grown since `add`): a
+    hard link is removed, a copy (another filesystem) is refused before a byte is read, and a
+    copy stops one byte past the limit when the file yields more than its size said (a file
+    growing as it is read; /proc's files report size 0 and yield kilobytes)."""
+    from soundforge.sources.fetch import _copy_without_following, _link_or_copy
+
+    song = tmp_path / "song.flac"
+    song.write_bytes(b"fLaC" + bytes(5000))
+    staging = tmp_path / "staging.part"
+    for take in (_link_or_copy, _copy_without_following):
+        with pytest.raises(ImportTooLargeError, match="5004 bytes, over the import limit"):
+            take(song, staging, 5003)
+        assert not staging.exists()
+    grown = Path("/proc/self/maps")
+    assert grown.stat().st_size == 0 and len(grown.read_bytes()) > 200
+    with pytest.raises(ImportTooLargeError, match="grew past the import limit of 200 bytes"):
+        _copy_without_following(grown, staging, 200)
+    assert not staging.exists()
+    _copy_without_following(song, staging, 5004)
+    assert staging.read_bytes() == song.read_bytes()
+
+
 def _through_proxy(proxy_url: str, request: bytes) -> bytes:
     host, port = proxy_url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=5) as sock:
@@ -486,7 +532,7 @@ def test_a_file_swapped_for_a_symlink_after_the_check_is_not_read(tmp_path: Path
     swapped.symlink_to(secret)
     staging = tmp_path / "staging.part"
     with pytest.raises(ImportRootError, match="became a symbolic link"):
-        _link_or_copy(swapped, staging)
+        _link_or_copy(swapped, staging, 1 << 20)
     assert not staging.exists() and not staging.is_symlink()
 
 
@@ -503,9 +549,9 @@ def test_a_file_swapped_for_a_fifo_after_the_check_is_refused_without_blocking(
     os.mkfifo(fifo)
     staging = tmp_path / "staging.part"
     with pytest.raises(SourceError, match="not a regular file"):
-        _link_or_copy(fifo, staging)
+        _link_or_copy(fifo, staging, 1 << 20)
     with pytest.raises(SourceError, match="not a regular file"):
-        _copy_without_following(fifo, staging)
+        _copy_without_following(fifo, staging, 1 << 20)
     assert not staging.exists()
 
 

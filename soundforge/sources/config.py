@@ -28,6 +28,8 @@ class SourceConfig:
     resolver: Resolver = "yt-dlp"
     resolver_search_template: str = "ytsearch5:{query}"
     max_download_bytes: int = 500 * 1024 * 1024
+    max_import_bytes: int = 2 * 1024**3
+    """The largest local file imported (hard-linked or copied into the storage root)."""
     connect_timeout_s: float = 10.0
     read_timeout_s: float = 30.0
     max_redirects: int = 5
@@ -61,6 +63,7 @@ class SourceConfig:
             resolver=settings.resolver,
             resolver_search_template=settings.resolver_search_template,
             max_download_bytes=settings.max_download_bytes,
+            max_import_bytes=settings.max_import_bytes,
             connect_timeout_s=settings.connect_timeout_s,
             read_timeout_s=settings.read_timeout_s,
             max_redirects=settings.max_redirects,

@@ -45,6 +45,10 @@ class DownloadTooLargeError(SourceError):
     """The body is larger than `max_download_bytes`."""
 
 
+class ImportTooLargeError(SourceError):
+    """A local file is larger than `max_import_bytes` (or grew past it while copied)."""
+
+
 class DownloadNetworkError(TransientError):
     """Timeouts, refused or dropped connections (after the resume attempts), 5xx answers."""
 

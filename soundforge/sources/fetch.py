@@ -15,13 +15,14 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 
 from soundforge.errors import ImportRootError, ProgressCallback, SourceError, StorageError
 from soundforge.file_store import FileStore
 from soundforge.redact import mask_url
 from soundforge.sources import spotdl_resolver, ytdlp_resolver
 from soundforge.sources.config import SourceConfig
-from soundforge.sources.errors import SourceNotFoundError
+from soundforge.sources.errors import ImportTooLargeError, SourceNotFoundError
 from soundforge.sources.http_download import ByteProgress, download_http
 from soundforge.sources.model import (
     HttpSource,
@@ -39,6 +40,7 @@ from soundforge.storage import download_relpath
 logger = logging.getLogger(__name__)
 
 DOWNLOAD_SHARE = 95.0  # percent of the progress bar the transfer takes; validation the rest
+COPY_CHUNK_BYTES = 1 << 20
 
 
 def expand_source(
@@ -77,7 +79,8 @@ def fetch_audio(
     with _staging(storage, track_id) as staging:
         if isinstance(source, LocalFileSource):
             resolved = _check_local_file(source.path, config)
-            produced, label = _link_or_copy(resolved, staging), str(source.path)
+            produced = _link_or_copy(resolved, staging, config.max_import_bytes)
+            label = str(source.path)
         elif isinstance(source, HttpSource):
             download_http(source.url, staging, config, byte_progress)
             produced, label = staging, mask_url(source.url)
@@ -148,42 +151,72 @@ def _staging(storage: FileStore, track_id: uuid.UUID | str) -> Iterator[Path]:
                 leftover.unlink(missing_ok=True)
 
 
-def _link_or_copy(source: Path, destination: Path) -> Path:
+def _link_or_copy(source: Path, destination: Path, max_bytes: int) -> Path:
     """Hard-link when on the same filesystem, else copy; the source is never moved. Neither
     follows a symlink, nor reads anything but a regular file: a symlink, FIFO or device
-    swapped in since the import-root check is refused, not read (a FIFO would block)."""
+    swapped in since the import-root check is refused, not read (a FIFO would block). A file
+    larger than `max_bytes` is refused, and a copy stops at that size (a file that grows while
+    it is copied cannot fill the storage folder)."""
     try:
         os.link(source, destination, follow_symlinks=False)
     except OSError:
-        _copy_without_following(source, destination)
-    linked = os.lstat(destination).st_mode
-    if not stat.S_ISREG(linked):
+        _copy_without_following(source, destination, max_bytes)
+    linked = os.lstat(destination)
+    if not stat.S_ISREG(linked.st_mode):
         destination.unlink()
-        raise _became_symlink(source) if stat.S_ISLNK(linked) else _not_regular(source)
+        raise _became_symlink(source) if stat.S_ISLNK(linked.st_mode) else _not_regular(source)
+    if linked.st_size > max_bytes:
+        destination.unlink()
+        raise _too_large(source, linked.st_size, max_bytes)
     return destination
 
 
-def _copy_without_following(source: Path, destination: Path) -> None:
-    """Copy `source` (refusing a symlink or anything but a regular file) to the new file
-    `destination`; a failure names the side that failed: reading the source, or writing into
-    the storage folder. Opened without blocking, so a FIFO is refused instead of waited on."""
+def _copy_without_following(source: Path, destination: Path, max_bytes: int) -> None:
+    """Copy `source` (refusing a symlink, anything but a regular file, or more than `max_bytes`)
+    to the new file `destination`; a failure names the side that failed: reading the source,
+    or writing into the storage folder. Opened without blocking, so a FIFO is refused instead
+    of waited on."""
     try:
         descriptor = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError as error:
         if error.errno == errno.ELOOP:
             raise _became_symlink(source) from None
         raise SourceError(f"{source}: cannot read ({error.strerror})") from None
-    if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+    info = os.fstat(descriptor)
+    if not stat.S_ISREG(info.st_mode) or info.st_size > max_bytes:
         os.close(descriptor)
-        raise _not_regular(source)
+        if not stat.S_ISREG(info.st_mode):
+            raise _not_regular(source)
+        raise _too_large(source, info.st_size, max_bytes)
     os.set_blocking(descriptor, True)
     with open(descriptor, "rb") as reader:
         try:
             with open(destination, "xb") as writer:
-                shutil.copyfileobj(reader, writer)
+                copied = _copy_at_most(reader, writer, max_bytes)
         except OSError as error:
             raise StorageError(f"cannot copy {source.name} into the storage folder "
                                f"{destination.parent} ({error.strerror})") from None  # fmt: skip
+    if copied > max_bytes:
+        destination.unlink()
+        raise _too_large(source, copied, max_bytes, grew=True)
+
+
+def _copy_at_most(reader: BinaryIO, writer: BinaryIO, max_bytes: int) -> int:
+    """Copy until the end of `reader` or one byte past `max_bytes`; the bytes copied."""
+    copied = 0
+    while copied <= max_bytes:
+        chunk = reader.read(min(COPY_CHUNK_BYTES, max_bytes + 1 - copied))
+        if not chunk:
+            break
+        writer.write(chunk)
+        copied += len(chunk)
+    return copied
+
+
+def _too_large(source: Path, size: int, max_bytes: int, grew: bool = False) -> ImportTooLargeError:
+    told = "grew past" if grew else f"is {size} bytes, over"
+    return ImportTooLargeError(f"{source}: {told} the import limit of {max_bytes} bytes "
+                               "(SOUNDFORGE_MAX_IMPORT_BYTES)")  # fmt: skip
 
 
 def _became_symlink(source: Path) -> ImportRootError:
@@ -204,6 +237,9 @@ def _check_local_file(path: Path, config: SourceConfig) -> Path:
         raise _not_regular(path)
     if not os.access(path, os.R_OK):
         raise SourceError(f"{path}: not readable (permission denied)")
+    size = path.stat().st_size
+    if size > config.max_import_bytes:
+        raise _too_large(path, size, config.max_import_bytes)
     return path
 
 
