@@ -8,7 +8,8 @@ through `tempo.detection`. Two sets, one run, each per class (no drums / drums):
   fluidsynth, a GM soundfont and the bench extra; skipped with the reason when missing), per
   part (tuning: what the analysis was tuned on; validation: held back, `split_of`), and the
   four-part hymns alone, the hymns with secondary dominants alone, the hymns that modulate and
-  come back home alone and the slow hymns with fermatas alone (the classes closest to
+  come back home alone, the slow hymns with fermatas alone and the ornamented hymns (sevenths,
+  suspensions, Picardy thirds, a bass in eighths) alone (the classes closest to
   chorales);
 - grid: the synthesized grid of `tests/audio_synth.py` (24 keys x 3 progressions per mode x
   3 timbres x drums on/off for the key; 60-200 BPM for the tempo), as before.
@@ -130,8 +131,8 @@ def _row(chosen: list[tuple[Case, Estimate]], system: str, label: str) -> str:
 
 def _score(cases: list[Case], system: str, estimates: list[Estimate]) -> list[str]:
     """One row per part (tuning / validation, when the cases have parts) and class (no drums /
-    drums), then the hymns, the chromatic, the modulating and the fermata hymns alone per
-    part."""
+    drums), then the hymns, the chromatic, the modulating, the fermata and the ornamented
+    hymns alone per part."""
     pairs = list(zip(cases, estimates, strict=True))
     rows = []
     for part in sorted({case.part for case in cases}, key=("tuning", "validation", "all").index):
@@ -143,7 +144,8 @@ def _score(cases: list[Case], system: str, estimates: list[Estimate]) -> list[st
                 rows.append(_row(chosen, system, label))
         for source, label in (("hymn", "hymns"), ("chromatic hymn", "chromatic hymns"),
                               ("modulating hymn", "modulating hymns"),
-                              ("fermata hymn", "fermata hymns")):  # fmt: skip
+                              ("fermata hymn", "fermata hymns"),
+                              ("ornamented hymn", "ornamented hymns")):  # fmt: skip
             chosen = [(case, est) for case, est in pairs
                       if case.part == part and case.label.startswith(source + " (")]  # fmt: skip
             if chosen:

@@ -20,7 +20,11 @@ Sources (never Bach: the held-out set is built from Bach chorales):
   home), without drums; a third end inside the clip on their final cadence, a third go on past
   it, a third are excerpts ending at rest after the phrase in the other key;
 - a fermata set: slow hymns (40-90 BPM, one in three in 3/4) whose cadence chords are mostly
-  held a beat or two longer under a fermata, more voices moving in eighths, without drums.
+  held a beat or two longer under a fermata, more voices moving in eighths, without drums;
+- an ornamented set: hymns (45-100 BPM) with the figures of a baroque harmonisation
+  (`bench/hymns.py`'s `Ornaments`: a dominant's root falling to its seventh, 4-3 suspensions at
+  cadences, a minor hymn ending on a major chord, a bass moving in eighths), some secondary
+  dominants and fermatas, without drums.
 
 Every clip belongs to the tuning part or the held-back validation part, by a hash of its file
 name (each clip is a different piece): tune on the first, report both (`split_of`).
@@ -112,6 +116,20 @@ FERMATA_CHANCE = 0.75
 FERMATA_PASSING_CHANCE = 0.5
 FERMATA_TEMPI = (40, 91)
 FERMATA_THREE_FOUR_CHANCE = 0.33
+# The ornamented set: hymns with the figures of a baroque harmonisation (`bench/hymns.py`'s
+# `Ornaments`: V8-7, 4-3 suspensions at cadences, Picardy thirds, a bass in eighths), some
+# secondary dominants, some fermatas, modulating as `write_hymn` does, without drums.
+ORNAMENTED_VERSION = 1
+ORNAMENTED_SEED = 7272
+ORNAMENTED_HYMNS = 48
+ORNAMENTED_APPLIED_CHANCE = 0.15
+ORNAMENTED_TEMPI = (45, 101)
+ORNAMENTED_THREE_FOUR_CHANCE = 0.25
+ORNAMENTED_FERMATA_CHANCE = 0.4
+ORNAMENTED_PASSING_CHANCE = 0.45
+ORNAMENTED_SEVENTH_CHANCE = 0.5
+ORNAMENTED_SUSPENSION_CHANCE = 0.6
+ORNAMENTED_BASS_EIGHTHS_CHANCE = 0.35
 EXTRA_GROOVES = 32
 # Hymn ensembles: soprano, alto, tenor, bass programs (organ, piano, strings, choir, as sung
 # and played hymns are).
@@ -375,17 +393,17 @@ def _clips_to_render(rng: random.Random, seconds: float) -> Iterator[tuple[
 
 def _hymn_events(rng: random.Random, tonic: int, mode: str, tempo: float, seconds: float,
                  beats_per_bar: int, applied_chance: float = 0.0,
-                 fermata: tuple[float, float] | None = None) -> tuple[
-                     list[NoteEvent], list[float]]:  # fmt: skip
+                 fermata: tuple[float, float] | None = None, ornaments: Any = None,
+                 ) -> tuple[list[NoteEvent], list[float]]:  # fmt: skip
     """A hymn of `bench/hymns.py` in seconds: voices legato, a repeated note struck again;
-    `fermata`: its (fermata chance, passing-tone chance)."""
+    `fermata`: its (fermata chance, passing-tone chance); `ornaments`: its `Ornaments`."""
     from bench.hymns import PASSING_CHANCE, write_hymn
 
     fermata_chance, passing_chance = fermata or (0.0, PASSING_CHANCE)
     beat_s = 60.0 / tempo
     beats = int(seconds / beat_s) + 2
     notes = write_hymn(rng, tonic, mode, beats, beats_per_bar, applied_chance, fermata_chance,
-                       passing_chance)  # fmt: skip
+                       passing_chance, ornaments)  # fmt: skip
     return _timed(rng, notes, tempo), [index * beat_s for index in range(beats + 1)]
 
 
@@ -413,16 +431,17 @@ def _extra_clips(rng: random.Random, seconds: float) -> Iterator[tuple[
 def _hymns(rng: random.Random, seconds: float, count: int, source: str,
            applied_chance: float = 0.0, tempi: tuple[int, int] = (50, 111),
            three_four_chance: float = 0.2, fermata: tuple[float, float] | None = None,
+           ornaments: Any = None,
            ) -> Iterator[tuple[str, str, float, list[NoteEvent], list[float], int]]:  # fmt: skip
     """`count` hymns, major and minor in turn, at `tempi` BPM (50-110), `three_four_chance` of
-    them in 3/4 (one in five); `fermata`: see `_hymn_events`."""
+    them in 3/4 (one in five); `fermata`, `ornaments`: see `_hymn_events`."""
     for index in range(count):
         mode = ("major", "minor")[index % 2]
         tonic = rng.randrange(12)
         tempo = float(rng.randrange(*tempi))
         per_bar = 3 if rng.random() < three_four_chance else 4
         events, beats = _hymn_events(rng, tonic, mode, tempo, seconds, per_bar, applied_chance,
-                                     fermata)  # fmt: skip
+                                     fermata, ornaments)  # fmt: skip
         yield source, _key_name(tonic, mode), tempo, events, beats, per_bar
 
 
@@ -497,20 +516,29 @@ def build_corpus(cache: Path = DEFAULT_CACHE, seconds: float = 20.0,
                  seed: int = 13) -> list[CorpusClip]:  # fmt: skip
     """Render the corpus into `cache` once (each set reused while its index matches its
     version): the first set of compositions and progressions, then the hymns and grooves, the
-    chromatic hymns, the modulating hymns and the fermata hymns."""
-    first = _cached(cache / "index.json", CORPUS_VERSION, seconds)
-    extra = _cached(cache / "index-hymns.json", EXTRA_VERSION, seconds)
-    chromatic = _cached(cache / "index-chromatic.json", CHROMATIC_VERSION, seconds)
-    modulating = _cached(cache / "index-modulating.json", MODULATING_VERSION, seconds)
-    fermata = _cached(cache / "index-fermata.json", FERMATA_VERSION, seconds)
-    if (first is not None and extra is not None and chromatic is not None
-            and modulating is not None and fermata is not None):  # fmt: skip
-        return first + extra + chromatic + modulating + fermata
+    chromatic hymns, the modulating hymns, the fermata hymns and the ornamented hymns."""
+    sets = _corpus_sets(seed)
+    found = [_cached(cache / index, version, seconds) for index, version, _ in sets]
+    if all(clips is not None for clips in found):
+        return [clip for clips in found for clip in clips or ()]
     missing = tools_missing()
     if missing:
         raise RuntimeError(missing)
     cache.mkdir(parents=True, exist_ok=True)
-    if first is None:
+    corpus: list[CorpusClip] = []
+    for (index, version, render), cached in zip(sets, found, strict=True):
+        clips = cached if cached is not None else render(cache, seconds)
+        if cached is None:
+            _write_index(cache / index, version, seconds, clips)
+        corpus += clips
+    return corpus
+
+
+def _corpus_sets(seed: int) -> list[tuple[str, int, Any]]:
+    """Each set of the corpus: its index file, its version, and how it is rendered (a function
+    of the cache folder and the clip length)."""
+
+    def first(cache: Path, seconds: float) -> list[CorpusClip]:
         rng = random.Random(seed)
         ensembles = list(ENSEMBLES)
 
@@ -519,37 +547,52 @@ def build_corpus(cache: Path = DEFAULT_CACHE, seconds: float = 20.0,
                 return False
             return (number + number // len(ensembles)) % 2 == 1 or source == "groove"
 
-        first = _render_all(cache, _clips_to_render(rng, seconds), rng, "clip", {},
-                            first_drums, seconds)  # fmt: skip
-        _write_index(cache / "index.json", CORPUS_VERSION, seconds, first)
-    if extra is None:
+        return _render_all(cache, _clips_to_render(rng, seconds), rng, "clip", {},
+                           first_drums, seconds)  # fmt: skip
+
+    def extra(cache: Path, seconds: float) -> list[CorpusClip]:
         rng = random.Random(EXTRA_SEED)
-        extra = _render_all(cache, _extra_clips(rng, seconds), rng, "extra",
-                            {"hymn": HYMN_ENSEMBLES}, lambda _, source: source == "groove",
-                            seconds)  # fmt: skip
-        _write_index(cache / "index-hymns.json", EXTRA_VERSION, seconds, extra)
-    if chromatic is None:
-        rng = random.Random(CHROMATIC_SEED)
-        chromatic = _render_all(cache, _hymns(rng, seconds, CHROMATIC_HYMNS, "chromatic hymn",
-                                              APPLIED_CHANCE), rng, "chromatic",
-                                {"chromatic hymn": HYMN_ENSEMBLES}, lambda *_: False,
-                                seconds)  # fmt: skip
-        _write_index(cache / "index-chromatic.json", CHROMATIC_VERSION, seconds, chromatic)
-    if modulating is None:
-        rng = random.Random(MODULATING_SEED)
-        modulating = _render_all(cache, _modulating_hymns(rng, seconds, MODULATING_HYMNS), rng,
-                                 "modulating", {"modulating hymn": HYMN_ENSEMBLES},
-                                 lambda *_: False, seconds)  # fmt: skip
-        _write_index(cache / "index-modulating.json", MODULATING_VERSION, seconds, modulating)
-    if fermata is None:
-        rng = random.Random(FERMATA_SEED)
-        fermata_and_passing = (FERMATA_CHANCE, FERMATA_PASSING_CHANCE)
-        hymns = _hymns(rng, seconds, FERMATA_HYMNS, "fermata hymn", 0.0, FERMATA_TEMPI,
-                       FERMATA_THREE_FOUR_CHANCE, fermata_and_passing)  # fmt: skip
-        fermata = _render_all(cache, hymns, rng, "fermata", {"fermata hymn": HYMN_ENSEMBLES},
-                              lambda *_: False, seconds)  # fmt: skip
-        _write_index(cache / "index-fermata.json", FERMATA_VERSION, seconds, fermata)
-    return first + extra + chromatic + modulating + fermata
+        return _render_all(cache, _extra_clips(rng, seconds), rng, "extra",
+                           {"hymn": HYMN_ENSEMBLES}, lambda _, source: source == "groove",
+                           seconds)  # fmt: skip
+
+    def hymn_set(seed_of_set: int, prefix: str, source: str, clips: Any) -> Any:
+        def render(cache: Path, seconds: float) -> list[CorpusClip]:
+            rng = random.Random(seed_of_set)
+            return _render_all(cache, clips(rng, seconds), rng, prefix,
+                               {source: HYMN_ENSEMBLES}, lambda *_: False, seconds)  # fmt: skip
+
+        return render
+
+    def chromatic(rng: random.Random, seconds: float) -> Any:
+        return _hymns(rng, seconds, CHROMATIC_HYMNS, "chromatic hymn", APPLIED_CHANCE)
+
+    def fermata(rng: random.Random, seconds: float) -> Any:
+        return _hymns(rng, seconds, FERMATA_HYMNS, "fermata hymn", 0.0, FERMATA_TEMPI,
+                      FERMATA_THREE_FOUR_CHANCE, (FERMATA_CHANCE, FERMATA_PASSING_CHANCE))
+
+    def ornamented(rng: random.Random, seconds: float) -> Any:
+        from bench.hymns import Ornaments
+
+        ornaments = Ornaments(ORNAMENTED_SEVENTH_CHANCE, ORNAMENTED_SUSPENSION_CHANCE, True,
+                              ORNAMENTED_BASS_EIGHTHS_CHANCE)  # fmt: skip
+        return _hymns(rng, seconds, ORNAMENTED_HYMNS, "ornamented hymn", ORNAMENTED_APPLIED_CHANCE,
+                      ORNAMENTED_TEMPI, ORNAMENTED_THREE_FOUR_CHANCE,
+                      (ORNAMENTED_FERMATA_CHANCE, ORNAMENTED_PASSING_CHANCE), ornaments)
+
+    return [
+        ("index.json", CORPUS_VERSION, first),
+        ("index-hymns.json", EXTRA_VERSION, extra),
+        ("index-chromatic.json", CHROMATIC_VERSION,
+         hymn_set(CHROMATIC_SEED, "chromatic", "chromatic hymn", chromatic)),
+        ("index-modulating.json", MODULATING_VERSION,
+         hymn_set(MODULATING_SEED, "modulating", "modulating hymn",
+                  lambda rng, seconds: _modulating_hymns(rng, seconds, MODULATING_HYMNS))),
+        ("index-fermata.json", FERMATA_VERSION,
+         hymn_set(FERMATA_SEED, "fermata", "fermata hymn", fermata)),
+        ("index-ornamented.json", ORNAMENTED_VERSION,
+         hymn_set(ORNAMENTED_SEED, "ornamented", "ornamented hymn", ornamented)),
+    ]  # fmt: skip
 
 
 def _write_index(path: Path, version: int, seconds: float, clips: list[CorpusClip]) -> None:

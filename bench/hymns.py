@@ -20,7 +20,11 @@ leading tone foreign to the key), as chorale harmonisations tonicize on the way.
 pivot chord to the dominant (major) or the relative major or minor dominant (minor) and
 cadences there, and the last phrase returns and cadences at home. The key a MIREX annotation
 gives such a piece is the home key. With `fermata_chance`, a cadence chord is held a beat or two
-longer, as a fermata is sung: the chords stop changing, the beat goes on.
+longer, as a fermata is sung: the chords stop changing, the beat goes on. `Ornaments` add the
+figures of a baroque harmonisation: a dominant's root falling to its seventh (V8-7), the
+cadential 4-3 suspension (the tonic held over into V, resolving to the leading tone), a minor
+hymn's last chord major (the Picardy third), and a bass moving in eighths (passing tones and
+octave leaps).
 """
 
 from __future__ import annotations
@@ -58,6 +62,16 @@ MODULATION_CHANCE = 0.6
 # dominant in major; the relative major or the minor dominant in minor, as a chorale's do.
 MODULATIONS = {"major": ((7, "major"),), "minor": ((3, "major"), (7, "minor"))}
 AWAY_CHANCE = 0.4  # a second phrase in the new key, in hymns of four phrases or more
+
+
+@dataclass(frozen=True)
+class Ornaments:
+    """How often each baroque figure is written (see the module's docstring)."""
+
+    seventh_chance: float = 0.0  # a V going to I: a voice doubling its root falls to the 7th
+    suspension_chance: float = 0.0  # a cadence's V: its leading tone delayed by the tonic
+    picardy: bool = False  # a minor hymn ends on a major tonic chord
+    bass_eighths_chance: float = 0.0  # a quarter of the bass split into two eighths
 
 
 @dataclass(frozen=True)
@@ -209,11 +223,13 @@ def _passing(rng: random.Random, pitch: int, following: int, scale: tuple[int, .
 
 def write_hymn(rng: random.Random, tonic: int, mode: str, beats: int, beats_per_bar: int = 4,
                applied_chance: float = 0.0, fermata_chance: float = 0.0,
-               passing_chance: float = PASSING_CHANCE) -> list[HymnNote]:  # fmt: skip
+               passing_chance: float = PASSING_CHANCE, ornaments: Ornaments | None = None,
+               ) -> list[HymnNote]:  # fmt: skip
     """A hymn of at least `beats` beats in the key `tonic` (pitch class) `mode`; with
     `applied_chance`, secondary dominants on the way (see the module's docstring); with
     `fermata_chance`, each cadence chord held under a fermata that chance (`FERMATA_BEATS`
-    more); `passing_chance`: how often a voice moving by a third fills it."""
+    more); `passing_chance`: how often a voice moving by a third fills it; `ornaments`: the
+    baroque figures written, none by default."""
     phrase_beats = 2 * beats_per_bar
     count = phrase_beats - 1  # chords per phrase, the cadence chord held two beats
     phrases = max(2, -(-beats // phrase_beats))
@@ -239,7 +255,7 @@ def write_hymn(rng: random.Random, tonic: int, mode: str, beats: int, beats_per_
             held = rng.choice(FERMATA_BEATS)
         lengths += [1.0] * (count - 1) + [2.0 + held]
         cadences.add(len(chords) - 1)
-    return _written(rng, chords, lengths, cadences, passing_chance)
+    return _written(rng, chords, lengths, cadences, passing_chance, ornaments or Ornaments())
 
 
 def write_modulating_hymn(rng: random.Random, tonic: int, mode: str, phrases: int,
@@ -279,21 +295,61 @@ def write_modulating_hymn(rng: random.Random, tonic: int, mode: str, phrases: in
 
 
 def _written(rng: random.Random, chords: list[_Chord], lengths: list[float], cadences: set[int],
-             passing_chance: float = PASSING_CHANCE) -> list[HymnNote]:  # fmt: skip
+             passing_chance: float = PASSING_CHANCE, ornaments: Ornaments = Ornaments(),
+             ) -> list[HymnNote]:  # fmt: skip
     """The chords voiced (`_voice`) and written out as notes, with passing tones (`_passing`,
-    with probability `passing_chance`)."""
+    with probability `passing_chance`) and `ornaments` (`_figures`)."""
     voiced = _voice(rng, chords, cadences)
+    if ornaments.picardy and chords[-1].mode == "minor" and chords[-1].degree == 0:
+        minor_third = (chords[-1].tonic + 3) % 12
+        voiced[-1] = tuple(pitch + 1 if pitch % 12 == minor_third else pitch
+                           for pitch in voiced[-1])  # fmt: skip
     notes: list[HymnNote] = []
     start = 0.0
     for index, (chord, voicing, length) in enumerate(zip(chords, voiced, lengths, strict=True)):
         following = voiced[index + 1] if index + 1 < len(voiced) else None
+        figures: dict[int, tuple[int, int]] = {}
+        if following is not None and length == 1.0:
+            figures = _figures(rng, chord, chords[index + 1], voicing, following,
+                               index + 1 in cadences, ornaments)  # fmt: skip
         for voice, pitch in enumerate(voicing):
             passing = (_passing(rng, pitch, following[voice], chord.scale(), passing_chance)
                        if following is not None and length == 1.0 else None)  # fmt: skip
-            if passing is None:
-                notes.append(HymnNote(start, length, pitch, voice))
+            first, second = figures.get(voice, (pitch, passing))
+            if second is None:
+                notes.append(HymnNote(start, length, first, voice))
             else:
-                notes.append(HymnNote(start, length / 2, pitch, voice))
-                notes.append(HymnNote(start + length / 2, length / 2, passing, voice))
+                notes.append(HymnNote(start, length / 2, first, voice))
+                notes.append(HymnNote(start + length / 2, length / 2, second, voice))
         start += length
     return notes
+
+
+def _figures(rng: random.Random, chord: _Chord, following: _Chord, voicing: tuple[int, ...],
+             next_voicing: tuple[int, ...], cadence_next: bool,
+             ornaments: Ornaments) -> dict[int, tuple[int, int]]:  # fmt: skip
+    """The voices of one chord a beat long that `ornaments` split into two eighths: voice ->
+    (first pitch, second pitch). A cadence's V, before I, may delay its leading tone by the
+    tonic a semitone above (4-3); a V before I or vi may let an upper voice doubling its root
+    fall a whole step to the seventh (8-7); the bass may fill a third or leap an octave."""
+    figures: dict[int, tuple[int, int]] = {}
+    dominant = chord.degree == 4 and chord.applied_root is None
+    root = chord.pitch_classes()[0]
+    if (dominant and cadence_next and following.degree == 0
+            and rng.random() < ornaments.suspension_chance):  # fmt: skip
+        for voice in range(3):
+            if voicing[voice] % 12 == (chord.tonic + 11) % 12:
+                figures[voice] = (voicing[voice] + 1, voicing[voice])
+                break
+    roots = [voice for voice in range(3) if voicing[voice] % 12 == root and voice not in figures]
+    if (dominant and following.degree in (0, 5) and roots and voicing[3] % 12 == root
+            and rng.random() < ornaments.seventh_chance):  # fmt: skip
+        voice = rng.choice(roots)
+        figures[voice] = (voicing[voice], voicing[voice] - 2)
+    if rng.random() < ornaments.bass_eighths_chance:
+        bass = voicing[3]
+        filled = _passing(rng, bass, next_voicing[3], chord.scale(), chance=1.0)
+        low, high = RANGES[3]
+        leap = bass - 12 if bass - 12 >= low else bass + 12
+        figures[3] = (bass, filled if filled is not None else leap if leap <= high else bass)
+    return figures

@@ -20,6 +20,9 @@ VOICINGS: dict[str, tuple[int, ...]] = {
     "C": (48, 55, 64, 72), "F": (41, 57, 65, 72), "Dm": (50, 57, 65, 69), "G": (43, 55, 62, 71),
     "Am": (45, 57, 64, 72), "D": (50, 54, 62, 69), "Em": (40, 55, 64, 71), "E": (40, 56, 64, 71),
     "B": (47, 51, 59, 66),
+    # baroque figures: a Picardy third, dominant sevenths, 4-3 suspensions over the dominant
+    "A": (45, 57, 61, 69), "E7": (40, 56, 62, 71), "Esus": (40, 57, 64, 71),
+    "G7": (43, 53, 62, 71), "Gsus": (43, 55, 60, 72),
 }  # fmt: skip
 # Phrases of a chord a beat, the cadence chord held two.
 HOME_IN_C = ["C", "F", "Dm", "G", "C", "Am", "G", "C", "C"]
@@ -71,6 +74,26 @@ def test_a_minor_piece_that_cadences_in_a_related_key_is_in_its_minor_key(
     mix = _piece(phrases, semitones, "organ")
     report = analyze(write_mono(tmp_path / "minor.wav", mix, SR))
     assert report.key == _key("A", semitones, "minor")
+
+
+@pytest.mark.parametrize(("phrases", "tonic", "mode", "semitones", "timbre"), [
+    ([["Am", "Dm", "Esus", "E7", "Am", "F", "Dm", "Esus", "E", "A", "A"]], "A", "minor", 3,
+     "organ"),
+    ([[*HOME_IN_A_MINOR[:-2], "A", "A"], TO_THE_RELATIVE, [*BACK_HOME_IN_A_MINOR[:-2], "A", "A"]],
+     "A", "minor", -4, "strings"),
+    ([["C", "F", "Dm", "Gsus", "G7", "C", "Am", "Gsus", "G", "C", "C"]], "C", "major", 3,
+     "piano"),
+])  # fmt: skip
+def test_a_chorales_suspensions_sevenths_and_picardy_third_keep_its_key(
+    tmp_path: Path, phrases: list[list[str]], tonic: str, mode: str, semitones: int, timbre: str
+) -> None:
+    # a minor chorale's cadences end on a major tonic chord (the Picardy third), its dominants
+    # carry a seventh and delay their leading tone by the tonic (4-3): the key stays the one
+    # the phrases are in, neither the parallel major nor the subdominant the sevenths lean to
+    mix = _piece(phrases, semitones, timbre)
+    report = analyze(write_mono(tmp_path / "figures.wav", mix, SR))
+    assert report.key == _key(tonic, semitones, mode)
+    assert report.tempo == pytest.approx(TEMPO, rel=0.04)
 
 
 def test_the_opening_chords_count_more_than_the_same_chords_at_the_end() -> None:
