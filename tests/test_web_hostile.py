@@ -72,3 +72,41 @@ def test_hostile_json_bodies_get_a_400_naming_what_is_wrong(web: WebServer) -> N
         model = client.post("/api/tracks", headers=AUTH, json={"source": "x.wav", "model": [1]})
         assert model.status_code == 400 and "unknown separation model" in model.json()["error"]
     assert "Traceback" not in web.log()
+
+
+def test_a_body_past_the_json_limit_is_refused_declared_or_streamed(web: WebServer) -> None:
+    # a token holder's 64 MiB body, with its length declared and sent in chunks without one:
+    # 413 before it is held, and the server goes on answering
+    body = b'{"source": "' + b"a" * (64 << 20) + b'"}'
+
+    def chunks() -> Any:
+        for start in range(0, len(body), 1 << 20):
+            yield body[start:start + (1 << 20)]
+
+    with web.client() as client:
+        for content in (body, chunks()):
+            refused = client.post("/api/tracks", headers=AUTH, content=content)
+            assert refused.status_code == 413, refused.text[-300:]
+            assert "larger than 1048576 bytes" in refused.json()["error"]
+    with web.client() as client:
+        assert client.get("/healthz").status_code in (200, 503)
+    assert "Traceback" not in web.log()
+
+
+def test_forms_are_bounded_url_encoded_bodies_even_before_sign_in(web: WebServer) -> None:
+    # the sign-in form takes anyone's body: a 64 MiB one is refused before it is held, and a
+    # multipart upload (which a form parser would spool to disk) is refused outright
+    same_origin = {"origin": web.url}
+    huge = b"token=" + b"a" * (64 << 20)
+    upload = {"token": ("big.bin", b"\0" * (4 << 20), "application/octet-stream")}
+    with web.client() as client:
+        refused = client.post("/login", content=huge, headers={
+            **same_origin, "content-type": "application/x-www-form-urlencoded"})
+        assert refused.status_code == 413 and "larger than 65536 bytes" in refused.text
+        multipart = client.post("/login", files=upload, headers=same_origin)
+        assert multipart.status_code == 415 and "x-www-form-urlencoded" in multipart.text
+        typeless = client.post("/login", content=b"token=x", headers=same_origin)
+        assert typeless.status_code == 415
+        wrong = client.post("/login", data={"token": "guess"}, headers=same_origin)
+        assert wrong.status_code == 403 and "wrong token" in wrong.text
+    assert "Traceback" not in web.log()

@@ -17,6 +17,7 @@ from soundforge.cli.common import track_listing
 from soundforge.keys import camelot
 from soundforge.models import json_value
 from soundforge.separation.registry import MODEL_NAMES, stem_names
+from soundforge.web.bodies import read_json
 from soundforge.web.context import (
     BadRequestError,
     WebContext,
@@ -110,16 +111,6 @@ def add_source(ctx: WebContext, data: dict[str, Any]) -> list[workflow.ImportedT
     with ctx.connection() as conn:
         return workflow.import_sources(conn, ctx.engines, [source], options,
                                        force=_flag(data, "force", False))  # fmt: skip
-
-
-async def read_json(request: Request) -> dict[str, Any]:
-    try:
-        data = await request.json()
-    except (ValueError, RecursionError):  # RecursionError: nested deeper than json can parse
-        raise BadRequestError("the body must be a JSON object") from None
-    if not isinstance(data, dict):
-        raise BadRequestError("the body must be a JSON object")
-    return data
 
 
 async def create_track(request: Request) -> Response:

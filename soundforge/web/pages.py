@@ -14,6 +14,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from soundforge import music
 from soundforge.separation.registry import MODEL_NAMES
 from soundforge.web import api
+from soundforge.web.bodies import read_form
 from soundforge.web.context import WebContext, job_action_of, path_uuid, track_query
 from soundforge.web.pictures import analysis_pictures
 from soundforge.web.security import (
@@ -82,8 +83,7 @@ def add_page(request: Request) -> Response:
 
 async def _form(request: Request) -> tuple[WebContext, dict[str, Any]]:
     ctx = api.context(request)
-    form = await request.form()
-    data = {key: value for key, value in form.items() if isinstance(value, str)}
+    data = await read_form(request)
     ctx.guard.check(request, form_csrf=data.get(CSRF_FIELD))
     return ctx, data
 
@@ -119,8 +119,7 @@ async def login_submit(request: Request) -> Response:
     if not ctx.guard.limiter.allow(f"login:{request.client.host if request.client else ''}"):
         raise WriteDeniedError(429, "too many sign-in attempts; wait a minute")
     check_same_origin(request)  # no signing a browser in from another site
-    form = await request.form()
-    offered = form.get("token")
+    offered = (await read_form(request)).get("token")
     if ctx.guard.read_only:
         raise WriteDeniedError(403, "this dashboard is read-only: SOUNDFORGE_WEB_TOKEN is not set")
     if not isinstance(offered, str) or not ctx.guard.token_matches(offered):
