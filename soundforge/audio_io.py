@@ -59,7 +59,8 @@ FFMPEG_FORMATS = frozenset({"mp4", "matroska", "asf", "aac", "amr", "wavpack", "
 # ffmpeg's demuxers for the containers above and those soundfile reads (names as in
 # `ffmpeg -demuxers`); none of them opens another file or URL.
 FFMPEG_DEMUXERS = ("mov,mp4,m4a,3gp,3g2,mj2,matroska,webm,asf,aac,amr,amrnb,amrwb,wv,ape,"
-                   "mp3,ogg,flac,wav,w64,aiff,caf,au")  # fmt: skip
+                   "mp3,ogg,flac,wav,w64,aiff,caf,au,mpegts")  # fmt: skip
+TS_PACKET_BYTES = 188  # an MPEG transport stream (an HLS download): a 0x47 sync byte every 188
 
 
 @dataclass(frozen=True)
@@ -86,9 +87,10 @@ class AudioInfo:
 
 def sniff_format(path: Path | str) -> str | None:
     """The container named by a file's first bytes ("wav", "flac", "mp3", "mp4", ...), or None
-    when they are no audio signature we know. Reads 16 bytes; does not validate the rest."""
+    when they are no audio signature we know. Reads at most 377 bytes (the sync bytes of three
+    transport-stream packets); does not validate the rest."""
     with open(path, "rb") as handle:
-        head = handle.read(16)
+        head = handle.read(2 * TS_PACKET_BYTES + 1)
     signatures = (
         (b"RIFF", 8, b"WAVE", "wav"), (b"RF64", 0, b"", "wav"), (b"riff", 0, b"", "w64"),
         (b"FORM", 8, b"AIF", "aiff"), (b"fLaC", 0, b"", "flac"), (b"OggS", 0, b"", "ogg"),
@@ -101,10 +103,19 @@ def sniff_format(path: Path | str) -> str | None:
             return name
     if head[4:8] == b"ftyp":
         return "mp4"
+    if is_transport_stream(head):
+        return "mpegts"
     if len(head) >= 2 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0:
         # MPEG audio frame sync: layer bits 00 mean ADTS AAC, anything else MPEG-1/2 layer I-III.
         return "aac" if head[1] & 0x06 == 0 else "mp3"
     return None
+
+
+def is_transport_stream(head: bytes) -> bool:
+    """Whether a file's first bytes are three MPEG-TS packets (what an HLS download is): the
+    0x47 sync byte at 0, 188 and 376."""
+    sync_bytes = head[: 2 * TS_PACKET_BYTES + 1 : TS_PACKET_BYTES]
+    return sync_bytes == b"GGG"
 
 
 @contextlib.contextmanager

@@ -32,6 +32,8 @@ def test_sniff_format_names_the_container_of_a_real_file(
         (b"\x1aE\xdf\xa3\x01\x00\x00\x00", "matroska"),
         (b"\xff\xf1\x50\x80", "aac"),
         (b"\xff\xfb\x90\x64", "mp3"),
+        ((b"\x47\x40\x11\x10" + bytes(184)) * 3, "mpegts"),
+        (b"\x47\x40\x11\x10" + bytes(184), None),  # one packet's sync byte is no stream
         (b"hello, world", None),
     ],
 )

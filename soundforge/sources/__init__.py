@@ -16,6 +16,7 @@ from soundforge.sources.errors import (
     SpotifyAuthError,
     SpotifyCredentialsMissingError,
     SpotifyUnavailableError,
+    StreamNotFetchableError,
     TruncatedAudioError,
     UnsupportedSourceError,
 )
@@ -52,6 +53,7 @@ __all__ = [
     "SpotifySource",
     "SpotifyUnavailableError",
     "StoredAudio",
+    "StreamNotFetchableError",
     "TrackMetadata",
     "TruncatedAudioError",
     "UnsupportedSourceError",

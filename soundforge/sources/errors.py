@@ -69,5 +69,10 @@ class ResolverUnavailableError(SourceError):
     """The chosen resolver (spotdl) is not installed."""
 
 
+class StreamNotFetchableError(SourceError):
+    """The stream found for a source can only be fetched by an external program (ffmpeg,
+    rtmpdump) that would bypass the destination policy and the download limit."""
+
+
 class ResolverError(TransientError):
     """The resolver failed in a way that may pass (network, the search service)."""

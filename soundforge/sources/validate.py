@@ -19,11 +19,12 @@ from soundforge.sources.errors import NotAudioError, TruncatedAudioError
 logger = logging.getLogger(__name__)
 
 MIN_AUDIO_BYTES = 1024
-SNIFF_BYTES = 64
+SNIFF_BYTES = 2 * audio_io.TS_PACKET_BYTES + 1  # enough to see three MPEG-TS packets
 # A decoder may legitimately drop an encoder delay or a padding frame; more is truncation.
 TRUNCATION_SLACK_FRAMES = 4096
 
-MAGIC_NAMES = "ID3/MPEG audio, RIFF/WAVE, fLaC, OggS, ftyp (M4A/MP4) or EBML (WebM/Matroska)"
+MAGIC_NAMES = ("ID3/MPEG audio, RIFF/WAVE, fLaC, OggS, ftyp (M4A/MP4), EBML (WebM/Matroska) "
+               "or MPEG-TS")
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,8 @@ def sniff_extension(head: bytes) -> str | None:
         return "m4a"
     if head.startswith(b"\x1a\x45\xdf\xa3"):
         return "webm"
+    if audio_io.is_transport_stream(head):
+        return "ts"  # an HLS stream as yt-dlp fetched it (AAC or MP3 inside)
     return None
 
 

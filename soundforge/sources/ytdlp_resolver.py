@@ -1,7 +1,13 @@
 """The yt-dlp resolver: find a Spotify track's audio by searching "artist - title"
 (`resolver_search_template`, default YouTube's first five results), pick the candidate whose
 duration is closest to Spotify's, refuse it when more than `duration_tolerance_s` off, and
-download its best audio stream as-is (no re-encoding, so no ffmpeg for single-file formats).
+download its best audio stream as-is (no re-encoding).
+
+Every transfer stays in this process, where the policy proxy and the size limit see it: yt-dlp
+may use only its own HTTP, HLS and DASH downloaders, and never ffmpeg (as a downloader, where an
+HLS stream it cannot read natively would go, or as a fix-up afterwards: an HLS download stays an
+MPEG-TS file, which our decoder reads). A stream only an external program could fetch (RTMP,
+SAMPLE-AES or live HLS) fails permanently with `StreamNotFetchableError`.
 """
 
 from __future__ import annotations
@@ -14,9 +20,13 @@ from pathlib import Path
 from typing import Any
 
 import yt_dlp
+from yt_dlp.downloader import get_suitable_downloader
+from yt_dlp.downloader.dash import DashSegmentsFD
+from yt_dlp.downloader.hls import HlsFD
+from yt_dlp.downloader.http import HttpFD
+from yt_dlp.networking.exceptions import NoSupportingHandlers
 from yt_dlp.utils import DownloadError as YtDlpDownloadError
 
-from soundforge.errors import FfmpegMissingError
 from soundforge.redact import mask_text, mask_url
 from soundforge.sources.config import SourceConfig
 from soundforge.sources.errors import (
@@ -24,12 +34,18 @@ from soundforge.sources.errors import (
     NoMatchError,
     ResolverError,
     SourceNotFoundError,
+    StreamNotFetchableError,
 )
 from soundforge.sources.http_download import ByteProgress
 from soundforge.sources.model import TrackMetadata
 from soundforge.sources.policy_proxy import PolicyProxy
 
 logger = logging.getLogger(__name__)
+
+IN_PROCESS_DOWNLOADERS = (HttpFD, HlsFD, DashSegmentsFD)
+"""yt-dlp's downloaders that fetch through its own networking (so through the policy proxy) and
+report their bytes to the progress hook; any other would run rtmpdump, ffmpeg or the like."""
+NO_FFMPEG = "/dev/null/no-ffmpeg"  # `ffmpeg_location` for yt-dlp: a path that cannot exist
 
 
 @dataclass(frozen=True)
@@ -59,6 +75,21 @@ class _YtDlpLogger:
 
 class _TooLargeError(Exception):
     """Raised from the progress hook to stop a download over the size limit."""
+
+
+class _ExternalDownloaderError(Exception):
+    """Raised before a transfer that yt-dlp would hand to an external program."""
+
+
+class _InProcessYoutubeDL(yt_dlp.YoutubeDL):  # type: ignore[misc]  # yt_dlp is untyped
+    """A YoutubeDL that refuses, before it starts, any transfer its own downloaders would not
+    make (an RTMP stream for rtmpdump, a live one for ffmpeg)."""
+
+    def dl(self, name: str, info: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+        downloader = get_suitable_downloader(info, self.params, to_stdout=name == "-")
+        if downloader not in IN_PROCESS_DOWNLOADERS:
+            raise _ExternalDownloaderError(str(info.get("protocol") or "?"))
+        return super().dl(name, info, *args, **kwargs)
 
 
 def search_query(metadata: TrackMetadata) -> str:
@@ -106,9 +137,11 @@ def _base_options(config: SourceConfig) -> dict[str, Any]:
         "retries": config.resume_attempts,
         "continuedl": True,
         # Every transfer in this process, through the policy proxy: no external downloader
-        # (which would do its own networking), and no live streams (those need ffmpeg).
+        # (which would do its own networking), no live streams, and no ffmpeg at all.
         "external_downloader": {"default": "native"},
         "match_filter": yt_dlp.utils.match_filter_func("!is_live"),
+        "ffmpeg_location": NO_FFMPEG,
+        "fixup": "never",
     }
 
 
@@ -121,11 +154,16 @@ def _run(
     with PolicyProxy(config.destinations, connect_timeout_s=config.connect_timeout_s,
                      idle_timeout_s=config.read_timeout_s) as proxy:  # fmt: skip
         ydl_options = {**_base_options(config), **options, "proxy": proxy.url}
-        with yt_dlp.YoutubeDL(ydl_options) as ydl:
+        with _InProcessYoutubeDL(ydl_options) as ydl:
             try:
                 return call(ydl)
             except _TooLargeError as error:  # yt-dlp re-raises a hook's exception as it is
                 raise _too_large(what, error) from None
+            except _ExternalDownloaderError as error:
+                needs = f"its {error.args[0]} stream needs an external downloader"
+                raise _not_fetchable(what, needs) from None
+            except NoSupportingHandlers as error:  # a URL scheme yt-dlp has no client for
+                raise _not_fetchable(what, mask_text(str(error))) from None
             except YtDlpDownloadError as error:
                 proxy.raise_if_refused()
                 raise _map_error(error, what) from None
@@ -216,13 +254,22 @@ def _too_large(what: str, error: _TooLargeError) -> DownloadTooLargeError:
     )
 
 
+def _not_fetchable(what: str, why: str) -> StreamNotFetchableError:
+    return StreamNotFetchableError(
+        f"{what}: {why}; refused: only yt-dlp's own HTTP, HLS and DASH transfers go through the "
+        "destination policy and the download limit"
+    )
+
+
 def _map_error(error: YtDlpDownloadError, what: str) -> Exception:
     cause = error.exc_info[1] if error.exc_info else None
     message = mask_text(str(error).removeprefix("ERROR: "))
     if isinstance(cause, _TooLargeError):
         return _too_large(what, cause)
-    if "ffmpeg" in message.lower() and ("not installed" in message or "not found" in message):
-        return FfmpegMissingError(f"{what}: extracting this audio stream")
+    if isinstance(cause, NoSupportingHandlers):
+        return _not_fetchable(what, message)
+    if "ffmpeg" in message.lower():  # yt-dlp wanted ffmpeg (an HLS stream it cannot read itself)
+        return _not_fetchable(what, "this HLS stream (encrypted or live) needs ffmpeg to download")
     if "HTTP Error 404" in message or "HTTP Error 410" in message or "Unsupported URL" in message:
         return SourceNotFoundError(f"{what}: {message}")
     return ResolverError(f"yt-dlp failed for {what}: {message}")
