@@ -18,7 +18,7 @@ from psycopg import sql
 from soundforge.db import connect
 from soundforge.migrations import migrate
 from soundforge.storage import Storage
-from tests.support.loopback_http import LOOPBACK_NETWORKS
+from tests.support.loopback_http import LOOPBACK_NETWORKS, LoopbackServer
 from tests.support.own_postgres import HostPostmaster
 from tests.support.pipeline import ServiceProcesses
 
@@ -140,3 +140,20 @@ def services(tmp_path: Path) -> Iterator[ServiceProcesses]:
         yield processes
     finally:
         processes.close()
+
+
+@pytest.fixture
+def public() -> Iterator[LoopbackServer]:
+    """A loopback HTTP server on 127.0.0.1, playing a public host where a test allows it."""
+    with LoopbackServer() as server:
+        yield server
+
+
+@pytest.fixture
+def internal(public: LoopbackServer) -> Iterator[LoopbackServer]:
+    """An 'internal service' on 127.0.0.2, on the same port as `public`: nothing may reach it
+    (`internal.requests` stays empty); it serves `/secret`."""
+    port = int(public.base_url.rsplit(":", 1)[1])
+    with LoopbackServer(host="127.0.0.2", port=port) as server:
+        server.serve_bytes("/secret", b"internal-service-reply " * 100, "text/plain")
+        yield server

@@ -56,21 +56,6 @@ def flac_bytes() -> bytes:
 
 
 @pytest.fixture
-def public() -> Iterator[LoopbackServer]:
-    with LoopbackServer() as server:
-        yield server
-
-
-@pytest.fixture
-def internal(public: LoopbackServer) -> Iterator[LoopbackServer]:
-    """An 'internal service' on 127.0.0.2, on the same port as `public`."""
-    port = int(public.base_url.rsplit(":", 1)[1])
-    with LoopbackServer(host="127.0.0.2", port=port) as server:
-        server.serve_bytes("/secret", b"internal-service-reply " * 100, "text/plain")
-        yield server
-
-
-@pytest.fixture
 def storage(tmp_path: Path) -> Storage:
     return Storage(tmp_path / "store")
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -26,21 +25,6 @@ from soundforge.sources.ytdlp_resolver import download_entry
 from tests.support.loopback_http import LoopbackServer
 
 needs_ffmpeg = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs ffmpeg")
-
-
-@pytest.fixture
-def public() -> Iterator[LoopbackServer]:
-    with LoopbackServer() as server:
-        yield server
-
-
-@pytest.fixture
-def internal(public: LoopbackServer) -> Iterator[LoopbackServer]:
-    """An 'internal service' on 127.0.0.2, on the same port as `public`."""
-    port = int(public.base_url.rsplit(":", 1)[1])
-    with LoopbackServer(host="127.0.0.2", port=port) as server:
-        server.serve_bytes("/secret.ts", b"G" * 188 * 64, "video/mp2t")
-        yield server
 
 
 def config(**overrides: object) -> SourceConfig:
@@ -111,7 +95,7 @@ def test_an_hls_stream_is_fetched_in_process_and_decoded(
 
 
 def _sample_aes_playlist(public: LoopbackServer, internal_port: int) -> str:
-    segment = f"http://127.0.0.2:{internal_port}/secret.ts"
+    segment = f"http://127.0.0.2:{internal_port}/secret"
     playlist = ("#EXTM3U\n#EXT-X-TARGETDURATION:10\n"
                 f'#EXT-X-KEY:METHOD=SAMPLE-AES,URI="{public.url("/key")}"\n'
                 f"#EXTINF:10,\n{segment}\n#EXT-X-ENDLIST\n")  # fmt: skip
@@ -127,9 +111,9 @@ def test_a_stream_only_an_external_program_could_fetch_is_refused_before_it_runs
     port = int(internal.base_url.rsplit(":", 1)[1])
     entry: dict[str, object] = {"_type": "url", "title": "odd stream"}
     if kind == "rtmp":  # yt-dlp's RTMP extractor lists it for rtmpdump
-        entry["url"] = f"rtmp://127.0.0.2:{port}/app/secret"
+        entry["url"] = f"rtmp://127.0.0.2:{port}/secret"
     elif kind == "rtmp-by-generic":  # the generic extractor has no client for the scheme
-        entry |= {"url": f"rtmp://127.0.0.2:{port}/app/secret", "ie_key": "Generic"}
+        entry |= {"url": f"rtmp://127.0.0.2:{port}/secret", "ie_key": "Generic"}
     else:  # an encryption yt-dlp's own HLS downloader cannot read: it would call ffmpeg
         entry |= {"url": _sample_aes_playlist(public, port), "ie_key": "Generic"}
     with pytest.raises(StreamNotFetchableError, match=r"odd stream: .*; refused") as refused:
