@@ -6,8 +6,11 @@ stems are served only from inside the storage root, /metrics parses as Prometheu
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import io
 import re
+import time
 import uuid
 import zipfile
 from pathlib import Path
@@ -156,6 +159,55 @@ def test_browser_writes_need_the_session_csrf_token_and_the_same_origin(
         done = client.post(f"/tracks/{track.id}/delete", data={"csrf_token": csrf},
                            headers=same_origin)  # fmt: skip
         assert done.status_code == 303 and music.get_track(conn, track.id) is None
+
+
+def _signed_session(issued: int, session_id: str = "0" * 32) -> str:
+    """A session cookie as the server signs one, for any issue time (the test knows the token)."""
+    mac = hmac.new(TOKEN.encode(), f"session:{issued}:{session_id}".encode(), hashlib.sha256)
+    return f"{issued}.{session_id}.{mac.hexdigest()}"
+
+
+def test_a_session_expires_ends_at_sign_out_and_has_its_own_csrf_token(
+    conn: psycopg.Connection[Any], web: WebServer
+) -> None:
+    track = make_track(conn, "Session target")
+    same_origin = {"origin": web.url}
+
+    def signed_in(cookie: str) -> bool:
+        with web.client() as other:
+            page = other.get("/", headers={"cookie": f"soundforge_session={cookie}"}).text
+            return "Sign out" in page
+
+    def sign_in(client: Any) -> tuple[str, str]:
+        login = client.post("/login", data={"token": TOKEN}, headers=same_origin)
+        assert login.status_code == 303 and "max-age=43200" in login.headers["set-cookie"].lower()
+        page = client.get(f"/tracks/{track.id}").text
+        match = re.search(r'name="csrf-token" content="([0-9a-f]+)"', page)
+        assert match is not None
+        return client.cookies["soundforge_session"], match.group(1)
+
+    with web.client(follow_redirects=False) as first, web.client(follow_redirects=False) as second:
+        cookie, csrf = sign_in(first)
+        other_cookie, other_csrf = sign_in(second)
+        assert cookie != other_cookie and csrf != other_csrf
+        crossed = second.post(f"/tracks/{track.id}/delete", data={"csrf_token": csrf},
+                              headers=same_origin)  # fmt: skip
+        assert crossed.status_code == 403 and "CSRF" in crossed.text
+        signed_out = first.post("/logout", data={"csrf_token": csrf}, headers=same_origin)
+        assert signed_out.status_code == 303
+        # the copied cookie is dead on the server, the other browser is still signed in
+        assert not signed_in(cookie) and signed_in(other_cookie)
+        replayed = second.post(f"/tracks/{track.id}/delete", data={"csrf_token": csrf},
+                               headers={**same_origin,
+                                        "cookie": f"soundforge_session={cookie}"})  # fmt: skip
+        assert replayed.status_code == 403 and music.get_track(conn, track.id) is not None
+    now = int(time.time())
+    assert signed_in(_signed_session(now - 3600))
+    assert not signed_in(_signed_session(now - 13 * 3600))  # past the 12 h a sign-in lasts
+    assert not signed_in(_signed_session(now + 3600))  # issued in the future
+    forged = _signed_session(now - 13 * 3600).replace(str(now - 13 * 3600), str(now), 1)
+    assert not signed_in(forged)  # a fresh time on an old signature
+    assert "Traceback" not in web.log()
 
 
 def test_writes_beyond_the_per_client_limit_get_429(

@@ -20,6 +20,7 @@ from soundforge.web.pictures import analysis_pictures
 from soundforge.web.security import (
     CSRF_FIELD,
     SESSION_COOKIE,
+    SESSION_MAX_AGE_S,
     WriteDeniedError,
     check_same_origin,
 )
@@ -27,12 +28,12 @@ from soundforge.web.security import (
 
 def render(request: Request, template: str, status_code: int = 200, **values: Any) -> Response:
     ctx = api.context(request)
-    signed_in = ctx.guard.signed_in(request)
+    session = ctx.guard.session_of(request)
     html = ctx.templates.get_template(template).render(
         request_path=request.url.path,
         read_only=ctx.guard.read_only,
-        signed_in=signed_in,
-        csrf_token=ctx.guard.csrf_token() if signed_in else "",
+        signed_in=session is not None,
+        csrf_token=ctx.guard.csrf_token(session) if session else "",
         csrf_field=CSRF_FIELD,
         **values,
     )
@@ -125,13 +126,17 @@ async def login_submit(request: Request) -> Response:
     if not isinstance(offered, str) or not ctx.guard.token_matches(offered):
         return render(request, "login.html", status_code=403, error="wrong token")
     response = RedirectResponse("/", status_code=303)
-    response.set_cookie(SESSION_COOKIE, ctx.guard.session_value(), httponly=True,
-                        samesite="strict", secure=request.url.scheme == "https")  # fmt: skip
+    response.set_cookie(SESSION_COOKIE, ctx.guard.new_session(), max_age=SESSION_MAX_AGE_S,
+                        httponly=True, samesite="strict",
+                        secure=request.url.scheme == "https")  # fmt: skip
     return response
 
 
 async def logout_submit(request: Request) -> Response:
-    await _form(request)
+    ctx, _ = await _form(request)
+    session = ctx.guard.session_of(request)
+    if session is not None:  # None: signed in with the bearer token instead
+        ctx.guard.end_session(session)
     response = RedirectResponse("/", status_code=303)
     response.delete_cookie(SESSION_COOKIE)
     return response

@@ -2,9 +2,12 @@
 compared in constant time; without it the dashboard is read-only), a session cookie for
 browsers with a CSRF token bound to it, a same-origin check, and a per-client rate limit.
 
-A browser signs in once with the token; its cookie holds an HMAC of the token (never the token),
-is HttpOnly and SameSite=Strict. Every browser write also carries the CSRF token (a second HMAC,
-in a form field or the `X-CSRF-Token` header) and must come from this origin. API clients send
+A browser signs in once with the token; its cookie (HttpOnly, SameSite=Strict) holds a session:
+when it was issued, a random id, and an HMAC of both keyed by the token (never the token). It
+lasts `SESSION_MAX_AGE_S`, and signing out ends it on the server too (its id is remembered as
+revoked until it would have expired), so a copied cookie does not outlive either. Every browser
+write also carries the session's CSRF token (an HMAC of its id, in a form field or the
+`X-CSRF-Token` header) and must come from this origin. API clients send
 `Authorization: Bearer <token>` instead, which a cross-site page cannot add.
 """
 
@@ -12,16 +15,18 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import secrets
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from starlette.requests import Request
 
 SESSION_COOKIE = "soundforge_session"
+SESSION_MAX_AGE_S = 12 * 3600  # a sign-in lasts a working day
 CSRF_HEADER = "x-csrf-token"
 CSRF_FIELD = "csrf_token"
 class WriteDeniedError(Exception):
@@ -33,12 +38,45 @@ class WriteDeniedError(Exception):
         self.message = message
 
 
+class RevokedSessions:
+    """Ids of sessions signed out before they expired, each kept until it would have."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._until: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def revoke(self, session_id: str, expires_at: float) -> None:
+        with self._lock:
+            now = self._clock()
+            self._until = {key: until for key, until in self._until.items() if until > now}
+            self._until[session_id] = expires_at
+
+    def __contains__(self, session_id: str) -> bool:
+        with self._lock:
+            return session_id in self._until
+
+
+@dataclass(frozen=True)
+class Session:
+    """A signed-in browser: its session's id and when it was issued (epoch seconds)."""
+
+    id: str
+    issued_at: int
+
+    @property
+    def expires_at(self) -> int:
+        return self.issued_at + SESSION_MAX_AGE_S
+
+
 @dataclass(frozen=True)
 class WriteGuard:
     """Decides whether a request may write."""
 
     token: str | None
     limiter: RateLimiter
+    revoked: RevokedSessions = field(default_factory=RevokedSessions)
+    clock: Callable[[], float] = time.time
 
     @property
     def read_only(self) -> bool:
@@ -48,18 +86,34 @@ class WriteGuard:
         assert self.token
         return hmac.new(self.token.encode(), purpose.encode(), hashlib.sha256).hexdigest()
 
-    def session_value(self) -> str:
-        return self._mac("session")
+    def new_session(self) -> str:
+        """A new session's cookie value: `<issued>.<id>.<HMAC of both>`."""
+        issued, session_id = int(self.clock()), secrets.token_hex(16)
+        return f"{issued}.{session_id}.{self._mac(f'session:{issued}:{session_id}')}"
 
-    def csrf_token(self) -> str:
-        return self._mac("csrf")
+    def session_of(self, request: Request) -> Session | None:
+        """The request's session when its cookie is signed with the token, not expired (nor
+        issued in the future) and not signed out."""
+        issued, _, rest = request.cookies.get(SESSION_COOKIE, "").partition(".")
+        session_id, _, mac = rest.partition(".")
+        if not self.token or not (issued.isascii() and issued.isdigit() and len(issued) <= 12):
+            return None
+        if not same_secret(mac, self._mac(f"session:{issued}:{session_id}")):
+            return None
+        session = Session(session_id, int(issued))
+        now = self.clock()
+        if not session.issued_at - 60 <= now < session.expires_at or session.id in self.revoked:
+            return None
+        return session
+
+    def end_session(self, session: Session) -> None:
+        self.revoked.revoke(session.id, session.expires_at)
+
+    def csrf_token(self, session: Session) -> str:
+        return self._mac(f"csrf:{session.id}")
 
     def token_matches(self, offered: str) -> bool:
         return bool(self.token) and same_secret(offered, self.token or "")
-
-    def signed_in(self, request: Request) -> bool:
-        cookie = request.cookies.get(SESSION_COOKIE, "")
-        return bool(self.token) and same_secret(cookie, self.session_value())
 
     def check(self, request: Request, form_csrf: str | None = None) -> None:
         """Raise `WriteDeniedError` unless `request` may write (counts against the rate limit)."""
@@ -74,12 +128,13 @@ class WriteGuard:
             if self.token_matches(authorization[7:].strip()):
                 return
             raise WriteDeniedError(403, "wrong token")
-        if not self.signed_in(request):
+        session = self.session_of(request)
+        if session is None:
             raise WriteDeniedError(403, "a write needs the token: sign in, or send "
                               "'Authorization: Bearer <SOUNDFORGE_WEB_TOKEN>'")  # fmt: skip
         check_same_origin(request)
         offered = request.headers.get(CSRF_HEADER) or form_csrf or ""
-        if not same_secret(offered, self.csrf_token()):
+        if not same_secret(offered, self.csrf_token(session)):
             raise WriteDeniedError(403, "missing or wrong CSRF token; reload the page")
 
 
