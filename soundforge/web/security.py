@@ -4,11 +4,11 @@ browsers with a CSRF token bound to it, a same-origin check, and a per-client ra
 
 A browser signs in once with the token; its cookie (HttpOnly, SameSite=Strict) holds a session:
 when it was issued, a random id, and an HMAC of both keyed by the token (never the token). It
-lasts `SESSION_MAX_AGE_S`, and signing out ends it on the server too (its id is remembered as
-revoked until it would have expired), so a copied cookie does not outlive either. Every browser
-write also carries the session's CSRF token (an HMAC of its id, in a form field or the
-`X-CSRF-Token` header) and must come from this origin. API clients send
-`Authorization: Bearer <token>` instead, which a cross-site page cannot add.
+lasts `SESSION_MAX_AGE_S`, and signing out ends it on the server too: its id is remembered as
+revoked until it would have expired (in this process's memory, so a restart forgets it; a new
+token ends every session). Every browser write also carries the session's CSRF token (an HMAC
+of its id, in a form field or the `X-CSRF-Token` header) and must come from this origin. API
+clients send `Authorization: Bearer <token>` instead, which a cross-site page cannot add.
 """
 
 from __future__ import annotations
