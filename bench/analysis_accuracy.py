@@ -41,6 +41,7 @@ from bench.analysis_corpus import (  # noqa: E402
     build_corpus,
     split_of,
     tools_missing,
+    use_soundfont,
 )
 from soundforge.analysis import analyze  # noqa: E402
 from soundforge.analysis.key import KEY_PROFILES, estimate_key  # noqa: E402
@@ -262,18 +263,22 @@ def main() -> None:
     )
     parser.add_argument("--quick", action="store_true", help="a smaller synthetic grid")
     parser.add_argument("--only", choices=("corpus", "grid"))
-    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="corpus folder")
+    parser.add_argument("--cache", type=Path, help=f"corpus folder (default {DEFAULT_CACHE})")
+    parser.add_argument("--soundfont", type=Path,
+                        help="the corpus rendered through this soundfont (its own folder)")
     parser.add_argument("--verbose", action="store_true", help="list every miss")
     parser.add_argument("--skip-seconds", type=float, default=0.0,
                         help="cut this much off the start of every corpus clip")  # fmt: skip
     args = parser.parse_args()
+    args.cache = use_soundfont(args.soundfont, args.cache)
     if args.only != "grid":
         missing = tools_missing() if not (args.cache / "index.json").exists() else None
         if missing:
             print(f"corpus: skipped ({missing})")
         else:
             cut = f", first {args.skip_seconds:g} s cut" if args.skip_seconds > 0 else ""
-            title = f"corpus (FluidSynth renderings){cut}"
+            font = f" through {args.soundfont.name}" if args.soundfont else ""
+            title = f"corpus (FluidSynth renderings{font}){cut}"
             compare(title, corpus_cases(args.cache, args.skip_seconds), args.verbose,
                     args.cache)  # fmt: skip
     if args.only != "corpus":

@@ -32,14 +32,21 @@ name (each clip is a different piece): tune on the first, report both (`split_of
 The corpus is built once into a cache folder outside the repository (`--cache`, default
 `~/.cache/soundforge/analysis-corpus`) with an `index.json`; later runs reuse it.
 
+`--soundfont FILE` renders the same pieces, programs and tempi through another soundfont (its
+own cache folder, `analysis-corpus-<font name>`): the same scores in instruments sampled by
+someone else, e.g. MuseScore's General (`apt-get install musescore-general-soundfont-small`:
+`/usr/share/sounds/sf3/MuseScore_General_Lite.sf3`) or TimGM6mb (`timgm6mb-soundfont`), a test
+of how the analysis holds on timbres it was not tuned on.
+
     .venv/bin/pip install -e '.[bench]'  &&  apt-get install fluidsynth fluid-soundfont-gm
-    .venv/bin/python bench/analysis_corpus.py [--cache DIR] [--seconds 20]
+    .venv/bin/python bench/analysis_corpus.py [--cache DIR] [--seconds 20] [--soundfont FILE]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import shutil
 import subprocess
@@ -58,6 +65,7 @@ SOUNDFONTS = (
     Path("/usr/share/sounds/sf2/FluidR3_GM.sf2"),
     Path("/usr/share/sounds/sf2/default-GM.sf2"),
 )
+SOUNDFONT_VARIABLE = "SOUNDFORGE_CORPUS_SOUNDFONT"  # set by --soundfont: render through this font
 RENDER_RATE = 22050
 PITCH_CLASSES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
 CORPUS_VERSION = 2
@@ -191,12 +199,32 @@ class NoteEvent:
     velocity: int = 90
 
 
+def soundfont() -> Path | None:
+    """The soundfont clips are rendered through: `SOUNDFONT_VARIABLE`'s, else the first of
+    `SOUNDFONTS` installed."""
+    chosen = os.environ.get(SOUNDFONT_VARIABLE)
+    if chosen:
+        return Path(chosen) if Path(chosen).is_file() else None
+    return next((font for font in SOUNDFONTS if font.exists()), None)
+
+
+def use_soundfont(font: Path | None, cache: Path | None) -> Path:
+    """Render through `font` from now on (None: the default); the cache folder to use: `cache`,
+    else the default one, or one named after a chosen font."""
+    if font is None:
+        return cache or DEFAULT_CACHE
+    os.environ[SOUNDFONT_VARIABLE] = str(font.resolve())
+    return cache or DEFAULT_CACHE.with_name(f"{DEFAULT_CACHE.name}-{font.stem}")
+
+
 def tools_missing() -> str | None:
     """Why the corpus cannot be built here, or None."""
     if shutil.which("fluidsynth") is None:
         return "fluidsynth is not installed (apt-get install fluidsynth fluid-soundfont-gm)"
-    if not any(font.exists() for font in SOUNDFONTS):
-        return "no General MIDI soundfont (apt-get install fluid-soundfont-gm)"
+    if soundfont() is None:
+        chosen = os.environ.get(SOUNDFONT_VARIABLE)
+        return (f"no soundfont at {chosen}" if chosen
+                else "no General MIDI soundfont (apt-get install fluid-soundfont-gm)")  # fmt: skip
     try:
         import music21  # noqa: F401
         import pretty_midi  # noqa: F401
@@ -244,7 +272,8 @@ def _write_midi(events: list[NoteEvent], programs: tuple[int, ...], tempo: float
 
 
 def _render(midi_path: Path, wav_path: Path, seconds: float) -> None:
-    font = next(font for font in SOUNDFONTS if font.exists())
+    font = soundfont()
+    assert font is not None, "tools_missing() is checked first"
     subprocess.run(
         ["fluidsynth", "-ni", "-q", "-g", "0.6", "-r", str(RENDER_RATE), "-F", str(wav_path),
          str(font), str(midi_path)],
@@ -605,9 +634,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
+    parser.add_argument("--cache", type=Path)
     parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--soundfont", type=Path, help="render through this soundfont instead")
     args = parser.parse_args()
+    args.cache = use_soundfont(args.soundfont, args.cache)
     clips = build_corpus(args.cache, args.seconds)
     drums = sum(clip.drums for clip in clips)
     held = sum(split_of(clip) == "validation" for clip in clips)
