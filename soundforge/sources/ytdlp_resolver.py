@@ -157,13 +157,8 @@ def _run(
         with _InProcessYoutubeDL(ydl_options) as ydl:
             try:
                 return call(ydl)
-            except _TooLargeError as error:  # yt-dlp re-raises a hook's exception as it is
-                raise _too_large(what, error) from None
-            except _ExternalDownloaderError as error:
-                needs = f"its {error.args[0]} stream needs an external downloader"
-                raise _not_fetchable(what, needs) from None
-            except NoSupportingHandlers as error:  # a URL scheme yt-dlp has no client for
-                raise _not_fetchable(what, mask_text(str(error))) from None
+            except (_TooLargeError, _ExternalDownloaderError, NoSupportingHandlers) as error:
+                raise _map_error(error, what) from None  # yt-dlp re-raised them as they were
             except YtDlpDownloadError as error:
                 proxy.raise_if_refused()
                 raise _map_error(error, what) from None
@@ -261,13 +256,20 @@ def _not_fetchable(what: str, why: str) -> StreamNotFetchableError:
     )
 
 
-def _map_error(error: YtDlpDownloadError, what: str) -> Exception:
-    cause = error.exc_info[1] if error.exc_info else None
-    message = mask_text(str(error).removeprefix("ERROR: "))
+def _map_error(error: Exception, what: str) -> Exception:
+    """The engine's error for one of yt-dlp's: a hook's or `dl`'s own exception and a URL scheme
+    yt-dlp has no client for (`NoSupportingHandlers`), raised as they are or as the cause of a
+    `DownloadError`, then what a `DownloadError`'s message says."""
+    cause = error
+    if isinstance(error, YtDlpDownloadError) and error.exc_info:
+        cause = error.exc_info[1]
     if isinstance(cause, _TooLargeError):
         return _too_large(what, cause)
+    if isinstance(cause, _ExternalDownloaderError):
+        return _not_fetchable(what, f"its {cause.args[0]} stream needs an external downloader")
     if isinstance(cause, NoSupportingHandlers):
-        return _not_fetchable(what, message)
+        return _not_fetchable(what, mask_text(str(cause)))
+    message = mask_text(str(error).removeprefix("ERROR: "))
     if "ffmpeg" in message.lower():  # yt-dlp wanted ffmpeg (an HLS stream it cannot read itself)
         return _not_fetchable(what, "this HLS stream (encrypted or live) needs ffmpeg to download")
     if "HTTP Error 404" in message or "HTTP Error 410" in message or "Unsupported URL" in message:
