@@ -9,8 +9,8 @@ through `tempo.detection`. Two sets, one run, each per class (no drums / drums):
   part (tuning: what the analysis was tuned on; validation: held back, `split_of`), and the
   four-part hymns alone, the hymns with secondary dominants alone, the hymns that modulate and
   come back home alone, the slow hymns with fermatas alone and the ornamented hymns (sevenths,
-  suspensions, Picardy thirds, a bass in eighths) alone (the classes closest to
-  chorales);
+  suspensions, Picardy thirds, a bass in eighths) alone, and the hymns at 111-160 BPM alone
+  (the classes closest to chorales);
 - grid: the synthesized grid of `tests/audio_synth.py` (24 keys x 3 progressions per mode x
   3 timbres x drums on/off for the key; 60-200 BPM for the tempo), as before.
 
@@ -132,8 +132,8 @@ def _row(chosen: list[tuple[Case, Estimate]], system: str, label: str) -> str:
 
 def _score(cases: list[Case], system: str, estimates: list[Estimate]) -> list[str]:
     """One row per part (tuning / validation, when the cases have parts) and class (no drums /
-    drums), then the hymns, the chromatic, the modulating, the fermata and the ornamented
-    hymns alone per part."""
+    drums), then the hymns, the chromatic, the modulating, the fermata, the ornamented and
+    the fast hymns alone per part."""
     pairs = list(zip(cases, estimates, strict=True))
     rows = []
     for part in sorted({case.part for case in cases}, key=("tuning", "validation", "all").index):
@@ -146,7 +146,8 @@ def _score(cases: list[Case], system: str, estimates: list[Estimate]) -> list[st
         for source, label in (("hymn", "hymns"), ("chromatic hymn", "chromatic hymns"),
                               ("modulating hymn", "modulating hymns"),
                               ("fermata hymn", "fermata hymns"),
-                              ("ornamented hymn", "ornamented hymns")):  # fmt: skip
+                              ("ornamented hymn", "ornamented hymns"),
+                              ("fast hymn", "fast hymns")):  # fmt: skip
             chosen = [(case, est) for case, est in pairs
                       if case.part == part and case.label.startswith(source + " (")]  # fmt: skip
             if chosen:

@@ -24,7 +24,9 @@ Sources (never Bach: the held-out set is built from Bach chorales):
 - an ornamented set: hymns (45-100 BPM) with the figures of a baroque harmonisation
   (`bench/hymns.py`'s `Ornaments`: a dominant's root falling to its seventh, 4-3 suspensions at
   cadences, a minor hymn ending on a major chord, a bass moving in eighths), some secondary
-  dominants and fermatas, without drums.
+  dominants and fermatas, without drums;
+- a fast set: hymns at 111-160 BPM (the sets above stop at 110), half of them ornamented,
+  without drums.
 
 Every clip belongs to the tuning part or the held-back validation part, by a hash of its file
 name (each clip is a different piece): tune on the first, report both (`split_of`).
@@ -138,6 +140,17 @@ ORNAMENTED_PASSING_CHANCE = 0.45
 ORNAMENTED_SEVENTH_CHANCE = 0.5
 ORNAMENTED_SUSPENSION_CHANCE = 0.6
 ORNAMENTED_BASS_EIGHTHS_CHANCE = 0.35
+# The fast set: hymns at 111-160 BPM, half of them ornamented (the others with secondary
+# dominants), without drums. The sets above stop at 110 BPM, and a chorale may be sung faster:
+# at 116 BPM and up the analysis read every other chord as the beat until the chord changes
+# were checked halfway between the beats too (`rhythm.FASTER_MARGIN`).
+FAST_VERSION = 1
+FAST_SEED = 8484
+FAST_HYMNS = 48
+FAST_TEMPI = (111, 161)
+FAST_APPLIED_CHANCE = 0.15
+FAST_THREE_FOUR_CHANCE = 0.25
+FAST_FERMATA_CHANCE = 0.3
 EXTRA_GROOVES = 32
 # Hymn ensembles: soprano, alto, tenor, bass programs (organ, piano, strings, choir, as sung
 # and played hymns are).
@@ -609,6 +622,18 @@ def _corpus_sets(seed: int) -> list[tuple[str, int, Any]]:
                       ORNAMENTED_TEMPI, ORNAMENTED_THREE_FOUR_CHANCE,
                       (ORNAMENTED_FERMATA_CHANCE, ORNAMENTED_PASSING_CHANCE), ornaments)
 
+    def fast(rng: random.Random, seconds: float) -> Any:
+        from bench.hymns import Ornaments
+
+        ornaments = Ornaments(ORNAMENTED_SEVENTH_CHANCE, ORNAMENTED_SUSPENSION_CHANCE, True,
+                              ORNAMENTED_BASS_EIGHTHS_CHANCE)  # fmt: skip
+        half = FAST_HYMNS // 2
+        yield from _hymns(rng, seconds, half, "fast hymn", FAST_APPLIED_CHANCE, FAST_TEMPI,
+                          FAST_THREE_FOUR_CHANCE)  # fmt: skip
+        yield from _hymns(rng, seconds, FAST_HYMNS - half, "fast hymn", FAST_APPLIED_CHANCE,
+                          FAST_TEMPI, FAST_THREE_FOUR_CHANCE,
+                          (FAST_FERMATA_CHANCE, ORNAMENTED_PASSING_CHANCE), ornaments)
+
     return [
         ("index.json", CORPUS_VERSION, first),
         ("index-hymns.json", EXTRA_VERSION, extra),
@@ -621,6 +646,7 @@ def _corpus_sets(seed: int) -> list[tuple[str, int, Any]]:
          hymn_set(FERMATA_SEED, "fermata", "fermata hymn", fermata)),
         ("index-ornamented.json", ORNAMENTED_VERSION,
          hymn_set(ORNAMENTED_SEED, "ornamented", "ornamented hymn", ornamented)),
+        ("index-fast.json", FAST_VERSION, hymn_set(FAST_SEED, "fast", "fast hymn", fast)),
     ]  # fmt: skip
 
 

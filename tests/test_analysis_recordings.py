@@ -9,7 +9,7 @@ leaking into the bass register's notes, and a minor loop with drums heard from i
 clip cut mid-loop) read as the major key a tone below its tonic; a backbeat groove above
 170 BPM halved (its kick and snare a beat apart, the tempogram peaking at the two-beat period),
 and a funk groove at 60-85 BPM doubled (its sixteenth-note hi-hats and syncopated kicks read as
-a beat of eighth notes)."""
+a beat of eighth notes); a legato section a chord a beat above 115 BPM read at half its tempo."""
 
 from __future__ import annotations
 
@@ -68,17 +68,20 @@ def test_a_minor_key_cadence_is_its_key_not_the_dominant(tmp_path: Path, tonic: 
     assert report.key_confidence is not None and report.key_confidence > 0.5
 
 
+# a chorale-like progression in C major, a chord a beat (MIDI notes; the bass first)
+CHORALE: list[tuple[int, ...]] = [
+    (48, 64, 67, 72), (45, 64, 69, 72), (41, 65, 69, 72), (43, 62, 67, 71),
+    (48, 64, 67, 72), (53, 65, 69, 72), (43, 62, 67, 71), (48, 64, 67, 72),
+]  # fmt: skip
+
+
 @pytest.mark.parametrize(("tempo", "timbre"), [(72.0, "organ"), (84.0, "strings"),
                                                (96.0, "reed")])  # fmt: skip
 def test_a_drumless_legato_progression_gets_its_tempo_and_beats(tmp_path: Path, tempo: float,
                                                                 timbre: str) -> None:  # fmt: skip
-    # a chorale-like progression: one chord per beat, each held until the next
-    chords: list[tuple[int, ...]] = [
-        (48, 64, 67, 72), (45, 64, 69, 72), (41, 65, 69, 72), (43, 62, 67, 71),
-        (48, 64, 67, 72), (53, 65, 69, 72), (43, 62, 67, 71), (48, 64, 67, 72),
-    ]  # fmt: skip
+    # the chorale-like progression, one chord per beat, each held until the next
     seconds = 20.0
-    mix = chord_sequence(chords, 1.0, tempo, seconds, SR, timbre)
+    mix = chord_sequence(CHORALE, 1.0, tempo, seconds, SR, timbre)
     report = analyze(write_mono(tmp_path / "legato.wav", mix, SR))
     assert report.tempo == pytest.approx(tempo, rel=0.04)
     assert report.beat_count >= 0.8 * seconds * tempo / 60.0
@@ -124,16 +127,23 @@ def test_a_minor_groove_with_drums_is_not_its_relative_major(tmp_path: Path, ton
 @pytest.mark.parametrize(("tempo", "timbre"), [(56.0, "strings"), (63.0, "organ")])
 def test_a_legato_section_at_a_slow_tempo_gets_its_tempo(tmp_path: Path, tempo: float,
                                                          timbre: str) -> None:  # fmt: skip
-    # a chorale-like progression, a chord per beat, sung or bowed by detuned sections
-    chords: list[tuple[int, ...]] = [
-        (48, 64, 67, 72), (45, 64, 69, 72), (41, 65, 69, 72), (43, 62, 67, 71),
-        (48, 64, 67, 72), (53, 65, 69, 72), (43, 62, 67, 71), (48, 64, 67, 72),
-    ]  # fmt: skip
-    mix = section_sequence(chords, tempo, 20.0, SR, timbre, attack_s=0.3 if timbre == "strings"
+    # the chorale-like progression sung or bowed by detuned sections
+    mix = section_sequence(CHORALE, tempo, 20.0, SR, timbre, attack_s=0.3 if timbre == "strings"
                            else 0.2)  # fmt: skip
     report = analyze(write_mono(tmp_path / "section.wav", mix, SR))
     assert report.tempo == pytest.approx(tempo, rel=0.04)
     assert report.key == "C major"
+
+
+@pytest.mark.parametrize(("tempo", "timbre"), [(132.0, "strings"), (144.0, "organ")])
+def test_a_fast_legato_section_is_not_read_at_half_its_tempo(tmp_path: Path, tempo: float,
+                                                             timbre: str) -> None:  # fmt: skip
+    # the same progression faster: the legato prior (80 BPM) read
+    # every other chord as the beat (132 -> 66, 144 -> 72)
+    mix = section_sequence(CHORALE, tempo, 20.0, SR, timbre, attack_s=0.2)
+    report = analyze(write_mono(tmp_path / "section.wav", mix, SR))
+    assert report.tempo == pytest.approx(tempo, rel=0.04)
+    assert report.beat_count >= 0.8 * 20.0 * tempo / 60.0
 
 
 def _bass_energy(samples: np.ndarray) -> float:

@@ -2,7 +2,8 @@
 chorale at 45-60 BPM whose inner voice takes an eighth-note passing tone on every beat, played
 with soft attacks (the onsets carry no pulse), was read at twice its tempo, the eighth notes
 as beats; slow strings (attacks swelling over a third of a second) were read at 4:3 or 3:2 of
-their tempo, which halving cannot mend (`rhythm.chord_paced_tempo`). Its chroma is built here
+their tempo, which halving cannot mend (`rhythm.chord_paced_tempo`); a chorale at 116-160 BPM
+was read at half its tempo, every other chord as the beat. Its chroma is built here
 directly: four voices, a chord per beat, the tenor moving a step on the second eighth, and the
 flicker of swelling, beating partials over it."""
 
@@ -62,7 +63,15 @@ def test_a_slow_chorale_with_passing_eighths_is_not_read_at_twice_its_tempo(
     assert _tempo(tempo, seed) == pytest.approx(tempo, rel=0.04)
 
 
-@pytest.mark.parametrize("tempo", [58.0, 70.0, 90.0])
+@pytest.mark.parametrize("tempo", [120.0, 132.0, 150.0])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_fast_chorale_is_not_read_at_half_its_tempo(tempo: float, seed: int) -> None:
+    # the 80 BPM prior read every other chord as the beat from 116 BPM up (120 -> 60); the
+    # chords change as often halfway between those beats as on them
+    assert _tempo(tempo, seed) == pytest.approx(tempo, rel=0.04)
+
+
+@pytest.mark.parametrize("tempo", [58.0, 70.0, 90.0, 104.0])
 def test_a_chorale_at_its_tempo_keeps_it(tempo: float) -> None:
     assert _tempo(tempo, 0) == pytest.approx(tempo, rel=0.04)
 
