@@ -1,7 +1,9 @@
 """The key from the order of the chords (`soundforge.analysis.chords`), on grooves with drums
 whose notes alone point elsewhere: a ii-V-I-vi loop (its notes fit the key a fifth up, the
 dominant's), the same loop heard from its V chord (a clip cut mid-loop), and a minor i-iv-v
-loop (read as the parallel major from its notes); and the chords recognised beat by beat."""
+loop (read as the parallel major from its notes); and the chords recognised beat by beat. A
+chorale's minor is not a loop's: its VII leads to the relative major, and a major hymn whose
+chords were all diatonic to its relative minor too went there."""
 
 from __future__ import annotations
 
@@ -87,3 +89,28 @@ def test_a_cadence_on_a_held_chord_outweighs_a_passing_resolution() -> None:
     evidence = chords.evidence(chords.ChordSequence(found, lengths, np.full(found.size, 0.9)))
     assert evidence is not None
     assert evidence.cadences[c_major] > evidence.cadences[a_minor] > 0
+
+
+def _beats(chord_names: str, beats_per_chord: int) -> chords.ChordSequence:
+    """A chord sequence a segment per beat from names like "G Em C D" (sharps, "m" for minor)."""
+    found = []
+    for name in chord_names.split():
+        minor = name.endswith("m")
+        found += [PITCH_CLASSES.index(name.rstrip("m")) + 12 * minor] * beats_per_chord
+    return chords.ChordSequence(np.array(found), np.ones(len(found)), np.full(len(found), 0.9))
+
+
+def test_a_major_chorale_is_more_diatonic_to_its_key_than_to_its_relative_minor() -> None:
+    # a chord a beat in G major, through vi, iii and ii: every chord is also diatonic to E minor
+    # in the Aeolian minor of loops (Bm its v, D its VII), which then lost nothing to G major
+    evidence = chords.evidence(_beats("G Em C D G Bm Em Am D G Em C Am D G D", 1))
+    assert evidence is not None
+    g_major, e_minor = PITCH_CLASSES.index("G"), 12 + PITCH_CLASSES.index("E")
+    assert evidence.diatonic[g_major] > evidence.diatonic[e_minor] + 0.1
+
+
+def test_a_minor_loop_a_chord_a_bar_keeps_its_subtonic_chord() -> None:
+    # i - VII - VI - VII in A minor, a chord a bar: G is the loop's own VII, not a modulation
+    evidence = chords.evidence(_beats("Am G F G Am G F G", 4))
+    assert evidence is not None
+    assert evidence.diatonic[12 + PITCH_CLASSES.index("A")] == pytest.approx(1.0)
