@@ -576,6 +576,15 @@ def build_corpus(cache: Path = DEFAULT_CACHE, seconds: float = 20.0,
     return corpus
 
 
+def _baroque_ornaments() -> Any:
+    """The figures of the ornamented set (also half the fast set): V8-7, cadential 4-3
+    suspensions, Picardy thirds and a bass in eighths at the `ORNAMENTED_` chances."""
+    from bench.hymns import Ornaments
+
+    return Ornaments(ORNAMENTED_SEVENTH_CHANCE, ORNAMENTED_SUSPENSION_CHANCE, True,
+                     ORNAMENTED_BASS_EIGHTHS_CHANCE)  # fmt: skip
+
+
 def _corpus_sets(seed: int) -> list[tuple[str, int, Any]]:
     """Each set of the corpus: its index file, its version, and how it is rendered (a function
     of the cache folder and the clip length)."""
@@ -614,19 +623,13 @@ def _corpus_sets(seed: int) -> list[tuple[str, int, Any]]:
                       FERMATA_THREE_FOUR_CHANCE, (FERMATA_CHANCE, FERMATA_PASSING_CHANCE))
 
     def ornamented(rng: random.Random, seconds: float) -> Any:
-        from bench.hymns import Ornaments
-
-        ornaments = Ornaments(ORNAMENTED_SEVENTH_CHANCE, ORNAMENTED_SUSPENSION_CHANCE, True,
-                              ORNAMENTED_BASS_EIGHTHS_CHANCE)  # fmt: skip
+        ornaments = _baroque_ornaments()
         return _hymns(rng, seconds, ORNAMENTED_HYMNS, "ornamented hymn", ORNAMENTED_APPLIED_CHANCE,
                       ORNAMENTED_TEMPI, ORNAMENTED_THREE_FOUR_CHANCE,
                       (ORNAMENTED_FERMATA_CHANCE, ORNAMENTED_PASSING_CHANCE), ornaments)
 
     def fast(rng: random.Random, seconds: float) -> Any:
-        from bench.hymns import Ornaments
-
-        ornaments = Ornaments(ORNAMENTED_SEVENTH_CHANCE, ORNAMENTED_SUSPENSION_CHANCE, True,
-                              ORNAMENTED_BASS_EIGHTHS_CHANCE)  # fmt: skip
+        ornaments = _baroque_ornaments()
         half = FAST_HYMNS // 2
         yield from _hymns(rng, seconds, half, "fast hymn", FAST_APPLIED_CHANCE, FAST_TEMPI,
                           FAST_THREE_FOUR_CHANCE)  # fmt: skip
