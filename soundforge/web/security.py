@@ -88,8 +88,8 @@ class WriteGuard:
 
     def new_session(self) -> str:
         """A new session's cookie value: `<issued>.<id>.<HMAC of both>`."""
-        issued, session_id = int(self.clock()), secrets.token_hex(16)
-        return f"{issued}.{session_id}.{self._mac(f'session:{issued}:{session_id}')}"
+        issued, session_id = str(int(self.clock())), secrets.token_hex(16)
+        return f"{issued}.{session_id}.{self._session_mac(issued, session_id)}"
 
     def session_of(self, request: Request) -> Session | None:
         """The request's session when its cookie is signed with the token, not expired (nor
@@ -98,13 +98,17 @@ class WriteGuard:
         session_id, _, mac = rest.partition(".")
         if not self.token or not (issued.isascii() and issued.isdigit() and len(issued) <= 12):
             return None
-        if not same_secret(mac, self._mac(f"session:{issued}:{session_id}")):
+        if not same_secret(mac, self._session_mac(issued, session_id)):
             return None
         session = Session(session_id, int(issued))
         now = self.clock()
         if not session.issued_at - 60 <= now < session.expires_at or session.id in self.revoked:
             return None
         return session
+
+    def _session_mac(self, issued: str, session_id: str) -> str:
+        """What a session cookie is signed with: an HMAC of its issue time and id."""
+        return self._mac(f"session:{issued}:{session_id}")
 
     def end_session(self, session: Session) -> None:
         self.revoked.revoke(session.id, session.expires_at)
